@@ -1,0 +1,33 @@
+"""The process-wide emit target: where records go, and which spans are open right now."""
+
+from __future__ import annotations
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+__all__ = ("Runtime", "runtime")
+
+
+class Runtime:
+    """Shared by every emit call; swapped wholesale on configure, shutdown and fork.
+
+    ``push`` is the ring's own push once a flusher runs; before that it is a function that starts
+    the pipeline on first use. Emit code reads ``runtime.push`` at each call, so replacing it here
+    redirects every caller at once without a check on the hot path.
+    """
+
+    __slots__ = ("open_spans", "push")
+
+    def __init__(self) -> None:
+        self.push: Callable[[tuple[Any, ...]], bool] = _discard
+        # Spans entered and not yet exited; the flusher writes a start row for long-running ones.
+        self.open_spans: set[Any] = set()
+
+
+def _discard(record: tuple[Any, ...]) -> bool:
+    return False
+
+
+runtime = Runtime()

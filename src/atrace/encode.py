@@ -1,0 +1,290 @@
+"""From records to rows: sanitising and serialising, done in the flusher, never in the caller.
+
+Every rule here keeps one bad value from failing a whole batch: NUL characters and lone
+surrogates (which PostgreSQL rejects) are replaced with U+FFFD, values JSON cannot hold fall back
+to ``repr``, integers beyond 64 bits become strings, cycles are cut, NaN and infinities become
+``null`` (JSON has no such numbers), and oversize text is truncated with a marker.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import orjson
+
+__all__ = (
+    "COLUMNS",
+    "Encoder",
+    "Row",
+    "error_fields",
+    "sanitize_text",
+    "sanitize_value",
+)
+
+# Column order of a row, and of the ``records`` table (names are a contract, see DESIGN).
+COLUMNS = (
+    "ts",
+    "kind",
+    "level",
+    "trace_id",
+    "span_id",
+    "parent_id",
+    "duration_ns",
+    "status",
+    "service",
+    "environment",
+    "host",
+    "pid",
+    "name",
+    "message",
+    "attrs",
+    "error_type",
+    "error_message",
+    "stack_trace",
+    "location",
+)
+Row = tuple[Any, ...]
+
+_OPTS = orjson.OPT_NON_STR_KEYS
+_dumps = orjson.dumps
+_JSONError = orjson.JSONEncodeError
+_NUL_ESCAPE = b"\\u0000"
+_INT64_MIN = -(1 << 63)
+_UINT64_MAX = (1 << 64) - 1
+_MAX_DEPTH = 64
+REPLACEMENT = "\ufffd"
+
+
+def _truncate(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}…[truncated {len(text) - limit} chars]"
+
+
+def sanitize_text(value: str, limit: int) -> str:
+    """A string PostgreSQL accepts: no NUL, no lone surrogate, at most ``limit`` characters."""
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            # Lone surrogates cannot be UTF-8: re-encode through UTF-16 to turn them into U+FFFD.
+            value = value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if "\x00" in value:
+        value = value.replace("\x00", REPLACEMENT)
+    return _truncate(value, limit)
+
+
+def _safe_str(value: Any) -> str:
+    try:
+        return str(value)
+    except Exception:
+        return _safe_repr(value)
+
+
+def _safe_repr(value: Any) -> str:
+    try:
+        return repr(value)
+    except Exception:
+        return f"<unrepresentable {type(value).__qualname__}>"
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (set, frozenset)):
+        return list(value)
+    return _safe_repr(value)
+
+
+def sanitize_value(value: Any, limit: int, depth: int = 0, path: frozenset[int] = frozenset()) -> Any:
+    """A JSON-safe copy of ``value`` (the slow path, used when the fast dump refused or hit a rule)."""
+    if value is None or value is True or value is False:
+        return value
+    if isinstance(value, str):
+        return sanitize_text(value, limit)
+    if isinstance(value, int):
+        return value if _INT64_MIN <= value <= _UINT64_MAX else str(value)
+    if isinstance(value, float):
+        return value if value == value and value not in (float("inf"), float("-inf")) else None
+    if depth >= _MAX_DEPTH:
+        return "<too deep>"
+    if isinstance(value, (dict, list, tuple, set, frozenset)):
+        if id(value) in path:
+            return "<cycle>"
+        inner = path | {id(value)}
+        if isinstance(value, dict):
+            return {
+                sanitize_text(k if isinstance(k, str) else _safe_str(k), limit): sanitize_value(
+                    v, limit, depth + 1, inner
+                )
+                for k, v in value.items()
+            }
+        return [sanitize_value(v, limit, depth + 1, inner) for v in value]
+    try:
+        # Types orjson knows natively (datetime, UUID, dataclasses, enums) keep its rendering.
+        return sanitize_value(orjson.loads(_dumps(value, default=_safe_repr)), limit, depth + 1, path)
+    except (_JSONError, TypeError, ValueError):
+        return sanitize_text(_safe_repr(value), limit)
+
+
+def _type_name(tp: type) -> str:
+    module = getattr(tp, "__module__", None)
+    if module in (None, "builtins", "__main__"):
+        return tp.__qualname__
+    return f"{module}.{tp.__qualname__}"
+
+
+def error_fields(err: Any) -> tuple[str | None, str | None, str | None]:
+    """``(error_type, error_message, stack_trace)`` from what the emit path stored."""
+    if err is None:
+        return (None, None, None)
+    if isinstance(err, BaseException):
+        try:
+            stack = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+        except Exception:
+            stack = None
+        return (_type_name(type(err)), _safe_str(err), stack)
+    if isinstance(err, traceback.StackSummary):
+        return (None, None, "Stack (most recent call last):\n" + "".join(err.format()))
+    if isinstance(err, tuple) and len(err) == 4:
+        etype, emsg, estack = error_fields(err[0])
+        return (
+            err[1] if err[1] is not None else etype,
+            err[2] if err[2] is not None else emsg,
+            err[3] if err[3] is not None else estack,
+        )
+    if isinstance(err, tuple) and len(err) == 3:
+        return (err[0], err[1], err[2])
+    return (None, _safe_str(err), None)
+
+
+class Encoder:
+    """Turns records into rows for one configuration (service, host, limits, global attributes)."""
+
+    __slots__ = (
+        "environment",
+        "global_attrs",
+        "host",
+        "max_message_length",
+        "max_value_length",
+        "pid",
+        "service",
+    )
+
+    def __init__(
+        self,
+        *,
+        service: str,
+        environment: str | None,
+        host: str,
+        pid: int,
+        attributes: Mapping[str, Any] | None = None,
+        max_message_length: int = 32_768,
+        max_value_length: int = 8_192,
+    ) -> None:
+        self.service = service
+        self.environment = environment
+        self.host = host
+        self.pid = pid
+        self.global_attrs = dict(attributes) if attributes else None
+        self.max_message_length = max_message_length
+        self.max_value_length = max_value_length
+
+    def attrs_json(self, attrs: Mapping[str, Any]) -> bytes:
+        """Attributes as JSON bytes that PostgreSQL's jsonb accepts."""
+        limit = self.max_value_length
+        try:
+            out = _dumps(attrs, default=_json_default, option=_OPTS)
+        except (_JSONError, TypeError):
+            out = None
+        # \u0000 is valid JSON but not valid jsonb; a long document may hold a value to truncate.
+        if out is None or _NUL_ESCAPE in out or len(out) > limit:
+            out = _dumps(sanitize_value(dict(attrs), limit), default=_safe_repr, option=_OPTS)
+        return out
+
+    def _text(self, value: Any, limit: int) -> str:
+        if type(value) is not str:
+            value = _safe_str(value)
+        if value.isascii() and len(value) <= limit and "\x00" not in value:
+            return value
+        return sanitize_text(value, limit)
+
+    def row(self, rec: tuple[Any, ...]) -> Row:
+        """One record as a row in COLUMNS order (ts stays integer nanoseconds)."""
+        kind, ts, level, trace_id, span_id, parent_id, dur, status, service, name, msg, attrs, err, loc = rec
+        limit = self.max_message_length
+        g = self.global_attrs
+        if g is not None:
+            attrs = {**g, **attrs} if attrs else g
+        if err is None:
+            etype = emsg = estack = None
+        else:
+            etype, emsg, estack = error_fields(err)
+            if etype is not None:
+                etype = self._text(etype, limit)
+            if emsg is not None:
+                emsg = self._text(emsg, limit)
+            if estack is not None:
+                estack = self._text(estack, limit * 4)
+        if type(loc) is tuple:
+            loc = f"{loc[0]}:{loc[1]}"
+        return (
+            ts,
+            kind,
+            level,
+            trace_id,
+            span_id,
+            parent_id,
+            dur,
+            status,
+            self.service if service is None else self._text(service, 256),
+            self.environment,
+            self.host,
+            self.pid,
+            None if name is None else self._text(name, 1024),
+            None if msg is None else self._text(msg, limit),
+            None if not attrs else self.attrs_json(attrs),
+            etype,
+            emsg,
+            estack,
+            None if loc is None else self._text(loc, 4096),
+        )
+
+    def rows(self, records: Iterable[tuple[Any, ...]]) -> list[Row]:
+        """Rows for a batch; a record that cannot be encoded at all becomes an error row."""
+        out: list[Row] = []
+        append = out.append
+        row = self.row
+        for rec in records:
+            try:
+                append(row(rec))
+            except Exception as exc:
+                append(self._broken(rec, exc))
+        return out
+
+    def _broken(self, rec: Any, exc: Exception) -> Row:
+        # A malformed record (a bug or a hand-built tuple) still lands, described, not dropped.
+        ts = rec[1] if isinstance(rec, tuple) and len(rec) > 1 and type(rec[1]) is int else time.time_ns()
+        return (
+            ts,
+            0,
+            40,
+            None,
+            None,
+            None,
+            None,
+            0,
+            self.service,
+            self.environment,
+            self.host,
+            self.pid,
+            "atrace.encode",
+            self._text(f"unencodable record: {_safe_repr(rec)}", self.max_message_length),
+            None,
+            _type_name(type(exc)),
+            self._text(_safe_str(exc), self.max_message_length),
+            None,
+            None,
+        )
+

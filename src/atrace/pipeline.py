@@ -1,0 +1,328 @@
+"""The process-wide pipeline: configure(), flush(), shutdown(), metrics(), and their lifecycle.
+
+This module stays light to import: the flusher machinery (asyncio, sinks, encoders) loads on the
+first record or the first call that needs it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+
+from ._runtime import runtime
+from .config import Config, from_environment
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from .flusher import Pipeline
+
+__all__ = (
+    "Metrics",
+    "aflush",
+    "ashutdown",
+    "configure",
+    "flush",
+    "get_config",
+    "get_pipeline",
+    "initialize",
+    "metrics",
+    "put_waiting",
+    "reset",
+    "shutdown",
+)
+
+class Metrics:
+    """A frozen snapshot of the pipeline's counters (records unless said otherwise)."""
+
+    __slots__ = (
+        "accepted",  # handed to atrace by emit calls
+        "batches",  # batches handed to the sinks
+        "capacity",
+        "dropped",  # discarded by the ring's policy when full
+        "failed",  # in batches at least one sink refused (the error is in sink_errors)
+        "flush_latency_mean_ms",  # time to write one batch to every sink
+        "flush_latency_p99_ms",
+        "high_water",  # most records the ring ever held at once
+        "implementation",  # which ring runs: "cython" or "python"
+        "open_spans",  # entered and not yet exited
+        "queue_size",  # in the ring now
+        "running",  # whether a flusher is active
+        "sink_errors",  # failed sink calls (open or write)
+        "written",  # stored by every sink
+    )
+
+    accepted: int
+    batches: int
+    capacity: int
+    dropped: int
+    failed: int
+    flush_latency_mean_ms: float
+    flush_latency_p99_ms: float
+    high_water: int
+    implementation: str
+    open_spans: int
+    queue_size: int
+    running: bool
+    sink_errors: int
+    written: int
+
+    def __init__(self, **values: Any) -> None:
+        missing = set(self.__slots__) - values.keys()
+        if missing:
+            raise TypeError(f"Metrics needs {sorted(missing)}")
+        for key, value in values.items():
+            object.__setattr__(self, key, value)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("Metrics is a snapshot; call atrace.metrics() again")
+
+    def as_dict(self) -> dict[str, Any]:
+        """The snapshot as a plain dict."""
+        return {k: getattr(self, k) for k in self.__slots__}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Metrics) and self.as_dict() == other.as_dict()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return "Metrics(" + ", ".join(f"{k}={v!r}" for k, v in self.as_dict().items()) + ")"
+
+
+# ---- the process-wide pipeline ----------------------------------------------------------------
+
+_pipeline: Pipeline | None = None
+_global_lock = threading.RLock()
+
+
+def _autoconfigure_push(record: tuple[Any, ...]) -> bool:
+    # The first record of a program that never called configure(): configure from the
+    # environment (or the embedded default), then carry on as if it had.
+    return get_pipeline().push_starting(record)
+
+
+runtime.push = _autoconfigure_push
+
+
+def _new_pipeline(config: Config) -> Pipeline:
+    from .flusher import Pipeline
+
+    return Pipeline(config)
+
+
+def get_pipeline() -> Pipeline:
+    """The current pipeline, configured from the environment if configure() was never called."""
+    global _pipeline
+    pipeline = _pipeline
+    if pipeline is not None:
+        return pipeline
+    with _global_lock:
+        if _pipeline is None:
+            _install(_new_pipeline(Config(**from_environment())))
+        assert _pipeline is not None
+        return _pipeline
+
+
+def _install(pipeline: Pipeline) -> None:
+    global _pipeline
+    old, _pipeline = _pipeline, pipeline
+    runtime.push = pipeline.push_starting
+    if old is not None:
+        old.stop_nowait()
+        if len(old.ring):
+            old.start()  # it sees the stop request at once and writes what it holds
+
+
+def configure(
+    *,
+    service: str | None = None,
+    environment: str | None = None,
+    sink: Any = None,
+    sinks: Any = None,
+    batch_size: int | None = None,
+    flush_interval: float | None = None,
+    capacity: int | None = None,
+    policy: str | None = None,
+    attributes: dict[str, Any] | None = None,
+    schema: str | None = None,
+    max_message_length: int | None = None,
+    max_value_length: int | None = None,
+    shutdown_timeout: float | None = None,
+) -> Config:
+    """Configure atrace for this process; unset arguments come from ATRACE_*/OTEL_* or defaults.
+
+    ``sink`` (or ``sinks``) is a URL (``postgresql://…``), ``"console"``, a sink object, or a
+    list of them; none at all means the embedded PostgreSQL. Records buffered under a previous
+    configuration are still written by it.
+    """
+    kwargs = from_environment()
+    if attributes is not None:
+        kwargs["attributes"] = {**kwargs.get("attributes", {}), **attributes}
+    chosen = sinks if sinks is not None else sink
+    if chosen is not None:
+        kwargs["sinks"] = tuple(chosen) if isinstance(chosen, (list, tuple)) else (chosen,)
+    for key, value in (
+        ("service", service),
+        ("environment", environment),
+        ("batch_size", batch_size),
+        ("flush_interval", flush_interval),
+        ("capacity", capacity),
+        ("policy", policy),
+        ("schema", schema),
+        ("max_message_length", max_message_length),
+        ("max_value_length", max_value_length),
+        ("shutdown_timeout", shutdown_timeout),
+    ):
+        if value is not None:
+            kwargs[key] = value
+    config = Config(**kwargs)
+    with _global_lock:
+        _install(_new_pipeline(config))
+    return config
+
+
+def initialize(dsn: str, **kwargs: Any) -> Config:
+    """Short form of ``configure(sink=dsn, ...)``."""
+    return configure(sink=dsn, **kwargs)
+
+
+def get_config() -> Config:
+    """The configuration in force (from the environment if configure() was never called)."""
+    return get_pipeline().config
+
+
+def reset() -> None:
+    """Forget the configuration; buffered records are still written by the old pipeline."""
+    global _pipeline
+    with _global_lock:
+        old, _pipeline = _pipeline, None
+        runtime.push = _autoconfigure_push
+    if old is not None:
+        old.stop_nowait()
+
+
+def metrics() -> Metrics:
+    """Counters of the current pipeline: accepted, dropped, written, queue size, latency..."""
+    return get_pipeline().metrics()
+
+
+def flush(timeout: float | None = 10.0) -> bool:
+    """Write everything buffered so far; True when it was written within ``timeout`` seconds.
+
+    Called from a coroutine on the loop the flusher runs on, it cannot wait without blocking that
+    loop: it then only requests the flush and returns False. Use ``await aflush()`` there.
+    """
+    pipeline = _pipeline
+    if pipeline is None:
+        return True
+    import concurrent.futures
+
+    fut = pipeline.request_flush()
+    if pipeline.on_flusher_loop():
+        return False
+    try:
+        return fut.result(timeout)
+    except concurrent.futures.TimeoutError:
+        return False
+
+
+async def aflush(timeout: float | None = 10.0) -> bool:
+    """Write everything buffered so far; True when it was written within ``timeout`` seconds."""
+    import asyncio
+
+    pipeline = _pipeline
+    if pipeline is None:
+        return True
+    fut = pipeline.request_flush()
+    try:
+        return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(fut)), timeout)
+    except asyncio.TimeoutError:
+        return False
+
+
+async def ashutdown(timeout: float | None = None) -> bool:
+    """Write what is buffered, close the sinks and stop the flusher, within ``timeout`` seconds.
+
+    atrace starts again on the next record; returns False if the time ran out first.
+    """
+    import asyncio
+
+    pipeline = _pipeline
+    if pipeline is None:
+        return True
+    if timeout is None:
+        timeout = pipeline.config.shutdown_timeout
+    done = pipeline.stop_nowait()
+    try:
+        return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(done)), timeout)
+    except asyncio.TimeoutError:
+        return False
+
+
+def shutdown(timeout: float | None = None) -> bool:
+    """Blocking form of :func:`ashutdown` for code without a running loop."""
+    pipeline = _pipeline
+    if pipeline is None:
+        return True
+    if timeout is None:
+        timeout = pipeline.config.shutdown_timeout
+    import concurrent.futures
+
+    done = pipeline.stop_nowait()
+    if pipeline.on_flusher_loop():
+        return False
+    try:
+        return done.result(timeout)
+    except concurrent.futures.TimeoutError:
+        return False
+
+
+async def put_waiting(record: tuple[Any, ...]) -> bool:
+    """Buffer a record; under the ``block`` policy wait (polling, anyio) for room instead of dropping."""
+    pipeline = get_pipeline()
+    if pipeline.config.policy != "block":
+        return runtime.push(record)
+    ring = pipeline.ring
+    if ring.try_push(record):
+        pipeline.start()
+        return True
+    import anyio
+
+    delay = 0.0005
+    while not ring.try_push(record):
+        pipeline.request_flush()
+        await anyio.sleep(delay)
+        delay = min(delay * 2, pipeline._tick)
+    return True
+
+
+@atexit.register
+def _at_exit() -> None:
+    pipeline = _pipeline
+    if pipeline is not None:
+        pipeline.flush_at_exit(pipeline.config.shutdown_timeout)
+
+
+def _after_fork_in_child() -> None:
+    # The child must not share the parent's buffer, flusher thread, connections or locks.
+    global _pipeline, _global_lock
+    _global_lock = threading.RLock()
+    runtime.open_spans = set()
+    old = _pipeline
+    _pipeline = None
+    runtime.push = _autoconfigure_push
+    if old is not None:
+        _install_child(old.config)
+
+
+def _install_child(config: Config) -> None:
+    global _pipeline
+    _pipeline = _new_pipeline(config.replace())
+    runtime.push = _pipeline.push_starting
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

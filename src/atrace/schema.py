@@ -1,0 +1,124 @@
+"""The PostgreSQL schema atrace owns: DDL, versioned migrations, and day partitions made ahead."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+__all__ = (
+    "PARTITION_DAYS_AHEAD",
+    "SCHEMA_VERSION",
+    "ensure_partitions",
+    "ensure_schema",
+    "migrations",
+    "partition_name",
+)
+
+SCHEMA_VERSION = 1
+PARTITION_DAYS_AHEAD = 3
+_log = logging.getLogger("atrace.schema")
+
+
+def migrations(schema: str) -> list[tuple[int, list[str]]]:
+    """``(version, statements)`` in order; each version is applied once, in one transaction."""
+    s = schema
+    return [
+        (
+            1,
+            [
+                f"""CREATE TABLE {s}.records (
+                    ts            timestamptz NOT NULL,
+                    kind          smallint    NOT NULL,
+                    level         smallint    NOT NULL,
+                    trace_id      uuid,
+                    span_id       bigint,
+                    parent_id     bigint,
+                    duration_ns   bigint,
+                    status        smallint    NOT NULL DEFAULT 0,
+                    service       text        NOT NULL,
+                    environment   text,
+                    host          text,
+                    pid           integer,
+                    name          text,
+                    message       text,
+                    attrs         jsonb,
+                    error_type    text,
+                    error_message text,
+                    stack_trace   text,
+                    location      text
+                ) PARTITION BY RANGE (ts)""",
+                # Rows outside every day partition (a skewed clock) land here instead of failing.
+                f"CREATE TABLE {s}.records_default PARTITION OF {s}.records DEFAULT",
+                f"CREATE INDEX records_trace_idx ON {s}.records (trace_id, ts)",
+                f"CREATE INDEX records_service_ts_idx ON {s}.records (service, ts DESC)",
+                f"CREATE INDEX records_errors_idx ON {s}.records (ts DESC) WHERE level >= 40",
+                f"""CREATE TABLE {s}.batches (
+                    batch_id   uuid        PRIMARY KEY,
+                    records    integer     NOT NULL,
+                    written_at timestamptz NOT NULL DEFAULT now()
+                )""",
+            ],
+        ),
+    ]
+
+
+async def ensure_schema(conn: Any, schema: str) -> int:
+    """Create or migrate the schema to SCHEMA_VERSION; safe when many processes start at once."""
+    current = await _version(conn, schema)
+    if current >= SCHEMA_VERSION:
+        return current
+    async with conn.transaction():
+        # One migrator at a time across processes; the others wait, then find nothing to do.
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"atrace:{schema}")
+        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+        await conn.execute(
+            f"""CREATE TABLE IF NOT EXISTS {schema}.schema_version (
+                    version    integer     PRIMARY KEY,
+                    applied_at timestamptz NOT NULL DEFAULT now()
+                )"""
+        )
+        current = await conn.fetchval(f"SELECT coalesce(max(version), 0) FROM {schema}.schema_version")
+        for version, statements in migrations(schema):
+            if version <= current:
+                continue
+            for statement in statements:
+                await conn.execute(statement)
+            await conn.execute(f"INSERT INTO {schema}.schema_version (version) VALUES ($1)", version)
+            current = version
+    await ensure_partitions(conn, schema)
+    return int(current)
+
+
+async def _version(conn: Any, schema: str) -> int:
+    exists = await conn.fetchval("SELECT to_regclass($1)", f"{schema}.schema_version")
+    if exists is None:
+        return 0
+    return int(await conn.fetchval(f"SELECT coalesce(max(version), 0) FROM {schema}.schema_version"))
+
+
+def partition_name(day: dt.date) -> str:
+    """The partition table holding one UTC day."""
+    return f"records_{day:%Y%m%d}"
+
+
+async def ensure_partitions(
+    conn: Any, schema: str, *, today: dt.date | None = None, ahead: int = PARTITION_DAYS_AHEAD
+) -> dt.date:
+    """Create day partitions from yesterday to ``ahead`` days on; returns the last day covered."""
+    today = today or dt.datetime.now(dt.timezone.utc).date()
+    day = today - dt.timedelta(days=1)
+    last = today + dt.timedelta(days=ahead)
+    while day <= last:
+        nxt = day + dt.timedelta(days=1)
+        name = partition_name(day)
+        try:
+            await conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {schema}.{name} PARTITION OF {schema}.records "
+                f"FOR VALUES FROM ('{day.isoformat()} 00:00:00+00') TO ('{nxt.isoformat()} 00:00:00+00')"
+            )
+        except Exception as exc:
+            # Rows already in the default partition for that day block it; they stay queryable.
+            _log.warning("atrace: could not create partition %s.%s: %s", schema, name, exc)
+        day = nxt
+    return last

@@ -1,0 +1,75 @@
+"""Sinks: where batches go. One small protocol; ``resolve`` turns a configured spec into a sink."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from ..encode import COLUMNS, Row
+from ..errors import ConfigError
+
+__all__ = ("COLUMNS", "Batch", "Sink", "resolve", "resolve_all")
+
+
+class Batch:
+    """Rows to write together, under one id: a sink that stores the id stores the batch once."""
+
+    __slots__ = ("id", "rows")
+
+    def __init__(self, rows: list[Row], batch_id: uuid.UUID | None = None) -> None:
+        self.rows = rows
+        self.id = batch_id or uuid.uuid4()
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __repr__(self) -> str:
+        return f"<Batch {self.id} of {len(self.rows)}>"
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """What the flusher needs of a destination. ``open`` may be called again after ``close``."""
+
+    name: str
+
+    async def open(self) -> None: ...
+
+    async def write(self, batch: Batch) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def resolve(spec: Any, *, schema: str = "atrace") -> Sink:
+    """A sink for a URL (``postgresql://``, ``postgres://``), ``"console"``, or a sink object."""
+    if isinstance(spec, str):
+        text = spec.strip()
+        lowered = text.lower()
+        if lowered.startswith(("postgresql://", "postgres://")):
+            from .postgres import PostgresSink
+
+            return PostgresSink(text, schema=schema)
+        if lowered in ("console", "stdout", "console://"):
+            from .console import ConsoleSink
+
+            return ConsoleSink()
+        if lowered in ("embedded", "embedded://"):
+            from .postgres import PostgresSink
+
+            return PostgresSink(None, schema=schema)
+        raise ConfigError(
+            "sink", spec, "expected postgresql://…, postgres://…, 'console', 'embedded' or a sink object"
+        )
+    if all(callable(getattr(spec, m, None)) for m in ("open", "write", "close")):
+        if not hasattr(spec, "name"):
+            raise ConfigError("sink", spec, "a sink object needs a 'name' attribute")
+        return spec  # type: ignore[no-any-return]
+    raise ConfigError("sink", spec, "expected a URL string or an object with open/write/close")
+
+
+def resolve_all(specs: Sequence[Any], *, schema: str = "atrace") -> list[Sink]:
+    """Sinks for every spec; none at all means the embedded PostgreSQL."""
+    if not specs:
+        return [resolve("embedded", schema=schema)]
+    return [resolve(s, schema=schema) for s in specs]

@@ -1,0 +1,248 @@
+"""The flusher: triggers (size, interval, flush, shutdown), policies, fan-out, sink failures."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import pytest
+
+import atrace
+from atrace import pipeline as pipeline_mod
+from atrace.config import Config
+from atrace.flusher import Pipeline
+from atrace.sinks import Batch
+from atrace.testing import MemorySink
+
+
+class FakeClock:
+    """Time that moves only when the test says so; sleepers wake when it reaches their deadline."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self._moved = asyncio.Condition()
+
+    def time(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        deadline = self.now + seconds
+        async with self._moved:
+            await self._moved.wait_for(lambda: self.now >= deadline)
+
+    async def advance(self, seconds: float) -> None:
+        async with self._moved:
+            self.now += seconds
+            self._moved.notify_all()
+        for _ in range(20):  # let the flusher run what the new time allows
+            await asyncio.sleep(0)
+
+
+async def wait_for(predicate: Any, timeout: float = 10.0) -> None:
+    """Wait until predicate() holds (a condition, not a timing assertion)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached")
+        await asyncio.sleep(0.005)
+
+
+def install(config: Config, **kwargs: Any) -> Pipeline:
+    p = Pipeline(config, **kwargs)
+    pipeline_mod._install(p)
+    return p
+
+
+class TestTriggers:
+    async def test_interval_with_fake_clock(self) -> None:
+        """A record below the batch size is written once the interval has passed, not before."""
+        sink = MemorySink()
+        clock = FakeClock()
+        install(Config(sinks=[sink], flush_interval=1.0, batch_size=100), clock=clock.time, sleep=clock.sleep, tick=0.1)
+        atrace.info("one")
+        await clock.advance(0)
+        await clock.advance(0.1)
+        await clock.advance(0.5)
+        assert sink.rows == []
+        await clock.advance(0.5)
+        await wait_for(lambda: len(sink.rows) == 1)
+
+    async def test_batch_size(self) -> None:
+        """Full batches are written without waiting for the interval; the remainder waits."""
+        sink = MemorySink()
+        clock = FakeClock()
+        install(Config(sinks=[sink], flush_interval=60, batch_size=10), clock=clock.time, sleep=clock.sleep, tick=0.01)
+        for i in range(25):
+            atrace.info(f"m{i}")
+        await clock.advance(0)  # the flusher starts and goes to sleep
+        await clock.advance(0.01)
+        await wait_for(lambda: len(sink.rows) == 20)
+        assert atrace.metrics().queue_size == 5
+        assert atrace.metrics().batches == 2
+
+    async def test_flush_writes_everything_now(self, configure_memory: MemorySink) -> None:
+        """aflush returns once everything emitted before it is in the sink."""
+        atrace.configure(service="t", sink=configure_memory, flush_interval=3600, batch_size=1000)
+        for i in range(10):
+            atrace.info(f"m{i}")
+        assert await atrace.aflush()
+        assert [r["message"] for r in configure_memory.logs()] == [f"m{i}" for i in range(10)]
+
+    async def test_shutdown_writes_and_closes(self, memory_sink: MemorySink) -> None:
+        """ashutdown writes what is buffered, closes the sinks, and atrace restarts on next use."""
+        atrace.configure(service="t", sink=memory_sink, flush_interval=3600)
+        atrace.info("before")
+        assert await atrace.ashutdown(timeout=5)
+        assert memory_sink.closed == 1 and len(memory_sink.rows) == 1
+        assert atrace.metrics().running is False
+        atrace.info("after")
+        assert await atrace.aflush()
+        assert memory_sink.opened == 2 and len(memory_sink.rows) == 2
+
+    def test_sync_program_uses_a_thread(self, memory_sink: MemorySink) -> None:
+        """Without a running loop the flusher runs on a daemon thread; flush() waits for it."""
+        atrace.configure(service="t", sink=memory_sink, flush_interval=3600)
+        with atrace.span("sync"):
+            atrace.info("no loop here")
+        assert atrace.flush(timeout=10)
+        assert [r["kind"] for r in memory_sink.records()] == [0, 3]
+        assert any(t.name == "atrace-flusher" for t in threading.enumerate())
+        assert atrace.shutdown(timeout=10)
+        assert not any(t.name == "atrace-flusher" for t in threading.enumerate())
+
+    async def test_sync_flush_on_the_flusher_loop_does_not_block(self, configure_memory: MemorySink) -> None:
+        """flush() called on the flusher's own loop only requests (it cannot wait there)."""
+        atrace.info("x")
+        await atrace.aflush()
+        atrace.info("y")
+        assert atrace.flush() is False
+        await wait_for(lambda: len(configure_memory.rows) == 2)
+
+
+class TestPolicies:
+    async def test_drop_oldest_counts(self, memory_sink: MemorySink) -> None:
+        """When full, drop_oldest keeps the newest records and counts the dropped ones."""
+        atrace.configure(service="t", sink=memory_sink, capacity=10, flush_interval=3600)
+        for i in range(25):
+            atrace.info(f"m{i}")
+        m = atrace.metrics()
+        assert (m.accepted, m.dropped, m.queue_size, m.high_water) == (25, 15, 10, 10)
+        await atrace.aflush()
+        assert [r["message"] for r in memory_sink.logs()] == [f"m{i}" for i in range(15, 25)]
+        m = atrace.metrics()
+        assert m.accepted == m.written + m.dropped + m.queue_size
+
+    async def test_drop_newest(self, memory_sink: MemorySink) -> None:
+        """drop_newest keeps the oldest records."""
+        atrace.configure(service="t", sink=memory_sink, capacity=10, policy="drop_newest", flush_interval=3600)
+        for i in range(25):
+            atrace.info(f"m{i}")
+        await atrace.aflush()
+        assert [r["message"] for r in memory_sink.logs()] == [f"m{i}" for i in range(10)]
+        assert atrace.metrics().dropped == 15
+
+
+class FailingSink(MemorySink):
+    name = "failing"
+
+    def __init__(self, failures: int, exc: BaseException | None = None) -> None:
+        super().__init__()
+        self.failures = failures
+        self.exc = exc or RuntimeError("sink is down")
+
+    async def write(self, batch: Batch) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise self.exc
+        await super().write(batch)
+
+
+class TestSinks:
+    async def test_fan_out(self) -> None:
+        """Every configured sink receives every row, under the same batch id."""
+        a, b = MemorySink(), MemorySink()
+        atrace.configure(service="t", sinks=[a, b])
+        atrace.info("both")
+        await atrace.aflush()
+        assert a.rows == b.rows and len(a.rows) == 1
+        assert a.batch_ids == b.batch_ids
+
+    async def test_sink_error_never_reaches_app_nor_stops_flusher(self) -> None:
+        """A sink raising is counted; the flusher keeps going and later batches are written."""
+        bad, good = FailingSink(failures=1), MemorySink()
+        atrace.configure(service="t", sinks=[bad, good], flush_interval=3600)
+        atrace.info("first")
+        assert await atrace.aflush()
+        atrace.info("second")
+        assert await atrace.aflush()
+        m = atrace.metrics()
+        assert (m.sink_errors, m.failed, m.written, m.running) == (1, 1, 1, True)
+        assert [r["message"] for r in bad.logs()] == ["second"]
+        assert [r["message"] for r in good.logs()] == ["first", "second"]
+
+    async def test_sink_open_failure_is_counted(self) -> None:
+        """A sink whose open() raises does not stop the others."""
+
+        class NoOpen(MemorySink):
+            name = "no-open"
+
+            async def open(self) -> None:
+                raise ConnectionRefusedError("nope")
+
+        good = MemorySink()
+        atrace.configure(service="t", sinks=[NoOpen(), good])
+        atrace.info("x")
+        assert await atrace.aflush()
+        assert len(good.rows) == 1 and atrace.metrics().sink_errors >= 1
+
+    async def test_hung_sink_is_cut_at_its_deadline(self) -> None:
+        """A sink call that hangs is cancelled at the write deadline; the flusher carries on."""
+
+        class Hung(MemorySink):
+            name = "hung"
+
+            async def write(self, batch: Batch) -> None:
+                await asyncio.sleep(3600)
+
+        good = MemorySink()
+        install(Config(sinks=[Hung(), good], flush_interval=3600), write_timeout=0.1)
+        atrace.info("x")
+        assert await atrace.aflush(timeout=10)
+        assert len(good.rows) == 1 and atrace.metrics().sink_errors == 1
+
+    def test_sink_object_needs_name(self) -> None:
+        """A sink object without a name is a configuration error."""
+
+        class Anonymous:
+            async def open(self) -> None: ...
+            async def write(self, batch: Batch) -> None: ...
+            async def close(self) -> None: ...
+
+        with pytest.raises(atrace.ConfigError):
+            atrace.configure(sink=Anonymous())
+
+
+class TestReconfigure:
+    async def test_records_of_old_config_still_written(self) -> None:
+        """Records buffered before configure() is called again are written by the old pipeline."""
+        old, new = MemorySink(), MemorySink()
+        atrace.configure(service="old", sink=old, flush_interval=3600)
+        atrace.info("to old")
+        atrace.configure(service="new", sink=new, flush_interval=3600)
+        atrace.info("to new")
+        await atrace.aflush()
+        await wait_for(lambda: len(old.rows) == 1)
+        assert old.logs()[0]["service"] == "old" and new.logs()[0]["service"] == "new"
+
+    async def test_global_attributes_merged(self, memory_sink: MemorySink) -> None:
+        """Global attributes are merged under each record's own attributes."""
+        atrace.configure(service="t", sink=memory_sink, attributes={"region": "eu", "k": "global"})
+        atrace.info("a", k="own")
+        atrace.info("b")
+        await atrace.aflush()
+        assert [r["attrs"] for r in memory_sink.logs()] == [
+            {"region": "eu", "k": "own"},
+            {"region": "eu", "k": "global"},
+        ]

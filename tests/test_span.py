@@ -1,0 +1,219 @@
+"""Spans: nesting, status, errors, attributes, @traced on every kind of function, long spans."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+import atrace
+from atrace.testing import MemorySink
+
+
+def by_name(rows: list[dict], name: str) -> dict:
+    matches = [r for r in rows if r["name"] == name]
+    assert len(matches) == 1, f"{name}: {len(matches)} rows"
+    return matches[0]
+
+
+class TestSpanContextManager:
+    async def test_async_nesting(self, configure_memory: MemorySink) -> None:
+        """A span opened inside another is its child, in the same trace."""
+        async with atrace.span("outer", a=1) as outer:
+            async with atrace.span("inner") as inner:
+                assert atrace.current_span() is inner
+            assert atrace.current_span() is outer
+        assert atrace.current_span() is None
+        await atrace.aflush()
+        rows = configure_memory.spans()
+        o, i = by_name(rows, "outer"), by_name(rows, "inner")
+        assert o["parent_id"] is None and i["parent_id"] == o["span_id"]
+        assert o["trace_id"] == i["trace_id"] == outer.trace_id
+        assert o["kind"] == 3 and o["status"] == 1 and o["level"] == 20
+        assert o["attrs"] == {"a": 1}
+        assert o["duration_ns"] >= i["duration_ns"] > 0
+        assert o["service"] == "test"
+
+    async def test_sync_with(self, configure_memory: MemorySink) -> None:
+        """The sync form records the same row."""
+        with atrace.span("sync-span", k="v") as sp:
+            sp.set(extra=2)
+        await atrace.aflush()
+        row = by_name(configure_memory.spans(), "sync-span")
+        assert row["attrs"] == {"k": "v", "extra": 2}
+        assert row["location"].endswith(f"test_span.py:{self.test_sync_with.__code__.co_firstlineno + 2}")
+
+    async def test_exception_marks_failed_and_propagates(self, configure_memory: MemorySink) -> None:
+        """An exception leaving a span fails it with type, message and trace, and is re-raised as is."""
+        err = KeyError("missing")
+        with pytest.raises(KeyError) as info:
+            async with atrace.span("boom"):
+                raise err
+        assert info.value is err
+        await atrace.aflush()
+        row = by_name(configure_memory.spans(), "boom")
+        assert row["status"] == 2 and row["level"] == 40
+        assert row["error_type"] == "KeyError"
+        assert row["error_message"] == "'missing'"
+        assert "Traceback" in row["stack_trace"] and "raise err" in row["stack_trace"]
+
+    async def test_record_exception_and_status(self, configure_memory: MemorySink) -> None:
+        """A handled exception can be recorded; set_status overrides the outcome."""
+        with atrace.span("handled") as sp:
+            try:
+                raise ValueError("bad input")
+            except ValueError as exc:
+                sp.record_exception(exc, failed=False)
+        with atrace.span("explicit") as sp2:
+            sp2.set_status("error", "quota exceeded")
+        await atrace.aflush()
+        handled = by_name(configure_memory.spans(), "handled")
+        assert handled["status"] == 1 and handled["error_type"] == "ValueError"
+        explicit = by_name(configure_memory.spans(), "explicit")
+        assert explicit["status"] == 2 and explicit["error_message"] == "quota exceeded"
+        with pytest.raises(atrace.ConfigError):
+            sp2.set_status("maybe")
+
+    async def test_custom_exception_type_is_qualified(self, configure_memory: MemorySink) -> None:
+        """A non-builtin exception type is recorded with its module."""
+
+        class PaymentError(Exception):
+            pass
+
+        with pytest.raises(PaymentError), atrace.span("pay"):
+            raise PaymentError("declined")
+        await atrace.aflush()
+        assert by_name(configure_memory.spans(), "pay")["error_type"].endswith(
+            "test_span.TestSpanContextManager.test_custom_exception_type_is_qualified.<locals>.PaymentError"
+        )
+
+    async def test_cancelled_span_is_not_a_failure(self, configure_memory: MemorySink) -> None:
+        """A cancelled task ends its span with the cause recorded, status unset, not an error."""
+        started = asyncio.Event()
+
+        async def work() -> None:
+            async with atrace.span("cancelled-work"):
+                started.set()
+                await asyncio.sleep(10)
+
+        task = asyncio.create_task(work())
+        await started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await atrace.aflush()
+        row = by_name(configure_memory.spans(), "cancelled-work")
+        assert row["status"] == 0 and row["level"] == 20
+        assert row["error_type"] == "asyncio.exceptions.CancelledError"
+
+
+class TestTraced:
+    async def test_sync_and_async_functions(self, configure_memory: MemorySink) -> None:
+        """@traced names the span after the qualified name and records the definition's location."""
+
+        @atrace.traced
+        def add(a: int, b: int) -> int:
+            return a + b
+
+        @atrace.traced("custom name", team="x")
+        async def fetch() -> str:
+            return "ok"
+
+        assert add(1, 2) == 3
+        assert await fetch() == "ok"
+        await atrace.aflush()
+        rows = configure_memory.spans()
+        add_row = by_name(rows, f"{__name__}.TestTraced.test_sync_and_async_functions.<locals>.add")
+        assert add_row["location"].endswith(f"test_span.py:{add.__wrapped__.__code__.co_firstlineno}")
+        assert by_name(rows, "custom name")["attrs"] == {"team": "x"}
+
+    async def test_async_generator_span_covers_iteration(self, configure_memory: MemorySink) -> None:
+        """An async generator's span covers its whole iteration and is current only inside it."""
+        seen_inside: list[object] = []
+
+        @atrace.traced
+        async def numbers() -> AsyncIterator[int]:
+            for i in range(3):
+                seen_inside.append(atrace.current_span())
+                yield i
+
+        async with atrace.span("consumer") as consumer:
+            out = []
+            async for n in numbers():
+                assert atrace.current_span() is consumer
+                out.append(n)
+        assert out == [0, 1, 2]
+        await atrace.aflush()
+        rows = configure_memory.spans()
+        gen = by_name(rows, f"{__name__}.TestTraced.test_async_generator_span_covers_iteration.<locals>.numbers")
+        assert gen["parent_id"] == by_name(rows, "consumer")["span_id"]
+        assert all(s is not None and s.span_id == gen["span_id"] for s in seen_inside)
+
+    async def test_generator_early_close(self, configure_memory: MemorySink) -> None:
+        """Breaking out of a traced generator ends its span cleanly, not as a failure."""
+
+        @atrace.traced
+        def gen() -> Iterator[int]:
+            yield from range(10)
+
+        g = gen()
+        assert next(g) == 0
+        g.close()
+        await atrace.aflush()
+        (row,) = configure_memory.spans()
+        assert row["status"] == 1
+
+    async def test_generator_error_propagates(self, configure_memory: MemorySink) -> None:
+        """An error inside a traced async generator reaches the consumer and fails the span."""
+
+        @atrace.traced("failing-gen")
+        async def bad() -> AsyncIterator[int]:
+            yield 1
+            raise RuntimeError("gen broke")
+
+        with pytest.raises(RuntimeError, match="gen broke"):
+            async for _ in bad():
+                pass
+        await atrace.aflush()
+        assert by_name(configure_memory.spans(), "failing-gen")["status"] == 2
+
+    async def test_send_and_return_value(self, configure_memory: MemorySink) -> None:
+        """Values sent into a traced generator arrive, and its return value is kept."""
+
+        @atrace.traced
+        def echo() -> Iterator[int]:
+            total = 0
+            while total < 5:
+                total += yield total
+            return total
+
+        g = echo()
+        assert next(g) == 0
+        assert g.send(2) == 2
+        with pytest.raises(StopIteration) as stop:
+            g.send(3)
+        assert stop.value.value == 5
+
+
+class TestLongSpans:
+    async def test_running_span_gets_start_row_then_end_row(self, memory_sink: MemorySink) -> None:
+        """A span still running at a flush is visible (start row); its end is then a second row."""
+        atrace.configure(service="test", sink=memory_sink, flush_interval=0.01)
+        async with atrace.span("long") as sp:
+            await asyncio.sleep(0.1)
+            await atrace.aflush()
+            kinds = [r["kind"] for r in memory_sink.records() if r["span_id"] == sp.span_id]
+            assert kinds == [1]
+        await atrace.aflush()
+        rows = [r for r in memory_sink.records() if r["span_id"] == sp.span_id]
+        assert [r["kind"] for r in rows] == [1, 2]
+        assert rows[1]["duration_ns"] >= 100_000_000 and rows[1]["status"] == 1
+        assert rows[0]["ts"] == rows[1]["ts"]
+
+    async def test_short_span_is_one_row(self, configure_memory: MemorySink) -> None:
+        """A span that ends before any flush costs exactly one row."""
+        with atrace.span("short"):
+            pass
+        await atrace.aflush()
+        assert [r["kind"] for r in configure_memory.records()] == [3]
