@@ -1,4 +1,4 @@
-"""The console sink: JSON lines for machines, trace trees for people, and no exception either way."""
+"""The console sink: JSON lines for machines, trace trees for people, never an exception."""
 
 from __future__ import annotations
 
@@ -54,7 +54,9 @@ def make_row(**fields: Any) -> tuple[Any, ...]:
     return tuple(values[c] for c in COLUMNS)
 
 
-def span_row(span_id: int, parent_id: int | None, name: str, offset: int, **fields: Any) -> tuple[Any, ...]:
+def span_row(
+    span_id: int, parent_id: int | None, name: str, offset: int, **fields: Any
+) -> tuple[Any, ...]:
     """A complete, successful span row in TRACE starting ``offset`` ns after T0."""
     base: dict[str, Any] = {
         "ts": T0 + offset,
@@ -72,15 +74,31 @@ def span_row(span_id: int, parent_id: int | None, name: str, offset: int, **fiel
 def trace_rows() -> list[tuple[Any, ...]]:
     """A root with a child (holding a log), a failed span and a running span, shuffled."""
     return [
-        span_row(FAILED, ROOT, "charge", 300, level=40, status=2, duration_ns=8_000_000,
-                 error_type="ValueError", error_message="card declined",
-                 stack_trace="Traceback (most recent call last):\nValueError: card declined"),
-        make_row(ts=T0 + 250, trace_id=TRACE, span_id=CHILD, name="app.db", message="fetched",
-                 attrs=b'{"rows":3}'),
+        span_row(
+            FAILED,
+            ROOT,
+            "charge",
+            300,
+            level=40,
+            status=2,
+            duration_ns=8_000_000,
+            error_type="ValueError",
+            error_message="card declined",
+            stack_trace="Traceback (most recent call last):\nValueError: card declined",
+        ),
+        make_row(
+            ts=T0 + 250,
+            trace_id=TRACE,
+            span_id=CHILD,
+            name="app.db",
+            message="fetched",
+            attrs=b'{"rows":3}',
+        ),
         span_row(RUNNING, ROOT, "worker", 400, kind=1, status=0, duration_ns=None),
         span_row(CHILD, ROOT, "db.query", 200, duration_ns=3_100_000, attrs=b'{"sql":"select 1"}'),
-        span_row(ROOT, None, "GET /orders", 100, duration_ns=15_200_000,
-                 attrs=b'{"http.method":"GET"}'),
+        span_row(
+            ROOT, None, "GET /orders", 100, duration_ns=15_200_000, attrs=b'{"http.method":"GET"}'
+        ),
     ]
 
 
@@ -209,7 +227,7 @@ class TestTreeMode:
         assert lines[0].startswith(f"trace {TRACE} checkout ")
         assert lines[1:] == [
             "└─ GET /orders 15.2ms ✓ http.method=GET",
-            "   ├─ db.query 3.1ms ✓ sql=\"select 1\"",
+            '   ├─ db.query 3.1ms ✓ sql="select 1"',
             "   │  └─ INFO app.db fetched rows=3",
             "   ├─ charge 8.0ms ✗ ValueError: card declined",
             "   └─ worker … running",
@@ -422,8 +440,13 @@ class TestOddValues:
         assert objs[5]["trace_id"] == "01" * 16
         assert objs[5]["kind"] == 9
         assert "\ud800" not in objs[6]["message"]
-        assert objs[8] == {"ts": "2023-11-14T22:13:20.123456Z", "ts_ns": T0, "kind": "log",
-                           "level": 20, "level_name": "info"}
+        assert objs[8] == {
+            "ts": "2023-11-14T22:13:20.123456Z",
+            "ts_ns": T0,
+            "kind": "log",
+            "level": 20,
+            "level_name": "info",
+        }
 
     async def test_tree_mode_never_raises(self) -> None:
         """The same odd rows print in tree mode, one line or more each."""
@@ -432,8 +455,8 @@ class TestOddValues:
         await write(sink, ODD_ROWS)
         text = out.getvalue()
         assert sink.errors == 0
-        assert "bad attrs attrs=\"{not json\"" in text
-        assert "? 1.5ms" not in text  # no duration was given for the nameless span
+        assert 'bad attrs attrs="{not json"' in text
+        assert "─ ?\n" in text  # a span without a name
         assert "\ud800" not in text and "\x00" not in text
 
 

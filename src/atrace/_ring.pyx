@@ -146,6 +146,8 @@ cdef class Ring:
             result = PyList_New(k)
             if self._size >= k:
                 break
+        if k == 0:
+            return result
         items = (<PyListObject*>result).ob_item
         first = self.capacity - self._head
         if first > k:

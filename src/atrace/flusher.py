@@ -337,6 +337,11 @@ class Pipeline:
                 fut.set_result(not len(self.ring))
         return fut
 
+    @property
+    def flusher_thread(self) -> threading.Thread | None:
+        """The daemon thread the flusher runs on, if it runs on one."""
+        return self._thread
+
     def on_flusher_loop(self) -> bool:
         """Whether the flusher is a task on the loop running in this thread (sync waits deadlock)."""
         try:

@@ -270,14 +270,21 @@ def shutdown(timeout: float | None = None) -> bool:
     if timeout is None:
         timeout = pipeline.config.shutdown_timeout
     import concurrent.futures
+    import time
 
+    thread = pipeline.flusher_thread
     done = pipeline.stop_nowait()
     if pipeline.on_flusher_loop():
         return False
+    deadline = time.monotonic() + timeout
     try:
-        return done.result(timeout)
+        done.result(timeout)
     except concurrent.futures.TimeoutError:
         return False
+    if thread is not None:
+        thread.join(max(0.0, deadline - time.monotonic()))
+        return not thread.is_alive()
+    return True
 
 
 async def put_waiting(record: tuple[Any, ...]) -> bool:

@@ -21,27 +21,9 @@ __all__ = ("ConsoleSink", "format_duration", "json_line")
 
 _MODES = ("auto", "tree", "json")
 _NCOLS = len(COLUMNS)
-(
-    _TS,
-    _KIND,
-    _LEVEL,
-    _TRACE_ID,
-    _SPAN_ID,
-    _PARENT_ID,
-    _DURATION,
-    _STATUS,
-    _SERVICE,
-    _ENVIRONMENT,
-    _HOST,
-    _PID,
-    _NAME,
-    _MESSAGE,
-    _ATTRS,
-    _ERROR_TYPE,
-    _ERROR_MESSAGE,
-    _STACK_TRACE,
-    _LOCATION,
-) = range(_NCOLS)
+# Positions in a row: COLUMNS fixes the order, and indexing a tuple is cheaper than a dict per row.
+_TS, _KIND, _LEVEL, _TRACE_ID, _SPAN_ID, _PARENT_ID, _DURATION, _STATUS, _SERVICE = range(9)
+_NAME, _MESSAGE, _ATTRS, _ERROR_TYPE, _ERROR_MESSAGE, _STACK_TRACE = range(12, 18)
 
 _KIND_NAMES = {0: "log", 1: "span_start", 2: "span_end", 3: "span"}
 _EPOCH = dt.datetime(1970, 1, 1)
@@ -271,21 +253,26 @@ def _forest(rows: list[tuple[Any, ...]]) -> list[_Node]:
         else:
             parent.children.append(node)
 
-    # A parent cycle (corrupt ids) leaves nodes unreachable from any root; show them as roots.
+    # Each node keeps only children not yet placed, so every node prints exactly once; a parent
+    # cycle (corrupt ids) leaves nodes no root reaches, and the first of them becomes a root.
     seen: set[int] = set()
-    stack = list(roots)
-    while stack:
-        node = stack.pop()
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        stack.extend(node.children)
+
+    def claim(start: _Node) -> None:
+        seen.add(id(start))
+        stack = [start]
+        while stack:
+            node = stack.pop()
+            kept = [c for c in node.children if id(c) not in seen]
+            seen.update(id(c) for c in kept)
+            node.children = kept
+            stack.extend(kept)
+
+    for node in list(roots):
+        claim(node)
     for node in nodes:
         if id(node) not in seen:
             roots.append(node)
-            node.children = [c for c in node.children if id(c) not in seen and c is not node]
-            seen.add(id(node))
-            seen.update(id(c) for c in node.children)
+            claim(node)
     return roots
 
 
