@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import random
-import time
+from .emit import new_span_id, new_trace_id
 
 __all__ = (
     "format_span_id",
@@ -15,30 +13,9 @@ __all__ = (
     "trace_id_time_ms",
 )
 
-# One private generator: uuid4()/os.urandom cost a syscall per id, and the module-level `random`
-# instance may be reseeded by user code. Reseeded after fork so parent and child never share ids.
-_rng = random.Random()
-_getrandbits = _rng.getrandbits
-_time_ns = time.time_ns
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_rng.seed)
-
 _HALF = 1 << 63
 _U64 = (1 << 64) - 1
 _HEX = frozenset("0123456789abcdef")
-
-
-def new_trace_id() -> str:
-    """A 32-hex-digit trace id: 48-bit millisecond timestamp, then 80 random bits."""
-    # The millisecond prefix is never zero, so the id is never the invalid all-zero trace id.
-    return "%012x%020x" % ((_time_ns() // 1_000_000) & 0xFFFFFFFFFFFF, _getrandbits(80))
-
-
-def new_span_id() -> int:
-    """A random non-zero span id as a signed 64-bit integer (the PostgreSQL ``bigint`` form)."""
-    # Uniform on [-2**63, 2**63): its two's-complement bytes are 8 uniformly random bytes.
-    sid = _getrandbits(64) - _HALF
-    return sid or new_span_id()
 
 
 def format_span_id(span_id: int) -> str:

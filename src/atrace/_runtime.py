@@ -1,13 +1,15 @@
-"""The process-wide emit target: where records go, and which spans are open right now."""
+"""The process-wide emit state: where records go, which spans are open, the current span."""
 
 from __future__ import annotations
+
+import contextvars
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
-__all__ = ("Runtime", "runtime")
+__all__ = ("Runtime", "current", "runtime")
 
 
 class Runtime:
@@ -31,3 +33,8 @@ def _discard(record: tuple[Any, ...]) -> bool:
 
 
 runtime = Runtime()
+
+
+# The current span (or remote parent) of this context. Defined here, with no imports, so that the
+# compiled emit module, its twin and atrace.context all share the one variable.
+current: contextvars.ContextVar[Any] = contextvars.ContextVar("atrace_current_span", default=None)

@@ -7,7 +7,9 @@ import functools
 import threading
 from types import TracebackType
 
-from ._ids import format_span_id, new_trace_id, parse_span_id, parse_trace_id
+from ._ids import format_span_id, parse_span_id, parse_trace_id
+from ._runtime import current
+from .emit import get_current, new_trace_id, reset_current, set_current
 from .errors import ConfigError
 
 TYPE_CHECKING = False
@@ -53,26 +55,7 @@ class SpanContext:
         return f"SpanContext(trace_id={self.trace_id!r}, span_id={sid!r})"
 
 
-_current: contextvars.ContextVar[SpanLike | None] = contextvars.ContextVar(
-    "atrace_current_span", default=None
-)
-get_current = _current.get
-set_current = _current.set
-
-
-def reset_current(token: contextvars.Token[SpanLike | None], parent: SpanLike | None) -> None:
-    """Restore the context a span replaced, even from a different Context.
-
-    A generator closed by the garbage collector, or a task cancelled and finalised elsewhere, exits
-    its span in a Context other than the one that entered it; ``ContextVar.reset`` then raises
-    ValueError. Setting the parent back is the correct outcome there, and never raises.
-    """
-    try:
-        _current.reset(token)
-    except ValueError:
-        _current.set(parent)
-
-
+_current = current
 def current_span() -> SpanLike | None:
     """The innermost active span (or remote parent) of this context, or None."""
     return _current.get()
