@@ -1,4 +1,4 @@
-"""Build the compiled ring; ATRACE_PUREPYTHON=1 skips it and atrace runs on the pure-Python twin."""
+"""Build the compiled ring and emit path; ATRACE_PUREPYTHON=1 skips them (pure-Python twins run)."""
 
 import os
 
@@ -9,7 +9,10 @@ if not os.environ.get("ATRACE_PUREPYTHON"):
     from Cython.Build import cythonize
 
     ext_modules = cythonize(
-        [Extension("atrace._ring", ["src/atrace/_ring.pyx"])],
+        [
+            Extension("atrace._ring", ["src/atrace/_ring.pyx"]),
+            Extension("atrace._emit", ["src/atrace/_emit.pyx"]),
+        ],
         compiler_directives={"language_level": 3, "boundscheck": False, "wraparound": False},
     )
 

@@ -53,6 +53,8 @@ _U64 = (1 << 64) - 1
 _INFO = 20
 _ERROR = 40
 _STATUS_NAMES = {"unset": 0, "ok": 1, "error": 2}
+# The open-spans set is cleared in place (never replaced), so one reference serves for good.
+_open_spans = runtime.open_spans
 
 
 def new_trace_id() -> str:
@@ -84,8 +86,9 @@ def reset_current(token: Any, parent: Any) -> None:
 class Span:
     """One timed operation. Enter it with ``with`` or ``async with``; it is the current span inside.
 
-    Records are built only when the span ends (one row), unless the flusher saw it still running,
-    in which case it wrote a start row and the end becomes a second row.
+    The span itself is the record: on exit it goes into the buffer as it is, and the flusher
+    turns it into a row (one row, or an end row when it already wrote a start row because the
+    span was still running at a flush). A span object is meant to be entered once.
     """
 
     __slots__ = (
@@ -93,7 +96,9 @@ class Span:
         "_token",
         "announced",
         "attrs",
+        "end_ns",
         "error",
+        "level",
         "location",
         "name",
         "parent_id",
@@ -116,18 +121,25 @@ class Span:
         self.location = location
         self.service = service
         self.status = 0
+        self.level = 20
         self.error: Any = None
         self.announced = False
         self.span_id: int | None = None
         self.trace_id = ""
         self.parent_id: int | None = None
         self.start_ns = 0
+        self.end_ns = 0
         # Until entered: the parent to use when the context has none (a Tracer's remote parent).
-        self._parent: SpanLike | None = None
+        self._parent: Any = None
+
+    @property
+    def duration_ns(self) -> int | None:
+        """Nanoseconds from start to end (None while running)."""
+        return None if self.end_ns == 0 else self.end_ns - self.start_ns
 
     # -- lifecycle (hot path) -------------------------------------------------------------------
 
-    def _begin(self, parent: SpanLike | None) -> None:
+    def _begin(self, parent: Any) -> None:
         if parent is None:
             self.trace_id = new_trace_id()
             self.parent_id = None
@@ -136,40 +148,58 @@ class Span:
             self.parent_id = parent.span_id
         self._parent = parent
         self.span_id = new_span_id()
-        runtime.open_spans.add(self)
+        _open_spans.add(self)
         self.start_ns = _time_ns()
 
     def _end(self, exc: BaseException | None) -> None:
-        end = _time_ns()
-        runtime.open_spans.discard(self)
-        status = self.status
-        level = _INFO
+        self.end_ns = _time_ns()
+        _open_spans.discard(self)
         if exc is not None:
             self.error = exc
-            if isinstance(exc, Exception):
-                status = 2
             # Cancellation and generator close are control flow: keep the cause, not a failure.
-        elif status == 0:
-            status = 1
-        if status == 2:
-            level = _ERROR
-        runtime.push(
-            (
-                2 if self.announced else 3,
-                self.start_ns,
-                level,
-                self.trace_id,
-                self.span_id,
-                self.parent_id,
-                end - self.start_ns,
-                status,
-                self.service,
-                self.name,
-                None,
-                self.attrs,
-                self.error,
-                self.location,
-            )
+            if isinstance(exc, Exception):
+                self.status = 2
+        elif self.status == 0:
+            self.status = 1
+        self.level = _ERROR if self.status == 2 else _INFO
+        runtime.push(self)
+
+    def _record(self) -> tuple[Any, ...]:
+        """The row-shaped tuple of the ended span (built by the flusher, not on the hot path)."""
+        return (
+            2 if self.announced else 3,
+            self.start_ns,
+            self.level,
+            self.trace_id,
+            self.span_id,
+            self.parent_id,
+            self.end_ns - self.start_ns,
+            self.status,
+            self.service,
+            self.name,
+            None,
+            self.attrs,
+            self.error,
+            self.location,
+        )
+
+    def _start_record(self) -> tuple[Any, ...]:
+        """The start row of a span still running: it makes a long span visible before it ends."""
+        return (
+            1,
+            self.start_ns,
+            _INFO,
+            self.trace_id,
+            self.span_id,
+            self.parent_id,
+            None,
+            0,
+            self.service,
+            self.name,
+            None,
+            None if self.attrs is None else dict(self.attrs),
+            None,
+            self.location,
         )
 
     def __enter__(self) -> Span:
@@ -185,6 +215,7 @@ class Span:
         tb: TracebackType | None,
     ) -> None:
         reset_current(self._token, self._parent)
+        self._token = None
         self._end(exc)
 
     async def __aenter__(self) -> Span:
@@ -236,11 +267,6 @@ class Span:
 
     def __repr__(self) -> str:
         return f"<Span {self.name!r} trace={self.trace_id} span={self.span_id_hex}>"
-
-
-def _caller_location(depth: int) -> tuple[str, int]:
-    frame = _getframe(depth + 1)
-    return (frame.f_code.co_filename, frame.f_lineno)
 
 
 def span(name: str, /, **attrs: Any) -> Span:

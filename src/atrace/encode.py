@@ -212,6 +212,8 @@ class Encoder:
 
     def row(self, rec: tuple[Any, ...]) -> Row:
         """One record as a row in COLUMNS order (ts stays integer nanoseconds)."""
+        if type(rec) is not tuple:
+            rec = rec._record()  # an ended Span is its own record
         kind, ts, level, trace_id, span_id, parent_id, dur, status, service, name, msg, attrs, err, loc = rec
         limit = self.max_message_length
         g = self.global_attrs

@@ -251,24 +251,7 @@ class Pipeline:
             if sp.announced or (not everything and sp.start_ns > cutoff) or not sp.span_id:
                 continue
             sp.announced = True
-            push(
-                (
-                    1,
-                    sp.start_ns,
-                    20,
-                    sp.trace_id,
-                    sp.span_id,
-                    sp.parent_id,
-                    None,
-                    0,
-                    sp.service,
-                    sp.name,
-                    None,
-                    None if sp.attrs is None else dict(sp.attrs),
-                    None,
-                    sp.location,
-                )
-            )
+            push(sp._start_record())
 
     async def _flush(self, *, everything: bool, announce_all: bool = False) -> None:
         with self._lock:

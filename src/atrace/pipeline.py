@@ -317,7 +317,7 @@ def _after_fork_in_child() -> None:
     # The child must not share the parent's buffer, flusher thread, connections or locks.
     global _pipeline, _global_lock
     _global_lock = threading.RLock()
-    runtime.open_spans = set()
+    runtime.open_spans.clear()
     old = _pipeline
     _pipeline = None
     runtime.push = _autoconfigure_push

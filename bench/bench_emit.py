@@ -1,0 +1,548 @@
+"""Per-call cost of emitting spans and logs: atrace (compiled and twin) against its peers."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+SRC = ROOT / "src"
+N = 200_000
+QUICK_N = 20_000
+REPEATS = 7
+QUICK_REPEATS = 3
+IMPORT_RUNS = 10
+QUICK_IMPORT_RUNS = 3
+CAPACITY = 2_000_000
+# The largest batch the configuration accepts: the flusher never reaches it between two drains.
+BATCH_SIZE = 1_000_000
+
+# (figure, limit in ns, or None) from the performance targets.
+TARGETS = {
+    "span_root": "<= 800 ns",
+    "span_child": "<= 800 ns",
+    "async_span": "<= 1000 ns",
+    "log": "<= 500 ns",
+    "log_in_span": "<= 500 ns",
+}
+# (peer case, atrace case, wanted ratio peer/atrace, or None when there is no target)
+COMPARISONS = [
+    ("otel_span_root", "span_root", 25.0),
+    ("otel_span_child", "span_child", 25.0),
+    ("structlog_json", "log", 7.0),
+    ("structlog_json_devnull", "log", None),
+    ("stdlib_queue", "log", None),
+    ("loguru_json", "log", None),
+]
+LABELS = {
+    "empty_loop": "empty loop (reference)",
+    "span_root": "with atrace.span (root)",
+    "span_child": "with atrace.span (child)",
+    "async_span": "async with atrace.span",
+    "log": "atrace.info, 2 attrs",
+    "log_in_span": "atrace.info, 2 attrs, in span",
+    "amit": "await atrace.amit, 2 attrs",
+    "otel_span_root": "OTel start_as_current_span (root)",
+    "otel_span_child": "OTel start_as_current_span (child)",
+    "structlog_json": "structlog JSON (orjson), no-op logger",
+    "structlog_json_devnull": "structlog JSON (orjson), BytesLogger /dev/null",
+    "stdlib_queue": "logging -> QueueHandler(SimpleQueue)",
+    "loguru_json": "loguru serialize=True, no-op sink",
+}
+
+
+# ---- timing -----------------------------------------------------------------------------------
+
+
+def measure(
+    run: Callable[[int], int], n: int, repeats: int, reset: Callable[[], None]
+) -> dict[str, float]:
+    """Median and best ns per call over ``repeats`` loops of ``n`` calls; ``reset`` runs between."""
+    run(min(n, 1000))  # warm caches, first-use paths and lazy imports
+    reset()
+    per_call = []
+    for _ in range(repeats):
+        gc.collect()
+        per_call.append(run(n) / n)
+        reset()
+    return {"median": statistics.median(per_call), "best": min(per_call)}
+
+
+def nothing() -> None:
+    pass
+
+
+def empty_loop(n: int) -> int:
+    t0 = time.perf_counter_ns()
+    for _ in range(n):
+        pass
+    return time.perf_counter_ns() - t0
+
+
+# ---- atrace -----------------------------------------------------------------------------------
+
+
+class DiscardSink:
+    """A sink that accepts every batch and keeps nothing."""
+
+    name = "discard"
+
+    async def open(self) -> None:
+        pass
+
+    async def write(self, batch: Any) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+def atrace_figures(n: int, repeats: int) -> dict[str, Any]:
+    """Every atrace case, for whichever implementation this process imported."""
+    import atrace
+    import atrace.pipeline
+    import atrace.ring
+
+    atrace.configure(
+        service="bench",
+        sink=DiscardSink(),
+        capacity=CAPACITY,
+        batch_size=BATCH_SIZE,
+        flush_interval=3600,
+        policy="drop_oldest",
+    )
+    span = atrace.span
+    info = atrace.info
+    amit = atrace.amit
+
+    def drain() -> None:
+        atrace.pipeline.get_pipeline().ring.drain(10**9)
+
+    def span_root(n: int) -> int:
+        t0 = time.perf_counter_ns()
+        for _ in range(n):
+            with span("x"):
+                pass
+        return time.perf_counter_ns() - t0
+
+    def span_child(n: int) -> int:
+        with span("parent"):
+            t0 = time.perf_counter_ns()
+            for _ in range(n):
+                with span("x"):
+                    pass
+            return time.perf_counter_ns() - t0
+
+    def log(n: int) -> int:
+        t0 = time.perf_counter_ns()
+        for _ in range(n):
+            info("msg", a=1, b="x")
+        return time.perf_counter_ns() - t0
+
+    def log_in_span(n: int) -> int:
+        with span("parent"):
+            t0 = time.perf_counter_ns()
+            for _ in range(n):
+                info("msg", a=1, b="x")
+            return time.perf_counter_ns() - t0
+
+    async def async_span_loop(n: int) -> int:
+        t0 = time.perf_counter_ns()
+        for _ in range(n):
+            async with span("x"):
+                pass
+        return time.perf_counter_ns() - t0
+
+    async def amit_loop(n: int) -> int:
+        t0 = time.perf_counter_ns()
+        for _ in range(n):
+            await amit("msg", a=1, b="x")
+        return time.perf_counter_ns() - t0
+
+    # The first record starts the flusher; with no running loop it is a daemon thread that sleeps
+    # (flush_interval is an hour, batch_size is out of reach), so no flush runs while timing.
+    info("start")
+    drain()
+    figures: dict[str, Any] = {}
+    for name, case in (
+        ("span_root", span_root),
+        ("span_child", span_child),
+        ("log", log),
+        ("log_in_span", log_in_span),
+    ):
+        figures[name] = measure(case, n, repeats, drain)
+    loop = asyncio.new_event_loop()
+    try:
+        for name, coro in (("async_span", async_span_loop), ("amit", amit_loop)):
+            figures[name] = measure(
+                lambda n, coro=coro: loop.run_until_complete(coro(n)), n, repeats, drain
+            )
+    finally:
+        loop.close()
+    metrics = atrace.metrics()
+    emit_impl = None
+    try:
+        import atrace.emit
+
+        emit_impl = getattr(atrace.emit, "IMPLEMENTATION", None)
+    except ImportError:
+        pass
+    result = {
+        "ring_implementation": atrace.ring.IMPLEMENTATION,
+        "emit_implementation": emit_impl,
+        "dropped": metrics.dropped,
+        "written": metrics.written,
+        "batches": metrics.batches,
+        "cases": figures,
+    }
+    atrace.shutdown()
+    return result
+
+
+def atrace_twin_figures(n: int, repeats: int) -> dict[str, Any]:
+    """The atrace cases again in a child process that imports the pure-Python twin."""
+    env = {**os.environ, "ATRACE_PUREPYTHON": "1", "PYTHONPATH": _pythonpath()}
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--only-atrace"]
+    cmd += ["--n", str(n), "--repeats", str(repeats)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"twin run failed ({done.returncode}):\n{done.stderr}")
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def _pythonpath() -> str:
+    current = os.environ.get("PYTHONPATH", "")
+    return str(SRC) + (os.pathsep + current if current else "")
+
+
+# ---- peers ------------------------------------------------------------------------------------
+
+
+def otel_figures(n: int, repeats: int) -> dict[str, Any]:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import (
+        BatchSpanProcessor,
+        SpanExporter,
+        SpanExportResult,
+    )
+
+    class DiscardExporter(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    # Like atrace's setup: a queue that never fills and no export while timing; drained between.
+    processor = BatchSpanProcessor(
+        DiscardExporter(),
+        max_queue_size=CAPACITY,
+        max_export_batch_size=BATCH_SIZE,
+        schedule_delay_millis=3_600_000,
+    )
+    provider.add_span_processor(processor)
+    tracer = provider.get_tracer("bench")
+    start = tracer.start_as_current_span
+
+    def root(n: int) -> int:
+        t0 = time.perf_counter_ns()
+        for _ in range(n):
+            with start("x"):
+                pass
+        return time.perf_counter_ns() - t0
+
+    def child(n: int) -> int:
+        with start("parent"):
+            t0 = time.perf_counter_ns()
+            for _ in range(n):
+                with start("x"):
+                    pass
+            return time.perf_counter_ns() - t0
+
+    def drain() -> None:
+        processor.force_flush()
+
+    figures = {
+        "otel_span_root": measure(root, n, repeats, drain),
+        "otel_span_child": measure(child, n, repeats, drain),
+    }
+    provider.shutdown()
+    return figures
+
+
+class NullLogger:
+    """A structlog logger that receives the rendered bytes and drops them."""
+
+    def msg(self, message: Any) -> None:
+        pass
+
+    debug = info = warning = error = critical = msg
+
+
+def structlog_figures(n: int, repeats: int) -> dict[str, Any]:
+    import logging
+
+    import orjson
+    import structlog
+
+    figures = {}
+    devnull = open(os.devnull, "wb")  # noqa: SIM115 (held for the whole case)
+    try:
+        for name, factory in (
+            ("structlog_json", lambda *args: NullLogger()),
+            ("structlog_json_devnull", structlog.BytesLoggerFactory(file=devnull)),
+        ):
+            structlog.reset_defaults()
+            structlog.configure(
+                processors=[
+                    structlog.processors.add_log_level,
+                    structlog.processors.TimeStamper(fmt="iso"),
+                    structlog.processors.JSONRenderer(serializer=orjson.dumps),
+                ],
+                wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+                logger_factory=factory,
+                cache_logger_on_first_use=True,
+            )
+            log = structlog.get_logger()
+
+            def run(n: int, log: Any = log) -> int:
+                info = log.info
+                t0 = time.perf_counter_ns()
+                for _ in range(n):
+                    info("msg", a=1, b="x")
+                return time.perf_counter_ns() - t0
+
+            figures[name] = measure(run, n, repeats, nothing)
+    finally:
+        structlog.reset_defaults()
+        devnull.close()
+    return figures
+
+
+def stdlib_figures(n: int, repeats: int) -> dict[str, Any]:
+    import logging
+    import logging.handlers
+    import queue
+
+    handler = logging.handlers.QueueHandler(queue.SimpleQueue())
+    logger = logging.getLogger("bench")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+
+    def run(n: int) -> int:
+        info = logger.info
+        extra = {"a": 1, "b": "x"}
+        t0 = time.perf_counter_ns()
+        for _ in range(n):
+            info("msg", extra=extra)
+        return time.perf_counter_ns() - t0
+
+    def drain() -> None:
+        handler.queue = queue.SimpleQueue()
+
+    try:
+        return {"stdlib_queue": measure(run, n, repeats, drain)}
+    finally:
+        logger.removeHandler(handler)
+
+
+def loguru_figures(n: int, repeats: int) -> dict[str, Any]:
+    from loguru import logger
+
+    def sink(message: Any) -> None:
+        pass
+
+    logger.remove()
+    handler_id = logger.add(sink, serialize=True, level="INFO")
+
+    def run(n: int) -> int:
+        info = logger.info
+        t0 = time.perf_counter_ns()
+        for _ in range(n):
+            info("msg", a=1, b="x")
+        return time.perf_counter_ns() - t0
+
+    try:
+        return {"loguru_json": measure(run, n, repeats, nothing)}
+    finally:
+        logger.remove(handler_id)
+
+
+# ---- import time ------------------------------------------------------------------------------
+
+_IMPORTTIME = re.compile(r"import time:\s+(\d+)\s+\|\s+(\d+)\s+\|(\s*)(\S+)")
+
+
+def import_figures(runs: int, twin: bool) -> dict[str, Any]:
+    """``-X importtime`` cumulative µs of the ``atrace`` line, and wall time over a bare start."""
+    env = {**os.environ, "PYTHONPATH": _pythonpath()}
+    env.pop("ATRACE_PUREPYTHON", None)
+    if twin:
+        env["ATRACE_PUREPYTHON"] = "1"
+    cumulative = []
+    heaviest: dict[str, int] = {}
+    for _ in range(runs):
+        done = subprocess.run(
+            [sys.executable, "-X", "importtime", "-c", "import atrace"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        for line in done.stderr.splitlines():
+            match = _IMPORTTIME.match(line)
+            if match is None:
+                continue
+            self_us, cum_us, indent, module = match.groups()
+            heaviest[module] = min(heaviest.get(module, 1 << 62), int(self_us))
+            if module == "atrace" and indent == " ":
+                cumulative.append(int(cum_us))
+    bare, with_atrace = [], []
+    for _ in range(runs):
+        # Interleaved, so a burst of load from elsewhere hits both sides alike.
+        bare.append(_wall([sys.executable, "-c", "pass"], env))
+        with_atrace.append(_wall([sys.executable, "-c", "import atrace"], env))
+    top = sorted(heaviest.items(), key=lambda kv: kv[1], reverse=True)[:8]
+    return {
+        "importtime_cumulative_us": statistics.median(cumulative),
+        "wall_bare_ms": statistics.median(bare),
+        "wall_import_ms": statistics.median(with_atrace),
+        "wall_delta_ms": statistics.median(with_atrace) - statistics.median(bare),
+        "heaviest_self_us": dict(top),
+    }
+
+
+def _wall(cmd: list[str], env: dict[str, str]) -> float:
+    t0 = time.perf_counter_ns()
+    subprocess.run(cmd, env=env, check=True)
+    return (time.perf_counter_ns() - t0) / 1e6
+
+
+# ---- report -----------------------------------------------------------------------------------
+
+
+def report(results: dict[str, Any]) -> None:
+    compiled = results["atrace"]["cases"]
+    twin = results["atrace_twin"]["cases"] if results.get("atrace_twin") else {}
+    peers = results["peers"]
+    a_impl = results["atrace"]
+    print(
+        f"{platform.python_implementation()} {platform.python_version()} on "
+        f"{platform.machine()}; {results['n']:,} calls per loop, {results['repeats']} loops; "
+        "ns per call, loop overhead included"
+    )
+    print(
+        f"atrace: ring={a_impl['ring_implementation']} emit={a_impl['emit_implementation']}"
+        + (
+            f"; twin run: ring={results['atrace_twin']['ring_implementation']} "
+            f"emit={results['atrace_twin']['emit_implementation']}"
+            if twin
+            else ""
+        )
+    )
+    print()
+    head = f"{'case':<48}{'median':>9}{'best':>9}{'twin med':>10}{'twin/comp':>10}  target"
+    print(head)
+    print("-" * len(head))
+    print(
+        f"{LABELS['empty_loop']:<48}{results['empty_loop']['median']:>9.1f}"
+        f"{results['empty_loop']['best']:>9.1f}"
+    )
+    for key, fig in compiled.items():
+        line = f"{LABELS[key]:<48}{fig['median']:>9.1f}{fig['best']:>9.1f}"
+        if key in twin:
+            tw = twin[key]["median"]
+            line += f"{tw:>10.1f}{tw / fig['median']:>9.2f}x"
+        else:
+            line += " " * 20
+        target = TARGETS.get(key)
+        if target:
+            line += f"  {target}"
+        print(line)
+    for key, fig in peers.items():
+        print(f"{LABELS[key]:<48}{fig['median']:>9.1f}{fig['best']:>9.1f}")
+    print()
+    head = f"{'ratio (median / median)':<64}{'compiled':>10}{'twin':>8}  target"
+    print(head)
+    print("-" * len(head))
+    for peer, ours, wanted in COMPARISONS:
+        if peer not in peers:
+            continue
+        label = f"{LABELS[peer]} / {LABELS[ours]}"
+        p = peers[peer]["median"]
+        line = f"{label:<64}{p / compiled[ours]['median']:>9.1f}x"
+        line += f"{p / twin[ours]['median']:>7.1f}x" if ours in twin else " " * 8
+        if wanted is not None:
+            line += f"  >= {wanted:g}x"
+        print(line)
+    imports = results.get("import")
+    if imports:
+        print()
+        print(f"{'import atrace':<30}{'-X importtime':>16}{'wall - bare':>14}  target")
+        for label, fig in imports.items():
+            print(
+                f"{label:<30}{fig['importtime_cumulative_us'] / 1000:>13.1f} ms"
+                f"{fig['wall_delta_ms']:>11.1f} ms  <= 30 ms"
+            )
+        print(
+            "heaviest modules (self µs, compiled):",
+            ", ".join(f"{k} {v}" for k, v in imports["compiled"]["heaviest_self_us"].items()),
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--n", type=int, default=None, help=f"calls per timed loop ({N:,})")
+    parser.add_argument("--repeats", type=int, default=None, help=f"timed loops ({REPEATS})")
+    parser.add_argument("--quick", action="store_true", help="a fast smoke run (small N)")
+    parser.add_argument("--json", metavar="PATH", help="also write every figure to PATH")
+    parser.add_argument("--no-twin", action="store_true", help="skip the pure-Python twin run")
+    parser.add_argument("--no-import", action="store_true", help="skip the import-time figures")
+    parser.add_argument(
+        "--only-atrace", action="store_true", help="measure atrace only and print JSON (internal)"
+    )
+    args = parser.parse_args()
+    n = args.n or (QUICK_N if args.quick else N)
+    repeats = args.repeats or (QUICK_REPEATS if args.quick else REPEATS)
+
+    if args.only_atrace:
+        json.dump(atrace_figures(n, repeats), sys.stdout)
+        return
+
+    results: dict[str, Any] = {
+        "n": n,
+        "repeats": repeats,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "empty_loop": measure(empty_loop, n, repeats, nothing),
+        "atrace": atrace_figures(n, repeats),
+        "atrace_twin": None if args.no_twin else atrace_twin_figures(n, repeats),
+        "peers": {},
+    }
+    for figures in (otel_figures, structlog_figures, stdlib_figures, loguru_figures):
+        results["peers"].update(figures(n, repeats))
+    if not args.no_import:
+        runs = QUICK_IMPORT_RUNS if args.quick else IMPORT_RUNS
+        results["import"] = {
+            "compiled": import_figures(runs, twin=False),
+            "twin": import_figures(runs, twin=True),
+        }
+    report(results)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
