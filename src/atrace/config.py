@@ -25,6 +25,7 @@ __all__ = (
     "POLICIES",
     "Config",
     "from_environment",
+    "parse_resource_attributes",
 )
 
 DEFAULT_SERVICE = "unknown_service:python"  # what OpenTelemetry SDKs report when unnamed

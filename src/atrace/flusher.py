@@ -218,13 +218,15 @@ class Pipeline:
             await self._open(state)
 
     async def _open(self, state: _SinkState) -> bool:
+        # Only a failed open holds back the next attempt; an open cut short by cancellation
+        # (the loop shutting down) must not stop the final flush from opening the sink again.
         now = self._clock()
         if now - state.last_attempt < _REOPEN_EVERY:
             return False
-        state.last_attempt = now
         try:
             await asyncio.wait_for(state.sink.open(), self._write_timeout)
         except Exception as exc:
+            state.last_attempt = now
             state.errors += 1
             self.sink_errors += 1
             _log.warning("atrace: sink %s could not open: %r", state.sink.name, exc)

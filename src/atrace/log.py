@@ -21,6 +21,7 @@ __all__ = (
     "fatal",
     "info",
     "level_number",
+    "put",
     "warn",
     "warning",
 )

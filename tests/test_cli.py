@@ -1,0 +1,69 @@
+"""The installed ``atrace`` command, run as a user would, against the test PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import asyncpg
+
+ATRACE = str(Path(sys.executable).with_name("atrace"))
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [ATRACE, *args], capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})}
+    )
+
+
+class TestDbInit:
+    async def test_creates_schema(self, pg_schema: tuple[str, str]) -> None:
+        """`atrace db init` creates the schema and says which version it is at; twice is fine."""
+        dsn, schema = pg_schema
+        for _ in range(2):
+            done = run("db", "init", "--dsn", dsn, "--schema", schema)
+            assert done.returncode == 0, done.stderr
+            assert done.stdout.strip() == f"schema {schema} is at version 1"
+        conn = await asyncpg.connect(dsn)
+        try:
+            assert await conn.fetchval("SELECT to_regclass($1)", f"{schema}.records") is not None
+        finally:
+            await conn.close()
+
+    def test_bad_schema_name(self) -> None:
+        """An invalid schema name is a one-line error with exit code 2."""
+        done = run("db", "init", "--dsn", "postgresql://x@127.0.0.1:1/x", "--schema", "bad name")
+        assert done.returncode == 2
+        assert done.stderr.startswith("atrace: schema='bad name'") and "Traceback" not in done.stderr
+
+    def test_unreachable_database(self) -> None:
+        """An unreachable database is a one-line error with exit code 3, not a traceback."""
+        done = run("db", "init", "--dsn", "postgresql://x@127.0.0.1:1/x")
+        assert done.returncode == 3
+        assert done.stderr.startswith("atrace: cannot reach the database") and "Traceback" not in done.stderr
+
+
+class TestDemo:
+    async def test_demo_writes_and_reads_back(self, pg_schema: tuple[str, str]) -> None:
+        """The demo runs its workload, prints the trees and a summary read back from the database."""
+        dsn, schema = pg_schema
+        done = run("demo", "--dsn", dsn, "--schema", schema, env={"COLUMNS": "200"})
+        assert done.returncode == 0, done.stderr
+        out = done.stdout
+        summary = re.search(r"(\d+) traces, (\d+) spans, (\d+) logs, (\d+) errors read back", out)
+        assert summary is not None, out
+        assert summary.groups() == ("5", "20", "11", "3")
+        assert "POST /checkout" in out and "charge card" in out
+        assert "PaymentDeclined: card declined for order 4" in out
+        conn = await asyncpg.connect(dsn)
+        try:
+            count = await conn.fetchval(f"SELECT count(*) FROM {schema}.records")
+            failed = await conn.fetchval(
+                f"SELECT count(*) FROM {schema}.records WHERE status = 2 AND kind IN (2, 3)"
+            )
+        finally:
+            await conn.close()
+        assert (count, failed) == (31, 2)
