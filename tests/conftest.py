@@ -14,13 +14,16 @@ import pytest
 os.environ.setdefault("ATRACE_DATA_DIR", tempfile.mkdtemp(prefix="atrace-data-", dir="/tmp"))
 os.chmod(os.environ["ATRACE_DATA_DIR"], 0o755)
 for _name in list(os.environ):
-    if _name.startswith(("ATRACE_", "OTEL_")) and _name not in ("ATRACE_DATA_DIR", "ATRACE_TEST_DSN", "ATRACE_PUREPYTHON"):
+    if _name.startswith(("ATRACE_", "OTEL_")) and _name not in (
+        "ATRACE_DATA_DIR",
+        "ATRACE_TEST_DSN",
+        "ATRACE_PUREPYTHON",
+    ):
         del os.environ[_name]
 
 import atrace  # noqa: E402
-from atrace.testing import MemorySink  # noqa: E402
-
 from _pg import pg_schema, pg_server  # noqa: E402, F401
+from atrace.testing import MemorySink  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

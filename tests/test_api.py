@@ -47,7 +47,9 @@ class TestAll:
             and getattr(value, "__module__", None) == name
             and callable(value)
         }
-        assert defined_here <= set(exported), f"{name} defines public {defined_here - set(exported)}"
+        assert defined_here <= set(exported), (
+            f"{name} defines public {defined_here - set(exported)}"
+        )
 
     def test_facade_reexports_only(self) -> None:
         """The package façade names the documented API."""
@@ -56,6 +58,9 @@ class TestAll:
 
     def test_import_is_light(self) -> None:
         """Importing atrace loads neither asyncio, asyncpg, rich nor orjson."""
-        code = "import sys, atrace; print(sorted(m for m in ('asyncio','asyncpg','rich','orjson','aiohttp') if m in sys.modules))"
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        heavy = ("asyncio", "asyncpg", "rich", "orjson", "aiohttp")
+        code = f"import sys, atrace; print(sorted(m for m in {heavy!r} if m in sys.modules))"
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        )
         assert out.stdout.strip() == "[]"

@@ -15,7 +15,11 @@ ATRACE = str(Path(sys.executable).with_name("atrace"))
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [ATRACE, *args], capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})}
+        [ATRACE, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -37,18 +41,23 @@ class TestDbInit:
         """An invalid schema name is a one-line error with exit code 2."""
         done = run("db", "init", "--dsn", "postgresql://x@127.0.0.1:1/x", "--schema", "bad name")
         assert done.returncode == 2
-        assert done.stderr.startswith("atrace: schema='bad name'") and "Traceback" not in done.stderr
+        assert (
+            done.stderr.startswith("atrace: schema='bad name'") and "Traceback" not in done.stderr
+        )
 
     def test_unreachable_database(self) -> None:
         """An unreachable database is a one-line error with exit code 3, not a traceback."""
         done = run("db", "init", "--dsn", "postgresql://x@127.0.0.1:1/x")
         assert done.returncode == 3
-        assert done.stderr.startswith("atrace: cannot reach the database") and "Traceback" not in done.stderr
+        assert (
+            done.stderr.startswith("atrace: cannot reach the database")
+            and "Traceback" not in done.stderr
+        )
 
 
 class TestDemo:
     async def test_demo_writes_and_reads_back(self, pg_schema: tuple[str, str]) -> None:
-        """The demo runs its workload, prints the trees and a summary read back from the database."""
+        """The demo runs its workload and prints the trees and a summary read back from the DB."""
         dsn, schema = pg_schema
         done = run("demo", "--dsn", dsn, "--schema", schema, env={"COLUMNS": "200"})
         assert done.returncode == 0, done.stderr

@@ -70,10 +70,15 @@ class TestEnvironment:
         cfg = Config(**kw)
         assert (cfg.service, cfg.environment) == ("svc", "prod")
         assert cfg.sinks == ("console", "postgresql://x/y")
-        assert (cfg.batch_size, cfg.flush_interval, cfg.capacity, cfg.policy) == (123, 0.5, 999, "block")
+        assert (cfg.batch_size, cfg.flush_interval, cfg.capacity, cfg.policy) == (
+            123,
+            0.5,
+            999,
+            "block",
+        )
 
     def test_otel_variables(self) -> None:
-        """OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES apply; other resource keys become attributes."""
+        """OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES apply; other keys become attributes."""
         kw = from_environment(
             {
                 "OTEL_SERVICE_NAME": "checkout",

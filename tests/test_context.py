@@ -203,7 +203,9 @@ class TestW3C:
 
     def test_future_version_and_x_trace_id(self) -> None:
         """A future version with extra fields is accepted; X-Trace-ID is the fallback."""
-        ctx = atrace.parse_traceparent("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-xyz")
+        ctx = atrace.parse_traceparent(
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-xyz"
+        )
         assert ctx is not None and ctx.sampled is False
         fallback = atrace.extract({"X-Trace-ID": "4bf92f35-77b3-4da6-a3ce-929d0e0e4736"})
         assert fallback is not None and fallback.trace_id == "4bf92f3577b34da6a3ce929d0e0e4736"

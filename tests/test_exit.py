@@ -59,14 +59,18 @@ def run_program(name: str, dsn: str, schema: str) -> subprocess.CompletedProcess
 async def rows(dsn: str, schema: str) -> list[Any]:
     conn = await asyncpg.connect(dsn)
     try:
-        return list(await conn.fetch(f"SELECT kind, name, message, service FROM {schema}.records ORDER BY ts"))
+        return list(
+            await conn.fetch(
+                f"SELECT kind, name, message, service FROM {schema}.records ORDER BY ts"
+            )
+        )
     finally:
         await conn.close()
 
 
 class TestExit:
     async def test_each_program_writes_everything(self, pg_schema: tuple[str, str]) -> None:
-        """After asyncio.run, in a sync program, with flush(), or unconfigured: every record lands."""
+        """After asyncio.run, in a sync program, with flush(), unconfigured: every record lands."""
         dsn, base = pg_schema
         for index, name in enumerate(PROGRAMS):
             schema = f"{base}_{index}"

@@ -46,7 +46,10 @@ class TestTraceId:
         assert parse_trace_id("0" * 32) is None
         assert parse_trace_id("abc") is None
         assert parse_trace_id("g" * 32) is None
-        assert parse_trace_id("4bf92f35-77b3-4da6-a3ce-929d0e0e4736") == "4bf92f3577b34da6a3ce929d0e0e4736"
+        assert (
+            parse_trace_id("4bf92f35-77b3-4da6-a3ce-929d0e0e4736")
+            == "4bf92f3577b34da6a3ce929d0e0e4736"
+        )
 
 
 class TestSpanId:

@@ -41,7 +41,11 @@ class TestLevels:
             atrace.info("inside")
         await atrace.aflush()
         (log,) = configure_memory.logs()
-        assert (log["trace_id"], log["span_id"], log["parent_id"]) == (sp.trace_id, sp.span_id, None)
+        assert (log["trace_id"], log["span_id"], log["parent_id"]) == (
+            sp.trace_id,
+            sp.span_id,
+            None,
+        )
 
     async def test_module_and_extra(self, configure_memory: MemorySink) -> None:
         """module= overrides the logger name; extra= merges into the attributes."""
@@ -70,7 +74,9 @@ class TestErrors:
         assert row["error_type"] == "ValueError" and row["error_message"] == "bad"
         assert 'raise ValueError("bad")' in row["stack_trace"]
 
-    async def test_exc_info_outside_except_is_the_callers_stack(self, configure_memory: MemorySink) -> None:
+    async def test_exc_info_outside_except_is_the_callers_stack(
+        self, configure_memory: MemorySink
+    ) -> None:
         """exc_info=True with no exception being handled records the caller's stack."""
         atrace.warning("where am I", exc_info=True)
         await atrace.aflush()
@@ -121,17 +127,26 @@ class TestAmit:
     async def test_block_policy_waits_instead_of_dropping(self, memory_sink: MemorySink) -> None:
         """Under the block policy amit waits for room; nothing is dropped, everything is written."""
         atrace.configure(
-            service="t", sink=memory_sink, capacity=10, batch_size=5, policy="block", flush_interval=0.01
+            service="t",
+            sink=memory_sink,
+            capacity=10,
+            batch_size=5,
+            policy="block",
+            flush_interval=0.01,
         )
         await asyncio.gather(*(atrace.amit(f"m{i}") for i in range(200)))
         await atrace.aflush()
         m = atrace.metrics()
         assert m.dropped == 0
-        assert sorted(r["message"] for r in memory_sink.logs()) == sorted(f"m{i}" for i in range(200))
+        assert sorted(r["message"] for r in memory_sink.logs()) == sorted(
+            f"m{i}" for i in range(200)
+        )
 
     async def test_sync_emit_under_block_drops_newest(self, memory_sink: MemorySink) -> None:
         """A sync emit cannot wait: under block it drops (counted) rather than stall the caller."""
-        atrace.configure(service="t", sink=memory_sink, capacity=5, policy="block", flush_interval=60)
+        atrace.configure(
+            service="t", sink=memory_sink, capacity=5, policy="block", flush_interval=60
+        )
         for i in range(20):
             atrace.info(f"m{i}")
         m = atrace.metrics()

@@ -60,7 +60,12 @@ class TestTriggers:
         """A record below the batch size is written once the interval has passed, not before."""
         sink = MemorySink()
         clock = FakeClock()
-        install(Config(sinks=[sink], flush_interval=1.0, batch_size=100), clock=clock.time, sleep=clock.sleep, tick=0.1)
+        install(
+            Config(sinks=[sink], flush_interval=1.0, batch_size=100),
+            clock=clock.time,
+            sleep=clock.sleep,
+            tick=0.1,
+        )
         atrace.info("one")
         await clock.advance(0)
         await clock.advance(0.1)
@@ -73,7 +78,12 @@ class TestTriggers:
         """Full batches are written without waiting for the interval; the remainder waits."""
         sink = MemorySink()
         clock = FakeClock()
-        install(Config(sinks=[sink], flush_interval=60, batch_size=10), clock=clock.time, sleep=clock.sleep, tick=0.01)
+        install(
+            Config(sinks=[sink], flush_interval=60, batch_size=10),
+            clock=clock.time,
+            sleep=clock.sleep,
+            tick=0.01,
+        )
         for i in range(25):
             atrace.info(f"m{i}")
         await clock.advance(0)  # the flusher starts and goes to sleep
@@ -112,7 +122,9 @@ class TestTriggers:
         assert atrace.shutdown(timeout=10)
         assert not any(t.name == "atrace-flusher" for t in threading.enumerate())
 
-    async def test_sync_flush_on_the_flusher_loop_does_not_block(self, configure_memory: MemorySink) -> None:
+    async def test_sync_flush_on_the_flusher_loop_does_not_block(
+        self, configure_memory: MemorySink
+    ) -> None:
         """flush() called on the flusher's own loop only requests (it cannot wait there)."""
         atrace.info("x")
         await atrace.aflush()
@@ -136,7 +148,9 @@ class TestPolicies:
 
     async def test_drop_newest(self, memory_sink: MemorySink) -> None:
         """drop_newest keeps the oldest records."""
-        atrace.configure(service="t", sink=memory_sink, capacity=10, policy="drop_newest", flush_interval=3600)
+        atrace.configure(
+            service="t", sink=memory_sink, capacity=10, policy="drop_newest", flush_interval=3600
+        )
         for i in range(25):
             atrace.info(f"m{i}")
         await atrace.aflush()

@@ -48,8 +48,10 @@ async def fetch(conn: Any, schema: str, where: str = "true", *args: Any) -> list
 
 
 class TestSchema:
-    async def test_created_on_first_use_and_idempotent(self, pg_schema: tuple[str, str], db: Any) -> None:
-        """The schema is created at the current version, with partitions ahead, indexes and ledger."""
+    async def test_created_on_first_use_and_idempotent(
+        self, pg_schema: tuple[str, str], db: Any
+    ) -> None:
+        """The schema is made at the current version with partitions ahead, indexes, ledger."""
         _, schema = pg_schema
         assert await ensure_schema(db, schema) == SCHEMA_VERSION
         assert await ensure_schema(db, schema) == SCHEMA_VERSION
@@ -63,7 +65,9 @@ class TestSchema:
         assert {"records", "records_default", "batches", "schema_version"} <= tables
         indexes = {
             r["indexname"]
-            for r in await db.fetch("SELECT indexname FROM pg_indexes WHERE schemaname = $1", schema)
+            for r in await db.fetch(
+                "SELECT indexname FROM pg_indexes WHERE schemaname = $1", schema
+            )
         }
         assert {"records_trace_idx", "records_service_ts_idx", "records_errors_idx"} <= indexes
         kind = await db.fetchval(
@@ -86,7 +90,9 @@ class TestSchema:
 
 
 class TestRows:
-    async def test_concurrent_tasks_links_and_counts(self, pg_configured: tuple[str, str], db: Any) -> None:
+    async def test_concurrent_tasks_links_and_counts(
+        self, pg_configured: tuple[str, str], db: Any
+    ) -> None:
         """100 concurrent tasks with nested spans land with exact counts, links and trace ids."""
         _, schema = pg_configured
 
@@ -130,7 +136,11 @@ class TestRows:
         assert (span["status"], span["level"], span["error_type"]) == (2, 40, "ZeroDivisionError")
         assert span["error_message"] == "division by zero"
         assert "1 / 0" in span["stack_trace"]
-        assert (log["level"], log["error_type"], log["error_message"]) == (40, "LookupError", "no such order")
+        assert (log["level"], log["error_type"], log["error_message"]) == (
+            40,
+            "LookupError",
+            "no such order",
+        )
 
     async def test_attrs_round_trip(self, pg_configured: tuple[str, str], db: Any) -> None:
         """Attributes of every JSON type, and common Python types, round-trip through jsonb."""
@@ -166,7 +176,9 @@ class TestRows:
         }
         assert row["ts"].tzinfo is not None
 
-    async def test_long_span_visible_while_running(self, pg_configured: tuple[str, str], db: Any) -> None:
+    async def test_long_span_visible_while_running(
+        self, pg_configured: tuple[str, str], db: Any
+    ) -> None:
         """A long span has a start row in the database while it runs, then an end row."""
         _, schema = pg_configured
         async with atrace.span("long-job") as sp:
@@ -190,7 +202,9 @@ class Custom:
 
 
 class TestSanitising:
-    async def test_each_bad_value_lands_sanitised_in_one_batch(self, pg_schema: tuple[str, str], db: Any) -> None:
+    async def test_each_bad_value_lands_sanitised_in_one_batch(
+        self, pg_schema: tuple[str, str], db: Any
+    ) -> None:
         """Every kind of bad value lands sanitised, in the same batch as good records, none lost."""
         dsn, schema = pg_schema
         atrace.configure(
@@ -214,10 +228,16 @@ class TestSanitising:
         assert await atrace.aflush()
         m = atrace.metrics()
         assert (m.written, m.failed, m.batches) == (12, 0, 1)
-        rows = {r["attrs"]["case"] if r["attrs"] and "case" in r["attrs"] else r["message"]: r for r in await fetch(db, schema)}
+        rows = {
+            r["attrs"]["case"] if r["attrs"] and "case" in r["attrs"] else r["message"]: r
+            for r in await fetch(db, schema)
+        }
         assert len(rows) == 12
         assert rows["nul-message"]["message"] == "nul\ufffdmessage"
-        assert rows["nul-attr"]["attrs"]["value"] == "a\ufffdb" and rows["nul-attr"]["attrs"]["k\ufffdey"] == 1
+        assert (
+            rows["nul-attr"]["attrs"]["value"] == "a\ufffdb"
+            and rows["nul-attr"]["attrs"]["k\ufffdey"] == 1
+        )
         assert rows["surrogate"]["message"] == "surrogate \ufffd message"
         assert rows["surrogate"]["attrs"]["value"] == "x\ufffdy"
         assert rows["object"]["attrs"]["value"] == "<Custom thing>"
@@ -233,16 +253,48 @@ class TestSanitising:
         assert rows["nul-span"]["name"] == "span\ufffdname"
         assert "good before" in rows and "good after" in rows
 
-    async def test_row_outside_partitions_lands_in_default(self, pg_schema: tuple[str, str], db: Any) -> None:
-        """A record with a timestamp far from today still lands (default partition), batch intact."""
+    async def test_row_outside_partitions_lands_in_default(
+        self, pg_schema: tuple[str, str], db: Any
+    ) -> None:
+        """A record far from today still lands (default partition), with its batch intact."""
         dsn, schema = pg_schema
         sink = PostgresSink(dsn, schema=schema)
         enc = Encoder(service="s", environment=None, host="h", pid=1)
         old = dt.datetime(1990, 5, 1, tzinfo=dt.timezone.utc).timestamp()
         rows = enc.rows(
             [
-                (0, int(old * 1e9), 20, None, None, None, None, 0, None, "n", "old", None, None, None),
-                (0, int(dt.datetime.now().timestamp() * 1e9), 20, None, None, None, None, 0, None, "n", "new", None, None, None),
+                (
+                    0,
+                    int(old * 1e9),
+                    20,
+                    None,
+                    None,
+                    None,
+                    None,
+                    0,
+                    None,
+                    "n",
+                    "old",
+                    None,
+                    None,
+                    None,
+                ),
+                (
+                    0,
+                    int(dt.datetime.now().timestamp() * 1e9),
+                    20,
+                    None,
+                    None,
+                    None,
+                    None,
+                    0,
+                    None,
+                    "n",
+                    "new",
+                    None,
+                    None,
+                    None,
+                ),
             ]
         )
         await sink.open()
@@ -250,7 +302,9 @@ class TestSanitising:
             await sink.write(Batch(rows))
         finally:
             await sink.close()
-        got = await db.fetch(f"SELECT message, tableoid::regclass::text AS part FROM {schema}.records ORDER BY ts")
+        got = await db.fetch(
+            f"SELECT message, tableoid::regclass::text AS part FROM {schema}.records ORDER BY ts"
+        )
         assert [r["message"] for r in got] == ["old", "new"]
         assert got[0]["part"].endswith("records_default")
 
@@ -261,7 +315,12 @@ class TestExactlyOnce:
         dsn, schema = pg_schema
         enc = Encoder(service="s", environment=None, host="h", pid=1)
         now = int(dt.datetime.now().timestamp() * 1e9)
-        rows = enc.rows([(0, now + i, 20, None, None, None, None, 0, None, "n", f"m{i}", None, None, None) for i in range(50)])
+        rows = enc.rows(
+            [
+                (0, now + i, 20, None, None, None, None, 0, None, "n", f"m{i}", None, None, None)
+                for i in range(50)
+            ]
+        )
         batch = Batch(rows)
         a, b = PostgresSink(dsn, schema=schema), PostgresSink(dsn, schema=schema)
         await a.open()
@@ -276,9 +335,10 @@ class TestExactlyOnce:
             await b.close()
         assert await db.fetchval(f"SELECT count(*) FROM {schema}.records") == 100
         assert await db.fetchval(f"SELECT count(*) FROM {schema}.batches") == 2
-        assert await db.fetchval(
-            f"SELECT records FROM {schema}.batches WHERE batch_id = $1", batch.id
-        ) == 50
+        assert (
+            await db.fetchval(f"SELECT records FROM {schema}.batches WHERE batch_id = $1", batch.id)
+            == 50
+        )
 
     async def test_columns_contract(self, pg_schema: tuple[str, str], db: Any) -> None:
         """The table has exactly the contract's columns, in the encoder's order."""
@@ -301,7 +361,9 @@ class TestFailures:
     async def test_unreachable_database_never_reaches_the_app(self, memory_sink: Any) -> None:
         """With the database unreachable, emits and flushes return, errors are only counted."""
         atrace.configure(
-            service="t", sinks=["postgresql://postgres@127.0.0.1:1/none", memory_sink], flush_interval=0.05
+            service="t",
+            sinks=["postgresql://postgres@127.0.0.1:1/none", memory_sink],
+            flush_interval=0.05,
         )
         with atrace.span("still works"):
             atrace.info("hello")

@@ -42,10 +42,14 @@ class TestSpanContextManager:
         await atrace.aflush()
         row = by_name(configure_memory.spans(), "sync-span")
         assert row["attrs"] == {"k": "v", "extra": 2}
-        assert row["location"].endswith(f"test_span.py:{self.test_sync_with.__code__.co_firstlineno + 2}")
+        assert row["location"].endswith(
+            f"test_span.py:{self.test_sync_with.__code__.co_firstlineno + 2}"
+        )
 
-    async def test_exception_marks_failed_and_propagates(self, configure_memory: MemorySink) -> None:
-        """An exception leaving a span fails it with type, message and trace, and is re-raised as is."""
+    async def test_exception_marks_failed_and_propagates(
+        self, configure_memory: MemorySink
+    ) -> None:
+        """An exception leaving a span fails it with type, message, trace, and propagates as is."""
         err = KeyError("missing")
         with pytest.raises(KeyError) as info:
             async with atrace.span("boom"):
@@ -125,10 +129,14 @@ class TestTraced:
         await atrace.aflush()
         rows = configure_memory.spans()
         add_row = by_name(rows, f"{__name__}.TestTraced.test_sync_and_async_functions.<locals>.add")
-        assert add_row["location"].endswith(f"test_span.py:{add.__wrapped__.__code__.co_firstlineno}")
+        assert add_row["location"].endswith(
+            f"test_span.py:{add.__wrapped__.__code__.co_firstlineno}"
+        )
         assert by_name(rows, "custom name")["attrs"] == {"team": "x"}
 
-    async def test_async_generator_span_covers_iteration(self, configure_memory: MemorySink) -> None:
+    async def test_async_generator_span_covers_iteration(
+        self, configure_memory: MemorySink
+    ) -> None:
         """An async generator's span covers its whole iteration and is current only inside it."""
         seen_inside: list[object] = []
 
@@ -146,7 +154,10 @@ class TestTraced:
         assert out == [0, 1, 2]
         await atrace.aflush()
         rows = configure_memory.spans()
-        gen = by_name(rows, f"{__name__}.TestTraced.test_async_generator_span_covers_iteration.<locals>.numbers")
+        gen = by_name(
+            rows,
+            f"{__name__}.TestTraced.test_async_generator_span_covers_iteration.<locals>.numbers",
+        )
         assert gen["parent_id"] == by_name(rows, "consumer")["span_id"]
         assert all(s is not None and s.span_id == gen["span_id"] for s in seen_inside)
 

@@ -1,4 +1,4 @@
-"""Tracer: service override, bound attributes, the classic log(message, attr) call, remote parent."""
+"""Tracer: service override, bound attributes, the classic log(message, attr), remote parent."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ class TestTracer:
         assert rows["list json"]["attrs"] == {"attr": [1, 2]}
 
     async def test_parent_id_attaches_root_spans(self, configure_memory: MemorySink) -> None:
-        """Spans of a tracer with parent_id/trace_id join that remote parent when nothing is current."""
+        """A tracer's spans join its parent_id/trace_id when nothing is current."""
         tid = "0af7651916cd43dd8448eb211c80319c"
         t = atrace.Tracer(service="worker", parent_id="b7ad6b7169203331", trace_id=tid)
         async with t.span("job"):
@@ -48,7 +48,9 @@ class TestTracer:
         await atrace.aflush()
         span = configure_memory.spans()[0]
         assert span["trace_id"] == tid
-        assert atrace.parse_traceparent(f"00-{tid}-b7ad6b7169203331-01").span_id == span["parent_id"]
+        assert (
+            atrace.parse_traceparent(f"00-{tid}-b7ad6b7169203331-01").span_id == span["parent_id"]
+        )
         log = configure_memory.logs()[0]
         assert log["trace_id"] == tid
 

@@ -102,7 +102,10 @@ async def _main(dsn: str, schema: str, requests: int) -> int:
     elapsed = time.perf_counter() - started
     m = atrace.metrics()
     if not ok or m.failed:
-        print(f"atrace demo: could not write to the database ({m.sink_errors} sink errors)", file=sys.stderr)
+        print(
+            f"atrace demo: could not write to the database ({m.sink_errors} sink errors)",
+            file=sys.stderr,
+        )
         return 1
     rows = await _read_back(dsn, schema, trace_ids)
     from .sinks.console import ConsoleSink

@@ -329,7 +329,7 @@ cdef class Span:
     set_attributes = set
 
     def set_status(self, status, message=None):
-        """Set the outcome: ``"ok"``, ``"error"`` or ``"unset"`` (an exception leaving sets error)."""
+        """Set the outcome: ``"ok"``, ``"error"`` or ``"unset"`` (an exception sets error)."""
         code = _STATUS_NAMES.get(status) if isinstance(status, str) else status
         if code not in (0, 1, 2):
             from .errors import ConfigError

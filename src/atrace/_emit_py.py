@@ -131,6 +131,7 @@ class Span:
         self.end_ns = 0
         # Until entered: the parent to use when the context has none (a Tracer's remote parent).
         self._parent: Any = None
+        self._token: Any = None
 
     @property
     def duration_ns(self) -> int | None:
@@ -242,7 +243,7 @@ class Span:
     set_attributes = set
 
     def set_status(self, status: str | int, message: str | None = None) -> Span:
-        """Set the outcome: ``"ok"``, ``"error"`` or ``"unset"`` (an exception leaving sets error)."""
+        """Set the outcome: ``"ok"``, ``"error"`` or ``"unset"`` (an exception sets error)."""
         code = _STATUS_NAMES.get(status) if isinstance(status, str) else status
         if code not in (0, 1, 2):
             from .errors import ConfigError
@@ -267,12 +268,6 @@ class Span:
 
     def __repr__(self) -> str:
         return f"<Span {self.name!r} trace={self.trace_id} span={self.span_id_hex}>"
-
-
-def span(name: str, /, **attrs: Any) -> Span:
-    """A span named ``name`` with attributes; use ``with`` or ``async with``."""
-    frame = _getframe(1)
-    return Span(name, attrs or None, (frame.f_code.co_filename, frame.f_lineno))
 
 
 def span(name: str, /, **attrs: Any) -> Span:

@@ -23,12 +23,13 @@ class Runtime:
     __slots__ = ("open_spans", "push")
 
     def __init__(self) -> None:
-        self.push: Callable[[tuple[Any, ...]], bool] = _discard
+        # A record is a tuple (logs) or an ended Span (its own record).
+        self.push: Callable[[Any], bool] = _discard
         # Spans entered and not yet exited; the flusher writes a start row for long-running ones.
         self.open_spans: set[Any] = set()
 
 
-def _discard(record: tuple[Any, ...]) -> bool:
+def _discard(record: Any) -> bool:
     return False
 
 

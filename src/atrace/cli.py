@@ -15,8 +15,12 @@ def _dsn(args: argparse.Namespace) -> str | None:
 
 
 def _add_db_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dsn", help="PostgreSQL DSN (default: $ATRACE_DSN, else the embedded database)")
-    p.add_argument("--schema", default=os.environ.get("ATRACE_SCHEMA") or "atrace", help="schema name")
+    p.add_argument(
+        "--dsn", help="PostgreSQL DSN (default: $ATRACE_DSN, else the embedded database)"
+    )
+    p.add_argument(
+        "--schema", default=os.environ.get("ATRACE_SCHEMA") or "atrace", help="schema name"
+    )
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -40,7 +40,6 @@ DEFAULT_SHUTDOWN_TIMEOUT = 5.0
 POLICIES = ("drop_oldest", "drop_newest", "block")
 
 
-
 class Config:
     """Immutable pipeline settings; every field is validated here, errors name field and value."""
 
@@ -105,7 +104,11 @@ class Config:
         if attributes is not None and not isinstance(attributes, Mapping):
             raise ConfigError("attributes", attributes, "expected a mapping")
         if not _is_identifier(schema):
-            raise ConfigError("schema", schema, "expected a lowercase SQL identifier ([a-z_][a-z0-9_]*, at most 63)")
+            raise ConfigError(
+                "schema",
+                schema,
+                "expected a lowercase SQL identifier ([a-z_][a-z0-9_]*, at most 63)",
+            )
         _check_int("max_message_length", max_message_length, 64, 100_000_000)
         _check_int("max_value_length", max_value_length, 64, 100_000_000)
         _check_number("shutdown_timeout", shutdown_timeout, 0.0, 3600.0)
@@ -237,7 +240,9 @@ def from_environment(environ: Mapping[str, str] | None = None) -> dict[str, Any]
     kwargs: dict[str, Any] = {}
     resource = parse_resource_attributes(_env("OTEL_RESOURCE_ATTRIBUTES", env) or "")
     service = (
-        _env("ATRACE_SERVICE", env) or _env("OTEL_SERVICE_NAME", env) or resource.pop("service.name", None)
+        _env("ATRACE_SERVICE", env)
+        or _env("OTEL_SERVICE_NAME", env)
+        or resource.pop("service.name", None)
     )
     resource.pop("service.name", None)
     if service:

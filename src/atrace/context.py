@@ -9,7 +9,7 @@ from types import TracebackType
 
 from ._ids import format_span_id, parse_span_id, parse_trace_id
 from ._runtime import current
-from .emit import get_current, new_trace_id, reset_current, set_current
+from .emit import new_trace_id, reset_current
 from .errors import ConfigError
 
 TYPE_CHECKING = False
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
         trace_id: str
         span_id: int | None
+
 
 __all__ = (
     "SpanContext",
@@ -40,8 +41,9 @@ __all__ = (
     "wrap",
 )
 
+
 class SpanContext:
-    """A parent that is not a live span here: a remote caller, or a trace opened by trace_context."""
+    """A parent that is not a live span here: a remote caller, or a trace_context block."""
 
     __slots__ = ("sampled", "span_id", "trace_id")
 
@@ -56,9 +58,12 @@ class SpanContext:
 
 
 _current = current
+
+
 def current_span() -> SpanLike | None:
     """The innermost active span (or remote parent) of this context, or None."""
-    return _current.get()
+    cur: SpanLike | None = _current.get()
+    return cur
 
 
 def current_trace_id() -> str | None:
@@ -75,7 +80,7 @@ def current_span_id() -> str | None:
     return format_span_id(cur.span_id)
 
 
-class trace_context:  # noqa: N801 - used like a function, as contextlib's helpers are
+class trace_context:
     """Run a block in a given trace (or a fresh one): spans opened inside join it.
 
     ``trace_id`` takes 32 hex digits (dashes allowed); ``parent_id`` a span id as 16 hex digits
@@ -209,9 +214,7 @@ def wrap(fn: Callable[..., T]) -> Callable[..., T]:
     return run
 
 
-async def run_in_executor(
-    executor: Any, fn: Callable[..., T], /, *args: Any, **kwargs: Any
-) -> T:
+async def run_in_executor(executor: Any, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
     """``loop.run_in_executor`` that keeps the current span (which the plain call does not)."""
     import asyncio
 

@@ -97,8 +97,10 @@ def _json_default(value: Any) -> Any:
     return _safe_repr(value)
 
 
-def sanitize_value(value: Any, limit: int, depth: int = 0, path: frozenset[int] = frozenset()) -> Any:
-    """A JSON-safe copy of ``value`` (the slow path, used when the fast dump refused or hit a rule)."""
+def sanitize_value(
+    value: Any, limit: int, depth: int = 0, path: frozenset[int] = frozenset()
+) -> Any:
+    """A JSON-safe copy of ``value`` (the slow path, when the fast dump refused or hit a rule)."""
     if value is None or value is True or value is False:
         return value
     if isinstance(value, str):
@@ -123,7 +125,9 @@ def sanitize_value(value: Any, limit: int, depth: int = 0, path: frozenset[int] 
         return [sanitize_value(v, limit, depth + 1, inner) for v in value]
     try:
         # Types orjson knows natively (datetime, UUID, dataclasses, enums) keep its rendering.
-        return sanitize_value(orjson.loads(_dumps(value, default=_safe_repr)), limit, depth + 1, path)
+        return sanitize_value(
+            orjson.loads(_dumps(value, default=_safe_repr)), limit, depth + 1, path
+        )
     except (_JSONError, TypeError, ValueError):
         return sanitize_text(_safe_repr(value), limit)
 
@@ -204,17 +208,31 @@ class Encoder:
         return out
 
     def _text(self, value: Any, limit: int) -> str:
-        if type(value) is not str:
-            value = _safe_str(value)
-        if value.isascii() and len(value) <= limit and "\x00" not in value:
-            return value
-        return sanitize_text(value, limit)
+        text: str = value if type(value) is str else _safe_str(value)
+        if text.isascii() and len(text) <= limit and "\x00" not in text:
+            return text
+        return sanitize_text(text, limit)
 
-    def row(self, rec: tuple[Any, ...]) -> Row:
+    def row(self, rec: Any) -> Row:
         """One record as a row in COLUMNS order (ts stays integer nanoseconds)."""
         if type(rec) is not tuple:
             rec = rec._record()  # an ended Span is its own record
-        kind, ts, level, trace_id, span_id, parent_id, dur, status, service, name, msg, attrs, err, loc = rec
+        (
+            kind,
+            ts,
+            level,
+            trace_id,
+            span_id,
+            parent_id,
+            dur,
+            status,
+            service,
+            name,
+            msg,
+            attrs,
+            err,
+            loc,
+        ) = rec
         limit = self.max_message_length
         g = self.global_attrs
         if g is not None:
@@ -253,7 +271,7 @@ class Encoder:
             None if loc is None else self._text(loc, 4096),
         )
 
-    def rows(self, records: Iterable[tuple[Any, ...]]) -> list[Row]:
+    def rows(self, records: Iterable[Any]) -> list[Row]:
         """Rows for a batch; a record that cannot be encoded at all becomes an error row."""
         out: list[Row] = []
         append = out.append
@@ -267,7 +285,11 @@ class Encoder:
 
     def _broken(self, rec: Any, exc: Exception) -> Row:
         # A malformed record (a bug or a hand-built tuple) still lands, described, not dropped.
-        ts = rec[1] if isinstance(rec, tuple) and len(rec) > 1 and type(rec[1]) is int else time.time_ns()
+        ts = (
+            rec[1]
+            if isinstance(rec, tuple) and len(rec) > 1 and type(rec[1]) is int
+            else time.time_ns()
+        )
         return (
             ts,
             0,
@@ -289,4 +311,3 @@ class Encoder:
             None,
             None,
         )
-

@@ -9,10 +9,8 @@ rows and hands them to every sink. A sink error is counted, never raised to the 
 from __future__ import annotations
 
 import asyncio
-import atexit
 import concurrent.futures
 import logging
-import os
 import threading
 import time
 import weakref
@@ -328,7 +326,7 @@ class Pipeline:
         return self._thread
 
     def on_flusher_loop(self) -> bool:
-        """Whether the flusher is a task on the loop running in this thread (sync waits deadlock)."""
+        """Whether the flusher is a task on this thread's running loop (a sync wait would hang)."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:

@@ -34,6 +34,7 @@ __all__ = (
     "shutdown",
 )
 
+
 class Metrics:
     """A frozen snapshot of the pipeline's counters (records unless said otherwise)."""
 
@@ -288,7 +289,7 @@ def shutdown(timeout: float | None = None) -> bool:
 
 
 async def put_waiting(record: tuple[Any, ...]) -> bool:
-    """Buffer a record; under the ``block`` policy wait (polling, anyio) for room instead of dropping."""
+    """Buffer a record; under the ``block`` policy wait for room (anyio) instead of dropping."""
     pipeline = get_pipeline()
     if pipeline.config.policy != "block":
         return runtime.push(record)

@@ -78,13 +78,17 @@ async def ensure_schema(conn: Any, schema: str) -> int:
                     applied_at timestamptz NOT NULL DEFAULT now()
                 )"""
         )
-        current = await conn.fetchval(f"SELECT coalesce(max(version), 0) FROM {schema}.schema_version")
+        current = await conn.fetchval(
+            f"SELECT coalesce(max(version), 0) FROM {schema}.schema_version"
+        )
         for version, statements in migrations(schema):
             if version <= current:
                 continue
             for statement in statements:
                 await conn.execute(statement)
-            await conn.execute(f"INSERT INTO {schema}.schema_version (version) VALUES ($1)", version)
+            await conn.execute(
+                f"INSERT INTO {schema}.schema_version (version) VALUES ($1)", version
+            )
             current = version
     await ensure_partitions(conn, schema)
     return int(current)
@@ -94,7 +98,9 @@ async def _version(conn: Any, schema: str) -> int:
     exists = await conn.fetchval("SELECT to_regclass($1)", f"{schema}.schema_version")
     if exists is None:
         return 0
-    return int(await conn.fetchval(f"SELECT coalesce(max(version), 0) FROM {schema}.schema_version"))
+    return int(
+        await conn.fetchval(f"SELECT coalesce(max(version), 0) FROM {schema}.schema_version")
+    )
 
 
 def partition_name(day: dt.date) -> str:
@@ -115,7 +121,8 @@ async def ensure_partitions(
         try:
             await conn.execute(
                 f"CREATE TABLE IF NOT EXISTS {schema}.{name} PARTITION OF {schema}.records "
-                f"FOR VALUES FROM ('{day.isoformat()} 00:00:00+00') TO ('{nxt.isoformat()} 00:00:00+00')"
+                f"FOR VALUES FROM ('{day.isoformat()} 00:00:00+00') "
+                f"TO ('{nxt.isoformat()} 00:00:00+00')"
             )
         except Exception as exc:
             # Rows already in the default partition for that day block it; they stay queryable.

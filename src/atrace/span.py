@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from typing import overload
 
 from .emit import Span, get_current, reset_current, set_current, span
 from .errors import ConfigError
@@ -20,6 +21,12 @@ __all__ = ("Span", "span", "traced")
 # ---- @traced ----------------------------------------------------------------------------------
 
 
+@overload
+def traced(fn: F, /) -> F: ...
+@overload
+def traced(name: str | None = None, /, **attrs: Any) -> Callable[[F], F]: ...
+
+
 def traced(arg: Any = None, /, **attrs: Any) -> Any:
     """Wrap a function in a span named after its qualified name (or the name given).
 
@@ -33,9 +40,7 @@ def traced(arg: Any = None, /, **attrs: Any) -> Any:
     return functools.partial(_decorate, name=arg, attrs=attrs, service=None)
 
 
-def _decorate(
-    fn: F, name: str | None, attrs: dict[str, Any], service: str | None
-) -> F:
+def _decorate(fn: F, name: str | None, attrs: dict[str, Any], service: str | None) -> F:
     import inspect
 
     target = inspect.unwrap(fn)

@@ -37,7 +37,7 @@ class MemorySink:
         """Every row as a dict keyed by column name, attrs decoded from JSON."""
         out = []
         for row in self.rows:
-            rec = dict(zip(COLUMNS, row))
+            rec = dict(zip(COLUMNS, row, strict=True))
             if rec["attrs"] is not None:
                 rec["attrs"] = orjson.loads(rec["attrs"])
             out.append(rec)

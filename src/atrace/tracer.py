@@ -5,10 +5,11 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping
 
+from ._build import build
 from ._runtime import runtime
 from .context import SpanContext, _coerce_span_id
 from .errors import ConfigError
-from .log import build, level_number, put
+from .log import level_number, put
 from .span import Span, _decorate
 
 TYPE_CHECKING = False
@@ -93,7 +94,9 @@ class Tracer:
             return _decorate(arg, None, merged, self.service)
         return lambda fn: _decorate(fn, arg, merged, self.service)
 
-    def _record(self, level: int, msg: Any, attrs: dict[str, Any], kw: dict[str, Any]) -> tuple[Any, ...]:
+    def _record(
+        self, level: int, msg: Any, attrs: dict[str, Any], kw: dict[str, Any]
+    ) -> tuple[Any, ...]:
         return build(
             level,
             msg,
@@ -110,7 +113,11 @@ class Tracer:
         )
 
     def log(
-        self, message: Any, attr: Mapping[str, Any] | str | None = None, level: str | int = "info", **kw: Any
+        self,
+        message: Any,
+        attr: Mapping[str, Any] | str | None = None,
+        level: str | int = "info",
+        **kw: Any,
     ) -> None:
         """Emit a log whose attributes are a dict or a JSON object string (the classic call)."""
         attrs = _attrs_from(attr)

@@ -59,7 +59,9 @@ def resolve(spec: Any, *, schema: str = "atrace") -> Sink:
 
             return PostgresSink(None, schema=schema)
         raise ConfigError(
-            "sink", spec, "expected postgresql://…, postgres://…, 'console', 'embedded' or a sink object"
+            "sink",
+            spec,
+            "expected postgresql://…, postgres://…, 'console', 'embedded' or a sink object",
         )
     if all(callable(getattr(spec, m, None)) for m in ("open", "write", "close")):
         if not hasattr(spec, "name"):

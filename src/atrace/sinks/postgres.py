@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import importlib
+import sys
 from typing import Any
 
 from ..encode import COLUMNS
@@ -47,6 +49,16 @@ async def connection_init(conn: Any) -> None:
     )
 
 
+async def _off_loop(fn: Any, *args: Any) -> Any:
+    # Slow set-up (importing asyncpg, starting the embedded server) runs in a worker thread so
+    # the application's tasks keep running; at interpreter exit the default executor refuses
+    # new work, and the call then runs inline.
+    try:
+        return await asyncio.to_thread(fn, *args)
+    except RuntimeError:
+        return fn(*args)
+
+
 class PostgresSink:
     """Writes batches to ``<schema>.records`` with ``copy_records_to_table``.
 
@@ -79,14 +91,16 @@ class PostgresSink:
     async def open(self) -> None:
         """Connect, create or migrate the schema, and make partitions ahead."""
         try:
-            import asyncpg
+            asyncpg = sys.modules.get("asyncpg") or await _off_loop(
+                importlib.import_module, "asyncpg"
+            )
         except ImportError:
             raise MissingExtraError("asyncpg", "pg") from None
         dsn = self.dsn
         if dsn is None:
             from .._embedded import embedded_dsn
 
-            dsn = self.dsn = await asyncio.to_thread(embedded_dsn)
+            dsn = self.dsn = await _off_loop(embedded_dsn)
         self._pool = await asyncpg.create_pool(
             dsn,
             min_size=1,
