@@ -374,14 +374,14 @@ cdef inline _log(int level, msg, dict attrs):
         entry = _code_entry(frame)
         name = entry[1]
         location = (entry[0], PyFrame_GetLineNumber(frame))
+    cdef object trace_id = None
+    cdef object span_id = None
     cur = get_value(_current)
-    if cur is None:
-        rec = (0, atrace_now_ns(), level, None, None, None, None, 0, None, name, msg,
-               attrs if attrs else None, None, location)
-    else:
-        rec = (0, atrace_now_ns(), level, cur.trace_id, cur.span_id, None, None, 0, None, name, msg,
-               attrs if attrs else None, None, location)
-    _runtime.push(rec)
+    if cur is not None:
+        trace_id = cur.trace_id
+        span_id = cur.span_id
+    _runtime.push((0, atrace_now_ns(), level, trace_id, span_id, None, None, 0, None, name, msg,
+                   attrs if attrs else None, None, location))
 
 
 cdef inline _log_full(int level, msg, dict attrs, exc_info, exception, error_message,

@@ -299,44 +299,24 @@ def _level_function(level: int, name: str, default_exc_info: bool = False) -> Ca
         ):
             frame = _getframe(1)
             cur = get_current()
-            if cur is None:
-                runtime.push(
-                    (
-                        0,
-                        _time_ns(),
-                        level,
-                        None,
-                        None,
-                        None,
-                        None,
-                        0,
-                        None,
-                        frame.f_globals.get("__name__"),
-                        msg,
-                        attrs or None,
-                        None,
-                        (frame.f_code.co_filename, frame.f_lineno),
-                    )
+            runtime.push(
+                (
+                    0,
+                    _time_ns(),
+                    level,
+                    None if cur is None else cur.trace_id,
+                    None if cur is None else cur.span_id,
+                    None,
+                    None,
+                    0,
+                    None,
+                    frame.f_globals.get("__name__"),
+                    msg,
+                    attrs or None,
+                    None,
+                    (frame.f_code.co_filename, frame.f_lineno),
                 )
-            else:
-                runtime.push(
-                    (
-                        0,
-                        _time_ns(),
-                        level,
-                        cur.trace_id,
-                        cur.span_id,
-                        None,
-                        None,
-                        0,
-                        None,
-                        frame.f_globals.get("__name__"),
-                        msg,
-                        attrs or None,
-                        None,
-                        (frame.f_code.co_filename, frame.f_lineno),
-                    )
-                )
+            )
             return
         runtime.push(
             build(

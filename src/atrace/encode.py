@@ -214,7 +214,14 @@ class Encoder:
         return sanitize_text(text, limit)
 
     def row(self, rec: Any) -> Row:
-        """One record as a row in COLUMNS order (ts stays integer nanoseconds)."""
+        """One record as a row in COLUMNS order (ts stays integer nanoseconds).
+
+        A record is an ended Span (its ``_record()`` gives the tuple) or a tuple built on the
+        emit path: ``(kind, ts_ns, level, trace_id, span_id, parent_id, duration_ns, status,
+        service or None, name, message, attrs or None, error, location)``. ``error`` is what the
+        caller had at hand (an exception, a stack summary, or strings; see ``error_fields``);
+        ``location`` is ``"file:line"`` or a ``(file, line)`` pair.
+        """
         if type(rec) is not tuple:
             rec = rec._record()  # an ended Span is its own record
         (
