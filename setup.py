@@ -1,4 +1,4 @@
-"""Build the compiled ring and emit path; ATRACE_PUREPYTHON=1 skips them (pure-Python twins run)."""
+"""Build the compiled ring, emit path and encoder; ATRACE_PUREPYTHON=1 skips them (twins run)."""
 
 import os
 
@@ -12,6 +12,7 @@ if not os.environ.get("ATRACE_PUREPYTHON"):
         [
             Extension("atrace._ring", ["src/atrace/_ring.pyx"]),
             Extension("atrace._emit", ["src/atrace/_emit.pyx"]),
+            Extension("atrace._encode", ["src/atrace/_encode.pyx"]),
         ],
         compiler_directives={"language_level": 3, "boundscheck": False, "wraparound": False},
     )

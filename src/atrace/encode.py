@@ -8,6 +8,7 @@ to ``repr``, integers beyond 64 bits become strings, cycles are cut, NaN and inf
 
 from __future__ import annotations
 
+import os
 import time
 import traceback
 from collections.abc import Iterable, Mapping
@@ -17,6 +18,7 @@ import orjson
 
 __all__ = (
     "COLUMNS",
+    "IMPLEMENTATION",
     "Encoder",
     "Row",
     "error_fields",
@@ -56,6 +58,8 @@ _INT64_MIN = -(1 << 63)
 _UINT64_MAX = (1 << 64) - 1
 _MAX_DEPTH = 64
 REPLACEMENT = "\ufffd"
+# Distinct call sites are few; their "file:line" text is made once. Bounded for exec'd code.
+_MAX_LOCATIONS = 10_000
 
 
 def _truncate(text: str, limit: int) -> str:
@@ -170,6 +174,7 @@ class Encoder:
         "environment",
         "global_attrs",
         "host",
+        "locations",
         "max_message_length",
         "max_value_length",
         "pid",
@@ -194,24 +199,36 @@ class Encoder:
         self.global_attrs = dict(attributes) if attributes else None
         self.max_message_length = max_message_length
         self.max_value_length = max_value_length
+        self.locations: dict[Any, str] = {}
 
     def attrs_json(self, attrs: Mapping[str, Any]) -> bytes:
         """Attributes as JSON bytes that PostgreSQL's jsonb accepts."""
         limit = self.max_value_length
         try:
-            out = _dumps(attrs, default=_json_default, option=_OPTS)
+            out = _dumps(attrs, _json_default, _OPTS)
         except (_JSONError, TypeError):
             out = None
         # \u0000 is valid JSON but not valid jsonb; a long document may hold a value to truncate.
         if out is None or _NUL_ESCAPE in out or len(out) > limit:
-            out = _dumps(sanitize_value(dict(attrs), limit), default=_safe_repr, option=_OPTS)
-        return out
+            out = _dumps(sanitize_value(dict(attrs), limit), _safe_repr, _OPTS)
+        # orjson hands back a buffer sized for growth; a batch keeps thousands alive, and an
+        # exact-size copy is much cheaper than holding (and faulting in) those.
+        return bytes(memoryview(out))
 
-    def _text(self, value: Any, limit: int) -> str:
+    def text(self, value: Any, limit: int) -> str:
+        """Any value as text PostgreSQL accepts, at most ``limit`` characters (plus the marker)."""
         text: str = value if type(value) is str else _safe_str(value)
         if text.isascii() and len(text) <= limit and "\x00" not in text:
             return text
         return sanitize_text(text, limit)
+
+    def location_text(self, loc: Any) -> str:
+        """``"file:line"`` for a location, remembered per call site."""
+        out = self.text(f"{loc[0]}:{loc[1]}" if type(loc) is tuple else loc, 4096)
+        if len(self.locations) >= _MAX_LOCATIONS:
+            self.locations.clear()
+        self.locations[loc] = out
+        return out
 
     def row(self, rec: Any) -> Row:
         """One record as a row in COLUMNS order (ts stays integer nanoseconds).
@@ -241,6 +258,7 @@ class Encoder:
             loc,
         ) = rec
         limit = self.max_message_length
+        text = self.text
         g = self.global_attrs
         if g is not None:
             attrs = {**g, **attrs} if attrs else g
@@ -249,13 +267,14 @@ class Encoder:
         else:
             etype, emsg, estack = error_fields(err)
             if etype is not None:
-                etype = self._text(etype, limit)
+                etype = text(etype, limit)
             if emsg is not None:
-                emsg = self._text(emsg, limit)
+                emsg = text(emsg, limit)
             if estack is not None:
-                estack = self._text(estack, limit * 4)
-        if type(loc) is tuple:
-            loc = f"{loc[0]}:{loc[1]}"
+                estack = text(estack, limit * 4)
+        if loc is not None:
+            cached = self.locations.get(loc)
+            loc = self.location_text(loc) if cached is None else cached
         return (
             ts,
             kind,
@@ -265,21 +284,27 @@ class Encoder:
             parent_id,
             dur,
             status,
-            self.service if service is None else self._text(service, 256),
+            self.service if service is None else text(service, 256),
             self.environment,
             self.host,
             self.pid,
-            None if name is None else self._text(name, 1024),
-            None if msg is None else self._text(msg, limit),
+            None if name is None else text(name, 1024),
+            None if msg is None else text(msg, limit),
             None if not attrs else self.attrs_json(attrs),
             etype,
             emsg,
             estack,
-            None if loc is None else self._text(loc, 4096),
+            loc,
         )
 
     def rows(self, records: Iterable[Any]) -> list[Row]:
         """Rows for a batch; a record that cannot be encoded at all becomes an error row."""
+        if _compiled_rows is not None:
+            return _compiled_rows(self, records)  # type: ignore[no-any-return]
+        return self.rows_py(records)
+
+    def rows_py(self, records: Iterable[Any]) -> list[Row]:
+        """The pure-Python twin of the compiled ``encode_rows``."""
         out: list[Row] = []
         append = out.append
         row = self.row
@@ -287,18 +312,14 @@ class Encoder:
             try:
                 append(row(rec))
             except Exception as exc:
-                append(self._broken(rec, exc))
+                append(self.broken_row(rec, exc))
         return out
 
-    def _broken(self, rec: Any, exc: Exception) -> Row:
-        # A malformed record (a bug or a hand-built tuple) still lands, described, not dropped.
-        ts = (
-            rec[1]
-            if isinstance(rec, tuple) and len(rec) > 1 and type(rec[1]) is int
-            else time.time_ns()
-        )
+    def broken_row(self, rec: Any, exc: Exception) -> Row:
+        """A malformed record (a bug, or a hand-built tuple) still lands, described, not dropped."""
+        ts = rec[1] if isinstance(rec, tuple) and len(rec) > 1 and type(rec[1]) is int else None
         return (
-            ts,
+            time.time_ns() if ts is None else ts,
             0,
             40,
             None,
@@ -311,10 +332,22 @@ class Encoder:
             self.host,
             self.pid,
             "atrace.encode",
-            self._text(f"unencodable record: {_safe_repr(rec)}", self.max_message_length),
+            self.text(f"unencodable record: {_safe_repr(rec)}", self.max_message_length),
             None,
             _type_name(type(exc)),
-            self._text(_safe_str(exc), self.max_message_length),
+            self.text(_safe_str(exc), self.max_message_length),
             None,
             None,
         )
+
+
+# The compiled fast path, unless ATRACE_PUREPYTHON forces the twin or it is not built.
+_compiled_rows: Any = None
+IMPLEMENTATION = "python"
+if os.environ.get("ATRACE_PUREPYTHON", "") in ("", "0"):
+    try:
+        from ._encode import encode_rows as _compiled_rows
+
+        IMPLEMENTATION = "cython"
+    except ImportError:
+        pass

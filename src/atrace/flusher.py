@@ -91,6 +91,8 @@ class Pipeline:
         self.batches = 0
         self.sink_errors = 0
         self._latencies: deque[float] = deque(maxlen=2048)
+        # Batches whose write was cut short by cancellation; written first at the next flush.
+        self._unsent: list[Batch] = []
 
     # ---- emit side ----------------------------------------------------------------------------
 
@@ -142,9 +144,12 @@ class Pipeline:
         try:
             await self._open_sinks()
             while not self._stopping:
-                await self._idle()
-                if self._stopping:
-                    break
+                if len(ring) < batch_size:
+                    await self._idle()  # a backlog of full batches is written without pause
+                    if self._stopping:
+                        break
+                else:
+                    await asyncio.sleep(0)  # still let the application's tasks run
                 now = self._clock()
                 due = now >= next_due
                 if due or self._requests or len(ring) >= batch_size:
@@ -263,24 +268,41 @@ class Pipeline:
             target = len(ring)
         else:
             target = len(ring) // batch_size * batch_size
-        while target > 0:
-            records = ring.drain(min(batch_size, target))
-            if not records:
-                break
-            target -= len(records)
-            await self._write(records)
+        # Two stages in flight: batch N is written while batch N+1 is encoded, so the client's
+        # encoding overlaps the database's work on the previous batch. Writes stay in order.
+        writing: asyncio.Future[None] | None = None
+        try:
+            while self._unsent:
+                await self._deliver(self._unsent.pop(0))
+            while target > 0:
+                records = ring.drain(min(batch_size, target))
+                if not records:
+                    break
+                target -= len(records)
+                batch = await self._encode(records)
+                if writing is not None:
+                    await writing
+                writing = asyncio.ensure_future(self._deliver(batch))
+            if writing is not None:
+                await writing
+                writing = None
+        finally:
+            if writing is not None and not writing.done():
+                await asyncio.wait((writing,))
         for fut in requests:
             if not fut.done():
                 fut.set_result(True)
 
-    async def _write(self, records: list[Any]) -> None:
+    async def _encode(self, records: list[Any]) -> Batch:
         rows = []
         encode = self.encoder.rows
         for start in range(0, len(records), ENCODE_CHUNK):
             if start:
                 await asyncio.sleep(0)
             rows.extend(encode(records[start : start + ENCODE_CHUNK]))
-        batch = Batch(rows)
+        return Batch(rows)
+
+    async def _deliver(self, batch: Batch) -> None:
         self.batches += 1
         began = time.perf_counter()
         ok = True
@@ -290,6 +312,12 @@ class Pipeline:
                 continue
             try:
                 await asyncio.wait_for(state.sink.write(batch), self._write_timeout)
+            except asyncio.CancelledError:
+                # The loop is shutting down mid-write: the final flush writes it again, and the
+                # batch id keeps a write that did commit from being stored twice.
+                self.batches -= 1
+                self._unsent.append(batch)
+                raise
             except Exception as exc:
                 ok = False
                 state.errors += 1
