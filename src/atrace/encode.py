@@ -341,13 +341,16 @@ class Encoder:
         )
 
 
-# The compiled fast path, unless ATRACE_PUREPYTHON forces the twin or it is not built.
-_compiled_rows: Any = None
-IMPLEMENTATION = "python"
-if os.environ.get("ATRACE_PUREPYTHON", "") in ("", "0"):
+def _compiled() -> Any:
+    # The compiled fast path, unless ATRACE_PUREPYTHON forces the twin or it is not built.
+    if os.environ.get("ATRACE_PUREPYTHON", "") not in ("", "0"):
+        return None
     try:
-        from ._encode import encode_rows as _compiled_rows
-
-        IMPLEMENTATION = "cython"
+        from ._encode import encode_rows
     except ImportError:
-        pass
+        return None
+    return encode_rows
+
+
+_compiled_rows = _compiled()
+IMPLEMENTATION = "python" if _compiled_rows is None else "cython"
