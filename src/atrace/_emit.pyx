@@ -44,6 +44,8 @@ cdef extern from *:
 
 cdef extern from "Python.h":
     void PyObject_GC_UnTrack(object)
+    void PyObject_GC_Track(object)
+    bint PyObject_GC_IsTracked(object)
     ctypedef struct PyFrameObject
     PyFrameObject* PyEval_GetFrame()
     int PyFrame_GetLineNumber(PyFrameObject*)
@@ -146,22 +148,46 @@ cpdef reset_current(token, parent):
         PyContextVar_Set(_current, parent)
 
 
-cdef inline tuple _code_entry(PyFrameObject* frame):
+cdef class _CodeInfo:
+    """What a call site's code object tells once: file, module, and "file:line" per line."""
+
+    cdef str filename
+    cdef object module
+    cdef dict lines
+
+
+cdef inline _CodeInfo _code_entry(PyFrameObject* frame):
     cdef object code = atrace_frame_code(frame)
-    entry = _code_info.get(code)
-    if entry is None:
-        if len(_code_info) > 10000:
-            _code_info.clear()
-        entry = (code.co_filename, (<object>frame).f_globals.get("__name__"))
-        _code_info[code] = entry
-    return <tuple>entry
+    cdef _CodeInfo info
+    found = _code_info.get(code)
+    if found is not None:
+        return <_CodeInfo>found
+    if len(_code_info) > 10000:
+        _code_info.clear()
+    info = _CodeInfo.__new__(_CodeInfo)
+    info.filename = code.co_filename
+    info.module = (<object>frame).f_globals.get("__name__")
+    info.lines = {}
+    _code_info[code] = info
+    return info
+
+
+cdef inline object _line_text(PyFrameObject* frame, _CodeInfo info):
+    # One "file:line" string per call site, made once: nothing is allocated per record.
+    cdef int lineno = PyFrame_GetLineNumber(frame)
+    loc = info.lines.get(lineno)
+    if loc is None:
+        loc = f"{info.filename}:{lineno}"
+        if len(info.lines) < 4096:
+            info.lines[lineno] = loc
+    return loc
 
 
 cdef inline object _location():
     cdef PyFrameObject* frame = PyEval_GetFrame()
     if frame is NULL:
         return None
-    return ((<tuple>_code_entry(frame))[0], PyFrame_GetLineNumber(frame))
+    return _line_text(frame, _code_entry(frame))
 
 
 cdef inline str _hex128(uint64_t hi, uint64_t lo):
@@ -257,10 +283,16 @@ cdef class Span:
         elif self.status == 0:
             self.status = 1
         self.level = 40 if self.status == 2 else 20
+        if self.error is None:
+            # Out of the collector's lists while buffered (see _log); back in when encoded. A
+            # failed span keeps being tracked: its traceback may lead back to it.
+            PyObject_GC_UnTrack(self)
         _runtime.push(self)
 
     def _record(self):
         """The row-shaped tuple of the ended span (built by the flusher, not on the hot path)."""
+        if not PyObject_GC_IsTracked(self):
+            PyObject_GC_Track(self)
         return (
             2 if self.announced else 3,
             self.start_ns,
@@ -368,13 +400,13 @@ def span(name, /, **attrs):
 
 cdef inline _log(int level, msg, dict attrs):
     cdef PyFrameObject* frame = PyEval_GetFrame()
-    cdef tuple entry
+    cdef _CodeInfo info
     cdef object name = None
     cdef object location = None
     if frame is not NULL:
-        entry = _code_entry(frame)
-        name = entry[1]
-        location = (entry[0], PyFrame_GetLineNumber(frame))
+        info = _code_entry(frame)
+        name = info.module
+        location = _line_text(frame, info)
     cdef object trace_id = None
     cdef object span_id = None
     cur = get_value(_current)

@@ -20,11 +20,13 @@ class Runtime:
     redirects every caller at once without a check on the hot path.
     """
 
-    __slots__ = ("open_spans", "push")
+    __slots__ = ("block", "open_spans", "push")
 
     def __init__(self) -> None:
         # A record is a tuple (logs) or an ended Span (its own record).
         self.push: Callable[[Any], bool] = _discard
+        # The policy is "block": awaitable emits wait for room instead of dropping.
+        self.block = False
         # Spans entered and not yet exited; the flusher writes a start row for long-running ones.
         self.open_spans: set[Any] = set()
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from ._build import build
+from ._runtime import runtime
 from .emit import critical, debug, error, exception, info, warning
 from .errors import ConfigError
+from .pipeline import put_waiting
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -69,8 +71,9 @@ async def amit(
 
     Returns True when the record was buffered (False only when it was dropped by policy).
     """
+    number = LEVELS.get(level) if type(level) is str else None
     record = build(
-        level_number(level),
+        level_number(level) if number is None else number,
         msg,
         attrs,
         exc_info,
@@ -81,11 +84,13 @@ async def amit(
         extra,
         1,
     )
-    return await put(record)
+    if not runtime.block:
+        return runtime.push(record)
+    return await put_waiting(record)
 
 
 async def put(record: tuple[Any, ...]) -> bool:
     """Buffer one record, waiting for room when the policy is ``block``."""
-    from . import pipeline
-
-    return await pipeline.put_waiting(record)
+    if not runtime.block:
+        return runtime.push(record)
+    return await put_waiting(record)

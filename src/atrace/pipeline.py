@@ -131,6 +131,7 @@ def _install(pipeline: Pipeline) -> None:
     global _pipeline
     old, _pipeline = _pipeline, pipeline
     runtime.push = pipeline.push_starting
+    runtime.block = pipeline.config.policy == "block"
     if old is not None:
         old.stop_nowait()
         if len(old.ring):
@@ -201,6 +202,7 @@ def reset() -> None:
     with _global_lock:
         old, _pipeline = _pipeline, None
         runtime.push = _autoconfigure_push
+        runtime.block = False
     if old is not None:
         old.stop_nowait()
 
