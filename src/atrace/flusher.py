@@ -74,6 +74,7 @@ class Pipeline:
         self._clock = clock
         self._sleep = sleep
         self._tick = min(tick, config.flush_interval)
+        self._concurrency = max(1, min(getattr(st.sink, "concurrency", 1) for st in self.sinks))
         self._write_timeout = write_timeout
         self._lock = threading.Lock()
         self._requests: list[concurrent.futures.Future[bool]] = []
@@ -268,9 +269,11 @@ class Pipeline:
             target = len(ring)
         else:
             target = len(ring) // batch_size * batch_size
-        # Two stages in flight: batch N is written while batch N+1 is encoded, so the client's
-        # encoding overlaps the database's work on the previous batch. Writes stay in order.
-        writing: asyncio.Future[None] | None = None
+        # Batches are written while the next ones are encoded, so the client's encoding overlaps
+        # the database's work; up to ``concurrency`` writes run at once (a sink that keeps order,
+        # like the console, allows one).
+        writing: set[asyncio.Future[None]] = set()
+        limit = self._concurrency
         try:
             while self._unsent:
                 await self._deliver(self._unsent.pop(0))
@@ -280,15 +283,12 @@ class Pipeline:
                     break
                 target -= len(records)
                 batch = await self._encode(records)
-                if writing is not None:
-                    await writing
-                writing = asyncio.ensure_future(self._deliver(batch))
-            if writing is not None:
-                await writing
-                writing = None
+                while len(writing) >= limit:
+                    _, writing = await asyncio.wait(writing, return_when=asyncio.FIRST_COMPLETED)
+                writing.add(asyncio.ensure_future(self._deliver(batch)))
         finally:
-            if writing is not None and not writing.done():
-                await asyncio.wait((writing,))
+            if writing:
+                await asyncio.wait(writing)
         for fut in requests:
             if not fut.done():
                 fut.set_result(True)

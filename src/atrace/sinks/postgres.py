@@ -79,13 +79,15 @@ class PostgresSink:
         dsn: str | None,
         *,
         schema: str = "atrace",
-        pool_size: int = 1,
+        pool_size: int = 2,
         connect_timeout: float = 10.0,
         command_timeout: float = 60.0,
     ) -> None:
         self.dsn = dsn
         self.schema = schema
         self.pool_size = pool_size
+        # Batches may be written side by side, one per connection: rows carry their own time.
+        self.concurrency = pool_size
         self.connect_timeout = connect_timeout
         self.command_timeout = command_timeout
         self._pool: Any = None
