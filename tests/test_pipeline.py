@@ -226,6 +226,34 @@ class TestSinks:
         assert await atrace.aflush(timeout=10)
         assert len(good.rows) == 1 and atrace.metrics().sink_errors == 1
 
+    @pytest.mark.parametrize("concurrency", [1, 2])
+    async def test_concurrent_writes_up_to_the_sinks_limit(self, concurrency: int) -> None:
+        """Batches are written side by side up to the sink's concurrency, never more."""
+
+        class Slow(MemorySink):
+            name = "slow"
+
+            def __init__(self) -> None:
+                super().__init__()
+                self.concurrency = concurrency
+                self.active = self.peak = 0
+
+            async def write(self, batch: Batch) -> None:
+                self.active += 1
+                self.peak = max(self.peak, self.active)
+                await asyncio.sleep(0.01)
+                self.active -= 1
+                await super().write(batch)
+
+        sink = Slow()
+        atrace.configure(service="t", sink=sink, batch_size=10, flush_interval=3600)
+        for i in range(100):
+            atrace.info(f"m{i}")
+        assert await atrace.aflush()
+        assert sink.peak == concurrency
+        assert sorted(r["message"] for r in sink.logs()) == sorted(f"m{i}" for i in range(100))
+        assert len(sink.batch_ids) == 10
+
     def test_sink_object_needs_name(self) -> None:
         """A sink object without a name is a configuration error."""
 
