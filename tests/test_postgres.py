@@ -371,3 +371,45 @@ class TestFailures:
         m = atrace.metrics()
         assert m.sink_errors >= 1 and m.failed == 2 and m.written == 0
         assert [r["name"] for r in memory_sink.spans()] == ["still works"]
+
+
+class TestClassify:
+    @pytest.mark.parametrize(
+        ("exc", "retryable"),
+        [
+            (asyncpg.exceptions.TooManyConnectionsError("too many"), True),
+            (asyncpg.exceptions.SerializationError("serialize"), True),
+            (asyncpg.exceptions.DeadlockDetectedError("deadlock"), True),
+            (asyncpg.exceptions.AdminShutdownError("shutdown"), True),
+            (asyncpg.exceptions.CannotConnectNowError("starting"), True),
+            (asyncpg.exceptions.ConnectionDoesNotExistError("gone"), True),
+            (ConnectionRefusedError(), True),
+            (TimeoutError(), True),
+            (asyncpg.exceptions.InvalidPasswordError("auth"), False),
+            (asyncpg.exceptions.UniqueViolationError("dup"), False),
+            (asyncpg.exceptions.InvalidTextRepresentationError("bad"), False),
+            (asyncpg.exceptions.UndefinedTableError("missing"), False),
+            (ValueError("bug"), False),
+        ],
+    )
+    def test_retryable_or_permanent(self, exc: BaseException, retryable: bool) -> None:
+        """Connection loss, resource and shutdown errors are retried; data and auth errors not."""
+        assert PostgresSink("postgresql://x@127.0.0.1/x").classify(exc).retryable is retryable
+
+    async def test_real_server_errors(self, pg_schema: tuple[str, str]) -> None:
+        """Errors raised by a real server classify by their SQLSTATE."""
+        dsn, schema = pg_schema
+        conn = await asyncpg.connect(dsn)
+        try:
+            with pytest.raises(asyncpg.PostgresError) as missing:
+                await conn.execute(f"SELECT * FROM {schema}.nope")
+            with pytest.raises(asyncpg.PostgresError) as bad:
+                await conn.execute("SELECT 'x'::int")
+        finally:
+            await conn.close()
+        sink = PostgresSink(dsn)
+        assert not sink.classify(missing.value).retryable
+        assert not sink.classify(bad.value).retryable
+        with pytest.raises(OSError) as refused:
+            await asyncpg.connect("postgresql://postgres@127.0.0.1:1/x", timeout=5)
+        assert sink.classify(refused.value).retryable

@@ -10,10 +10,11 @@ from typing import Any
 
 from ..encode import COLUMNS
 from ..errors import MissingExtraError, SinkClosedError
+from ..retry import Verdict
 from ..schema import ensure_partitions, ensure_schema
 from . import Batch
 
-__all__ = ("PostgresSink", "connection_init")
+__all__ = ("PostgresSink", "classify", "connection_init")
 
 # PostgreSQL's timestamps count microseconds from 2000-01-01 UTC.
 _PG_EPOCH_US = 946_684_800_000_000
@@ -59,6 +60,28 @@ async def _off_loop(fn: Any, *args: Any) -> Any:
         return fn(*args)
 
 
+# SQLSTATE classes worth retrying: connection exceptions (08), insufficient resources such as
+# too_many_connections (53), operator intervention such as admin_shutdown (57), system errors
+# (58), and transaction rollbacks such as serialization_failure or deadlock (40). Everything else
+# (bad data 22, constraint 23, syntax or missing objects 42, authorisation 28) fails the same way
+# every time.
+_RETRYABLE_CLASSES = ("08", "40", "53", "57", "58")
+
+
+def classify(exc: BaseException) -> Verdict:
+    """Whether a failed write is worth retrying."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    if isinstance(sqlstate, str) and sqlstate:
+        return Verdict(sqlstate[:2] in _RETRYABLE_CLASSES, reason=f"SQLSTATE {sqlstate}")
+    name = type(exc).__name__
+    # asyncpg's client-side errors for a lost connection carry no SQLSTATE.
+    if name in ("ConnectionDoesNotExistError", "ConnectionFailureError", "InterfaceError"):
+        return Verdict(True, reason=name)
+    if isinstance(exc, (OSError, TimeoutError, asyncio.TimeoutError, EOFError)):
+        return Verdict(True, reason=name)
+    return Verdict(False, reason=name)
+
+
 async def _keep_session(conn: Any) -> None:
     # The sink's connections run nothing but its own statements, so the round trip of the
     # pool's default reset (RESET ALL, UNLISTEN ...) on every release buys nothing.
@@ -95,6 +118,10 @@ class PostgresSink:
 
     def __repr__(self) -> str:
         return f"PostgresSink(schema={self.schema!r})"
+
+    def classify(self, exc: BaseException) -> Verdict:
+        """Retry connection loss, too many connections, serialization failure, shutdowns."""
+        return classify(exc)
 
     async def open(self) -> None:
         """Connect, create or migrate the schema, and make partitions ahead."""
