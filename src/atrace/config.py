@@ -14,14 +14,19 @@ if TYPE_CHECKING:
 
 __all__ = (
     "DEFAULT_BATCH_SIZE",
+    "DEFAULT_BREAKER_RESET",
+    "DEFAULT_BREAKER_THRESHOLD",
     "DEFAULT_CAPACITY",
     "DEFAULT_FLUSH_INTERVAL",
     "DEFAULT_MAX_MESSAGE_LENGTH",
     "DEFAULT_MAX_VALUE_LENGTH",
     "DEFAULT_POLICY",
+    "DEFAULT_RETRY_ATTEMPTS",
+    "DEFAULT_RETRY_DEADLINE",
     "DEFAULT_SCHEMA",
     "DEFAULT_SERVICE",
     "DEFAULT_SHUTDOWN_TIMEOUT",
+    "DEFAULT_SPILL_MAX_BYTES",
     "POLICIES",
     "Config",
     "from_environment",
@@ -37,6 +42,11 @@ DEFAULT_SCHEMA = "atrace"
 DEFAULT_MAX_MESSAGE_LENGTH = 32_768
 DEFAULT_MAX_VALUE_LENGTH = 8_192
 DEFAULT_SHUTDOWN_TIMEOUT = 5.0
+DEFAULT_SPILL_MAX_BYTES = 256 * 1024 * 1024
+DEFAULT_RETRY_ATTEMPTS = 4
+DEFAULT_RETRY_DEADLINE = 10.0
+DEFAULT_BREAKER_THRESHOLD = 3
+DEFAULT_BREAKER_RESET = 5.0
 POLICIES = ("drop_oldest", "drop_newest", "block")
 
 
@@ -46,6 +56,8 @@ class Config:
     __slots__ = (
         "attributes",
         "batch_size",
+        "breaker_reset",
+        "breaker_threshold",
         "capacity",
         "environment",
         "flush_interval",
@@ -54,10 +66,14 @@ class Config:
         "max_value_length",
         "pid",
         "policy",
+        "retry_attempts",
+        "retry_deadline",
         "schema",
         "service",
         "shutdown_timeout",
         "sinks",
+        "spill_dir",
+        "spill_max_bytes",
     )
 
     service: str
@@ -72,6 +88,12 @@ class Config:
     max_message_length: int
     max_value_length: int
     shutdown_timeout: float
+    spill_dir: str | None
+    spill_max_bytes: int
+    retry_attempts: int
+    retry_deadline: float
+    breaker_threshold: int
+    breaker_reset: float
     host: str
     pid: int
 
@@ -90,6 +112,12 @@ class Config:
         max_message_length: int = DEFAULT_MAX_MESSAGE_LENGTH,
         max_value_length: int = DEFAULT_MAX_VALUE_LENGTH,
         shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
+        spill_dir: str | None = None,
+        spill_max_bytes: int = DEFAULT_SPILL_MAX_BYTES,
+        retry_attempts: int = DEFAULT_RETRY_ATTEMPTS,
+        retry_deadline: float = DEFAULT_RETRY_DEADLINE,
+        breaker_threshold: int = DEFAULT_BREAKER_THRESHOLD,
+        breaker_reset: float = DEFAULT_BREAKER_RESET,
     ) -> None:
         _check_str("service", service)
         if environment is not None:
@@ -112,6 +140,15 @@ class Config:
         _check_int("max_message_length", max_message_length, 64, 100_000_000)
         _check_int("max_value_length", max_value_length, 64, 100_000_000)
         _check_number("shutdown_timeout", shutdown_timeout, 0.0, 3600.0)
+        if spill_dir is not None and (
+            not isinstance(spill_dir, (str, os.PathLike)) or not str(spill_dir)
+        ):
+            raise ConfigError("spill_dir", spill_dir, "expected a directory path")
+        _check_int("spill_max_bytes", spill_max_bytes, 0, 1 << 50)
+        _check_int("retry_attempts", retry_attempts, 1, 1000)
+        _check_number("retry_deadline", retry_deadline, 0.0, 86400.0)
+        _check_int("breaker_threshold", breaker_threshold, 1, 1_000_000)
+        _check_number("breaker_reset", breaker_reset, 0.0, 86400.0)
         if batch_size > capacity:
             batch_size = capacity
         s = object.__setattr__
@@ -127,6 +164,12 @@ class Config:
         s(self, "max_message_length", max_message_length)
         s(self, "max_value_length", max_value_length)
         s(self, "shutdown_timeout", float(shutdown_timeout))
+        s(self, "spill_dir", None if spill_dir is None else os.fspath(spill_dir))
+        s(self, "spill_max_bytes", spill_max_bytes)
+        s(self, "retry_attempts", retry_attempts)
+        s(self, "retry_deadline", float(retry_deadline))
+        s(self, "breaker_threshold", breaker_threshold)
+        s(self, "breaker_reset", float(breaker_reset))
         s(self, "host", _hostname())
         s(self, "pid", os.getpid())
 
@@ -157,6 +200,12 @@ _PUBLIC = (
     "max_message_length",
     "max_value_length",
     "shutdown_timeout",
+    "spill_dir",
+    "spill_max_bytes",
+    "retry_attempts",
+    "retry_deadline",
+    "breaker_threshold",
+    "breaker_reset",
 )
 
 
@@ -278,6 +327,12 @@ def from_environment(environ: Mapping[str, str] | None = None) -> dict[str, Any]
     schema = _env("ATRACE_SCHEMA", env)
     if schema:
         kwargs["schema"] = schema
+    spill_dir = _env("ATRACE_SPILL_DIR", env)
+    if spill_dir:
+        kwargs["spill_dir"] = spill_dir
+    spill_max = _env_int("ATRACE_SPILL_MAX_BYTES", env)
+    if spill_max is not None:
+        kwargs["spill_max_bytes"] = spill_max
     max_len = _env_int("ATRACE_MAX_MESSAGE_LENGTH", env)
     if max_len is not None:
         kwargs["max_message_length"] = max_len

@@ -3,7 +3,12 @@
 The flusher is a task on the event loop that was running when the first record arrived; in a
 program with no loop it is a daemon thread running a loop of its own. It drains the ring by size
 (``batch_size``), by time (``flush_interval``), on ``flush()`` and at shutdown, encodes records into
-rows and hands them to every sink. A sink error is counted, never raised to the application.
+rows and hands each batch to every sink's lane (retries, circuit breaker, spill to disk; see
+:mod:`atrace.delivery`). A sink error is counted, never raised to the application.
+
+Accounting: ``accepted == written + dropped + queue_size + in_flight + spilled_pending`` at every
+moment, where ``dropped`` adds the ring's policy drops, records the spill could not hold, and
+records a sink refused for good.
 """
 
 from __future__ import annotations
@@ -11,18 +16,23 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import re
 import threading
 import time
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from . import ring as _ring
 from ._runtime import runtime
+from .breaker import CircuitBreaker
 from .config import Config
+from .delivery import SinkLane
 from .encode import Encoder
 from .pipeline import Metrics
+from .retry import RetryPolicy
 from .sinks import Batch, Sink, resolve_all
 
 __all__ = ("DEFAULT_TICK", "ENCODE_CHUNK", "Pipeline")
@@ -33,18 +43,14 @@ DEFAULT_TICK = 0.02
 # Records encoded between two yields to the loop, so encoding never holds the loop for long.
 ENCODE_CHUNK = 1_000
 DEFAULT_WRITE_TIMEOUT = 30.0
-_REOPEN_EVERY = 5.0
+# Above this share of the ring's capacity, a batch that cannot be written right now is spilled
+# instead of waiting, so drop_oldest does not have to drop while a sink is slow or down.
+PRESSURE = 0.8
 
 
-class _SinkState:
-    __slots__ = ("errors", "is_open", "last_attempt", "sink", "written")
-
-    def __init__(self, sink: Sink) -> None:
-        self.sink = sink
-        self.is_open = False
-        self.last_attempt = -1e18
-        self.errors = 0
-        self.written = 0
+def _spill_key(sink: Sink) -> str:
+    key = str(getattr(sink, "spill_key", None) or getattr(sink, "name", "sink"))
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", key)[:80] or "sink"
 
 
 class Pipeline:
@@ -61,7 +67,10 @@ class Pipeline:
     ) -> None:
         self.config = config
         self.ring = _ring.Ring(config.capacity, config.policy)
-        self.sinks = [_SinkState(s) for s in resolve_all(config.sinks, schema=config.schema)]
+        self._clock = clock
+        self._sleep = sleep
+        self._write_timeout = write_timeout
+        self.lanes = [self._lane(s) for s in resolve_all(config.sinks, schema=config.schema)]
         self.encoder = Encoder(
             service=config.service,
             environment=config.environment,
@@ -71,11 +80,8 @@ class Pipeline:
             max_message_length=config.max_message_length,
             max_value_length=config.max_value_length,
         )
-        self._clock = clock
-        self._sleep = sleep
         self._tick = min(tick, config.flush_interval)
-        self._concurrency = max(1, min(getattr(st.sink, "concurrency", 1) for st in self.sinks))
-        self._write_timeout = write_timeout
+        self._concurrency = max(1, min(getattr(ln.sink, "concurrency", 1) for ln in self.lanes))
         self._lock = threading.Lock()
         self._requests: list[concurrent.futures.Future[bool]] = []
         self._stopping = False
@@ -87,13 +93,37 @@ class Pipeline:
         self._wake: asyncio.Event | None = None
         # Loops whose shutdown cancelled the flusher: starting a task there again would leak it.
         self._dead_loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
-        self.written = 0
-        self.failed = 0
         self.batches = 0
-        self.sink_errors = 0
+        self.in_flight = 0  # records drained from the ring whose batch is not settled yet
         self._latencies: deque[float] = deque(maxlen=2048)
+        self._replays: set[asyncio.Task[int]] = set()
+        self._flushing: asyncio.Future[None] | None = None
+        self._forced = False  # the shutdown deadline cut a flush short
         # Batches whose write was cut short by cancellation; written first at the next flush.
         self._unsent: list[Batch] = []
+
+    def _lane(self, sink: Sink) -> SinkLane:
+        config = self.config
+        spill = None
+        if config.spill_max_bytes > 0:
+            from .spill import Spill, default_spill_dir
+
+            base = Path(config.spill_dir) if config.spill_dir else default_spill_dir()
+            spill = Spill(base / _spill_key(sink), max_bytes=config.spill_max_bytes)
+        return SinkLane(
+            sink,
+            policy=RetryPolicy(max_attempts=config.retry_attempts, deadline=config.retry_deadline),
+            breaker=CircuitBreaker(
+                failure_threshold=config.breaker_threshold,
+                reset_timeout=config.breaker_reset,
+                clock=self._clock,
+            ),
+            spill=spill,
+            # One attempt never outlasts the batch's whole retry deadline.
+            write_timeout=min(self._write_timeout, max(config.retry_deadline, 0.001)),
+            clock=self._clock,
+            sleep=self._sleep,
+        )
 
     # ---- emit side ----------------------------------------------------------------------------
 
@@ -116,6 +146,7 @@ class Pipeline:
                 return  # that loop is shutting down; the exit handler writes what is left
             self._running = True
             self._stopping = False
+            self._forced = False
             self._done = concurrent.futures.Future()
             if loop is not None:
                 self._loop = loop
@@ -154,9 +185,20 @@ class Pipeline:
                 now = self._clock()
                 due = now >= next_due
                 if due or self._requests or len(ring) >= batch_size:
-                    await self._flush(everything=due or bool(self._requests))
+                    self._flushing = asyncio.ensure_future(
+                        self._flush(everything=due or bool(self._requests))
+                    )
+                    try:
+                        await self._flushing
+                    except asyncio.CancelledError:
+                        if not self._forced:
+                            raise
+                        break  # the shutdown deadline passed: the final flush spills the rest
+                    finally:
+                        self._flushing = None
                     if due:
                         next_due = now + interval
+                        self._start_replays()
         except asyncio.CancelledError:
             cancelled = True
             self._dead_loops.add(loop)
@@ -194,13 +236,40 @@ class Pipeline:
         except RuntimeError:  # the loop closed in between
             pass
 
+    def _start_replays(self) -> None:
+        for lane in self.lanes:
+            busy = any(t.get_name() == lane.name for t in self._replays)
+            if not busy and lane.has_backlog():
+                task = asyncio.ensure_future(lane.replay())
+                task.set_name(lane.name)
+                self._replays.add(task)
+                task.add_done_callback(self._replays.discard)
+
     async def _final_flush(self) -> None:
         deadline = self.config.shutdown_timeout
+        for task in list(self._replays):
+            task.cancel()
         try:
             await asyncio.wait_for(self._flush(everything=True, announce_all=True), deadline)
         except (asyncio.TimeoutError, asyncio.CancelledError):
             _log.warning("atrace: shutdown flush did not finish within %.1fs", deadline)
+        # What could not be written in time is spilled, not lost.
+        self._spill_everything("not written before shutdown")
         await self._close_sinks()
+
+    def _spill_everything(self, reason: str) -> None:
+        while self._unsent:
+            batch = self._unsent.pop(0)
+            for lane in self.lanes:
+                lane.put_aside(batch, reason)
+            self.in_flight -= len(batch)
+        records = self.ring.drain(len(self.ring))
+        if records:
+            self.in_flight += len(records)
+            batch = Batch(self.encoder.rows(records))
+            for lane in self.lanes:
+                lane.put_aside(batch, reason)
+            self.in_flight -= len(records)
 
     def _finish(self) -> None:
         with self._lock:
@@ -218,35 +287,13 @@ class Pipeline:
             done.set_result(True)
 
     async def _open_sinks(self) -> None:
-        for state in self.sinks:
-            await self._open(state)
-
-    async def _open(self, state: _SinkState) -> bool:
-        # Only a failed open holds back the next attempt; an open cut short by cancellation
-        # (the loop shutting down) must not stop the final flush from opening the sink again.
-        now = self._clock()
-        if now - state.last_attempt < _REOPEN_EVERY:
-            return False
-        try:
-            await asyncio.wait_for(state.sink.open(), self._write_timeout)
-        except Exception as exc:
-            state.last_attempt = now
-            state.errors += 1
-            self.sink_errors += 1
-            _log.warning("atrace: sink %s could not open: %r", state.sink.name, exc)
-            return False
-        state.is_open = True
-        return True
+        # Opening is part of a lane's first attempt; here only what an earlier run (or process)
+        # spilled is sent, in the background.
+        self._start_replays()
 
     async def _close_sinks(self) -> None:
-        for state in self.sinks:
-            if state.is_open:
-                state.is_open = False
-                state.last_attempt = -1e18
-                try:
-                    await asyncio.wait_for(state.sink.close(), 5.0)
-                except Exception as exc:
-                    _log.warning("atrace: sink %s did not close cleanly: %r", state.sink.name, exc)
+        for lane in self.lanes:
+            await lane.close()
 
     def _announce_open_spans(self, everything: bool) -> None:
         # A span running longer than one interval gets a start row now, so it is visible while
@@ -273,7 +320,6 @@ class Pipeline:
         # the database's work; up to ``concurrency`` writes run at once (a sink that keeps order,
         # like the console, allows one).
         writing: set[asyncio.Future[None]] = set()
-        limit = self._concurrency
         try:
             while self._unsent:
                 await self._deliver(self._unsent.pop(0))
@@ -282,19 +328,49 @@ class Pipeline:
                 if not records:
                     break
                 target -= len(records)
-                batch = await self._encode(records)
-                while len(writing) >= limit:
-                    _, writing = await asyncio.wait(writing, return_when=asyncio.FIRST_COMPLETED)
-                writing.add(asyncio.ensure_future(self._deliver(batch)))
+                self.in_flight += len(records)
+                await self._dispatch(records, writing)
         finally:
             if writing:
-                await asyncio.wait(writing)
+                try:
+                    await asyncio.wait(writing)
+                except asyncio.CancelledError:
+                    # Out of time (shutdown): stop the writes still running; each puts its
+                    # batch back in _unsent, from where the shutdown spills it.
+                    for task in writing:
+                        task.cancel()
+                    await asyncio.wait(writing)
+                    raise
         for fut in requests:
             if not fut.done():
                 fut.set_result(True)
 
+    async def _dispatch(self, records: list[Any], writing: set[asyncio.Future[None]]) -> None:
+        """Encode drained records and start their delivery once a writing slot is free."""
+        ring = self.ring
+        batch: Batch | None = None
+        try:
+            batch = await self._encode(records)
+            while len(writing) >= self._concurrency:
+                done, _ = await asyncio.wait(
+                    writing, timeout=self._tick, return_when=asyncio.FIRST_COMPLETED
+                )
+                writing -= done
+                if len(writing) >= self._concurrency and len(ring) >= PRESSURE * ring.capacity:
+                    # The sink is too slow (or retrying): spill rather than let the ring drop.
+                    for lane in self.lanes:
+                        lane.put_aside(batch, "buffer near full while the sink lagged")
+                    self.in_flight -= len(batch)
+                    return
+            writing.add(asyncio.ensure_future(self._deliver(batch)))
+        except asyncio.CancelledError:
+            # Drained but not handed on (the shutdown deadline passed): keep it for the
+            # shutdown to spill.
+            self._unsent.append(batch if batch is not None else Batch(self.encoder.rows(records)))
+            raise
+
     async def _encode(self, records: list[Any]) -> Batch:
-        rows = []
+        rows: list[Any] = []
         encode = self.encoder.rows
         for start in range(0, len(records), ENCODE_CHUNK):
             if start:
@@ -305,33 +381,17 @@ class Pipeline:
     async def _deliver(self, batch: Batch) -> None:
         self.batches += 1
         began = time.perf_counter()
-        ok = True
-        for state in self.sinks:
-            if not state.is_open and not await self._open(state):
-                ok = False
-                continue
-            try:
-                await asyncio.wait_for(state.sink.write(batch), self._write_timeout)
-            except asyncio.CancelledError:
-                # The loop is shutting down mid-write: the final flush writes it again, and the
-                # batch id keeps a write that did commit from being stored twice.
-                self.batches -= 1
-                self._unsent.append(batch)
-                raise
-            except Exception as exc:
-                ok = False
-                state.errors += 1
-                self.sink_errors += 1
-                _log.warning(
-                    "atrace: sink %s failed a batch of %d: %r", state.sink.name, len(batch), exc
-                )
-            else:
-                state.written += len(batch)
+        try:
+            for lane in self.lanes:
+                await lane.deliver(batch)
+        except asyncio.CancelledError:
+            # The loop is shutting down mid-write: the final flush writes it again, and the
+            # batch id keeps a write that did commit from being stored twice.
+            self.batches -= 1
+            self._unsent.append(batch)
+            raise
+        self.in_flight -= len(batch)
         self._latencies.append(time.perf_counter() - began)
-        if ok:
-            self.written += len(batch)
-        else:
-            self.failed += len(batch)
 
     # ---- control ------------------------------------------------------------------------------
 
@@ -362,17 +422,38 @@ class Pipeline:
         return self._running and self._task is not None and self._loop is loop
 
     def stop_nowait(self) -> concurrent.futures.Future[bool]:
-        """Tell the flusher to write what is buffered and stop; the future says when it has."""
+        """Tell the flusher to write what is buffered and stop; the future says when it has.
+
+        A write still hanging ``shutdown_timeout`` seconds later is cancelled, and what it held
+        is spilled, so that stopping never waits on a dead sink for long.
+        """
         with self._lock:
+            already = self._stopping
             self._stopping = True
             done = self._done
             running = self._running
         if running and done is not None:
             self._wake_soon()
+            loop = self._loop
+            if not already and loop is not None and not loop.is_closed():
+                try:
+                    loop.call_soon_threadsafe(self._arm_force_stop)
+                except RuntimeError:
+                    pass
             return done
         fut: concurrent.futures.Future[bool] = concurrent.futures.Future()
         fut.set_result(True)
         return fut
+
+    def _arm_force_stop(self) -> None:
+        assert self._loop is not None
+        self._loop.call_later(self.config.shutdown_timeout, self._force_stop)
+
+    def _force_stop(self) -> None:
+        flushing = self._flushing
+        if self._running and flushing is not None and not flushing.done():
+            self._forced = True
+            flushing.cancel()
 
     def flush_at_exit(self, timeout: float) -> None:
         """Write what is left when the interpreter exits, whatever happened to the loop."""
@@ -391,34 +472,45 @@ class Pipeline:
                 _log.warning("atrace: could not write %d records at exit: %r", len(self.ring), exc)
 
     async def _exit_flush(self) -> None:
-        for state in self.sinks:
-            state.is_open = False
-            state.last_attempt = -1e18
-        await self._open_sinks()
+        for lane in self.lanes:
+            lane.is_open = False
         try:
             await self._flush(everything=True, announce_all=True)
         finally:
+            self._spill_everything("not written before exit")
             await self._close_sinks()
 
     def metrics(self) -> Metrics:
-        """A frozen snapshot of the counters."""
+        """A frozen snapshot of the counters (delivery figures: the first sink's)."""
         ring = self.ring
         lat = sorted(self._latencies)
         mean = sum(lat) / len(lat) * 1e3 if lat else 0.0
         p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e3 if lat else 0.0
+        lanes = tuple(lane.stats() for lane in self.lanes)
+        first = lanes[0]
         return Metrics(
             accepted=ring.accepted,
-            dropped=ring.dropped,
-            written=self.written,
-            failed=self.failed,
+            written=first.written,
+            dropped=ring.dropped + first.dropped_spill + first.dropped_permanent,
+            dropped_ring=ring.dropped,
+            dropped_spill=first.dropped_spill,
+            dropped_permanent=first.dropped_permanent,
+            spilled=first.spilled,
+            spilled_pending=first.spilled_pending,
+            replayed=first.replayed,
+            in_flight=self.in_flight,
+            retries=first.retries,
             batches=self.batches,
-            sink_errors=self.sink_errors,
+            sink_errors=sum(lane.errors for lane in lanes),
             queue_size=len(ring),
             capacity=ring.capacity,
             high_water=ring.high_water,
             open_spans=len(runtime.open_spans),
             flush_latency_mean_ms=mean,
             flush_latency_p99_ms=p99,
+            breaker_state=first.breaker_state,
+            breaker_trips=first.breaker_trips,
             implementation=_ring.IMPLEMENTATION,
             running=self._running,
+            sinks=lanes,
         )

@@ -41,33 +41,53 @@ class Metrics:
     __slots__ = (
         "accepted",  # handed to atrace by emit calls
         "batches",  # batches handed to the sinks
+        "breaker_state",  # the first sink's circuit breaker: closed, open or half_open
+        "breaker_trips",  # times it opened
         "capacity",
-        "dropped",  # discarded by the ring's policy when full
-        "failed",  # in batches at least one sink refused (the error is in sink_errors)
-        "flush_latency_mean_ms",  # time to write one batch to every sink
+        "dropped",  # dropped_ring + dropped_spill + dropped_permanent
+        "dropped_permanent",  # refused by the sink for good (kept apart on disk as rejected)
+        "dropped_ring",  # discarded by the ring's policy when full
+        "dropped_spill",  # could not be spilled: the spill was full or not writable
+        "flush_latency_mean_ms",  # time to deliver one batch to every sink
         "flush_latency_p99_ms",
         "high_water",  # most records the ring ever held at once
         "implementation",  # which ring runs: "cython" or "python"
+        "in_flight",  # drained from the ring, batch not settled yet
         "open_spans",  # entered and not yet exited
         "queue_size",  # in the ring now
+        "replayed",  # sent from the spill (also an earlier process's)
+        "retries",  # extra attempts, in batches
         "running",  # whether a flusher is active
-        "sink_errors",  # failed sink calls (open or write)
-        "written",  # stored by every sink
+        "sink_errors",  # failed attempts, in batches, all sinks
+        "sinks",  # per-sink snapshots (atrace.delivery.LaneStats)
+        "spilled",  # written to the spill by this process
+        "spilled_pending",  # of those, not replayed yet
+        "written",  # stored by the sink (directly or replayed from this process's spill)
     )
 
     accepted: int
     batches: int
+    breaker_state: str
+    breaker_trips: int
     capacity: int
     dropped: int
-    failed: int
+    dropped_permanent: int
+    dropped_ring: int
+    dropped_spill: int
     flush_latency_mean_ms: float
     flush_latency_p99_ms: float
     high_water: int
     implementation: str
+    in_flight: int
     open_spans: int
     queue_size: int
+    replayed: int
+    retries: int
     running: bool
     sink_errors: int
+    sinks: tuple[Any, ...]
+    spilled: int
+    spilled_pending: int
     written: int
 
     def __init__(self, **values: Any) -> None:
@@ -153,6 +173,12 @@ def configure(
     max_message_length: int | None = None,
     max_value_length: int | None = None,
     shutdown_timeout: float | None = None,
+    spill_dir: str | None = None,
+    spill_max_bytes: int | None = None,
+    retry_attempts: int | None = None,
+    retry_deadline: float | None = None,
+    breaker_threshold: int | None = None,
+    breaker_reset: float | None = None,
 ) -> Config:
     """Configure atrace for this process; unset arguments come from ATRACE_*/OTEL_* or defaults.
 
@@ -177,6 +203,12 @@ def configure(
         ("max_message_length", max_message_length),
         ("max_value_length", max_value_length),
         ("shutdown_timeout", shutdown_timeout),
+        ("spill_dir", spill_dir),
+        ("spill_max_bytes", spill_max_bytes),
+        ("retry_attempts", retry_attempts),
+        ("retry_deadline", retry_deadline),
+        ("breaker_threshold", breaker_threshold),
+        ("breaker_reset", breaker_reset),
     ):
         if value is not None:
             kwargs[key] = value

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import importlib
 import sys
 from typing import Any
@@ -114,6 +115,10 @@ class PostgresSink:
         self.connect_timeout = connect_timeout
         self.command_timeout = command_timeout
         self._pool: Any = None
+        # Names this destination's spill directory, the same in every process writing here.
+        where = dsn or "embedded"
+        digest = hashlib.sha256(f"{where}|{schema}".encode()).hexdigest()[:12]
+        self.spill_key = f"postgresql-{schema}-{digest}"
         self._covered_until_ns = 0
 
     def __repr__(self) -> str:
@@ -138,7 +143,9 @@ class PostgresSink:
             dsn = self.dsn = await _off_loop(embedded_dsn)
         self._pool = await asyncpg.create_pool(
             dsn,
-            min_size=1,
+            # No floor: a pool that keeps reconnecting in the background during an outage only
+            # adds noise; connections are made when a batch needs one.
+            min_size=0,
             max_size=self.pool_size,
             init=connection_init,
             reset=_keep_session,
