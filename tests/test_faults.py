@@ -256,3 +256,31 @@ async def _done(dsn: str, schema: str, expected: int) -> bool:
     await atrace.aflush(timeout=5)
     m = atrace.metrics()
     return m.written == expected and m.spilled_pending == 0 and m.in_flight == 0
+
+
+class TestServerSide:
+    async def test_backends_terminated_mid_run(
+        self, pg_schema: tuple[str, str], spill_dir: Path
+    ) -> None:
+        """Sessions dropped by the server (as in a restart): nothing lost, nothing twice."""
+        dsn, schema = pg_schema
+        atrace.configure(
+            service="restart", sink=dsn, schema=schema, spill_dir=str(spill_dir), **FAST_RECOVERY
+        )
+        admin = await asyncpg.connect(dsn)
+        sent = 0
+        try:
+            for _ in range(5):
+                for _ in range(400):
+                    atrace.info(f"m{sent}")
+                    sent += 1
+                await asyncio.sleep(0.02)
+                await admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE application_name = 'atrace' AND pid <> pg_backend_pid()"
+                )
+        finally:
+            await admin.close()
+        await wait_until(lambda: _done(dsn, schema, sent))
+        assert await count(dsn, schema) == (sent, sent)
+        assert atrace.metrics().dropped == 0

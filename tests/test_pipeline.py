@@ -292,3 +292,98 @@ class TestReconfigure:
             {"region": "eu", "k": "own"},
             {"region": "eu", "k": "global"},
         ]
+
+
+class TestFork:
+    async def test_prefork_workers_write_their_own_records_once(
+        self, pg_schema: tuple[str, str], tmp_path: Any
+    ) -> None:
+        """Workers forked after configure start with an empty ring; nothing is written twice."""
+        import os
+
+        import asyncpg
+
+        dsn, schema = pg_schema
+        atrace.configure(service="prefork", sink=dsn, schema=schema, flush_interval=3600)
+        for i in range(10):
+            atrace.info(f"parent-{i}")  # still in the ring when the workers fork
+        children = []
+        for w in range(3):
+            pid = os.fork()
+            if pid == 0:  # a worker: emit, flush, leave without running the parent's handlers
+                code = 1
+                try:
+                    for i in range(20):
+                        atrace.info(f"worker-{w}-{i}")
+                    code = 0 if atrace.shutdown(timeout=30) else 2
+                finally:
+                    os._exit(code)
+            children.append(pid)
+        for pid in children:
+            _, status = await asyncio.to_thread(os.waitpid, pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0
+        assert await atrace.aflush(timeout=30)
+        conn = await asyncpg.connect(dsn)
+        try:
+            rows = await conn.fetch(f"SELECT message, pid FROM {schema}.records WHERE kind = 0")
+        finally:
+            await conn.close()
+        messages = sorted(r["message"] for r in rows)
+        assert len(messages) == len(set(messages)) == 70
+        assert {r["pid"] for r in rows if r["message"].startswith("parent")} == {os.getpid()}
+        assert len({r["pid"] for r in rows}) == 4
+
+    async def test_multiprocessing_fork_child(self, pg_schema: tuple[str, str]) -> None:
+        """A multiprocessing child (fork start method) flushes its records when it ends."""
+        import multiprocessing
+
+        import asyncpg
+
+        dsn, schema = pg_schema
+        atrace.configure(service="mp", sink=dsn, schema=schema, flush_interval=3600)
+        ctx = multiprocessing.get_context("fork")
+        proc = ctx.Process(target=_mp_child, args=(25,))
+        proc.start()
+        proc.join(60)
+        assert proc.exitcode == 0
+        conn = await asyncpg.connect(dsn)
+        try:
+            n = await conn.fetchval(
+                f"SELECT count(*) FROM {schema}.records WHERE message LIKE 'mp-child-%'"
+            )
+        finally:
+            await conn.close()
+        assert n == 25
+
+
+def _mp_child(n: int) -> None:
+    for i in range(n):
+        atrace.info(f"mp-child-{i}")
+    # No flush: the child ends through multiprocessing, which skips atexit handlers.
+
+
+class TestReentrancy:
+    async def test_logging_handler_calling_atrace_on_sink_errors(self) -> None:
+        """atrace's warnings bridged back into atrace by a handler neither hang nor recurse."""
+        import logging
+
+        class Bridge(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                atrace.warning(record.getMessage(), module=record.name)
+
+        bridge = Bridge()
+        logger = logging.getLogger("atrace")
+        logger.addHandler(bridge)
+        sink = FailingSink(failures=10**9)
+        try:
+            atrace.configure(service="loop", sink=sink, flush_interval=0.01)
+            for i in range(50):
+                atrace.info(f"m{i}")
+                await asyncio.sleep(0.001)
+            assert await asyncio.wait_for(atrace.aflush(timeout=10), 20)
+        finally:
+            logger.removeHandler(bridge)
+        m = atrace.metrics()
+        # Warnings are rate-limited, so the feedback adds a bounded handful of records.
+        assert 50 < m.accepted < 60
+        assert m.accepted == m.written + m.dropped + m.queue_size + m.in_flight + m.spilled_pending

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import sys
 import threading
 
 from ._runtime import runtime
@@ -364,6 +365,17 @@ def _install_child(config: Config) -> None:
     global _pipeline
     _pipeline = _new_pipeline(config.replace())
     runtime.push = _pipeline.push_starting
+    mp_util = sys.modules.get("multiprocessing.util")
+    if mp_util is not None:
+        # A multiprocessing child ends with os._exit(), past atexit: flush in its finalizers.
+        # They are cleared when the child starts, so register once its after-fork hooks run.
+        mp_util.register_after_fork(_pipeline, _finalize_in_mp_child)
+
+
+def _finalize_in_mp_child(_pipeline: object) -> None:
+    from multiprocessing import util
+
+    util.Finalize(None, _at_exit, exitpriority=100)
 
 
 if hasattr(os, "register_at_fork"):

@@ -125,7 +125,14 @@ async def ensure_partitions(
                 f"TO ('{nxt.isoformat()} 00:00:00+00')"
             )
         except Exception as exc:
-            # Rows already in the default partition for that day block it; they stay queryable.
-            _log.warning("atrace: could not create partition %s.%s: %s", schema, name, exc)
+            state = getattr(exc, "sqlstate", None)
+            if state in ("42P07", "23505"):
+                pass  # another process created it at the same moment
+            elif state == "23514":
+                # Rows already in the default partition for that day block it
+                # (check_violation); they stay queryable there.
+                _log.warning("atrace: could not create partition %s.%s: %s", schema, name, exc)
+            else:
+                raise  # a lost connection and the like: the caller's to retry
         day = nxt
     return last

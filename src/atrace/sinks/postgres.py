@@ -7,6 +7,7 @@ import datetime as dt
 import hashlib
 import importlib
 import sys
+import time
 from typing import Any
 
 from ..encode import COLUMNS
@@ -76,7 +77,13 @@ def classify(exc: BaseException) -> Verdict:
         return Verdict(sqlstate[:2] in _RETRYABLE_CLASSES, reason=f"SQLSTATE {sqlstate}")
     name = type(exc).__name__
     # asyncpg's client-side errors for a lost connection carry no SQLSTATE.
-    if name in ("ConnectionDoesNotExistError", "ConnectionFailureError", "InterfaceError"):
+    # InternalClientError: a connection left mid-operation by an earlier failure; a new one works.
+    if name in (
+        "ConnectionDoesNotExistError",
+        "ConnectionFailureError",
+        "InterfaceError",
+        "InternalClientError",
+    ):
         return Verdict(True, reason=name)
     if isinstance(exc, (OSError, TimeoutError, asyncio.TimeoutError, EOFError)):
         return Verdict(True, reason=name)
@@ -120,6 +127,7 @@ class PostgresSink:
         digest = hashlib.sha256(f"{where}|{schema}".encode()).hexdigest()[:12]
         self.spill_key = f"postgresql-{schema}-{digest}"
         self._covered_until_ns = 0
+        self._partition_lock: asyncio.Lock | None = None
 
     def __repr__(self) -> str:
         return f"PostgresSink(schema={self.schema!r})"
@@ -136,6 +144,7 @@ class PostgresSink:
             )
         except ImportError:
             raise MissingExtraError("asyncpg", "pg") from None
+        self._partition_lock = None
         dsn = self.dsn
         if dsn is None:
             from .._embedded import embedded_dsn
@@ -149,6 +158,8 @@ class PostgresSink:
             max_size=self.pool_size,
             init=connection_init,
             reset=_keep_session,
+            # Operators can tell atrace's sessions apart in pg_stat_activity.
+            server_settings={"application_name": "atrace"},
             timeout=self.connect_timeout,
             command_timeout=self.command_timeout,
         )
@@ -157,9 +168,18 @@ class PostgresSink:
             await self._extend_partitions(conn)
 
     async def _extend_partitions(self, conn: Any) -> None:
-        last = await ensure_partitions(conn, self.schema)
-        end = dt.datetime.combine(last + dt.timedelta(days=1), dt.time(), dt.timezone.utc)
-        self._covered_until_ns = int(end.timestamp()) * 1_000_000_000
+        if self._partition_lock is None:
+            # Made here, on the loop that uses it: a sink may be reopened on another loop.
+            self._partition_lock = asyncio.Lock()
+        async with self._partition_lock:  # two writers would race on the same CREATE TABLE
+            if self._covered_until_ns and not self._needs_partitions_now():
+                return
+            last = await ensure_partitions(conn, self.schema)
+            end = dt.datetime.combine(last + dt.timedelta(days=1), dt.time(), dt.timezone.utc)
+            self._covered_until_ns = int(end.timestamp()) * 1_000_000_000
+
+    def _needs_partitions_now(self) -> bool:
+        return time.time_ns() >= self._covered_until_ns - _NS_PER_DAY
 
     async def write(self, batch: Batch) -> None:
         """Store the batch once: a batch id already in the ledger makes this a no-op."""
