@@ -131,6 +131,22 @@ class PgServer:
         finally:
             shutil.rmtree(base, ignore_errors=True)
 
+    def restart(self) -> None:
+        """Stop the server (fast shutdown: sessions are cut) and start it again, same port and data.
+
+        Blocking: from a coroutine, call it through ``asyncio.to_thread``.
+        """
+        if self._base is None or self._proc is None:
+            raise RuntimeError("only a server this session started can be restarted")
+        bin_dir = _bin_dir()
+        self._run(
+            *(bin_dir / "pg_ctl", "stop", "-D", self._base / "data", "-m", "fast", "-w"),
+            cwd=self._base,
+        )
+        self._proc.wait(STOP_TIMEOUT)
+        if not self._launch(bin_dir, self.port):
+            raise RuntimeError(f"PostgreSQL could not bind port {self.port} again\n{self._log()}")
+
     def _use_external(self, dsn: str) -> None:
         self.dsn = dsn
         parts = urllib.parse.urlsplit(dsn)

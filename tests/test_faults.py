@@ -284,3 +284,25 @@ class TestServerSide:
         await wait_until(lambda: _done(dsn, schema, sent))
         assert await count(dsn, schema) == (sent, sent)
         assert atrace.metrics().dropped == 0
+
+    async def test_server_restarted_mid_run(
+        self, pg_server: Any, pg_schema: tuple[str, str], spill_dir: Path
+    ) -> None:
+        """A real PostgreSQL restart in the middle of a steady stream: nothing lost, nothing twice."""
+        if pg_server.data_dir is None:
+            pytest.skip("the server comes from ATRACE_TEST_DSN and is not ours to restart")
+        dsn, schema = pg_schema
+        atrace.configure(
+            service="restart", sink=dsn, schema=schema, spill_dir=str(spill_dir), **FAST_RECOVERY
+        )
+        sent = 0
+        for round_ in range(3):
+            for _ in range(500):
+                atrace.info(f"m{sent}")
+                sent += 1
+            await asyncio.sleep(0.05)
+            if round_ == 1:
+                await asyncio.to_thread(pg_server.restart)
+        await wait_until(lambda: _done(dsn, schema, sent))
+        assert await count(dsn, schema) == (sent, sent)
+        assert atrace.metrics().dropped == 0
