@@ -288,7 +288,7 @@ class TestServerSide:
     async def test_server_restarted_mid_run(
         self, pg_server: Any, pg_schema: tuple[str, str], spill_dir: Path
     ) -> None:
-        """A real PostgreSQL restart in the middle of a steady stream: nothing lost, nothing twice."""
+        """A real PostgreSQL restart amid a steady stream: nothing lost, nothing twice."""
         if pg_server.data_dir is None:
             pytest.skip("the server comes from ATRACE_TEST_DSN and is not ours to restart")
         dsn, schema = pg_schema

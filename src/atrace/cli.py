@@ -183,7 +183,9 @@ def _size(n: int) -> str:
 
 
 def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}es" if word.endswith("ch") else f"{n} {word}s"
+    if n == 1:
+        return f"1 {word}"
+    return f"{n} {word}es" if word.endswith("ch") else f"{n} {word}s"
 
 
 # ---- spill status --------------------------------------------------------------------------
@@ -304,23 +306,23 @@ async def _send_pending(
     # A few quick attempts ride out a blip; an outage ends the run and the rest stays spilled.
     policy = RetryPolicy(max_attempts=3, base_delay=0.5, deadline=10.0)
     records = batches = 0
+    failure = None
     with contextlib.closing(spill.replay()) as pending:
         for spilled in pending:
             batch = Batch(list(spilled.rows), spilled.batch_id)
             outcome = await Retry(policy).run(functools.partial(_write, sink, batch), classify)
             if not outcome.delivered:
-                error = outcome.error
-                why = f"{type(error).__name__}: {_one_line(error)}" if error else "not delivered"
-                return (
-                    records,
-                    batches,
-                    f"batch {spilled.batch_id} ({spilled.records}) failed: {why}",
+                error = outcome.error or RuntimeError("not delivered")
+                failure = (
+                    f"batch {spilled.batch_id} ({_plural(spilled.records, 'record')}) failed: "
+                    f"{type(error).__name__}: {_one_line(error)}"
                 )
+                break
             spill.ack(spilled)
             records += spilled.records
             batches += 1
             advance(spilled.records)
-    return records, batches, None
+    return records, batches, failure
 
 
 @contextlib.contextmanager
