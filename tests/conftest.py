@@ -27,7 +27,13 @@ from atrace.testing import MemorySink  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
-async def _clean_atrace() -> AsyncIterator[None]:
+def _own_spill_dir(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test spills into a directory of its own: no test replays another's batches."""
+    monkeypatch.setenv("ATRACE_SPILL_DIR", str(tmp_path / "atrace-spill"))
+
+
+@pytest.fixture(autouse=True)
+async def _clean_atrace(_own_spill_dir: None) -> AsyncIterator[None]:
     """Each test starts unconfigured and ends with its pipeline stopped and no loop errors."""
     loop = asyncio.get_running_loop()
     errors: list[dict[str, Any]] = []

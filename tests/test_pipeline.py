@@ -387,3 +387,35 @@ class TestReentrancy:
         # Warnings are rate-limited, so the feedback adds a bounded handful of records.
         assert 50 < m.accepted < 60
         assert m.accepted == m.written + m.dropped + m.queue_size + m.in_flight + m.spilled_pending
+
+
+class TestPressure:
+    async def test_full_ring_with_a_slow_sink_spills_instead_of_dropping(
+        self, tmp_path: Any
+    ) -> None:
+        """Under drop_oldest, batches that cannot be written in time are spilled, not dropped."""
+
+        class Slow(MemorySink):
+            name = "slow"
+
+            async def write(self, batch: Batch) -> None:
+                await asyncio.sleep(0.05)
+                await super().write(batch)
+
+        sink = Slow()
+        atrace.configure(
+            service="t", sink=sink, capacity=100, batch_size=10, flush_interval=0.01,
+            spill_dir=str(tmp_path / "spill"),
+        )  # fmt: skip
+        for burst in range(50):
+            for i in range(10):
+                atrace.info(f"m{burst}-{i}")
+            await asyncio.sleep(0.002)
+        assert await atrace.aflush(timeout=30)
+        m = atrace.metrics()
+        assert m.spilled > 0 and m.dropped_ring < m.spilled
+        assert (
+            m.accepted
+            == 500
+            == m.written + m.dropped + m.queue_size + m.in_flight + m.spilled_pending
+        )

@@ -187,7 +187,11 @@ class SinkLane:
             return True
         self.breaker.record_failure()
         reason = f"{type(outcome.error).__name__}: {outcome.error}"
-        self._warn("atrace: sink %s could not take a batch of %d: %s", self.name, n, reason)
+        if outcome.state is RetryState.REJECTED:
+            # Rare and final: always said, with its cause.
+            _log.warning("atrace: sink %s refused a batch of %d for good: %s", self.name, n, reason)
+        else:
+            self._warn("atrace: sink %s could not take a batch of %d: %s", self.name, n, reason)
         self.put_aside(batch, reason, permanent=outcome.state is RetryState.REJECTED)
         return False
 

@@ -82,6 +82,9 @@ class Pipeline:
         )
         self._tick = min(tick, config.flush_interval)
         self._concurrency = max(1, min(getattr(ln.sink, "concurrency", 1) for ln in self.lanes))
+        # Only drop_oldest would lose records to a full ring; block makes emitters wait, and
+        # drop_newest keeps the oldest by choice.
+        self._spill_on_pressure = config.policy == "drop_oldest"
         self._lock = threading.Lock()
         self._requests: list[concurrent.futures.Future[bool]] = []
         self._stopping = False
@@ -98,6 +101,7 @@ class Pipeline:
         self._latencies: deque[float] = deque(maxlen=2048)
         self._replays: set[asyncio.Task[int]] = set()
         self._flushing: asyncio.Future[None] | None = None
+        self._writing: set[asyncio.Future[None]] = set()  # deliveries under way
         self._forced = False  # the shutdown deadline cut a flush short
         # Batches whose write was cut short by cancellation; written first at the next flush.
         self._unsent: list[Batch] = []
@@ -318,8 +322,9 @@ class Pipeline:
             target = len(ring) // batch_size * batch_size
         # Batches are written while the next ones are encoded, so the client's encoding overlaps
         # the database's work; up to ``concurrency`` writes run at once (a sink that keeps order,
-        # like the console, allows one).
-        writing: set[asyncio.Future[None]] = set()
+        # like the console, allows one). Writes outlive a size-triggered flush; a flush that
+        # must be complete (interval, flush(), shutdown) waits for all of them.
+        writing = self._writing
         try:
             while self._unsent:
                 await self._deliver(self._unsent.pop(0))
@@ -330,17 +335,17 @@ class Pipeline:
                 target -= len(records)
                 self.in_flight += len(records)
                 await self._dispatch(records, writing)
-        finally:
+            if requests or announce_all:  # a flush() or the last flush: wait for every write
+                while writing:
+                    await asyncio.wait(set(writing))
+        except asyncio.CancelledError:
+            # Out of time (shutdown): stop the writes still running; each puts its batch back
+            # in _unsent, from where the shutdown spills it.
             if writing:
-                try:
-                    await asyncio.wait(writing)
-                except asyncio.CancelledError:
-                    # Out of time (shutdown): stop the writes still running; each puts its
-                    # batch back in _unsent, from where the shutdown spills it.
-                    for task in writing:
-                        task.cancel()
-                    await asyncio.wait(writing)
-                    raise
+                for task in writing:
+                    task.cancel()
+                await asyncio.wait(set(writing))
+            raise
         for fut in requests:
             if not fut.done():
                 fut.set_result(True)
@@ -352,17 +357,18 @@ class Pipeline:
         try:
             batch = await self._encode(records)
             while len(writing) >= self._concurrency:
-                done, _ = await asyncio.wait(
-                    writing, timeout=self._tick, return_when=asyncio.FIRST_COMPLETED
-                )
-                writing -= done
-                if len(writing) >= self._concurrency and len(ring) >= PRESSURE * ring.capacity:
+                if self._spill_on_pressure and len(ring) >= PRESSURE * ring.capacity:
                     # The sink is too slow (or retrying): spill rather than let the ring drop.
                     for lane in self.lanes:
                         lane.put_aside(batch, "buffer near full while the sink lagged")
                     self.in_flight -= len(batch)
                     return
-            writing.add(asyncio.ensure_future(self._deliver(batch)))
+                await asyncio.wait(
+                    set(writing), timeout=self._tick, return_when=asyncio.FIRST_COMPLETED
+                )
+            task = asyncio.ensure_future(self._deliver(batch))
+            writing.add(task)
+            task.add_done_callback(writing.discard)
         except asyncio.CancelledError:
             # Drained but not handed on (the shutdown deadline passed): keep it for the
             # shutdown to spill.

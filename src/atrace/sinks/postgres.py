@@ -113,10 +113,12 @@ class PostgresSink:
         pool_size: int = 2,
         connect_timeout: float = 10.0,
         command_timeout: float = 60.0,
+        copy_chunk: int = 1000,
     ) -> None:
         self.dsn = dsn
         self.schema = schema
         self.pool_size = pool_size
+        self.copy_chunk = copy_chunk
         # Batches may be written side by side, one per connection: rows carry their own time.
         self.concurrency = pool_size
         self.connect_timeout = connect_timeout
@@ -150,7 +152,10 @@ class PostgresSink:
             from .._embedded import embedded_dsn
 
             dsn = self.dsn = await _off_loop(embedded_dsn)
-        self._pool = await asyncpg.create_pool(
+        if self._pool is not None:  # a half-finished earlier open: never leave its connections
+            self._pool.terminate()
+            self._pool = None
+        pool = await asyncpg.create_pool(
             dsn,
             # No floor: a pool that keeps reconnecting in the background during an outage only
             # adds noise; connections are made when a batch needs one.
@@ -163,9 +168,20 @@ class PostgresSink:
             timeout=self.connect_timeout,
             command_timeout=self.command_timeout,
         )
-        async with self._pool.acquire() as conn:
-            await ensure_schema(conn, self.schema)
-            await self._extend_partitions(conn)
+        try:
+            conn = await pool.acquire()
+            try:
+                await ensure_schema(conn, self.schema)
+                await self._extend_partitions(conn)
+            except BaseException:
+                conn.terminate()
+                raise
+            finally:
+                await pool.release(conn)
+        except BaseException:
+            pool.terminate()
+            raise
+        self._pool = pool
 
     async def _extend_partitions(self, conn: Any) -> None:
         if self._partition_lock is None:
@@ -190,31 +206,38 @@ class PostgresSink:
         if not rows:
             return
         schema = self.schema
-        async with pool.acquire() as conn:
+        conn = await pool.acquire()
+        try:
             # Rows come roughly in time order; a late outlier lands in the default partition.
             if rows[-1][0] >= self._covered_until_ns - _NS_PER_DAY:
                 await self._extend_partitions(conn)
-            # Three round trips a batch: BEGIN with the ledger entry, COPY, COMMIT. The id is a
-            # UUID atrace made (str() of uuid.UUID), so inlining it in the SQL is safe.
+            # BEGIN with the ledger entry, COPY, COMMIT. The id is a UUID atrace made (str() of
+            # uuid.UUID), so inlining it in the SQL is safe.
             status = await conn.execute(
                 f"BEGIN; INSERT INTO {schema}.batches (batch_id, records) "
                 f"VALUES ('{batch.id}', {len(rows):d}) ON CONFLICT (batch_id) DO NOTHING"
             )
-            try:
-                if status != "INSERT 0 1":  # stored before: write nothing twice
-                    await conn.execute("ROLLBACK")
-                    return
+            if status != "INSERT 0 1":  # stored before: write nothing twice
+                await conn.execute("ROLLBACK")
+                return
+            # COPY in slices, so that encoding a batch never holds the event loop for long (the
+            # client encodes each COPY's rows in one go); one transaction keeps it atomic.
+            step = self.copy_chunk
+            for start in range(0, len(rows), step):
                 await conn.copy_records_to_table(
-                    "records", schema_name=schema, columns=COLUMNS, records=rows
+                    "records",
+                    schema_name=schema,
+                    columns=COLUMNS,
+                    records=rows[start : start + step],
                 )
-                await conn.execute("COMMIT")
-            except BaseException:
-                if not conn.is_closed():
-                    try:
-                        await conn.execute("ROLLBACK")
-                    except Exception:
-                        conn.terminate()
-                raise
+            await conn.execute("COMMIT")
+        except BaseException:
+            # Whatever went wrong (a lost connection, a hung server, a time-out cancelling us),
+            # the session is in an unknown state: drop it now rather than wait on a reset.
+            conn.terminate()
+            raise
+        finally:
+            await pool.release(conn)
 
     async def close(self) -> None:
         """Close the pool; the sink can be opened again."""
@@ -222,5 +245,7 @@ class PostgresSink:
         if pool is not None:
             try:
                 await asyncio.wait_for(pool.close(), 5.0)
-            except Exception:
+            except BaseException:
+                # Out of time or cancelled: never leave connections behind.
                 pool.terminate()
+                raise
