@@ -416,3 +416,28 @@ class TestClassify:
         with pytest.raises(OSError) as refused:
             await asyncpg.connect("postgresql://postgres@127.0.0.1:1/x", timeout=5)
         assert sink.classify(refused.value).retryable
+
+
+class TestSlicedCopy:
+    async def test_batch_copied_in_slices_is_one_transaction(
+        self, pg_schema: tuple[str, str], db: Any
+    ) -> None:
+        """A batch larger than copy_chunk lands whole, once, under a single ledger entry."""
+        dsn, schema = pg_schema
+        sink = PostgresSink(dsn, schema=schema, copy_chunk=7)
+        enc = Encoder(service="s", environment=None, host="h", pid=1)
+        now = int(dt.datetime.now().timestamp() * 1e9)
+        records = [
+            (0, now + i, 20, None, None, None, None, 0, None, "n", f"m{i}", None, None, None)
+            for i in range(50)
+        ]
+        batch = Batch(enc.rows(records))
+        await sink.open()
+        try:
+            await sink.write(batch)
+            await sink.write(batch)
+        finally:
+            await sink.close()
+        assert await db.fetchval(f"SELECT count(DISTINCT message) FROM {schema}.records") == 50
+        assert await db.fetchval(f"SELECT count(*) FROM {schema}.records") == 50
+        assert await db.fetchval(f"SELECT count(*) FROM {schema}.batches") == 1
