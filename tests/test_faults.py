@@ -50,6 +50,17 @@ async def count(dsn: str, schema: str) -> tuple[int, int]:
         await conn.close()
 
 
+def configure(service: str, sink: str, schema: str, spill_dir: Path, **extra: Any) -> None:
+    """atrace with fast recovery settings, writing to ``sink`` and spilling to ``spill_dir``."""
+    atrace.configure(
+        service=service,
+        sink=sink,
+        schema=schema,
+        spill_dir=str(spill_dir),
+        **{**FAST_RECOVERY, **extra},
+    )
+
+
 def invariant_holds() -> bool:
     m = atrace.metrics()
     return m.accepted == m.written + m.dropped + m.queue_size + m.in_flight + m.spilled_pending
@@ -73,10 +84,7 @@ class TestOutage:
     ) -> None:
         """Records emitted before, during and after an outage all land exactly once."""
         dsn, schema = pg_schema
-        atrace.configure(
-            service="fault", sink=proxy.url_for(dsn), schema=schema, spill_dir=str(spill_dir),
-            **FAST_RECOVERY,
-        )  # fmt: skip
+        configure("fault", proxy.url_for(dsn), schema, spill_dir)
         sent = 0
 
         async def emit(n: int) -> None:
@@ -105,10 +113,7 @@ class TestOutage:
     ) -> None:
         """A connection cut and restored again and again still delivers every record once."""
         dsn, schema = pg_schema
-        atrace.configure(
-            service="fault", sink=proxy.url_for(dsn), schema=schema, spill_dir=str(spill_dir),
-            **FAST_RECOVERY,
-        )  # fmt: skip
+        configure("fault", proxy.url_for(dsn), schema, spill_dir)
         sent = 0
         for _ in range(6):
             for _ in range(300):
@@ -129,10 +134,7 @@ class TestExactlyOnce:
     ) -> None:
         """A batch whose COMMIT went through but whose answer was lost is retried, stored once."""
         dsn, schema = pg_schema
-        atrace.configure(
-            service="once", sink=proxy.url_for(dsn), schema=schema, spill_dir=str(spill_dir),
-            **FAST_RECOVERY,
-        )  # fmt: skip
+        configure("once", proxy.url_for(dsn), schema, spill_dir)
         atrace.info("warm-up")
         assert await atrace.aflush()
         proxy.cut_after_commit()
@@ -183,10 +185,7 @@ class TestShutdown:
         """ashutdown returns with the sink dead; what was not sent is on disk, not lost."""
         dsn, schema = pg_schema
         proxy.pause()  # the server never answers: a hung sink
-        atrace.configure(
-            service="hung", sink=proxy.url_for(dsn), schema=schema, spill_dir=str(spill_dir),
-            shutdown_timeout=1.0, **FAST_RECOVERY,
-        )  # fmt: skip
+        configure("hung", proxy.url_for(dsn), schema, spill_dir, shutdown_timeout=1.0)
         for i in range(500):
             atrace.info(f"m{i}")
         await atrace.ashutdown(timeout=30)
@@ -202,10 +201,7 @@ class TestShutdown:
         blocker = tmp_path / "not-a-dir"
         blocker.write_text("a file where the spill directory should be")
         proxy.cut()
-        atrace.configure(
-            service="nospill", sink=proxy.url_for(dsn), schema=schema,
-            spill_dir=str(blocker / "spill"), **FAST_RECOVERY,
-        )  # fmt: skip
+        configure("nospill", proxy.url_for(dsn), schema, blocker / "spill")
         for i in range(100):
             atrace.info(f"m{i}")
         assert await atrace.aflush(timeout=30)
@@ -220,10 +216,7 @@ class TestLoopNotBlocked:
     ) -> None:
         """While every write crawls, the application's own tasks keep running."""
         dsn, schema = pg_schema
-        atrace.configure(
-            service="slow", sink=proxy.url_for(dsn), schema=schema, spill_dir=str(spill_dir),
-            **FAST_RECOVERY,
-        )  # fmt: skip
+        configure("slow", proxy.url_for(dsn), schema, spill_dir)
         atrace.info("warm-up")
         assert await atrace.aflush()
         proxy.slow(0.3)
@@ -264,9 +257,7 @@ class TestServerSide:
     ) -> None:
         """Sessions dropped by the server (as in a restart): nothing lost, nothing twice."""
         dsn, schema = pg_schema
-        atrace.configure(
-            service="restart", sink=dsn, schema=schema, spill_dir=str(spill_dir), **FAST_RECOVERY
-        )
+        configure("restart", dsn, schema, spill_dir)
         admin = await asyncpg.connect(dsn)
         sent = 0
         try:
@@ -292,9 +283,7 @@ class TestServerSide:
         if pg_server.data_dir is None:
             pytest.skip("the server comes from ATRACE_TEST_DSN and is not ours to restart")
         dsn, schema = pg_schema
-        atrace.configure(
-            service="restart", sink=dsn, schema=schema, spill_dir=str(spill_dir), **FAST_RECOVERY
-        )
+        configure("restart", dsn, schema, spill_dir)
         sent = 0
         for round_ in range(3):
             for _ in range(500):
