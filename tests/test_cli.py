@@ -64,7 +64,7 @@ class TestDemo:
         out = done.stdout
         summary = re.search(r"(\d+) traces, (\d+) spans, (\d+) logs, (\d+) errors read back", out)
         assert summary is not None, out
-        assert summary.groups() == ("5", "20", "11", "3")
+        assert summary.groups() == ("5", "20", "16", "3")
         assert "POST /checkout" in out and "charge card" in out
         assert "PaymentDeclined: card declined for order 4" in out
         conn = await asyncpg.connect(dsn)
@@ -75,4 +75,4 @@ class TestDemo:
             )
         finally:
             await conn.close()
-        assert (count, failed) == (31, 2)
+        assert (count, failed) == (36, 2)

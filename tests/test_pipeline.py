@@ -419,3 +419,57 @@ class TestPressure:
             == 500
             == m.written + m.dropped + m.queue_size + m.in_flight + m.spilled_pending
         )
+
+
+class TestReplayAccounting:
+    async def test_foreign_batch_rejected_on_replay(self, tmp_path: Any) -> None:
+        """An earlier process's batch refused for good on replay moves to rejected, and is not
+        counted as dropped here, where it was never accepted."""
+        import uuid
+
+        from atrace.encode import Encoder
+        from atrace.flusher import _spill_key
+        from atrace.spill import Spill
+
+        class Picky(MemorySink):
+            name = "picky"
+
+            async def write(self, batch: Batch) -> None:
+                if any(r[13] == "poison" for r in batch.rows):
+                    raise ValueError("cannot store this")
+                await super().write(batch)
+
+        sink = Picky()
+        spill_dir = tmp_path / "spill"
+        enc = Encoder(service="old", environment=None, host="h", pid=1)
+        rows = enc.rows(
+            [
+                (
+                    0,
+                    time.time_ns(),
+                    20,
+                    None,
+                    None,
+                    None,
+                    None,
+                    0,
+                    None,
+                    "n",
+                    "poison",
+                    None,
+                    None,
+                    None,
+                )
+            ]
+        )
+        earlier = Spill(spill_dir / _spill_key(sink))
+        assert earlier.append(uuid.uuid4(), rows)
+        earlier.close()
+        atrace.configure(service="t", sink=sink, spill_dir=str(spill_dir), flush_interval=0.01)
+        atrace.info("fresh")
+        assert await atrace.aflush()
+        await wait_for(lambda: Spill(spill_dir / _spill_key(sink)).stats().rejected_batches == 1)
+        m = atrace.metrics()
+        assert (m.dropped, m.replayed, m.written) == (0, 0, 1)
+        assert m.accepted == m.written + m.dropped + m.queue_size + m.in_flight + m.spilled_pending
+        assert [r["message"] for r in sink.logs()] == ["fresh"]

@@ -32,6 +32,7 @@ async def load_cart(order_id: int) -> list[dict[str, Any]]:
 @atrace.traced("charge card")
 async def charge(order_id: int, amount: float) -> str:
     await asyncio.sleep(0.003)
+    atrace.debug("authorising", amount=amount)
     if order_id == 4:
         raise PaymentDeclined(f"card declined for order {order_id}")
     return f"ch_{order_id:06d}"

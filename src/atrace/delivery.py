@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .breaker import CircuitBreaker
-from .retry import Retry, RetryPolicy, RetryState, Verdict, classify_default
+from .retry import Outcome, Retry, RetryPolicy, RetryState, Verdict, classify_default
 from .sinks import Batch, Sink
 
 __all__ = ("LaneStats", "SinkLane")
@@ -170,28 +170,45 @@ class SinkLane:
         """Whether the spill holds batches waiting to be replayed."""
         return self.spill is not None and self.spill.stats().pending_batches > 0
 
-    async def deliver(self, batch: Batch) -> bool:
-        """Write a batch (with retries); spill it if that fails. True when the sink took it."""
-        n = len(batch)
-        if not self.breaker.allow():
-            self.put_aside(batch, "sink unavailable (circuit open)")
-            return False
+    async def _send(self, batch: Batch) -> Outcome:
+        """Write with retries, and tell the breaker and the counters how it went."""
         outcome = await Retry(self.policy, clock=self._clock, sleep=self._sleep).run(
-            lambda: self._attempt(batch), self.classify
+            functools.partial(self._attempt, batch), self.classify
         )
         self.retries += outcome.attempts - 1
         self.errors += outcome.attempts - (1 if outcome.delivered else 0)
         if outcome.delivered:
             self.breaker.record_success()
-            self.written += n
-            return True
-        self.breaker.record_failure()
-        reason = f"{type(outcome.error).__name__}: {outcome.error}"
-        if outcome.state is RetryState.REJECTED:
-            # Rare and final: always said, with its cause.
-            _log.warning("atrace: sink %s refused a batch of %d for good: %s", self.name, n, reason)
         else:
-            self._warn("atrace: sink %s could not take a batch of %d: %s", self.name, n, reason)
+            self.breaker.record_failure()
+            reason = f"{type(outcome.error).__name__}: {outcome.error}"
+            if outcome.state is RetryState.REJECTED:
+                # Rare and final: always said, with its cause.
+                _log.warning(
+                    "atrace: sink %s refused a batch of %d for good: %s",
+                    self.name,
+                    len(batch),
+                    reason,
+                )
+            else:
+                self._warn(
+                    "atrace: sink %s could not take a batch of %d: %s",
+                    self.name,
+                    len(batch),
+                    reason,
+                )
+        return outcome
+
+    async def deliver(self, batch: Batch) -> bool:
+        """Write a batch (with retries); spill it if that fails. True when the sink took it."""
+        if not self.breaker.allow():
+            self.put_aside(batch, "sink unavailable (circuit open)")
+            return False
+        outcome = await self._send(batch)
+        if outcome.delivered:
+            self.written += len(batch)
+            return True
+        reason = f"{type(outcome.error).__name__}: {outcome.error}"
         self.put_aside(batch, reason, permanent=outcome.state is RetryState.REJECTED)
         return False
 
@@ -209,46 +226,39 @@ class SinkLane:
         else:
             self.dropped_spill += n
 
-    async def replay(self, budget: float = 0.05) -> int:
+    async def replay(self) -> int:
         """Send spilled batches, oldest first, while the sink takes them; returns records sent.
 
-        Stops at the first failure (the batch stays spilled) and yields to the loop after each
-        batch, never holding it longer than about ``budget`` seconds of reading at a time.
+        Stops at the first retryable failure (the batch stays spilled); a batch the sink refuses
+        for good moves to the rejected area. Yields to the loop after each batch.
         """
         if self.spill is None or self._replaying:
             return 0
-        # No new batch may come for a while: the first spilled batch can be the breaker's probe.
         self._replaying = True
         sent = 0
         try:
             for spilled in self.spill.replay():
-                batch = Batch(list(spilled.rows), spilled.batch_id)
+                # No new batch may come for a while: a spilled batch can be the breaker's probe.
                 if not self.breaker.allow():
                     break
-                outcome = await Retry(self.policy, clock=self._clock, sleep=self._sleep).run(
-                    functools.partial(self._attempt, batch), self.classify
-                )
-                self.retries += outcome.attempts - 1
-                if not outcome.delivered:
-                    self.errors += outcome.attempts
-                    self.breaker.record_failure()
-                    if outcome.state is RetryState.REJECTED:
-                        # It will never go in: move it to the rejected area, and go on.
-                        self.spill.ack(spilled)
-                        self.spill.append(
-                            batch.id, batch.rows, reason="rejected on replay", permanent=True
-                        )
-                        self._own_pending.pop(batch.id, None)
-                        self.dropped_permanent += len(batch)
-                        continue
-                    break
-                self.breaker.record_success()
-                self.spill.ack(spilled)
+                batch = Batch(list(spilled.rows), spilled.batch_id)
                 n = len(batch)
-                self.replayed += n
-                sent += n
-                if self._own_pending.pop(batch.id, None) is not None:
-                    self.written += n
+                outcome = await self._send(batch)
+                if not outcome.delivered and outcome.state is not RetryState.REJECTED:
+                    break
+                self.spill.ack(spilled)
+                own = self._own_pending.pop(batch.id, None) is not None
+                if outcome.delivered:
+                    self.replayed += n
+                    sent += n
+                    if own:
+                        self.written += n
+                else:
+                    self.spill.append(
+                        batch.id, batch.rows, reason="rejected on replay", permanent=True
+                    )
+                    if own:  # an earlier process's records were never accepted here
+                        self.dropped_permanent += n
                 await asyncio.sleep(0)
         finally:
             self._replaying = False

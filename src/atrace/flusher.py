@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
 import re
 import threading
@@ -99,7 +100,7 @@ class Pipeline:
         self.batches = 0
         self.in_flight = 0  # records drained from the ring whose batch is not settled yet
         self._latencies: deque[float] = deque(maxlen=2048)
-        self._replays: set[asyncio.Task[int]] = set()
+        self._replays: dict[SinkLane, asyncio.Future[int]] = {}
         self._flushing: asyncio.Future[None] | None = None
         self._writing: set[asyncio.Future[None]] = set()  # deliveries under way
         self._forced = False  # the shutdown deadline cut a flush short
@@ -178,7 +179,9 @@ class Pipeline:
         next_due = self._clock() + interval
         cancelled = False
         try:
-            await self._open_sinks()
+            # Sinks open on their first write; what an earlier run (or process) spilled is
+            # sent in the background.
+            self._start_replays()
             while not self._stopping:
                 if len(ring) < batch_size:
                     await self._idle()  # a backlog of full batches is written without pause
@@ -240,18 +243,19 @@ class Pipeline:
         except RuntimeError:  # the loop closed in between
             pass
 
+    def _replay_done(self, lane: SinkLane, _task: asyncio.Future[int]) -> None:
+        self._replays.pop(lane, None)
+
     def _start_replays(self) -> None:
         for lane in self.lanes:
-            busy = any(t.get_name() == lane.name for t in self._replays)
-            if not busy and lane.has_backlog():
+            if lane not in self._replays and lane.has_backlog():
                 task = asyncio.ensure_future(lane.replay())
-                task.set_name(lane.name)
-                self._replays.add(task)
-                task.add_done_callback(self._replays.discard)
+                self._replays[lane] = task
+                task.add_done_callback(functools.partial(self._replay_done, lane))
 
     async def _final_flush(self) -> None:
         deadline = self.config.shutdown_timeout
-        for task in list(self._replays):
+        for task in list(self._replays.values()):
             task.cancel()
         try:
             await asyncio.wait_for(self._flush(everything=True, announce_all=True), deadline)
@@ -289,11 +293,6 @@ class Pipeline:
                 fut.set_result(not len(self.ring))
         if done is not None and not done.done():
             done.set_result(True)
-
-    async def _open_sinks(self) -> None:
-        # Opening is part of a lane's first attempt; here only what an earlier run (or process)
-        # spilled is sent, in the background.
-        self._start_replays()
 
     async def _close_sinks(self) -> None:
         for lane in self.lanes:
