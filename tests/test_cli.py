@@ -10,6 +10,8 @@ from pathlib import Path
 
 import asyncpg
 
+from atrace.schema import SCHEMA_VERSION
+
 ATRACE = str(Path(sys.executable).with_name("atrace"))
 
 
@@ -30,7 +32,7 @@ class TestDbInit:
         for _ in range(2):
             done = run("db", "init", "--dsn", dsn, "--schema", schema)
             assert done.returncode == 0, done.stderr
-            assert done.stdout.strip() == f"schema {schema} is at version 1"
+            assert done.stdout.strip() == f"schema {schema} is at version {SCHEMA_VERSION}"
         conn = await asyncpg.connect(dsn)
         try:
             assert await conn.fetchval("SELECT to_regclass($1)", f"{schema}.records") is not None

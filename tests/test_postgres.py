@@ -354,7 +354,8 @@ class TestExactlyOnce:
                 schema,
             )
         ]
-        assert tuple(cols) == COLUMNS
+        # The columns atrace writes, then the project (filled by default for direct writers).
+        assert tuple(cols) == (*COLUMNS, "project")
 
 
 class TestFailures:

@@ -9,15 +9,19 @@ from typing import Any
 __all__ = (
     "PARTITION_DAYS_AHEAD",
     "SCHEMA_VERSION",
+    "TEXT_VECTOR",
     "ensure_partitions",
     "ensure_schema",
     "migrations",
     "partition_name",
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 PARTITION_DAYS_AHEAD = 3
 _log = logging.getLogger("atrace.schema")
+
+# The full-text document of a row; queries must use the same expression to use the index.
+TEXT_VECTOR = "to_tsvector('simple'::regconfig, coalesce(name, '') || ' ' || coalesce(message, ''))"
 
 
 def migrations(schema: str) -> list[tuple[int, list[str]]]:
@@ -57,6 +61,39 @@ def migrations(schema: str) -> list[tuple[int, list[str]]]:
                     batch_id   uuid        PRIMARY KEY,
                     records    integer     NOT NULL,
                     written_at timestamptz NOT NULL DEFAULT now()
+                )""",
+            ],
+        ),
+        (
+            2,
+            [
+                # Every row belongs to a project: the collector's API keys are per project and a
+                # key never reads or writes another project's rows. Direct writers use 'default'.
+                f"ALTER TABLE {s}.records ADD COLUMN project text NOT NULL DEFAULT 'default'",
+                f"DROP INDEX {s}.records_trace_idx",
+                f"DROP INDEX {s}.records_service_ts_idx",
+                f"DROP INDEX {s}.records_errors_idx",
+                f"CREATE INDEX records_trace_idx ON {s}.records (project, trace_id, ts)",
+                f"CREATE INDEX records_service_ts_idx ON {s}.records (project, service, ts DESC)",
+                f"CREATE INDEX records_ts_idx ON {s}.records (project, ts DESC)",
+                f"""CREATE INDEX records_errors_idx ON {s}.records (project, ts DESC)
+                    WHERE level >= 40 OR status = 2""",
+                # Full text over the message and the span/logger name (simple: no stemming, ids
+                # and words as written).
+                f"""CREATE INDEX records_text_idx ON {s}.records USING gin
+                    ({TEXT_VECTOR})""",
+                # The ledger is per project: one project's batch ids never shadow another's.
+                f"ALTER TABLE {s}.batches ADD COLUMN project text NOT NULL DEFAULT 'default'",
+                f"ALTER TABLE {s}.batches DROP CONSTRAINT batches_pkey",
+                f"ALTER TABLE {s}.batches ADD PRIMARY KEY (project, batch_id)",
+                # API keys of the collector: only a SHA-256 of the secret is stored.
+                f"""CREATE TABLE {s}.api_keys (
+                    key_id     text        PRIMARY KEY,
+                    project    text        NOT NULL,
+                    name       text,
+                    secret_sha bytea       NOT NULL,
+                    created_at timestamptz NOT NULL DEFAULT now(),
+                    revoked_at timestamptz
                 )""",
             ],
         ),

@@ -215,7 +215,7 @@ class PostgresSink:
             # uuid.UUID), so inlining it in the SQL is safe.
             status = await conn.execute(
                 f"BEGIN; INSERT INTO {schema}.batches (batch_id, records) "
-                f"VALUES ('{batch.id}', {len(rows):d}) ON CONFLICT (batch_id) DO NOTHING"
+                f"VALUES ('{batch.id}', {len(rows):d}) ON CONFLICT DO NOTHING"
             )
             if status != "INSERT 0 1":  # stored before: write nothing twice
                 await conn.execute("ROLLBACK")
