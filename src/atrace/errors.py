@@ -7,6 +7,7 @@
     ├── MissingExtraError (also ImportError)  an optional dependency is not installed
     ├── SinkError                          a sink could not take a batch (carries sink, batch size)
     │   └── SinkClosedError                the sink was used after close()
+    ├── WireError (also ValueError)        a request body atrace cannot decode (status 400/413)
     └── InternalError                      a bug in atrace itself: please report it
 
 Emit calls never raise these at the caller except ``ConfigError`` for misuse; sink and internal
@@ -22,6 +23,7 @@ __all__ = (
     "MissingExtraError",
     "SinkClosedError",
     "SinkError",
+    "WireError",
 )
 
 
@@ -59,6 +61,15 @@ class SinkError(AtraceError):
 
 class SinkClosedError(SinkError):
     """A sink was written to after it was closed."""
+
+
+class WireError(AtraceError, ValueError):
+    """A batch or OTLP body cannot be decoded; ``status`` is the HTTP status to answer with
+    (400 malformed, 413 too large), the message says what and where."""
+
+    def __init__(self, message: str, *, status: int = 400) -> None:
+        self.status = status
+        super().__init__(message)
 
 
 class InternalError(AtraceError):

@@ -1,0 +1,21 @@
+"""What the collector's parts share through the aiohttp application and request."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from .tail import TailHub
+
+__all__ = ("POOL", "PROJECT", "SCHEMA", "TAIL")
+
+# The asyncpg pool (connections carry atrace's codecs: ts as int ns, jsonb as JSON bytes).
+POOL: web.AppKey[Any] = web.AppKey("atrace_pool", object)
+# The PostgreSQL schema holding records, batches and api_keys.
+SCHEMA: web.AppKey[str] = web.AppKey("atrace_schema", str)
+# The live-tail hub: ingest publishes committed rows, /v1/tail subscribes.
+TAIL: web.AppKey[TailHub] = web.AppKey("atrace_tail", object)  # type: ignore[arg-type]
+# request[PROJECT]: the project of the authenticated API key.
+PROJECT = "atrace_project"
