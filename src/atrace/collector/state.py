@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
-
-if TYPE_CHECKING:
-    from .tail import TailHub
 
 __all__ = ("POOL", "PROJECT", "SCHEMA", "TAIL")
 
@@ -16,6 +13,6 @@ POOL: web.AppKey[Any] = web.AppKey("atrace_pool", object)
 # The PostgreSQL schema holding records, batches and api_keys.
 SCHEMA: web.AppKey[str] = web.AppKey("atrace_schema", str)
 # The live-tail hub: ingest publishes committed rows, /v1/tail subscribes.
-TAIL: web.AppKey[TailHub] = web.AppKey("atrace_tail", object)  # type: ignore[arg-type]
+TAIL: web.AppKey[Any] = web.AppKey("atrace_tail", object)
 # request[PROJECT]: the project of the authenticated API key.
 PROJECT = "atrace_project"
