@@ -13,6 +13,7 @@ if not os.environ.get("ATRACE_PUREPYTHON"):
             Extension("atrace._ring", ["src/atrace/_ring.pyx"]),
             Extension("atrace._emit", ["src/atrace/_emit.pyx"]),
             Extension("atrace._encode", ["src/atrace/_encode.pyx"]),
+            Extension("atrace._pgcopy", ["src/atrace/_pgcopy.pyx"]),
         ],
         compiler_directives={"language_level": 3, "boundscheck": False, "wraparound": False},
     )

@@ -11,6 +11,7 @@ cdef extern from "Python.h":
     bint PyUnicode_IS_ASCII(object)
     Py_ssize_t PyUnicode_GET_LENGTH(object)
     Py_ssize_t PyUnicode_FindChar(object, Py_UCS4, Py_ssize_t, Py_ssize_t, int) except -2
+    void PyObject_GC_UnTrack(object)
 
 import orjson
 
@@ -89,8 +90,14 @@ def encode_rows(encoder, records):
                 name = text(name, 1024)
             if msg is not None and not _plain(msg, limit):
                 msg = text(msg, limit)
-            out.append((ts, kind, level, trace_id, span_id, parent_id, dur, status, service,
-                        environment, host, pid, name, msg, js, etype, emsg, estack, loc))
+            row = (ts, kind, level, trace_id, span_id, parent_id, dur, status, service,
+                   environment, host, pid, name, msg, js, etype, emsg, estack, loc)
+            # A row holds only str, int, bytes and None: it can never be part of a cycle, so
+            # the collector need not walk the thousands a batch keeps alive.
+            PyObject_GC_UnTrack(row)
+            out.append(row)
         except Exception as exc:
             out.append(broken(rec, exc))
+    # Rows never point back at the list: out of the collector's walks, like each row.
+    PyObject_GC_UnTrack(out)
     return out

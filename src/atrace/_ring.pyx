@@ -11,6 +11,7 @@ import sys
 from atrace.errors import ConfigError
 
 cdef extern from "Python.h":
+    void PyObject_GC_UnTrack(object)
     ctypedef struct PyListObject:
         PyObject** ob_item
     list PyList_New(Py_ssize_t size)
@@ -160,6 +161,9 @@ cdef class Ring:
             self._head -= self.capacity
         self._size -= k
         self.drained += k
+        # Records never point back at this list, so it cannot be part of a cycle; untracked,
+        # the collector does not walk (and fault in) thousands of records each time it runs.
+        PyObject_GC_UnTrack(result)
         return result
 
     def __len__(self):

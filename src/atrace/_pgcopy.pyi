@@ -1,0 +1,15 @@
+from collections.abc import Callable, Sequence
+from typing import Any
+
+__all__ = ("HEADER", "TRAILER", "encode_rows")
+
+HEADER: bytes
+TRAILER: bytes
+
+def encode_rows(
+    rows: Sequence[tuple[Any, ...]],
+    start: int = 0,
+    stop: int = -1,
+    extra: Sequence[Any] = (),
+    on_error: Callable[[tuple[Any, ...], Exception], tuple[Any, ...]] | None = None,
+) -> bytes: ...
