@@ -1,0 +1,504 @@
+"""OTLP/HTTP sink: batches as OTLP traces and logs, posted to any OpenTelemetry endpoint.
+
+Settings not given to the constructor come from the standard ``OTEL_EXPORTER_OTLP_*``
+variables (the per-signal ``OTEL_EXPORTER_OTLP_TRACES_*`` / ``_LOGS_*`` ones first); an empty
+value counts as unset. Timeouts in those variables are milliseconds, as the OpenTelemetry
+specification says; the constructor's ``timeout`` is seconds, as everywhere else in atrace.
+
+Only 429, 502, 503 and 504 answers, connection failures and time-outs are retried (after the
+server's ``Retry-After`` when it sends one); every other status is permanent, as the OTLP
+specification requires. A partial success is counted and logged, never retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import gzip
+import hashlib
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import orjson
+
+from .._version import __version__
+from ..errors import ConfigError, MissingExtraError, SinkClosedError, SinkError
+from ..retry import Verdict, parse_retry_after
+from . import Batch
+
+__all__ = ("OtlpExportError", "OtlpSink", "classify", "parse_headers")
+
+_log = logging.getLogger("atrace.sinks.otlp")
+
+DEFAULT_ENDPOINT = "http://localhost:4318"
+DEFAULT_TIMEOUT = 10.0  # seconds; the specification's default of 10000 ms
+PROTOCOLS = ("http/protobuf", "http/json")
+COMPRESSIONS = ("gzip", "none")
+RETRYABLE_STATUSES = frozenset((429, 502, 503, 504))
+_SIGNALS = {"traces": "v1/traces", "logs": "v1/logs"}
+_CONTENT_TYPES = {"http/protobuf": "application/x-protobuf", "http/json": "application/json"}
+# Encoding runs at roughly 15-30 µs a row here (protobuf faster than JSON), gzip adds a little.
+# Up to 500 rows is then well under 20 ms on the event loop, shorter than one tick of a busy
+# server's own work; larger batches (the default batch is 5000 rows, 100+ ms) go to a worker
+# thread, where the interpreter's switch interval keeps handing the loop its turn.
+OFF_LOOP_ROWS = 500
+# Remembers which signals of a batch were already accepted, so that a retry of a batch whose
+# traces went through but whose logs did not sends only the logs. Bounded: ids of batches that
+# were given up on are forgotten, oldest first.
+_MAX_PROGRESS = 256
+# Error bodies are shown in messages; a proxy's HTML page need not be shown whole.
+_MAX_ERROR_TEXT = 300
+
+
+class OtlpExportError(SinkError):
+    """An OTLP endpoint refused a request, or could not be reached in time.
+
+    ``status`` is the HTTP status (None when no answer came); ``retryable`` and
+    ``retry_after`` are what :func:`classify` reports to the retry loop.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        sink: str,
+        batch_size: int,
+        status: int | None = None,
+        retryable: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
+        self.status = status
+        self.retryable = retryable
+        self.retry_after = retry_after
+        super().__init__(message, sink=sink, batch_size=batch_size)
+
+
+def classify(exc: BaseException) -> Verdict:
+    """Retry 429/502/503/504 (after ``Retry-After``), lost connections and time-outs only."""
+    if isinstance(exc, OtlpExportError):
+        reason = f"HTTP {exc.status}" if exc.status is not None else "no answer"
+        return Verdict(exc.retryable, exc.retry_after, reason=reason)
+    if isinstance(exc, SinkClosedError):
+        return Verdict(False, reason=type(exc).__name__)
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError, ConnectionError, OSError)):
+        return Verdict(True, reason=type(exc).__name__)
+    try:
+        import aiohttp
+    except ImportError:  # pragma: no cover - the sink cannot run without it
+        return Verdict(False, reason=type(exc).__name__)
+    if isinstance(exc, (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)):
+        return Verdict(True, reason=type(exc).__name__)
+    return Verdict(False, reason=type(exc).__name__)
+
+
+def parse_headers(raw: str, field: str = "headers") -> dict[str, str]:
+    """``k=v,k2=v2`` as the ``OTEL_EXPORTER_OTLP_HEADERS`` variables write them.
+
+    Keys are lower-cased (HTTP header names are case-insensitive); values are URL-decoded.
+    """
+    out: dict[str, str] = {}
+    for item in raw.split(","):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(field, raw, f"bad header {item.strip()!r}: expected key=value")
+        out[key.strip().lower()] = unquote(value.strip())
+    return out
+
+
+def _env(name: str) -> str | None:
+    value = os.environ.get(name)
+    if value is None or not value.strip():
+        return None
+    return value.strip()
+
+
+def _signal_env(signal: str, setting: str) -> tuple[str, str] | None:
+    """The per-signal variable if set, else the general one: ``(name, value)``."""
+    for name in (f"OTEL_EXPORTER_OTLP_{signal.upper()}_{setting}", f"OTEL_EXPORTER_OTLP_{setting}"):
+        value = _env(name)
+        if value is not None:
+            return name, value
+    return None
+
+
+def _check_url(field: str, url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(field, url, "expected an http:// or https:// URL")
+    return url
+
+
+def _signal_url(base: str, signal: str) -> str:
+    # The specification's rule: the signal path is appended to the base URL's own path.
+    return f"{base.rstrip('/')}/{_SIGNALS[signal]}"
+
+
+class _Target:
+    """Where and how one signal is sent."""
+
+    __slots__ = ("compression", "content_type", "headers", "protocol", "timeout", "url")
+
+    def __init__(
+        self,
+        url: str,
+        protocol: str,
+        compression: str,
+        timeout: float,
+        headers: dict[str, str],
+    ) -> None:
+        self.url = url
+        self.protocol = protocol
+        self.content_type = _CONTENT_TYPES[protocol]
+        self.compression = compression
+        self.timeout = timeout
+        self.headers = headers
+
+
+def _resolve_target(
+    signal: str,
+    *,
+    endpoint: str | None,
+    signal_endpoint: str | None,
+    protocol: str | None,
+    headers: Mapping[str, str] | None,
+    compression: str | None,
+    timeout: float | None,
+) -> _Target:
+    if signal_endpoint is not None:
+        url = _check_url(f"{signal}_endpoint", signal_endpoint)
+    elif endpoint is not None:
+        url = _signal_url(_check_url("endpoint", endpoint), signal)
+    else:
+        own = f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT"
+        given = _env(own)
+        if given is not None:
+            url = _check_url(own, given)  # used as given, path and all
+        else:
+            base = _env("OTEL_EXPORTER_OTLP_ENDPOINT")
+            field = "OTEL_EXPORTER_OTLP_ENDPOINT"
+            url = _signal_url(_check_url(field, base) if base else DEFAULT_ENDPOINT, signal)
+
+    field, chosen = "protocol", protocol
+    if chosen is None:
+        found = _signal_env(signal, "PROTOCOL")
+        field, chosen = found if found else ("protocol", "http/protobuf")
+    chosen = chosen.strip().lower()
+    if chosen not in PROTOCOLS:
+        raise ConfigError(
+            field, chosen, "atrace sends OTLP over HTTP: 'http/protobuf' or 'http/json'"
+        )
+
+    field, packing = "compression", compression
+    if packing is None:
+        found = _signal_env(signal, "COMPRESSION")
+        field, packing = found if found else ("compression", "none")
+    packing = packing.strip().lower()
+    if packing not in COMPRESSIONS:
+        raise ConfigError(field, packing, "expected 'gzip' or 'none'")
+
+    if timeout is None:
+        found = _signal_env(signal, "TIMEOUT")
+        if found is None:
+            seconds = DEFAULT_TIMEOUT
+        else:
+            try:
+                seconds = float(found[1]) / 1000.0  # milliseconds, per the specification
+            except ValueError:
+                raise ConfigError(found[0], found[1], "expected milliseconds") from None
+            if not seconds > 0:
+                raise ConfigError(found[0], found[1], "expected milliseconds > 0")
+    else:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise ConfigError("timeout", timeout, "expected seconds > 0")
+        seconds = float(timeout)
+
+    merged: dict[str, str] = {}
+    found = _signal_env(signal, "HEADERS")
+    if found is not None:
+        merged.update(parse_headers(found[1], found[0]))
+    if headers:
+        merged.update({str(k).lower(): str(v) for k, v in headers.items()})
+    return _Target(url, chosen, packing, seconds, merged)
+
+
+def _host_port(url: str) -> str:
+    parts = urlsplit(url)
+    host = parts.hostname or "?"
+    if ":" in host:
+        host = f"[{host}]"
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{host}:{port}"
+
+
+def _encode(protocol: str, compression: str, signal: str, rows: list[Any]) -> bytes:
+    from .. import otlp
+
+    if protocol == "http/json":
+        body = otlp.traces_json(rows) if signal == "traces" else otlp.logs_json(rows)
+    else:
+        request = otlp.traces_request(rows) if signal == "traces" else otlp.logs_request(rows)
+        body = request.SerializeToString()
+    if compression == "gzip":
+        # Level 6, zlib's default: most of level 9's ratio at a fraction of its time.
+        body = gzip.compress(body, compresslevel=6, mtime=0)
+    return body
+
+
+def _rejected(signal: str, content_type: str, body: bytes) -> tuple[int, str] | None:
+    """``(rejected, message)`` from a success answer's populated ``partial_success``."""
+    if not body:
+        return None
+    key = "rejectedSpans" if signal == "traces" else "rejectedLogRecords"
+    if "json" in content_type:
+        try:
+            document = orjson.loads(body)
+            partial = document.get("partialSuccess") if isinstance(document, dict) else None
+            if not isinstance(partial, dict):
+                return None
+            count = int(partial.get(key) or 0)
+            message = str(partial.get("errorMessage") or "")
+        except (orjson.JSONDecodeError, TypeError, ValueError):
+            return None
+    else:
+        from google.protobuf.message import DecodeError
+        from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
+            ExportLogsServiceResponse,
+        )
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+            ExportTraceServiceResponse,
+        )
+
+        answer: Any = (
+            ExportTraceServiceResponse() if signal == "traces" else ExportLogsServiceResponse()
+        )
+        try:
+            answer.ParseFromString(body)
+        except (DecodeError, ValueError):
+            return None
+        if not answer.HasField("partial_success"):
+            return None
+        partial = answer.partial_success
+        count = partial.rejected_spans if signal == "traces" else partial.rejected_log_records
+        message = partial.error_message
+    if count <= 0 and not message:
+        return None
+    return count, message
+
+
+def _error_text(content_type: str, body: bytes) -> str:
+    """The message of an error answer: a ``google.rpc.Status`` (protobuf or JSON), or its text."""
+    if not body:
+        return ""
+    text: str | None = None
+    if "json" in content_type:
+        try:
+            document = orjson.loads(body)
+            if isinstance(document, dict) and isinstance(document.get("message"), str):
+                text = document["message"]
+        except orjson.JSONDecodeError:
+            pass
+    elif "protobuf" in content_type:
+        try:
+            from google.rpc.status_pb2 import Status  # type: ignore[import-untyped]
+
+            text = Status.FromString(body).message or None
+        except Exception:
+            text = None
+    if text is None:
+        text = body.decode("utf-8", "replace")
+    text = " ".join(text.split())
+    return text[:_MAX_ERROR_TEXT] + ("…" if len(text) > _MAX_ERROR_TEXT else "")
+
+
+class OtlpSink:
+    """Sends batches to an OTLP/HTTP endpoint: spans to ``/v1/traces``, logs to ``/v1/logs``.
+
+    ``endpoint`` is a base URL (the signal path is appended); ``traces_endpoint`` and
+    ``logs_endpoint`` are used as given. ``protocol`` is ``"http/protobuf"`` (default) or
+    ``"http/json"``; ``compression`` ``"gzip"`` or ``"none"``; ``timeout`` is seconds per
+    request; ``headers`` are added to every request. Unset values come from the
+    ``OTEL_EXPORTER_OTLP_*`` environment variables, then the defaults
+    (``http://localhost:4318``, protobuf, no compression, 10 s).
+
+    Span start rows (kind 1) have no OTLP form: they are counted in ``skipped``.
+    ``rejected_spans`` and ``rejected_logs`` count what endpoints reported as rejected in a
+    partial success.
+    """
+
+    def __init__(
+        self,
+        endpoint: str | None = None,
+        *,
+        traces_endpoint: str | None = None,
+        logs_endpoint: str | None = None,
+        protocol: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        compression: str | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        common: dict[str, Any] = {
+            "endpoint": endpoint,
+            "protocol": protocol,
+            "headers": headers,
+            "compression": compression,
+            "timeout": timeout,
+        }
+        self.targets = {
+            "traces": _resolve_target("traces", signal_endpoint=traces_endpoint, **common),
+            "logs": _resolve_target("logs", signal_endpoint=logs_endpoint, **common),
+        }
+        self.name = f"otlp:{_host_port(self.targets['traces'].url)}"
+        urls = f"{self.targets['traces'].url}|{self.targets['logs'].url}"
+        # Names this destination's spill directory, the same in every process sending here.
+        self.spill_key = f"otlp-{hashlib.sha256(urls.encode()).hexdigest()[:12]}"
+        self.skipped = 0
+        self.spans_sent = 0
+        self.logs_sent = 0
+        self.rejected_spans = 0
+        self.rejected_logs = 0
+        self._session: Any = None
+        self._progress: collections.OrderedDict[Any, set[str]] = collections.OrderedDict()
+
+    def __repr__(self) -> str:
+        t, lg = self.targets["traces"], self.targets["logs"]
+        return f"OtlpSink(traces={t.url!r}, logs={lg.url!r}, protocol={t.protocol!r})"
+
+    @property
+    def traces_url(self) -> str:
+        """Where spans are posted."""
+        return self.targets["traces"].url
+
+    @property
+    def logs_url(self) -> str:
+        """Where log records are posted."""
+        return self.targets["logs"].url
+
+    def classify(self, exc: BaseException) -> Verdict:
+        """Retry 429/502/503/504, lost connections and time-outs; nothing else."""
+        return classify(exc)
+
+    async def open(self) -> None:
+        """Open one keep-alive HTTP session for both signals."""
+        if self._session is not None:
+            return
+        try:
+            import aiohttp
+        except ImportError:
+            raise MissingExtraError("aiohttp", "otlp") from None
+        # The protobuf classes: a missing extra shows at open, not at the first batch.
+        from .. import otlp  # noqa: F401
+
+        self._session = aiohttp.ClientSession(
+            headers={"User-Agent": f"atrace/{__version__}"},
+            timeout=aiohttp.ClientTimeout(total=None),
+        )
+
+    async def close(self) -> None:
+        """Close the HTTP session; ``open`` may be called again."""
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    async def write(self, batch: Batch) -> None:
+        """Post the batch's spans and its logs (two requests when it holds both)."""
+        session = self._session
+        if session is None:
+            raise SinkClosedError("the sink is not open", sink=self.name, batch_size=len(batch))
+        from .. import otlp
+
+        parts = otlp.partition(batch.rows)
+        done = self._progress.get(batch.id)
+        if done is None:
+            # First sight of this batch: count its start rows once, not on every retry.
+            self.skipped += parts.skipped
+            done = self._progress[batch.id] = set()
+            while len(self._progress) > _MAX_PROGRESS:
+                self._progress.popitem(last=False)
+        for signal, rows in (("traces", parts.spans), ("logs", parts.logs)):
+            if not rows or signal in done:
+                continue
+            target = self.targets[signal]
+            body = await self._encode(target, signal, rows)
+            await self._post(session, target, signal, body, len(batch))
+            done.add(signal)
+            if signal == "traces":
+                self.spans_sent += len(rows)
+            else:
+                self.logs_sent += len(rows)
+        self._progress.pop(batch.id, None)
+
+    async def _encode(self, target: _Target, signal: str, rows: list[Any]) -> bytes:
+        args = (target.protocol, target.compression, signal, rows)
+        if len(rows) <= OFF_LOOP_ROWS:
+            return _encode(*args)
+        try:
+            return await asyncio.to_thread(_encode, *args)
+        except RuntimeError:
+            # At interpreter exit the default executor refuses new work: encode here instead.
+            return _encode(*args)
+
+    async def _post(
+        self, session: Any, target: _Target, signal: str, body: bytes, batch_size: int
+    ) -> None:
+        headers = {"Content-Type": target.content_type, **target.headers}
+        if target.compression == "gzip":
+            headers["Content-Encoding"] = "gzip"
+
+        async def exchange() -> tuple[int, str, bytes, str | None]:
+            async with session.post(target.url, data=body, headers=headers) as resp:
+                payload = await resp.read()
+                return (
+                    resp.status,
+                    resp.headers.get("Content-Type", ""),
+                    payload,
+                    resp.headers.get("Retry-After"),
+                )
+
+        def failure(message: str, **kwargs: Any) -> OtlpExportError:
+            return OtlpExportError(
+                f"{signal} to {target.url}: {message}",
+                sink=self.name,
+                batch_size=batch_size,
+                **kwargs,
+            )
+
+        try:
+            # One deadline for connecting, sending and reading the whole answer.
+            status, content_type, payload, retry_after = await asyncio.wait_for(
+                exchange(), target.timeout
+            )
+        except asyncio.TimeoutError:
+            raise failure(f"no answer within {target.timeout:g} s", retryable=True) from None
+        except Exception as exc:
+            verdict = classify(exc)
+            if verdict.retryable:
+                raise failure(f"{type(exc).__name__}: {exc}", retryable=True) from exc
+            raise
+        if 200 <= status < 300:
+            partial = _rejected(signal, content_type, payload)
+            if partial is not None:
+                count, message = partial
+                if signal == "traces":
+                    self.rejected_spans += count
+                else:
+                    self.rejected_logs += count
+                _log.warning(
+                    "atrace: %s rejected %d %s of a batch: %s",
+                    target.url,
+                    count,
+                    "spans" if signal == "traces" else "log records",
+                    message or "(no message)",
+                )
+            return
+        text = _error_text(content_type, payload)
+        detail = f"HTTP {status}" + (f": {text}" if text else "")
+        if status in RETRYABLE_STATUSES:
+            raise failure(
+                detail, status=status, retryable=True, retry_after=parse_retry_after(retry_after)
+            )
+        raise failure(detail, status=status)
