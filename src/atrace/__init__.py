@@ -1,6 +1,9 @@
 """atrace: asyncio-first tracing and structured logging that lands in PostgreSQL."""
 
 from ._version import __version__ as __version__
+from .client import AsyncClient as AsyncClient
+from .client import Client as Client
+from .client import CollectorError as CollectorError
 from .config import Config as Config
 from .context import SpanContext as SpanContext
 from .context import Thread as Thread
@@ -17,6 +20,10 @@ from .context import wrap as wrap
 from .errors import AtraceError as AtraceError
 from .errors import ConfigError as ConfigError
 from .errors import SinkError as SinkError
+from .instrument import instrument_logging as instrument_logging
+from .instrument import instrument_threads as instrument_threads
+from .instrument import uninstrument_logging as uninstrument_logging
+from .instrument import uninstrument_threads as uninstrument_threads
 from .log import amit as amit
 from .log import critical as critical
 from .log import debug as debug
@@ -42,7 +49,10 @@ from .span import traced as traced
 from .tracer import Tracer as Tracer
 
 __all__ = (
+    "AsyncClient",
     "AtraceError",
+    "Client",
+    "CollectorError",
     "Config",
     "ConfigError",
     "Metrics",
@@ -71,6 +81,8 @@ __all__ = (
     "info",
     "initialize",
     "inject",
+    "instrument_logging",
+    "instrument_threads",
     "metrics",
     "parse_traceparent",
     "reset",
@@ -79,6 +91,8 @@ __all__ = (
     "span",
     "trace_context",
     "traced",
+    "uninstrument_logging",
+    "uninstrument_threads",
     "warn",
     "warning",
     "wrap",

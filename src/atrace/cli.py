@@ -1,4 +1,5 @@
-"""The ``atrace`` command: demo, database set-up, and the operator's view of the disk spill."""
+"""The ``atrace`` command: demo, database set-up, the collector and its API keys, the views of
+traces, tail and errors (``views.py``), and the operator's view of the disk spill."""
 
 from __future__ import annotations
 
@@ -112,21 +113,81 @@ def _parser() -> argparse.ArgumentParser:
     dbsub = db.add_subparsers(dest="db_command", required=True)
     init = dbsub.add_parser("init", help="create or migrate atrace's schema")
     _add_db_options(init)
+    init.add_argument(
+        "--text-index",
+        action="store_true",
+        help="also index full text (faster q searches, about half the ingest rate)",
+    )
     _add_spill_parser(sub)
+    _add_serve_parser(sub)
+    _add_keys_parser(sub)
+    from .views import add_view_parsers
+
+    add_view_parsers(sub)
     return parser
 
 
-async def _db_init(dsn: str, schema: str) -> int:
+def _add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from .collector.limits import DEFAULT_LIMITS as limits
+
+    serve = sub.add_parser("serve", help="run the collector (HTTP ingest, OTLP, queries)")
+    _add_db_options(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=4319, help="port to listen on (0: any free)")
+    serve.add_argument(
+        "--max-body", type=int, default=limits.max_body, help="largest request body, bytes"
+    )
+    serve.add_argument(
+        "--max-inflated",
+        type=int,
+        default=limits.max_inflated,
+        help="largest size a gzip body may inflate to, bytes",
+    )
+    serve.add_argument(
+        "--max-records", type=int, default=limits.max_records, help="most records a request"
+    )
+    serve.add_argument(
+        "--pool-size", type=int, default=limits.pool_size, help="PostgreSQL connections"
+    )
+    serve.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=30.0,
+        help="seconds requests in flight get to finish at SIGTERM",
+    )
+
+
+def _add_keys_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    keys = sub.add_parser("keys", help="API keys of the collector, one project each")
+    ksub = keys.add_subparsers(dest="keys_command", required=True)
+    create = ksub.add_parser("create", help="create a key (printed once, never again)")
+    _add_db_options(create)
+    create.add_argument("--project", required=True, help="the project the key writes and reads")
+    create.add_argument("--name", help="a label to recognise the key by")
+    listing = ksub.add_parser("list", help="list keys (never their secrets)")
+    _add_db_options(listing)
+    listing.add_argument("--project", help="only this project's keys")
+    revoke = ksub.add_parser("revoke", help="revoke a key")
+    _add_db_options(revoke)
+    revoke.add_argument("key_id", help="the key's id (the part after atk_), or the whole key")
+
+
+async def _db_init(dsn: str, schema: str, text_index: bool = False) -> int:
     import asyncpg
 
-    from .schema import ensure_schema
+    from .schema import ensure_schema, ensure_text_index
 
     conn = await asyncpg.connect(dsn)
     try:
         version = await ensure_schema(conn, schema)
+        if text_index:
+            await ensure_text_index(conn, schema)
     finally:
         await conn.close()
-    print(f"schema {schema} is at version {version}")
+    print(
+        f"schema {schema} is at version {version}"
+        + (" with the full-text index" if text_index else "")
+    )
     return 0
 
 
@@ -137,6 +198,84 @@ def _resolve_dsn(args: argparse.Namespace) -> str:
 
         dsn = embedded_dsn()
     return dsn
+
+
+# ---- serve and keys --------------------------------------------------------------------------
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import logging
+
+    from .collector.app import serve
+    from .collector.limits import Limits
+
+    limits = Limits(
+        max_body=args.max_body,
+        max_inflated=args.max_inflated,
+        max_records=args.max_records,
+        pool_size=args.pool_size,
+    )
+    dsn = _resolve_dsn(args)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+
+    def ready(url: str) -> None:
+        print(f"atrace collector listening on {url} (schema {args.schema})", flush=True)
+
+    asyncio.run(
+        serve(
+            dsn,
+            schema=args.schema,
+            host=args.host,
+            port=args.port,
+            limits=limits,
+            shutdown_timeout=args.shutdown_timeout,
+            ready=ready,
+        )
+    )
+    return 0
+
+
+async def _keys(args: argparse.Namespace, dsn: str) -> int:
+    import asyncpg
+
+    from .collector import auth
+    from .schema import ensure_schema
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        await ensure_schema(conn, args.schema)
+        if args.keys_command == "create":
+            key = await auth.create_key(conn, args.schema, args.project, args.name)
+            print(key)
+            print(
+                f"atrace: key for project {args.project!r} created; it is shown only this once",
+                file=sys.stderr,
+            )
+            return 0
+        if args.keys_command == "list":
+            keys = await auth.list_keys(conn, args.schema, args.project)
+            if not keys:
+                print("no API keys")
+                return 0
+            lines = [["key_id", "project", "name", "created", "status"]]
+            for k in keys:
+                status = f"revoked {k.revoked_at}" if k.revoked_at else "active"
+                lines.append([k.key_id, k.project, k.name or "-", k.created_at, status])
+            widths = [max(len(line[i]) for line in lines) for i in range(5)]
+            for line in lines:
+                print("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
+            return 0
+        result = await auth.revoke_key(conn, args.schema, args.key_id)
+    finally:
+        await conn.close()
+    parsed = auth.parse_key(args.key_id)
+    # Given the whole key, name it by its id: the secret is never printed.
+    key_id = parsed[0] if parsed is not None else args.key_id
+    if result is None:
+        print(f"atrace: no API key {key_id!r}", file=sys.stderr)
+        return 1
+    print(f"revoked {key_id}" if result else f"{key_id} was already revoked")
+    return 0
 
 
 # ---- spill: shared -------------------------------------------------------------------------
@@ -453,9 +592,17 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_demo(_dsn(args), args.schema, args.requests)
         if args.command == "db" and args.db_command == "init":
-            return asyncio.run(_db_init(_resolve_dsn(args), args.schema))
+            return asyncio.run(_db_init(_resolve_dsn(args), args.schema, args.text_index))
         if args.command == "spill":
             return _SPILL_COMMANDS[args.spill_command](args)
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "keys":
+            return asyncio.run(_keys(args, _resolve_dsn(args)))
+        if args.command in ("traces", "show", "tail", "errors"):
+            from .views import run_view
+
+            return run_view(args, _resolve_dsn)
     except AtraceError as exc:
         print(f"atrace: {exc}", file=sys.stderr)
         return 2

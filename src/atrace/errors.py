@@ -6,8 +6,13 @@
     ├── ConfigError (also ValueError)      misuse: a setting or argument atrace cannot accept
     ├── MissingExtraError (also ImportError)  an optional dependency is not installed
     ├── SinkError                          a sink could not take a batch (carries sink, batch size)
-    │   └── SinkClosedError                the sink was used after close()
-    ├── WireError (also ValueError)        a request body atrace cannot decode (status 400/413)
+    │   ├── SinkClosedError                the sink was used after close()
+    │   ├── HttpSinkError                  (sinks.http) a collector refused or did not answer
+    │   └── OtlpExportError                (sinks.otlp) an OTLP endpoint refused or did not answer
+    ├── WireError (also ValueError)        a request body atrace cannot decode (400/413/415)
+    ├── CollectorError                     (client) a collector's query API answered an error
+    │   ├── BadRequestError, AuthenticationError, PermissionDeniedError, NotFoundError,
+    │   └── ServerError, TransportError
     └── InternalError                      a bug in atrace itself: please report it
 
 Emit calls never raise these at the caller except ``ConfigError`` for misuse; sink and internal
@@ -65,7 +70,8 @@ class SinkClosedError(SinkError):
 
 class WireError(AtraceError, ValueError):
     """A batch or OTLP body cannot be decoded; ``status`` is the HTTP status to answer with
-    (400 malformed, 413 too large), the message says what and where."""
+    (400 malformed, 413 too large, 415 unsupported content type), the message says what and
+    where."""
 
     def __init__(self, message: str, *, status: int = 400) -> None:
         self.status = status

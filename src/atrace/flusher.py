@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import functools
 import logging
 import re
@@ -156,12 +157,16 @@ class Pipeline:
             self._done = concurrent.futures.Future()
             if loop is not None:
                 self._loop = loop
-                self._task = loop.create_task(self._run(), name="atrace-flusher")
+                # In a context of its own: the task would otherwise inherit the span current
+                # where the first record was emitted, and link its sinks' logs to it.
+                self._task = contextvars.Context().run(
+                    loop.create_task, self._run(), name="atrace-flusher"
+                )
             else:
                 self._thread = threading.Thread(
                     target=self._thread_main, name="atrace-flusher", daemon=True
                 )
-                self._thread.start()
+                contextvars.Context().run(self._thread.start)
             if runtime.push == self.push_starting:
                 runtime.push = self.ring.push
 

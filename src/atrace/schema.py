@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 from typing import Any
 
@@ -12,16 +13,26 @@ __all__ = (
     "TEXT_VECTOR",
     "ensure_partitions",
     "ensure_schema",
+    "ensure_text_index",
     "migrations",
     "partition_name",
+    "tail_channel",
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 PARTITION_DAYS_AHEAD = 3
 _log = logging.getLogger("atrace.schema")
 
 # The full-text document of a row; queries must use the same expression to use the index.
 TEXT_VECTOR = "to_tsvector('simple'::regconfig, coalesce(name, '') || ' ' || coalesce(message, ''))"
+
+
+def tail_channel(schema: str) -> str:
+    """The NOTIFY channel announcing rows committed to ``<schema>.records`` (live tails)."""
+    name = f"atrace_tail_{schema}"
+    if len(name.encode()) <= 63:  # PostgreSQL's limit on a channel name
+        return name
+    return f"atrace_tail_{hashlib.sha256(schema.encode()).hexdigest()[:32]}"
 
 
 def migrations(schema: str) -> list[tuple[int, list[str]]]:
@@ -78,10 +89,6 @@ def migrations(schema: str) -> list[tuple[int, list[str]]]:
                 f"CREATE INDEX records_ts_idx ON {s}.records (project, ts DESC)",
                 f"""CREATE INDEX records_errors_idx ON {s}.records (project, ts DESC)
                     WHERE level >= 40 OR status = 2""",
-                # Full text over the message and the span/logger name (simple: no stemming, ids
-                # and words as written).
-                f"""CREATE INDEX records_text_idx ON {s}.records USING gin
-                    ({TEXT_VECTOR})""",
                 # The ledger is per project: one project's batch ids never shadow another's.
                 f"ALTER TABLE {s}.batches ADD COLUMN project text NOT NULL DEFAULT 'default'",
                 f"ALTER TABLE {s}.batches DROP CONSTRAINT batches_pkey",
@@ -97,7 +104,41 @@ def migrations(schema: str) -> list[tuple[int, list[str]]]:
                 )""",
             ],
         ),
+        (
+            3,
+            [
+                # Live tails in every collector see every committed row, whoever wrote it (a
+                # collector's ingest or a PostgresSink): once per INSERT or COPY statement, one
+                # NOTIFY per project carries the transaction id and the statement's time range;
+                # a listener fetches exactly those rows by (project, ts range, xmin). NOTIFY is
+                # sent at COMMIT only, so a rolled-back batch is never announced.
+                f"""CREATE FUNCTION {s}.records_announce() RETURNS trigger
+                    LANGUAGE plpgsql AS $fn$
+                    BEGIN
+                        PERFORM pg_notify(
+                            {_literal(tail_channel(s))},
+                            json_build_object(
+                                'p', g.project,
+                                'x', txid_current() % 4294967296,
+                                'a', (extract(epoch FROM g.lo) * 1000000)::bigint,
+                                'b', (extract(epoch FROM g.hi) * 1000000)::bigint,
+                                'n', g.n
+                            )::text)
+                        FROM (SELECT project, min(ts) AS lo, max(ts) AS hi, count(*) AS n
+                              FROM new_rows GROUP BY project) AS g;
+                        RETURN NULL;
+                    END
+                    $fn$""",
+                f"""CREATE TRIGGER records_announce AFTER INSERT ON {s}.records
+                    REFERENCING NEW TABLE AS new_rows
+                    FOR EACH STATEMENT EXECUTE FUNCTION {s}.records_announce()""",
+            ],
+        ),
     ]
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 async def ensure_schema(conn: Any, schema: str) -> int:
@@ -137,6 +178,18 @@ async def _version(conn: Any, schema: str) -> int:
         return 0
     return int(
         await conn.fetchval(f"SELECT coalesce(max(version), 0) FROM {schema}.schema_version")
+    )
+
+
+async def ensure_text_index(conn: Any, schema: str) -> None:
+    """Create the full-text index (GIN over TEXT_VECTOR) if it is missing.
+
+    Opt-in (``atrace db init --text-index``): it makes ``q`` searches index-backed instead of a
+    filter over the time range, and costs about half of COPY throughput, so it is not part of
+    the default schema. Queries use the same expression either way and return the same rows.
+    """
+    await conn.execute(
+        f"CREATE INDEX IF NOT EXISTS records_text_idx ON {schema}.records USING gin ({TEXT_VECTOR})"
     )
 
 

@@ -15,4 +15,4 @@ SCHEMA: web.AppKey[str] = web.AppKey("atrace_schema", str)
 # The live-tail hub: ingest publishes committed rows, /v1/tail subscribes.
 TAIL: web.AppKey[Any] = web.AppKey("atrace_tail", object)
 # request[PROJECT]: the project of the authenticated API key.
-PROJECT = "atrace_project"
+PROJECT: web.RequestKey[str] = web.RequestKey("atrace_project", str)

@@ -42,7 +42,9 @@ class Sink(Protocol):
 
 
 def resolve(spec: Any, *, schema: str = "atrace") -> Sink:
-    """A sink for a URL (``postgresql://``, ``postgres://``), ``"console"``, or a sink object."""
+    """A sink for a URL (``postgresql://``, ``postgres://``; ``http://``, ``https://`` of an
+    atrace collector), ``"console"``, ``"otlp"`` (``OTEL_EXPORTER_OTLP_*`` settings) or
+    ``otlp+http://host:4318`` / ``otlp+https://…`` (an OTLP/HTTP endpoint), or a sink object."""
     if isinstance(spec, str):
         text = spec.strip()
         lowered = text.lower()
@@ -50,6 +52,14 @@ def resolve(spec: Any, *, schema: str = "atrace") -> Sink:
             from .postgres import PostgresSink
 
             return PostgresSink(text, schema=schema)
+        if lowered.startswith(("http://", "https://")):
+            from .http import HttpSink
+
+            return HttpSink(text)
+        if lowered == "otlp" or lowered.startswith(("otlp+http://", "otlp+https://")):
+            from .otlp import OtlpSink
+
+            return OtlpSink(text[len("otlp+") :] if "://" in lowered else None)
         if lowered in ("console", "stdout", "console://"):
             from .console import ConsoleSink
 
@@ -61,7 +71,8 @@ def resolve(spec: Any, *, schema: str = "atrace") -> Sink:
         raise ConfigError(
             "sink",
             spec,
-            "expected postgresql://…, postgres://…, 'console', 'embedded' or a sink object",
+            "expected postgresql://…, http(s)://… (a collector), 'otlp', otlp+http(s)://…, "
+            "'console', 'embedded' or a sink object",
         )
     if all(callable(getattr(spec, m, None)) for m in ("open", "write", "close")):
         if not hasattr(spec, "name"):

@@ -1,0 +1,518 @@
+"""Clients of a collector's read API: :class:`Client` (blocking, standard library only) and
+:class:`AsyncClient` (aiohttp).
+
+Both speak to ``/v1/search``, ``/v1/traces/{id}``, ``/v1/stats``, ``/v1/errors`` and
+``/v1/tail`` with an API key, and raise one exception per kind of refusal::
+
+    CollectorError (AtraceError)   any answer that is not a success; ``.status``, ``.message``
+    ├── BadRequestError (also ValueError)   400: a parameter the collector cannot accept
+    ├── AuthenticationError                 401: no key, or an unknown or revoked one
+    ├── PermissionDeniedError               403
+    ├── NotFoundError (also LookupError)    404: e.g. a trace the project does not have
+    ├── ServerError                         5xx: the collector or its database failed
+    └── TransportError (also OSError)       no answer at all (refused, reset, timed out)
+
+Filters are keyword arguments: ``service``, ``level`` (name or number), ``kind``
+(``log``/``span``), ``since``/``until`` (ISO 8601 text, relative like ``"15m"``, a datetime or
+integer ns), ``q`` (full text), ``trace_id``, ``attrs`` (a dict of attribute equalities) and
+``limit`` (page size). Times in answers are integer nanoseconds since the epoch.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import urllib.parse
+from collections.abc import AsyncIterator, Iterator, Mapping
+from types import TracebackType
+from typing import Any
+
+from .errors import AtraceError, MissingExtraError
+
+# Importing atrace stays light: urllib.request (with ssl and http.client), asyncio and aiohttp
+# are imported when a client first needs them.
+
+__all__ = (
+    "AsyncClient",
+    "AsyncTailStream",
+    "AuthenticationError",
+    "BadRequestError",
+    "Client",
+    "CollectorError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "ServerError",
+    "TailStream",
+    "TransportError",
+)
+
+DEFAULT_TIMEOUT = 30.0
+# A tail hears a heartbeat every ~15 s: silence this long means the connection is gone.
+DEFAULT_TAIL_TIMEOUT = 60.0
+_MAX_EVENT = 64 * 1024 * 1024
+
+
+class CollectorError(AtraceError):
+    """The collector answered with an error; ``status`` is the HTTP status (0: no answer)."""
+
+    def __init__(self, message: str, *, status: int = 0, url: str = "") -> None:
+        self.status = status
+        self.message = message
+        self.url = url
+        super().__init__(f"{status} {message} ({url})" if status else f"{message} ({url})")
+
+
+class BadRequestError(CollectorError, ValueError):
+    """400: the collector refused a parameter; the message names it."""
+
+
+class AuthenticationError(CollectorError):
+    """401: the API key is missing, unknown or revoked."""
+
+
+class PermissionDeniedError(CollectorError):
+    """403: the key may not do this."""
+
+
+class NotFoundError(CollectorError, LookupError):
+    """404: no such trace (for this key's project) or no such endpoint."""
+
+
+class ServerError(CollectorError):
+    """5xx: the collector or its database failed; worth retrying later."""
+
+
+class TransportError(CollectorError, OSError):
+    """No answer: the connection was refused, reset or timed out."""
+
+
+def _error_for(status: int, body: bytes, url: str) -> CollectorError:
+    message = body.decode("utf-8", "replace").strip()[:1000]
+    try:
+        data = json.loads(body)
+        if isinstance(data, dict) and isinstance(data.get("error"), str):
+            message = data["error"]
+    except ValueError:
+        pass
+    cls: type[CollectorError] = CollectorError
+    if status == 400:
+        cls = BadRequestError
+    elif status == 401:
+        cls = AuthenticationError
+    elif status == 403:
+        cls = PermissionDeniedError
+    elif status == 404:
+        cls = NotFoundError
+    elif status >= 500:
+        cls = ServerError
+    return cls(message or f"HTTP {status}", status=status, url=url)
+
+
+def _time(value: Any) -> str:
+    if isinstance(value, dt.datetime):
+        when: dt.datetime = value
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.timezone.utc)
+        return when.isoformat()
+    return str(value)
+
+
+def _params(filters: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Query parameters from keyword filters (``attrs`` becomes ``attr.KEY`` pairs)."""
+    out: list[tuple[str, str]] = []
+    for key, value in filters.items():
+        if value is None:
+            continue
+        if key == "attrs":
+            for name, v in dict(value).items():
+                # Always JSON: the string "42" must not come back as the number 42.
+                out.append((f"attr.{name}", _json_text(v)))
+        elif key.startswith("attr."):
+            out.append((key, _json_text(value)))
+        elif isinstance(value, bool):
+            out.append((key, "true" if value else "false"))
+        elif key in ("since", "until"):
+            out.append((key, _time(value)))
+        else:
+            out.append((key, str(value)))
+    return out
+
+
+def _json_text(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+class _SSE:
+    """Server-sent events from byte chunks: ``data`` payloads, and drop notices counted."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._data: list[bytes] = []
+        self.dropped = 0
+        self.started = False
+
+    def feed(self, chunk: bytes) -> list[dict[str, Any]]:
+        self._buffer += chunk
+        if len(self._buffer) > _MAX_EVENT:
+            raise CollectorError("a server-sent event larger than 64 MiB")
+        events: list[dict[str, Any]] = []
+        *lines, self._buffer = self._buffer.split(b"\n")
+        for raw in lines:
+            line = raw[:-1] if raw.endswith(b"\r") else raw
+            if not line:
+                if self._data:
+                    events.append(json.loads(b"\n".join(self._data)))
+                    self._data = []
+            elif line.startswith(b":"):
+                self._comment(line[1:].strip())
+            elif line.startswith(b"data:"):
+                value = line[5:]
+                self._data.append(value[1:] if value.startswith(b" ") else value)
+        return events
+
+    def _comment(self, text: bytes) -> None:
+        if text == b"tail started":
+            self.started = True
+        elif text.startswith(b"dropped "):
+            parts = text.split()
+            if len(parts) >= 4 and parts[3].isdigit():
+                self.dropped = int(parts[3])
+
+
+class _Base:
+    def __init__(self, url: str, api_key: str | None, timeout: float) -> None:
+        self.url = url.rstrip("/")
+        key = api_key if api_key is not None else os.environ.get("ATRACE_API_KEY") or None
+        self.headers = {"Accept": "application/json"}
+        if key:
+            self.headers["Authorization"] = f"Bearer {key}"
+        self.timeout = timeout
+
+    def _url(self, path: str, params: list[tuple[str, str]] | None = None) -> str:
+        query = f"?{urllib.parse.urlencode(params)}" if params else ""
+        return f"{self.url}{path}{query}"
+
+    @staticmethod
+    def _trace_path(trace_id: str) -> str:
+        return f"/v1/traces/{urllib.parse.quote(str(trace_id), safe='')}"
+
+
+class Client(_Base):
+    """A blocking client of a collector: ``Client("http://127.0.0.1:4319", api_key)``.
+
+    ``api_key`` defaults to ``ATRACE_API_KEY``. Standard library only; safe to share between
+    threads (each call opens its own connection).
+    """
+
+    def __init__(
+        self, url: str, api_key: str | None = None, *, timeout: float = DEFAULT_TIMEOUT
+    ) -> None:
+        super().__init__(url, api_key, timeout)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Nothing held between calls; here for symmetry with :class:`AsyncClient`."""
+
+    def _open(self, url: str, timeout: float | None, accept: str | None = None) -> Any:
+        import urllib.error
+        import urllib.request
+
+        headers = dict(self.headers)
+        if accept is not None:
+            headers["Accept"] = accept
+        request = urllib.request.Request(url, headers=headers)
+        try:
+            return urllib.request.urlopen(request, timeout=timeout)
+        except urllib.error.HTTPError as exc:
+            with exc:
+                raise _error_for(exc.code, exc.read(), url) from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise TransportError(str(reason), url=url) from exc
+
+    def _get(self, path: str, params: list[tuple[str, str]] | None = None) -> Any:
+        url = self._url(path, params)
+        with self._open(url, self.timeout) as response:
+            try:
+                body = response.read()
+            except OSError as exc:
+                raise TransportError(str(exc), url=url) from exc
+        return json.loads(body)
+
+    def search_page(self, *, cursor: str | None = None, **filters: Any) -> dict[str, Any]:
+        """One page: ``{"records": [...], "next_cursor": str | None}``."""
+        return self._get("/v1/search", _params({**filters, "cursor": cursor}))  # type: ignore[no-any-return]
+
+    def search(self, **filters: Any) -> Iterator[dict[str, Any]]:
+        """Every matching record, newest first, fetching pages as the iteration goes."""
+        cursor: str | None = None
+        while True:
+            page = self.search_page(cursor=cursor, **filters)
+            yield from page["records"]
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return
+
+    def trace(self, trace_id: str) -> dict[str, Any]:
+        """One trace as a tree; :class:`NotFoundError` when the project has no such trace."""
+        return self._get(self._trace_path(trace_id))  # type: ignore[no-any-return]
+
+    def stats(self, **params: Any) -> dict[str, Any]:
+        """Counts per ``interval`` (1m, 5m, 15m, 1h, 1d) by service and level; ``since``,
+        ``until``, ``service``, ``durations=True`` for span p50/p95 per name."""
+        return self._get("/v1/stats", _params(params))  # type: ignore[no-any-return]
+
+    def spans(self, **params: Any) -> dict[str, Any]:
+        """Ended spans per service and name: count, errors, last seen, p50/p95; ``since``,
+        ``until``, ``service``, ``slow_ms``, ``errors=True``, ``limit``."""
+        return self._get("/v1/spans", _params(params))  # type: ignore[no-any-return]
+
+    def errors(self, **params: Any) -> dict[str, Any]:
+        """Error groups by fingerprint; ``since``, ``until``, ``service``, ``limit``, ``scan``."""
+        return self._get("/v1/errors", _params(params))  # type: ignore[no-any-return]
+
+    def tail(self, *, timeout: float = DEFAULT_TAIL_TIMEOUT, **filters: Any) -> TailStream:
+        """Records as they are committed, for as long as the iteration goes on."""
+        return TailStream(self, self._url("/v1/tail", _params(filters)), timeout)
+
+
+class TailStream:
+    """A blocking live tail: iterate for records; ``dropped`` counts what the collector had to
+    drop because this reader fell behind. ``open()`` returns once the collector subscribed."""
+
+    def __init__(self, client: Client, url: str, timeout: float) -> None:
+        self._client = client
+        self._url = url
+        self._timeout = timeout
+        self._response: Any = None
+        self._sse = _SSE()
+        self._ready: list[dict[str, Any]] = []
+        self._done = False
+
+    @property
+    def dropped(self) -> int:
+        """Records the collector dropped for this reader so far."""
+        return self._sse.dropped
+
+    def open(self) -> TailStream:
+        """Connect and wait until the collector has subscribed this stream."""
+        if self._response is None:
+            self._response = self._client._open(self._url, self._timeout, "text/event-stream")
+            while not self._sse.started and self._read():
+                pass
+        return self
+
+    def _read(self) -> bool:
+        try:
+            chunk = self._response.read1(65536)
+        except OSError as exc:
+            raise TransportError(str(exc), url=self._url) from exc
+        if not chunk:
+            return False
+        self._ready.extend(self._sse.feed(chunk))
+        return True
+
+    def __iter__(self) -> TailStream:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        self.open()
+        while not self._ready:
+            if self._done or not self._read():
+                self._done = True
+                self.close()
+                raise StopIteration
+        return self._ready.pop(0)
+
+    def close(self) -> None:
+        """Disconnect."""
+        response, self._response = self._response, None
+        self._done = True
+        if response is not None:
+            response.close()
+
+    def __enter__(self) -> TailStream:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncClient(_Base):
+    """An asyncio client of a collector (needs aiohttp: ``pip install 'atrace[http]'``).
+
+    Use it as ``async with AsyncClient(url, api_key) as client:`` or call :meth:`aclose`.
+    """
+
+    def __init__(
+        self, url: str, api_key: str | None = None, *, timeout: float = DEFAULT_TIMEOUT
+    ) -> None:
+        super().__init__(url, api_key, timeout)
+        try:
+            import aiohttp
+        except ImportError:
+            raise MissingExtraError("aiohttp", "http") from None
+        import asyncio
+
+        self._aiohttp = aiohttp
+        # asyncio.TimeoutError is not the builtin TimeoutError before Python 3.11.
+        self._failures = (aiohttp.ClientError, OSError, asyncio.TimeoutError)
+        self._session: Any = None
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the HTTP session (and with it any open tail)."""
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    def _http(self) -> Any:
+        if self._session is None:
+            self._session = self._aiohttp.ClientSession(headers=self.headers)
+        return self._session
+
+    async def _open(self, url: str, timeout: Any, accept: str | None = None) -> Any:
+        headers = {"Accept": accept} if accept else None
+        try:
+            response = await self._http().get(url, headers=headers, timeout=timeout)
+        except self._failures as exc:
+            raise TransportError(str(exc) or type(exc).__name__, url=url) from exc
+        if response.status >= 400:
+            try:
+                body = await response.read()
+            finally:
+                response.release()
+            raise _error_for(response.status, body, url)
+        return response
+
+    async def _get(self, path: str, params: list[tuple[str, str]] | None = None) -> Any:
+        url = self._url(path, params)
+        timeout = self._aiohttp.ClientTimeout(total=self.timeout)
+        response = await self._open(url, timeout)
+        try:
+            body = await response.read()
+        except self._failures as exc:
+            raise TransportError(str(exc) or type(exc).__name__, url=url) from exc
+        finally:
+            response.release()
+        return json.loads(body)
+
+    async def search_page(self, *, cursor: str | None = None, **filters: Any) -> dict[str, Any]:
+        """One page: ``{"records": [...], "next_cursor": str | None}``."""
+        return await self._get("/v1/search", _params({**filters, "cursor": cursor}))  # type: ignore[no-any-return]
+
+    async def search(self, **filters: Any) -> AsyncIterator[dict[str, Any]]:
+        """Every matching record, newest first, fetching pages as the iteration goes."""
+        cursor: str | None = None
+        while True:
+            page = await self.search_page(cursor=cursor, **filters)
+            for record in page["records"]:
+                yield record
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return
+
+    async def trace(self, trace_id: str) -> dict[str, Any]:
+        """One trace as a tree; :class:`NotFoundError` when the project has no such trace."""
+        return await self._get(self._trace_path(trace_id))  # type: ignore[no-any-return]
+
+    async def stats(self, **params: Any) -> dict[str, Any]:
+        """Counts per interval by service and level (see :meth:`Client.stats`)."""
+        return await self._get("/v1/stats", _params(params))  # type: ignore[no-any-return]
+
+    async def spans(self, **params: Any) -> dict[str, Any]:
+        """Ended spans per service and name (see :meth:`Client.spans`)."""
+        return await self._get("/v1/spans", _params(params))  # type: ignore[no-any-return]
+
+    async def errors(self, **params: Any) -> dict[str, Any]:
+        """Error groups by fingerprint (see :meth:`Client.errors`)."""
+        return await self._get("/v1/errors", _params(params))  # type: ignore[no-any-return]
+
+    def tail(self, *, timeout: float = DEFAULT_TAIL_TIMEOUT, **filters: Any) -> AsyncTailStream:
+        """Records as they are committed: ``async for record in client.tail(service="api")``."""
+        return AsyncTailStream(self, self._url("/v1/tail", _params(filters)), timeout)
+
+
+class AsyncTailStream:
+    """An asyncio live tail: ``async for`` records; ``dropped`` counts what the collector had
+    to drop because this reader fell behind. ``await open()`` returns once subscribed."""
+
+    def __init__(self, client: AsyncClient, url: str, timeout: float) -> None:
+        self._client = client
+        self._url = url
+        self._timeout = timeout
+        self._response: Any = None
+        self._sse = _SSE()
+        self._ready: list[dict[str, Any]] = []
+        self._done = False
+
+    @property
+    def dropped(self) -> int:
+        """Records the collector dropped for this reader so far."""
+        return self._sse.dropped
+
+    async def open(self) -> AsyncTailStream:
+        """Connect and wait until the collector has subscribed this stream."""
+        if self._response is None:
+            aiohttp = self._client._aiohttp
+            # No total limit (a tail runs for ever); silence past the timeout is a dead link.
+            timeout = aiohttp.ClientTimeout(total=None, sock_read=self._timeout)
+            self._response = await self._client._open(self._url, timeout, "text/event-stream")
+            while not self._sse.started and await self._read():
+                pass
+        return self
+
+    async def _read(self) -> bool:
+        try:
+            chunk = await self._response.content.readany()
+        except self._client._failures as exc:
+            raise TransportError(str(exc) or type(exc).__name__, url=self._url) from exc
+        if not chunk:
+            return False
+        self._ready.extend(self._sse.feed(chunk))
+        return True
+
+    def __aiter__(self) -> AsyncTailStream:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        await self.open()
+        while not self._ready:
+            if self._done or not await self._read():
+                await self.aclose()
+                raise StopAsyncIteration
+        return self._ready.pop(0)
+
+    async def aclose(self) -> None:
+        """Disconnect."""
+        response, self._response = self._response, None
+        self._done = True
+        if response is not None:
+            response.close()
+
+    async def __aenter__(self) -> AsyncTailStream:
+        return await self.open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
