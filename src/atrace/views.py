@@ -407,16 +407,18 @@ async def _errors_view(src: Any, args: argparse.Namespace) -> int:
 
     now = time.time_ns()
     table = Table(title=f"error groups since {args.since}", title_justify="left")
-    for col in ("fingerprint", "count", "first seen", "last seen", "error", "sample trace"):
-        table.add_column(col, justify="right" if col == "count" else "left", overflow="fold")
+    for col in ("fingerprint", "count", "first seen", "last seen"):
+        table.add_column(col, justify="right" if col == "count" else "left", no_wrap=True)
+    table.add_column("error", overflow="fold", ratio=1)
+    table.add_column("sample trace", no_wrap=True)
     for g in data["groups"]:
         table.add_row(
             g["fingerprint"][:12],
             str(g["count"]),
             _fmt_ago(g["first_seen"], now),
             _fmt_ago(g["last_seen"], now),
-            f"[red]{_escape(g['error_type'] or '')}[/] {_escape((g.get('message') or '')[:80])}",
-            g.get("sample_trace_id") or "-",
+            f"[red]{_escape(g['error_type'] or '')}[/]: {_escape((g.get('message') or '')[:80])}",
+            g.get("trace_id") or "-",
         )
     con = _console()
     if data["groups"]:

@@ -1,0 +1,244 @@
+"""The terminal views (`atrace traces|show|tail|errors`), run as installed commands against seeded
+data in a real PostgreSQL, directly and through a running collector."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+import atrace
+from _collector import CollectorServer, collector_server  # noqa: F401
+from atrace._ids import new_span_id
+from atrace.encode import COLUMNS
+from atrace.sinks.postgres import connection_init, copy_rows
+
+ATRACE = str(Path(sys.executable).with_name("atrace"))
+ENV = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}
+
+
+async def run(*args: str, timeout: float = 60) -> tuple[int, str, str]:
+    """The command as a subprocess, without blocking the test's loop (a collector may run on it)."""
+    proc = await asyncio.create_subprocess_exec(
+        ATRACE, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=ENV
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+class Seeded:
+    def __init__(self, dsn: str, schema: str, trace_id: str, inflight_trace: str) -> None:
+        self.dsn, self.schema = dsn, schema
+        self.trace_id, self.inflight_trace = trace_id, inflight_trace
+
+    def db(self, *args: str) -> list[str]:
+        return [*args, "--dsn", self.dsn, "--schema", self.schema]
+
+
+async def seed(dsn: str, schema: str) -> Seeded:
+    """A checkout trace (nested spans, logs, a failed payment with a traceback), a slow report,
+    and a trace whose root span is still running (a start row with no end)."""
+    atrace.configure(service="shop", sink=dsn, schema=schema, flush_interval=0.05)
+    async with atrace.span("checkout", order=42) as root:
+        trace_id = atrace.current_trace_id()
+        atrace.info("cart loaded", items=3)
+        async with atrace.span("reserve stock"):
+            await asyncio.sleep(0.001)
+        try:
+            async with atrace.span("charge card", amount=19.5):
+                raise ValueError("card 4242 declined")
+        except ValueError:
+            atrace.exception("payment failed")
+        root.set(outcome="failed")
+    for _ in range(3):
+        async with atrace.span("report"):
+            await asyncio.sleep(0.06)
+    assert await atrace.aflush(timeout=30)
+    await atrace.ashutdown()
+    assert trace_id is not None
+    inflight = "0" * 31 + "7"
+    row: dict[str, Any] = dict.fromkeys(COLUMNS)
+    row.update(
+        ts=time.time_ns() - 2_000_000_000,
+        kind=1,
+        level=20,
+        status=0,
+        service="shop",
+        trace_id=inflight,
+        span_id=new_span_id(),
+        name="nightly import",
+    )
+    conn = await asyncpg.connect(dsn)
+    try:
+        await connection_init(conn)
+        await copy_rows(conn, schema, [tuple(row[c] for c in COLUMNS)])
+    finally:
+        await conn.close()
+    return Seeded(dsn, schema, trace_id, inflight)
+
+
+@pytest.fixture
+async def seeded(pg_schema: tuple[str, str]) -> Seeded:
+    return await seed(*pg_schema)
+
+
+class TestTraces:
+    async def test_dashboard_by_span_name(self, seeded: Seeded) -> None:
+        """One row per span name with its count, failures and durations."""
+        code, out, err = await run(*seeded.db("traces"))
+        assert code == 0, err
+        lines = {line.split("│")[3].strip(): line for line in out.splitlines() if "│" in line}
+        assert {"checkout", "reserve stock", "charge card", "report"} <= set(lines)
+        assert "✗ error" in lines["charge card"]
+        assert lines["report"].split("│")[4].strip() == "3"
+
+    async def test_json_and_filters(self, seeded: Seeded) -> None:
+        """--json for scripts; --errors keeps failed names, --slow MS only slow spans."""
+        code, out, _ = await run(*seeded.db("traces", "--json"))
+        assert code == 0
+        by_name = {s["name"]: s for s in json.loads(out)["spans"]}
+        assert by_name["report"]["count"] == 3 and by_name["report"]["p50_ns"] >= 60_000_000
+        assert by_name["charge card"]["errors"] == 1
+        _, out, _ = await run(*seeded.db("traces", "--json", "--errors"))
+        assert {s["name"] for s in json.loads(out)["spans"]} == {"charge card"}
+        _, out, _ = await run(*seeded.db("traces", "--json", "--slow", "50"))
+        assert {s["name"] for s in json.loads(out)["spans"]} == {"report"}
+        _, out, _ = await run(*seeded.db("traces", "--json", "--service", "nope"))
+        assert json.loads(out)["spans"] == []
+
+
+class TestShow:
+    async def test_tree_with_logs_and_errors(self, seeded: Seeded) -> None:
+        """Spans nest, logs sit under their span, the error shows its traceback."""
+        code, out, err = await run(*seeded.db("show", seeded.trace_id))
+        assert code == 0, err
+        lines = out.splitlines()
+        assert seeded.trace_id in lines[0] and "4 spans" not in lines[0]
+
+        def at(text: str) -> int:
+            return next(i for i, line in enumerate(lines) if text in line)
+
+        def depth(i: int) -> int:
+            return len(lines[i]) - len(lines[i].lstrip(" │├└─"))
+
+        assert depth(at("checkout")) < depth(at("reserve stock"))
+        assert depth(at("checkout")) < depth(at("cart loaded"))
+        assert at("reserve stock") < at("charge card") < at("payment failed")
+        assert "✗ error" in lines[at("charge card")]
+        assert "ValueError: card 4242 declined" in out
+        assert "Traceback (most recent call last)" in out
+        assert 'outcome="failed"' in out
+
+    async def test_in_flight_and_json(self, seeded: Seeded) -> None:
+        """A span with a start and no end is marked in flight; --json gives the tree."""
+        _, out, _ = await run(*seeded.db("show", seeded.inflight_trace))
+        assert "nightly import" in out and "in flight" in out
+        code, out, _ = await run(*seeded.db("show", seeded.trace_id, "--json"))
+        tree = json.loads(out)
+        assert code == 0 and tree["trace_id"] == seeded.trace_id
+        assert [s["name"] for s in tree["spans"]] == ["checkout"]
+        assert [c["name"] for c in tree["spans"][0]["children"]] == ["reserve stock", "charge card"]
+
+    async def test_unknown_trace_and_bad_id(self, seeded: Seeded) -> None:
+        """An unknown trace exits 1, a malformed id 2, each with one line on stderr."""
+        code, out, err = await run(*seeded.db("show", "ab" * 16))
+        assert (code, out) == (1, "") and err == f"atrace: no trace {'ab' * 16}\n"
+        code, _, err = await run(*seeded.db("show", "xyz"))
+        assert code == 2 and err.count("\n") == 1 and "trace_id" in err
+
+
+class TestTail:
+    async def test_recent_records_with_filters(self, seeded: Seeded) -> None:
+        """Without -f: the newest records, oldest first; --level and -q narrow them."""
+        code, out, err = await run(*seeded.db("tail", "-n", "100"))
+        assert code == 0, err
+        assert out.index("cart loaded") < out.index("payment failed")
+        _, out, _ = await run(*seeded.db("tail", "--level", "error", "--json"))
+        recs = [json.loads(line) for line in out.splitlines()]
+        assert recs and all(r["level"] >= 40 for r in recs)
+        assert "payment failed" in {r["message"] for r in recs}
+        _, out, _ = await run(*seeded.db("tail", "-q", "cart", "--json"))
+        assert [json.loads(line)["message"] for line in out.splitlines()] == ["cart loaded"]
+
+    async def test_follow_prints_new_records(self, seeded: Seeded) -> None:
+        """-f keeps printing what is committed after it started."""
+        proc = await asyncio.create_subprocess_exec(
+            ATRACE,
+            *seeded.db("tail", "-f", "--json", "-q", "arrived"),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=ENV,
+        )
+        try:
+            assert proc.stdout is not None
+            got: dict[str, Any] = {}
+            for attempt in range(60):
+                atrace.configure(service="late", sink=seeded.dsn, schema=seeded.schema)
+                atrace.info("record arrived", n=attempt)
+                await atrace.ashutdown()
+                try:
+                    line = await asyncio.wait_for(proc.stdout.readline(), 1.0)
+                except asyncio.TimeoutError:
+                    continue
+                got = json.loads(line)
+                break
+            assert got["message"] == "record arrived" and got["service"] == "late"
+        finally:
+            proc.terminate()
+            await proc.wait()
+
+
+class TestErrors:
+    async def test_groups(self, seeded: Seeded) -> None:
+        """Error groups with counts and a sample trace, as a table and as JSON."""
+        code, out, err = await run(*seeded.db("errors"))
+        assert code == 0, err
+        assert "ValueError" in out and seeded.trace_id in out
+        _, out, _ = await run(*seeded.db("errors", "--json"))
+        groups = json.loads(out)["groups"]
+        assert sum(g["count"] for g in groups) >= 2
+        assert {g["error_type"] for g in groups} == {"ValueError"}
+
+
+class TestSources:
+    async def test_unreachable_database(self) -> None:
+        """No server at the DSN: exit 3 and one line naming where, never a traceback."""
+        code, out, err = await run("traces", "--dsn", "postgresql://u:secret@127.0.0.1:9/x")
+        assert code == 3 and out == ""
+        assert err.startswith("atrace: cannot reach the database (127.0.0.1:9/x)")
+        assert err.count("\n") == 1 and "secret" not in err
+
+    async def test_missing_schema(self, pg_server: Any) -> None:
+        """A database without atrace's tables says so and how to fix it."""
+        code, _, err = await run("traces", "--dsn", pg_server.dsn, "--schema", "absent_schema")
+        assert code == 3 and "atrace db init" in err
+
+    async def test_through_a_collector(
+        self,
+        collector_server: CollectorServer,  # noqa: F811
+    ) -> None:
+        """--url reads a collector's query API with the project's key; a bad key exits 3."""
+        server = collector_server
+        key = await server.create_key("default")
+        seeded = await seed(server.db_dsn, server.schema)
+        via = ["--url", server.url, "--api-key", key]
+        code, out, err = await run("traces", "--json", *via)
+        assert code == 0, err
+        assert {"checkout", "report"} <= {s["name"] for s in json.loads(out)["spans"]}
+        code, out, err = await run("show", seeded.trace_id, *via)
+        assert code == 0 and "charge card" in out, err
+        code, out, _ = await run("errors", "--json", *via)
+        assert json.loads(out)["groups"]
+        code, out, _ = await run("tail", "--json", "-q", "cart", *via)
+        assert [json.loads(line)["message"] for line in out.splitlines()] == ["cart loaded"]
+        code, _, err = await run("traces", "--url", server.url, "--api-key", "atk_0_bad")
+        assert code == 3 and err.startswith("atrace: the collector") and err.count("\n") == 1
+        code, _, err = await run("traces", "--url", "http://127.0.0.1:9", "--api-key", key)
+        assert code == 3 and "cannot reach the collector" in err
