@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import os
 import random
 import socket
@@ -251,7 +252,6 @@ class TestProtobufEncoding:
             (30, 13, "WARNING"),
             (40, 17, "ERROR"),
             (50, 21, "CRITICAL"),
-            (5, 5, "Level 5"),
             (25, 13, "Level 25"),
             (44, 17, "Level 44"),
             (70, 21, "Level 70"),
@@ -261,6 +261,11 @@ class TestProtobufEncoding:
         """Levels map to severity numbers (others to the nearest) and keep their own text."""
         (rec,) = logs_pb([row(kind=0, level=level)]).resource_logs[0].scope_logs[0].log_records
         assert (rec.severity_number, rec.severity_text) == (number, text)
+
+    def test_log_severity_text_follows_logging_names(self) -> None:
+        """A level registered with logging (uvicorn registers 5 as TRACE) keeps that name."""
+        (rec,) = logs_pb([row(kind=0, level=5)]).resource_logs[0].scope_logs[0].log_records
+        assert (rec.severity_number, rec.severity_text) == (5, logging.getLevelName(5))
 
     def test_log_record_fields(self) -> None:
         """A log is linked to its span, its message is the body, errors and code are attributes."""
