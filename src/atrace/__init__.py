@@ -1,9 +1,8 @@
 """atrace: asyncio-first tracing and structured logging that lands in PostgreSQL."""
 
+from typing import TYPE_CHECKING, Any
+
 from ._version import __version__ as __version__
-from .client import AsyncClient as AsyncClient
-from .client import Client as Client
-from .client import CollectorError as CollectorError
 from .config import Config as Config
 from .context import SpanContext as SpanContext
 from .context import Thread as Thread
@@ -97,3 +96,23 @@ __all__ = (
     "warning",
     "wrap",
 )
+
+if TYPE_CHECKING:
+    from .client import AsyncClient as AsyncClient
+    from .client import Client as Client
+    from .client import CollectorError as CollectorError
+
+# The query clients load on first use: most programs never read back, and `import atrace` stays
+# light.
+_LAZY = {"AsyncClient": "client", "Client": "client", "CollectorError": "client"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'atrace' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
