@@ -2,32 +2,36 @@
 
 from __future__ import annotations
 
-import base64
 import errno
-import itertools
-import math
 import os
 import secrets
-import struct
 import sys
 import threading
 import time
 import uuid
 import weakref
-import zlib
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from ._embedded import data_dir
+from ._spill_frames import _MAX_PAYLOAD, _frame, _parse
+from ._spill_payload import _decode, _encode
+from ._spill_segments import (
+    _ACKED_SUFFIX,
+    _O_BINARY,
+    _SEGMENT_SUFFIX,
+    _Area,
+    _fsync_dir,
+    _read_acked,
+    _record_ack,
+    _Segment,
+    _try_lock,
+    _write_all,
+)
 from .encode import Row
 from .errors import ConfigError
-
-if sys.platform != "win32":
-    import fcntl
 
 __all__ = (
     "DEFAULT_MAX_BYTES",
@@ -42,27 +46,6 @@ __all__ = (
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 DEFAULT_SEGMENT_BYTES = 8 * 1024 * 1024
 SPILL_DIR_ENV = "ATRACE_SPILL_DIR"
-
-# A frame: magic, then _HEAD (version, flags, records, payload length, batch id), then the CRC32
-# of _HEAD and payload together, then the payload. The header carries the id and the record count
-# so that acked frames are skipped, and the directory is counted, without decoding any JSON.
-_MAGIC = b"ATSP"
-_VERSION = 1
-_HEAD = struct.Struct(">BBII16s")
-_CRC = struct.Struct(">I")
-_HEADER_SIZE = len(_MAGIC) + _HEAD.size + _CRC.size
-_MAX_PAYLOAD = 0xFFFFFFFF
-_SEGMENT_SUFFIX = ".seg"
-_ACKED_SUFFIX = ".acked"
-_O_BINARY = getattr(os, "O_BINARY", 0)
-
-# Column codes in a payload's "enc": "." JSON as is, "u" bytes held as their UTF-8 text,
-# "x" bytes held as base64, "t" values that need a tag (see _tag).
-# Floats are left out: JSON turns NaN and infinities into null, so they go through _tag.
-_NATIVE = frozenset({int, str, bool, type(None)})
-_BYTES_OR_NONE = frozenset({bytes, type(None)})
-_I64_MIN = -(1 << 63)
-_U64_MAX = (1 << 64) - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,285 +90,6 @@ def default_spill_dir() -> Path:
     if configured:
         return Path(configured).expanduser()
     return data_dir() / "spill"
-
-
-# ---- payload ---------------------------------------------------------------------------------
-
-
-def _tag(value: Any) -> Any:
-    # JSON-safe values pass as they are; anything else becomes a [code, text] pair, and no plain
-    # row value is ever a list, so a list always means a tag.
-    if value is None or type(value) is bool:
-        return value
-    if isinstance(value, float):
-        return float(value) if math.isfinite(value) else ["f", repr(float(value))]
-    if isinstance(value, str):
-        try:
-            value.encode()
-        except UnicodeEncodeError:
-            raw = value.encode("utf-8", "surrogatepass")
-            return ["S", base64.b64encode(raw).decode("ascii")]
-        return str(value)
-    if isinstance(value, int):
-        if _I64_MIN <= value <= _U64_MAX:
-            return int(value)
-        return ["i", hex(value)]  # hex: decimal conversion of huge ints is capped by Python
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return ["b", base64.b64encode(bytes(value)).decode("ascii")]
-    try:
-        text = str(value)
-    except Exception:
-        text = f"<unrepresentable {type(value).__qualname__}>"
-    return ["r", text]
-
-
-_UNTAG: dict[str, Callable[[str], Any]] = {
-    "S": lambda text: base64.b64decode(text).decode("utf-8", "surrogatepass"),
-    "i": lambda text: int(text, 16),
-    "b": base64.b64decode,
-    "f": float,
-    "r": str,
-}
-
-
-def _untag(value: Any) -> Any:
-    return _UNTAG[value[0]](value[1]) if type(value) is list else value
-
-
-def _encode_column(col: Sequence[Any]) -> tuple[str, Sequence[Any]]:
-    kinds = set(map(type, col))
-    if kinds <= _NATIVE:
-        return ".", col
-    if kinds <= _BYTES_OR_NONE:
-        try:
-            if None in col:
-                return "u", [None if v is None else v.decode() for v in col]
-            return "u", list(map(bytes.decode, col))
-        except UnicodeDecodeError:
-            return "x", [None if v is None else base64.b64encode(v).decode("ascii") for v in col]
-    return "t", [_tag(v) for v in col]
-
-
-def _decode_column(code: str, col: list[Any]) -> list[Any]:
-    if code == "u":
-        if None in col:
-            return [None if v is None else v.encode() for v in col]
-        return list(map(str.encode, col))
-    if code == "x":
-        return [None if v is None else base64.b64decode(v) for v in col]
-    return [_untag(v) for v in col]
-
-
-def _encode(batch_id: uuid.UUID, reason: str, rows: Sequence[Sequence[Any]]) -> bytes:
-    # Column-major: zip() transposes at C speed both ways, and a type check per column (not per
-    # value) finds the few columns, like attrs, whose bytes JSON cannot hold.
-    widths = set(map(len, rows))
-    lengths: list[int] | None = None
-    if len(widths) > 1:
-        lengths = list(map(len, rows))
-        cols: list[Sequence[Any]] = list(itertools.zip_longest(*rows))
-    else:
-        cols = list(zip(*rows, strict=True))
-    codes = []
-    encoded: list[Sequence[Any]] = []
-    for col in cols:
-        code, values = _encode_column(col)
-        codes.append(code)
-        encoded.append(values)
-    obj: dict[str, Any] = {
-        "id": str(batch_id),
-        "reason": reason,
-        "n": len(rows),
-        "enc": "".join(codes),
-        "cols": encoded,
-    }
-    if lengths is not None:
-        obj["lens"] = lengths
-    try:
-        return orjson.dumps(obj)
-    except orjson.JSONEncodeError:
-        # An int past 64 bits or a lone surrogate in a plain column: tag every value instead.
-        obj["reason"] = reason.encode("utf-8", "replace").decode()
-        obj["enc"] = "t" * len(cols)
-        obj["cols"] = [[_tag(v) for v in col] for col in cols]
-        return orjson.dumps(obj)
-
-
-def _decode(payload: memoryview) -> tuple[str, list[Row]]:
-    obj = orjson.loads(payload)
-    cols: list[list[Any]] = obj["cols"]
-    for i, code in enumerate(obj["enc"]):
-        if code != ".":
-            cols[i] = _decode_column(code, cols[i])
-    rows: list[Row] = list(zip(*cols, strict=True)) if cols else [()] * obj["n"]
-    lengths = obj.get("lens")
-    if lengths is not None:
-        rows = [row[:n] for row, n in zip(rows, lengths, strict=True)]
-    return str(obj.get("reason", "")), rows
-
-
-# ---- frames and files ------------------------------------------------------------------------
-
-
-def _frame(batch_id: uuid.UUID, records: int, payload: bytes) -> bytes:
-    head = _HEAD.pack(_VERSION, 0, records, len(payload), batch_id.bytes)
-    crc = zlib.crc32(payload, zlib.crc32(head))
-    return b"".join((_MAGIC, head, _CRC.pack(crc), payload))
-
-
-def _parse(data: bytes) -> tuple[list[tuple[uuid.UUID, int, int, int]], int]:
-    """The sound frames of a segment as (batch id, records, payload start, payload end), and
-    how many damaged stretches were skipped to find them."""
-    frames: list[tuple[uuid.UUID, int, int, int]] = []
-    damaged = 0
-    in_damage = False
-    view = memoryview(data)
-    end = len(data)
-    pos = 0
-    while pos < end:
-        body = pos + _HEADER_SIZE
-        sound = False
-        if body <= end and data.startswith(_MAGIC, pos):
-            version, _flags, records, length, raw_id = _HEAD.unpack_from(data, pos + 4)
-            stop = body + length
-            if version == _VERSION and stop <= end:
-                (crc,) = _CRC.unpack_from(data, body - _CRC.size)
-                head_crc = zlib.crc32(view[pos + 4 : body - _CRC.size])
-                if zlib.crc32(view[body:stop], head_crc) == crc:
-                    frames.append((uuid.UUID(bytes=raw_id), records, body, stop))
-                    pos = stop
-                    in_damage = False
-                    sound = True
-        if not sound:
-            if not in_damage:
-                damaged += 1
-                in_damage = True
-            # Resynchronise on the next magic; a false one inside a payload fails its CRC.
-            pos = data.find(_MAGIC, pos + 1)
-            if pos < 0:
-                break
-    return frames, damaged
-
-
-def _scan_headers(path: str) -> tuple[int, dict[uuid.UUID, int]]:
-    # Headers only, seeking over payloads: enough to count a directory at startup without
-    # reading every byte of it. A damaged frame ends the count; replay finds what follows.
-    frames: dict[uuid.UUID, int] = {}
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        pos = 0
-        while pos + _HEADER_SIZE <= size:
-            f.seek(pos)
-            head = f.read(_HEADER_SIZE)
-            if len(head) < _HEADER_SIZE or not head.startswith(_MAGIC):
-                break
-            version, _flags, records, length, raw_id = _HEAD.unpack_from(head, 4)
-            if version != _VERSION or pos + _HEADER_SIZE + length > size:
-                break
-            frames[uuid.UUID(bytes=raw_id)] = records
-            pos += _HEADER_SIZE + length
-    return size, frames
-
-
-def _read_acked(path: str) -> set[uuid.UUID]:
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError:
-        return set()
-    acked: set[uuid.UUID] = set()
-    for line in data.split(b"\n"):
-        if len(line) == 32:
-            try:
-                acked.add(uuid.UUID(hex=line.decode("ascii")))
-            except (ValueError, UnicodeDecodeError):
-                pass  # a torn line from a crash mid-write: that batch may be replayed again
-    return acked
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        if written <= 0:
-            raise OSError(errno.ENOSPC, "short write")
-        view = view[written:]
-
-
-def _try_lock(fd: int) -> bool:
-    """Take an exclusive lock without waiting; False if another holder has it."""
-    if sys.platform == "win32":
-        return True
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    except OSError:
-        return True  # a filesystem without flock (some NFS): carry on unlocked
-    return True
-
-
-def _fsync_dir(path: Path) -> None:
-    if sys.platform == "win32":
-        return
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _unlink(path: str) -> bool:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        return True
-    except OSError:
-        return False
-    return True
-
-
-# ---- the spill -------------------------------------------------------------------------------
-
-
-class _Segment:
-    __slots__ = ("acked", "frames", "owned", "parsed", "path", "size")
-
-    def __init__(
-        self, path: str, size: int, frames: dict[uuid.UUID, int], acked: set[uuid.UUID]
-    ) -> None:
-        self.path = path
-        self.size = size
-        self.frames = frames  # batches not acked yet -> their record counts
-        self.acked = acked
-        self.owned = False  # this process appends to it (and holds its lock)
-        # Checksums verified by a replay: only then may "no frames left" delete the file.
-        self.parsed = False
-
-
-class _Area:
-    """One directory of segments: pending (replayed) or rejected (kept aside)."""
-
-    __slots__ = ("batches", "bytes", "current", "directory", "fd", "records", "segments")
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.segments: dict[str, _Segment] = {}
-        self.current: _Segment | None = None
-        self.fd = -1
-        self.batches = 0
-        self.records = 0
-        self.bytes = 0
-
-    def count(self, seg: _Segment, sign: int) -> None:
-        self.batches += sign * len(seg.frames)
-        self.records += sign * sum(seg.frames.values())
-        self.bytes += sign * seg.size
 
 
 class Spill:
@@ -511,8 +215,8 @@ class Spill:
         with self._lock:
             self._ensure_scanned()
             # What this process wrote so far is replayable too: later appends go to a new file.
-            self._seal(area)
-            self._refresh(area)
+            area.seal()
+            area.refresh()
             paths = sorted(area.segments)
         for path in paths:
             yield from self._replay_segment(area, path)
@@ -528,7 +232,7 @@ class Spill:
                     break
             else:
                 if os.path.exists(batch.segment):
-                    self._record_ack(batch.segment, bid)
+                    _record_ack(batch.segment, bid, self._fsync)
                 return
             if bid in seg.acked:
                 return
@@ -536,10 +240,10 @@ class Spill:
             self._replayed_records += batch.records
             last = seg.parsed and not seg.owned and seg.frames.keys() <= {bid}
             # The last ack of a segment is its deletion; a sidecar line would be deleted with it.
-            if not (last and self._delete(area, seg)):
-                self._record_ack(seg.path, bid)
+            if not (last and area.delete(seg)):
+                _record_ack(seg.path, bid, self._fsync)
                 seg.acked.add(bid)
-                self._drop_frame(area, seg, bid)
+                area.drop_frame(seg, bid)
 
     def purge(self, *, rejected: bool = False) -> int:
         """Delete the pending (or rejected) batches; returns how many records went.
@@ -551,14 +255,14 @@ class Spill:
         purged = 0
         with self._lock:
             self._ensure_scanned()
-            self._seal(area)
-            self._refresh(area)
+            area.seal()
+            area.refresh()
             for path in sorted(area.segments):
                 seg = area.segments[path]
                 try:
                     fd = os.open(path, os.O_RDONLY | _O_BINARY)
                 except FileNotFoundError:
-                    self._forget(area, seg)
+                    area.forget(seg)
                     continue
                 except OSError:
                     continue
@@ -566,7 +270,7 @@ class Spill:
                     if not _try_lock(fd):
                         continue
                     records = sum(seg.frames.values())
-                    if self._delete(area, seg):
+                    if area.delete(seg):
                         purged += records
                 finally:
                     os.close(fd)
@@ -600,8 +304,8 @@ class Spill:
         starts a new one."""
         self._check_pid()
         with self._lock:
-            self._seal(self._pending)
-            self._seal(self._rejected)
+            self._pending.seal()
+            self._rejected.seal()
 
     def after_fork(self) -> None:
         """In a forked child: drop the parent's open segments; the next append starts a new one.
@@ -631,41 +335,13 @@ class Spill:
     def _ensure_scanned(self) -> None:
         if not self._scanned:
             self._scanned = True
-            self._refresh(self._pending)
-            self._refresh(self._rejected)
-
-    def _refresh(self, area: _Area) -> None:
-        # Other processes add and delete segments: pick up the new, forget the vanished.
-        try:
-            names = os.listdir(area.directory)
-        except OSError:
-            names = []
-        directory = str(area.directory)
-        present = {os.path.join(directory, n) for n in names if n.endswith(_SEGMENT_SUFFIX)}
-        for name in names:
-            if name.endswith(_SEGMENT_SUFFIX + _ACKED_SUFFIX):
-                path = os.path.join(directory, name)
-                if path[: -len(_ACKED_SUFFIX)] not in present:
-                    _unlink(path)  # left by a crash between deleting a segment and its sidecar
-        for path, seg in list(area.segments.items()):
-            if path not in present and not seg.owned:
-                self._forget(area, seg)
-        for path in sorted(present - area.segments.keys()):
-            try:
-                size, frames = _scan_headers(path)
-            except OSError:
-                continue
-            acked = _read_acked(path + _ACKED_SUFFIX)
-            for bid in acked:
-                frames.pop(bid, None)
-            seg = _Segment(path, size, frames, acked)
-            area.segments[path] = seg
-            area.count(seg, 1)
+            self._pending.refresh()
+            self._rejected.refresh()
 
     def _write(self, area: _Area, batch_id: uuid.UUID, records: int, frame: bytes) -> None:
         seg = area.current
         if seg is not None and seg.size and seg.size + len(frame) > self._segment_bytes:
-            self._seal(area)
+            area.seal()
             seg = None
         if seg is None:
             seg = self._open_segment(area)
@@ -684,7 +360,7 @@ class Spill:
                     size = seg.size
                 area.bytes += size - seg.size
                 seg.size = size
-            self._seal(area)
+            area.seal()
             raise
         previous = seg.frames.get(batch_id)
         if previous is not None:
@@ -722,20 +398,6 @@ class Spill:
         area.fd = fd
         return seg
 
-    def _seal(self, area: _Area) -> None:
-        seg = area.current
-        if seg is None:
-            return
-        try:
-            os.close(area.fd)
-        except OSError:
-            pass
-        area.fd = -1
-        area.current = None
-        seg.owned = False
-        if seg.size == 0:
-            self._delete(area, seg)
-
     def _replay_segment(self, area: _Area, path: str) -> Generator[SpilledBatch, None, None]:
         with self._lock:
             seg = area.segments.get(path)
@@ -746,7 +408,7 @@ class Spill:
         except FileNotFoundError:
             with self._lock:
                 if area.segments.get(path) is seg:
-                    self._forget(area, seg)
+                    area.forget(seg)
             return
         except OSError:
             return
@@ -776,7 +438,7 @@ class Spill:
                     self._corrupt += damaged
                     seg.parsed = True
                 if not seg.frames:
-                    self._delete(area, seg)
+                    area.delete(seg)
                     return
             view = memoryview(data)
             seen: set[uuid.UUID] = set()
@@ -792,48 +454,11 @@ class Spill:
                     with self._lock:
                         self._corrupt += 1
                         seg.acked.add(bid)
-                        self._drop_frame(area, seg, bid)
+                        area.drop_frame(seg, bid)
                     continue
                 yield SpilledBatch(bid, rows, reason, path)
         finally:
             os.close(fd)
-
-    def _record_ack(self, path: str, batch_id: uuid.UUID) -> None:
-        # A line per ack, led by a newline so a line torn by a crash cannot swallow the next.
-        try:
-            fd = os.open(
-                path + _ACKED_SUFFIX, os.O_WRONLY | os.O_CREAT | os.O_APPEND | _O_BINARY, 0o600
-            )
-        except OSError:
-            return  # unrecorded: at worst the batch is replayed again, and sinks dedupe by id
-        try:
-            _write_all(fd, b"\n" + batch_id.hex.encode("ascii"))
-            if self._fsync:
-                os.fsync(fd)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
-
-    def _drop_frame(self, area: _Area, seg: _Segment, batch_id: uuid.UUID) -> None:
-        records = seg.frames.pop(batch_id, None)
-        if records is not None:
-            area.batches -= 1
-            area.records -= records
-        if not seg.frames and seg.parsed and not seg.owned:
-            self._delete(area, seg)
-
-    def _delete(self, area: _Area, seg: _Segment) -> bool:
-        # The segment goes first: a crash before its sidecar goes leaves only an orphan sidecar.
-        if not _unlink(seg.path):
-            return False
-        _unlink(seg.path + _ACKED_SUFFIX)
-        self._forget(area, seg)
-        return True
-
-    def _forget(self, area: _Area, seg: _Segment) -> None:
-        if area.segments.pop(seg.path, None) is seg:
-            area.count(seg, -1)
 
 
 def _len_or_zero(rows: object) -> int:

@@ -9,11 +9,9 @@ since the epoch (PostgreSQL keeps microseconds); ids come out as hex (32 digits 
 
 from __future__ import annotations
 
-import asyncio
-import datetime as dt
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -21,17 +19,15 @@ import orjson
 from .._ids import format_span_id
 from ..encode import COLUMNS
 from ..errors import ConfigError
-from ..fingerprint import fingerprint
 from ..schema import TEXT_VECTOR
+from ._errors import errors, group_errors
 from ._params import (
     _NS,
     DEFAULT_ERROR_SCAN,
     DEFAULT_LIMIT,
     DEFAULT_RANGE_NS,
-    MAX_ERROR_SCAN,
     MAX_LIMIT,
     Filters,
-    _datetime_ns,
     _encode_cursor,
     _json,
     _parse_trace_id,
@@ -47,6 +43,9 @@ from ._params import (
 # Used only where they now live, but public here before and still importable from here.
 from ._params import LEVELS as LEVELS
 from ._params import MAX_ATTR_FILTERS as MAX_ATTR_FILTERS
+from ._params import MAX_ERROR_SCAN as MAX_ERROR_SCAN
+from ._sql import _Args, _ts_sql
+from ._sql import _ns as _ns  # also imported from here by tail.py
 from ._tree import MAX_DEPTH as MAX_DEPTH
 from ._tree import build_tree
 
@@ -75,12 +74,14 @@ __all__ = (
     "trace",
 )
 
-# Parsing and the tree live in private modules; what they export presents itself as this
-# module's, which is where it is imported from (reprs, pickles and documentation).
+# Parsing, the tree and the error groups live in private modules; what they export presents
+# itself as this module's, which is where it is imported from (reprs, pickles and documentation).
 for _value in (
     Filters,
     build_tree,
+    errors,
     errors_params,
+    group_errors,
     parse_filters,
     parse_level,
     parse_time,
@@ -98,20 +99,7 @@ KIND_NAMES = ("log", "span_start", "span_end", "span")
 _SELECT = ", ".join(COLUMNS)
 
 
-def _ts_sql(n: int) -> str:
-    # A bound travels as integer microseconds and becomes a timestamptz in SQL, so the same
-    # statement works whether or not the connection carries atrace's timestamptz codec.
-    return f"(timestamptz 'epoch' + ${n}::bigint * interval '1 microsecond')"
-
-
 # -- shaping ----------------------------------------------------------------------------------
-
-
-def _ns(value: Any) -> int:
-    # With atrace's codec a timestamptz arrives as int ns; without it, as a datetime.
-    if isinstance(value, dt.datetime):
-        return _datetime_ns(value)
-    return int(value)
 
 
 def record_json(row: Sequence[Any]) -> dict[str, Any]:
@@ -141,21 +129,6 @@ def record_json(row: Sequence[Any]) -> dict[str, Any]:
 
 
 # -- queries ----------------------------------------------------------------------------------
-
-
-class _Args:
-    """Positional parameters of one statement; ``add`` returns the placeholder."""
-
-    def __init__(self, *initial: Any) -> None:
-        self.values = list(initial)
-
-    def add(self, value: Any) -> str:
-        self.values.append(value)
-        return f"${len(self.values)}"
-
-    def ts(self, ns: int) -> str:
-        self.values.append(ns // 1000)
-        return _ts_sql(len(self.values))
 
 
 def _search_sql(schema: str, f: Filters) -> tuple[str, list[Any]]:
@@ -381,101 +354,3 @@ async def spans(
         for r in rows
     ]
     return {"since": since, "until": until, "spans": out}
-
-
-# Stack traces are read cut to their two ends: Python's top frames are at the end, Java's and
-# JavaScript's at the start; the middle never decides a fingerprint.
-_ERRORS_COLUMNS = (
-    "ts, trace_id, service, error_type, left(coalesce(error_message, message), 2048) AS msg, "
-    "CASE WHEN length(stack_trace) <= 16384 THEN stack_trace "
-    "ELSE left(stack_trace, 8192) || E'\\n' || right(stack_trace, 8192) END AS stack"
-)
-
-
-def _errors_sql(
-    schema: str, project: str, since: int, until: int | None, service: str | None, scan: int
-) -> tuple[str, list[Any]]:
-    a = _Args(project)
-    # The partial index's predicate, written out as in its definition.
-    where = ["project = $1", "(level >= 40 OR status = 2)", f"ts >= {a.ts(since)}"]
-    if until is not None:
-        where.append(f"ts < {a.ts(until)}")
-    if service:
-        where.append(f"service = {a.add(service)}")
-    sql = (
-        f"SELECT {_ERRORS_COLUMNS} FROM {schema}.records WHERE {' AND '.join(where)} "
-        f"ORDER BY ts DESC LIMIT {a.add(scan + 1)}"
-    )
-    return sql, a.values
-
-
-def group_errors(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Error rows (newest first) grouped by fingerprint, most frequent first."""
-    groups: dict[str, dict[str, Any]] = {}
-    known: dict[tuple[Any, Any, Any], str] = {}
-    for r in rows:
-        key = (r["error_type"], r["msg"], r["stack"])
-        fp = known.get(key)
-        if fp is None:
-            fp = known[key] = fingerprint(*key)
-        ts = _ns(r["ts"])
-        trace_id = _trace_hex(r["trace_id"])
-        g = groups.get(fp)
-        if g is None:
-            groups[fp] = {
-                "fingerprint": fp,
-                "error_type": r["error_type"],
-                "message": r["msg"],
-                "count": 1,
-                "first_seen": ts,
-                "last_seen": ts,
-                "trace_id": trace_id,
-                "services": {r["service"]},
-            }
-            continue
-        g["count"] += 1
-        g["first_seen"] = min(g["first_seen"], ts)
-        g["last_seen"] = max(g["last_seen"], ts)
-        g["services"].add(r["service"])
-        if g["trace_id"] is None:
-            g["trace_id"] = trace_id
-    out = sorted(groups.values(), key=lambda g: (-g["count"], -g["last_seen"]))
-    for g in out:
-        g["services"] = sorted(g["services"])
-    return out
-
-
-async def errors(
-    conn: Any,
-    schema: str,
-    project: str,
-    *,
-    since: int | None = None,
-    until: int | None = None,
-    service: str | None = None,
-    limit: int = 50,
-    scan: int = DEFAULT_ERROR_SCAN,
-    now: int | None = None,
-) -> dict[str, Any]:
-    """Error groups of ``[since, until)`` (default: the last 24 h), from the newest ``scan`` error
-    rows; ``truncated`` says the range held more and older ones were not counted."""
-    now = time.time_ns() if now is None else now
-    if since is None:
-        since = (now if until is None else until) - DEFAULT_RANGE_NS
-    if not 1 <= scan <= MAX_ERROR_SCAN:
-        raise ConfigError("scan", scan, f"expected 1 to {MAX_ERROR_SCAN}")
-    sql, args = _errors_sql(schema, project, since, until, service, scan)
-    rows = await conn.fetch(sql, *args)
-    truncated = len(rows) > scan
-    rows = rows[:scan]
-    # Hashing and regexes over thousands of rows: off the loop, so other requests keep going.
-    groups = await asyncio.to_thread(group_errors, rows)
-    return {
-        "groups": groups[:limit],
-        "group_count": len(groups),
-        "scanned": len(rows),
-        "scan_limit": scan,
-        "truncated": truncated,
-        "since": since,
-        "until": until,
-    }
