@@ -7,8 +7,9 @@
     ├── MissingExtraError (also ImportError)  an optional dependency is not installed
     ├── SinkError                          a sink could not take a batch (carries sink, batch size)
     │   ├── SinkClosedError                the sink was used after close()
-    │   ├── HttpSinkError                  (sinks.http) a collector refused or did not answer
-    │   └── OtlpExportError                (sinks.otlp) an OTLP endpoint refused or did not answer
+    │   └── SinkHTTPError                  an HTTP destination refused or did not answer
+    │       ├── HttpSinkError              (sinks.http) an atrace collector
+    │       └── OtlpExportError            (sinks.otlp) an OTLP endpoint
     ├── WireError (also ValueError)        a request body atrace cannot decode (400/413/415)
     ├── CollectorError                     (client) a collector's query API answered an error
     │   ├── BadRequestError, AuthenticationError, PermissionDeniedError, NotFoundError,
@@ -28,6 +29,7 @@ __all__ = (
     "MissingExtraError",
     "SinkClosedError",
     "SinkError",
+    "SinkHTTPError",
     "WireError",
 )
 
@@ -62,6 +64,28 @@ class SinkError(AtraceError):
         self.sink = sink
         self.batch_size = batch_size
         super().__init__(f"{sink}: {message} (batch of {batch_size})")
+
+
+class SinkHTTPError(SinkError):
+    """An HTTP destination did not take the batch: an error status, a lost connection or a
+    time-out. ``status`` is the HTTP status (None when no answer came), ``retryable`` whether
+    sending the same batch again may succeed, ``retry_after`` the server's ``Retry-After`` in
+    seconds."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        sink: str,
+        batch_size: int,
+        status: int | None = None,
+        retryable: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
+        self.status = status
+        self.retryable = retryable
+        self.retry_after = retry_after
+        super().__init__(message, sink=sink, batch_size=batch_size)
 
 
 class SinkClosedError(SinkError):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from ._params import _datetime_ns
+from ..errors import ConfigError
+from ._params import DEFAULT_RANGE_NS, _datetime_ns
 
 
 def _ts_sql(n: int) -> str:
@@ -34,3 +35,12 @@ class _Args:
     def ts(self, ns: int) -> str:
         self.values.append(ns // 1000)
         return _ts_sql(len(self.values))
+
+
+def time_range(since: int | None, until: int | None, now: int) -> tuple[int, int]:
+    """``[since, until)`` with the defaults: until now, since 24 h before until."""
+    until = now if until is None else until
+    since = until - DEFAULT_RANGE_NS if since is None else since
+    if until <= since:
+        raise ConfigError("until", until, "must be after since")
+    return since, until

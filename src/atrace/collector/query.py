@@ -44,7 +44,7 @@ from ._params import (
 from ._params import LEVELS as LEVELS
 from ._params import MAX_ATTR_FILTERS as MAX_ATTR_FILTERS
 from ._params import MAX_ERROR_SCAN as MAX_ERROR_SCAN
-from ._sql import _Args, _ts_sql
+from ._sql import _Args, _ts_sql, time_range
 from ._sql import _ns as _ns  # also imported from here by tail.py
 from ._tree import MAX_DEPTH as MAX_DEPTH
 from ._tree import build_tree
@@ -254,10 +254,7 @@ async def stats(
     the last 24 h), and with ``durations`` the p50/p95 span duration per service and name."""
     now = time.time_ns() if now is None else now
     step = _interval_seconds(interval)
-    until = now if until is None else until
-    since = until - DEFAULT_RANGE_NS if since is None else since
-    if until <= since:
-        raise ConfigError("until", until, "must be after since")
+    since, until = time_range(since, until, now)
     if (until - since) // (step * _NS) > MAX_BUCKETS:
         raise ConfigError("interval", interval, f"more than {MAX_BUCKETS} buckets in the range")
     args: list[Any] = [project, f"{step} seconds", since // 1000, until // 1000]
@@ -329,10 +326,7 @@ async def spans(
     failed, last seen and its status, p50/p95 duration. ``slow_ns`` keeps only spans that took
     at least that long; ``errors_only`` only names with a failed span."""
     now = time.time_ns() if now is None else now
-    until = now if until is None else until
-    since = until - DEFAULT_RANGE_NS if since is None else since
-    if until <= since:
-        raise ConfigError("until", until, "must be after since")
+    since, until = time_range(since, until, now)
     sql, args = _spans_sql(schema, project, since, until, service, slow_ns)
     if errors_only:
         sql = sql.replace(

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from ..errors import ConfigError, MissingExtraError, SinkClosedError, SinkError
+from ..errors import ConfigError, MissingExtraError, SinkClosedError, SinkHTTPError
 from ..retry import Verdict, parse_retry_after
 from ..wire import CONTENT_TYPES, encode_batch
 from . import Batch
@@ -53,27 +53,12 @@ _MAX_ERROR_BODY = 4096
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
-class HttpSinkError(SinkError):
+class HttpSinkError(SinkHTTPError):
     """A POST that did not store the batch: an error status, a lost connection or a time-out.
 
     ``status`` is the HTTP status (None when no answer came), ``retryable`` whether sending the
     same batch again may succeed, ``retry_after`` the server's ``Retry-After`` in seconds.
     """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        sink: str,
-        batch_size: int,
-        status: int | None = None,
-        retryable: bool = False,
-        retry_after: float | None = None,
-    ) -> None:
-        self.status = status
-        self.retryable = retryable
-        self.retry_after = retry_after
-        super().__init__(message, sink=sink, batch_size=batch_size)
 
 
 def _import_aiohttp() -> Any:

@@ -25,7 +25,7 @@ from urllib.parse import unquote, urlsplit
 import orjson
 
 from .._version import __version__
-from ..errors import ConfigError, MissingExtraError, SinkClosedError, SinkError
+from ..errors import ConfigError, MissingExtraError, SinkClosedError, SinkHTTPError
 from ..retry import Verdict, parse_retry_after
 from . import Batch
 
@@ -53,27 +53,12 @@ _MAX_PROGRESS = 256
 _MAX_ERROR_TEXT = 300
 
 
-class OtlpExportError(SinkError):
+class OtlpExportError(SinkHTTPError):
     """An OTLP endpoint refused a request, or could not be reached in time.
 
     ``status`` is the HTTP status (None when no answer came); ``retryable`` and
     ``retry_after`` are what :func:`classify` reports to the retry loop.
     """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        sink: str,
-        batch_size: int,
-        status: int | None = None,
-        retryable: bool = False,
-        retry_after: float | None = None,
-    ) -> None:
-        self.status = status
-        self.retryable = retryable
-        self.retry_after = retry_after
-        super().__init__(message, sink=sink, batch_size=batch_size)
 
 
 def classify(exc: BaseException) -> Verdict:
