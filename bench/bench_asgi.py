@@ -24,6 +24,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from _common import DiscardSink
+
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src"
 CASES = ("none", "atrace", "otel")
@@ -47,21 +49,6 @@ LABELS = {
     "otel": "OpenTelemetryMiddleware",
     "otel_lean": "OpenTelemetryMiddleware, no send/receive spans",
 }
-
-
-class DiscardSink:
-    """A sink that accepts every batch and keeps nothing."""
-
-    name = "discard"
-
-    async def open(self) -> None:
-        pass
-
-    async def write(self, batch: Any) -> None:
-        pass
-
-    async def close(self) -> None:
-        pass
 
 
 # ---- the apps ---------------------------------------------------------------------------------

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from _common import DiscardSink
+
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src"
 N = 200_000
@@ -117,21 +119,6 @@ def empty_loop(n: int) -> int:
 
 
 # ---- atrace -----------------------------------------------------------------------------------
-
-
-class DiscardSink:
-    """A sink that accepts every batch and keeps nothing."""
-
-    name = "discard"
-
-    async def open(self) -> None:
-        pass
-
-    async def write(self, batch: Any) -> None:
-        pass
-
-    async def close(self) -> None:
-        pass
 
 
 def atrace_figures(n: int, repeats: int) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from atrace.spill import Spill
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+from _common import DiscardSink  # noqa: E402
 from _proxy import TCPProxy  # noqa: E402
 
 perf = time.perf_counter
@@ -508,21 +509,6 @@ async def outage_once(dsn: str, healthy_s: float, outage_s: float, base: Path) -
         "proxy_refused": proxy.refused,
         "samples": samples,
     }
-
-
-class DiscardSink:
-    """A sink that takes every batch and keeps nothing (the ring is what is measured)."""
-
-    name = "discard"
-
-    async def open(self) -> None:
-        pass
-
-    async def write(self, batch: Any) -> None:
-        pass
-
-    async def close(self) -> None:
-        pass
 
 
 def full_ring_child() -> None:
