@@ -32,6 +32,7 @@ from atrace.spill import Spill
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 from _common import DiscardSink  # noqa: E402
+
 from _proxy import TCPProxy  # noqa: E402
 
 perf = time.perf_counter
