@@ -1,4 +1,4 @@
-"""Build the compiled ring, emit path and encoder; ATRACE_PUREPYTHON=1 skips them (twins run)."""
+"""Build the compiled ring, emit path, encoders and OTLP decoder; ATRACE_PUREPYTHON=1 skips them."""
 
 import os
 
@@ -14,6 +14,7 @@ if not os.environ.get("ATRACE_PUREPYTHON"):
             Extension("atrace._emit", ["src/atrace/_emit.pyx"]),
             Extension("atrace._encode", ["src/atrace/_encode.pyx"]),
             Extension("atrace._pgcopy", ["src/atrace/_pgcopy.pyx"]),
+            Extension("atrace._otlp_pb", ["src/atrace/_otlp_pb.pyx"]),
         ],
         compiler_directives={"language_level": 3, "boundscheck": False, "wraparound": False},
     )

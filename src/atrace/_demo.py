@@ -123,7 +123,21 @@ async def _main(dsn: str, schema: str, requests: int) -> int:
         f"read back from {schema}.records in {elapsed * 1000:.0f} ms "
         f"(ring: {m.implementation}, {m.written} records written)"
     )
+    failed = next((r[3] for r in rows if r[2] >= 40 and r[3]), None)
+    where = "" if schema == "atrace" else f" --schema {schema}"
+    print(
+        f"look again: atrace traces{where} · atrace errors{where}"
+        + (f" · atrace show {_hex(failed)}{where}" if failed else "")
+    )
     return 0
+
+
+def _hex(trace_id: object) -> str:
+    return (
+        trace_id.hex
+        if hasattr(trace_id, "hex") and not callable(trace_id.hex)
+        else str(trace_id).replace("-", "")
+    )
 
 
 def run_demo(dsn: str | None, schema: str = "atrace", requests: int = 5) -> int:

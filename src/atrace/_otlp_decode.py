@@ -1,9 +1,16 @@
-"""OTLP protobuf requests as atrace rows (what the collector runs for protobuf bodies)."""
+"""OTLP protobuf requests as atrace rows (what the collector runs for protobuf bodies).
+
+The functions here walk the official (upb) message objects; they are the twin of the compiled
+``_otlp_pb``, which reads the wire format itself and runs instead when it is built.
+``ATRACE_PUREPYTHON=1`` forces the twin, and ``IMPLEMENTATION`` says which one runs.
+"""
 
 from __future__ import annotations
 
 import base64
-from typing import Any
+import os
+from collections.abc import Callable
+from typing import Any, Literal
 
 import orjson
 
@@ -127,7 +134,7 @@ def _parse(message: Any, body: bytes, what: str) -> None:
         raise WireError(f"invalid protobuf {what}: {exc or 'cannot parse'}") from None
 
 
-def _decode_traces_pb(body: bytes, max_records: int) -> list[Row]:
+def _decode_traces_upb(body: bytes, max_records: int) -> list[Row]:
     request = ExportTraceServiceRequest()
     _parse(request, body, "ExportTraceServiceRequest")
     count = 0
@@ -250,7 +257,7 @@ def _pb_body(av: Any) -> str | None:
     return _text(text, _MESSAGE_LIMIT)
 
 
-def _decode_logs_pb(body: bytes, max_records: int) -> list[Row]:
+def _decode_logs_upb(body: bytes, max_records: int) -> list[Row]:
     request = ExportLogsServiceRequest()
     _parse(request, body, "ExportLogsServiceRequest")
     count = 0
@@ -286,3 +293,20 @@ def _decode_logs_pb(body: bytes, max_records: int) -> list[Row]:
                     )
                 )
     return out
+
+
+_Decoder = Callable[[bytes, int], list[Row]]
+
+
+def _select() -> tuple[Literal["cython", "python"], _Decoder, _Decoder]:
+    # An empty value means unset, and "0" means off, like every other ATRACE_* switch.
+    if os.environ.get("ATRACE_PUREPYTHON", "") not in ("", "0"):
+        return "python", _decode_traces_upb, _decode_logs_upb
+    try:
+        from ._otlp_pb import decode_logs_pb, decode_traces_pb
+    except ImportError:
+        return "python", _decode_traces_upb, _decode_logs_upb
+    return "cython", decode_traces_pb, decode_logs_pb
+
+
+IMPLEMENTATION, _decode_traces_pb, _decode_logs_pb = _select()

@@ -26,7 +26,7 @@ Choices where OTLP and atrace differ:
 from __future__ import annotations
 
 from ._otlp_common import SCOPE_NAME, level_from_severity, severity_number
-from ._otlp_decode import _decode_logs_pb, _decode_traces_pb
+from ._otlp_decode import IMPLEMENTATION, _decode_logs_pb, _decode_traces_pb
 from ._otlp_encode import Partition, logs_request, partition, traces_request
 from ._otlp_json_decode import _decode_logs_json, _decode_traces_json
 from ._otlp_json_encode import logs_json, traces_json
@@ -34,6 +34,7 @@ from .encode import Row
 from .errors import WireError
 
 __all__ = (
+    "IMPLEMENTATION",
     "SCOPE_NAME",
     "Partition",
     "decode_logs",

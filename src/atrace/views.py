@@ -248,16 +248,19 @@ async def _traces_view(src: Any, args: argparse.Namespace) -> int:
     from rich.table import Table
 
     now = time.time_ns()
-    table = Table(title=f"spans since {args.since}", title_justify="left")
-    for col in ("status", "service", "name", "count", "errors", "last seen", "p50", "p95"):
-        table.add_column(
-            col, justify="right" if col in ("count", "errors", "p50", "p95") else "left"
-        )
+    from rich import box
+
+    table = Table(title=f"spans since {args.since}", title_justify="left", box=box.SIMPLE_HEAD)
+    # Figures never wrap; the name (after the last status, ✓ or ✗) takes the width that is left.
+    table.add_column("service", overflow="fold", max_width=16)
+    table.add_column("span", overflow="fold", ratio=1, min_width=12)
+    for col in ("count", "errors", "last seen", "p50", "p95"):
+        table.add_column(col, justify="left" if col == "last seen" else "right", no_wrap=True)
     for s in data["spans"]:
+        mark = "[red]✗[/]" if s["last_status"] == 2 else "[green]✓[/]"
         table.add_row(
-            _status(s["last_status"]),
             _escape(s["service"]),
-            _escape(s["name"]),
+            f"{mark} {_escape(s['name'])}",
             str(s["count"]),
             f"[red]{s['errors']}[/]" if s["errors"] else "0",
             _fmt_ago(s["last_seen"], now),
@@ -339,10 +342,14 @@ async def _show_view(src: Any, args: argparse.Namespace) -> int:
     if tree_data["in_flight"]:
         head += " · [yellow]in flight[/]"
     root = Tree(head)
-    for log in tree_data.get("logs", []):
-        _add_log(root, log)
-    for span in tree_data["spans"]:
-        _add_span(root, span)
+    # Logs outside any span and root spans, in time order.
+    items = [(log["ts"], 0, log) for log in tree_data.get("logs", [])]
+    items += [(span["start"], 1, span) for span in tree_data["spans"]]
+    for _, is_span, item in sorted(items, key=lambda t: (t[0], t[1])):
+        if is_span:
+            _add_span(root, item)
+        else:
+            _add_log(root, item)
     _console().print(root)
     if tree_data.get("truncated"):
         print("atrace: the trace has more records than shown", file=sys.stderr)
