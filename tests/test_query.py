@@ -704,6 +704,10 @@ class TestPlans:
                 lambda c: query.stats(c, schema, A, since=NOW - 3600 * S, durations=True, now=NOW),
                 "records_ts_idx",
             ),
+            (
+                lambda c: query.spans(c, schema, A, since=NOW - 3600 * S, now=NOW),
+                "records_ts_idx",
+            ),
         ]
         for call, index in expectations:
             assert index in await used(call), index
