@@ -19,7 +19,7 @@ __all__ = (
     "tail_channel",
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 PARTITION_DAYS_AHEAD = 3
 _log = logging.getLogger("atrace.schema")
 
@@ -132,6 +132,22 @@ def migrations(schema: str) -> list[tuple[int, list[str]]]:
                 f"""CREATE TRIGGER records_announce AFTER INSERT ON {s}.records
                     REFERENCING NEW TABLE AS new_rows
                     FOR EACH STATEMENT EXECUTE FUNCTION {s}.records_announce()""",
+            ],
+        ),
+        (
+            4,
+            [
+                # Time ascending in every index: new rows then land on the rightmost leaf, which
+                # PostgreSQL inserts into without a descent; with ts DESC each row went to the
+                # leftmost leaf and the (project, service, ts) index alone halved COPY speed.
+                # Newest-first queries read the same indexes backwards.
+                f"DROP INDEX {s}.records_service_ts_idx",
+                f"DROP INDEX {s}.records_ts_idx",
+                f"DROP INDEX {s}.records_errors_idx",
+                f"CREATE INDEX records_service_ts_idx ON {s}.records (project, service, ts)",
+                f"CREATE INDEX records_ts_idx ON {s}.records (project, ts)",
+                f"""CREATE INDEX records_errors_idx ON {s}.records (project, ts)
+                    WHERE level >= 40 OR status = 2""",
             ],
         ),
     ]
