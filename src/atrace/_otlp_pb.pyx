@@ -8,8 +8,13 @@ type) and counts the records, so a bad body is refused with the twin's message b
 exists. The second pass builds the rows from the checked bytes without message objects. Values
 the protobuf rules merge (a KeyValue's value or an AnyValue's array sent twice) are rare enough
 to go through the official classes and the twin's helpers, which keeps them identical.
+
+Both passes take the messages' layout from one table (``_SCHEMA``), and both requests share
+the walk from resource to scope to item (``_Walk``); only a span and a log record are read
+their own way.
 """
 
+cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_Copy
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
@@ -51,11 +56,14 @@ cdef Py_ssize_t NAME_LIMIT = _NAME_LIMIT
 cdef Py_ssize_t MESSAGE_LIMIT = _MESSAGE_LIMIT
 cdef int MAX_DEPTH = _MAX_DEPTH
 cdef int32_t STATUS_ERROR = _STATUS_ERROR
+cdef dict KIND_NAMES = _KIND_NAMES
+cdef dict LONG_VALUES = _LONG_VALUES
 cdef object FILE_KEY, FILE_KEY_NEW
 FILE_KEY, FILE_KEY_NEW = _FILE_KEYS
 cdef object _dumps = orjson.dumps
 cdef object _b2a = binascii.b2a_base64
 cdef str TOO_DEEP_TEXT = "<too deep>"
+cdef bytes _EMPTY = b""
 # Beyond this, max_records cannot be reached by any body; clamping keeps the budget a C integer.
 cdef Py_ssize_t RECORDS_CAP = 1 << 62
 
@@ -76,6 +84,8 @@ _REASONS = {
     BAD_UTF8: "String field had bad UTF-8",
     TOO_DEEP: "Exceeded upb_DecodeOptions_MaxDepth",
 }
+
+# ---- the schema -----------------------------------------------------------------------------
 
 # Message types of ExportTraceServiceRequest and ExportLogsServiceRequest.
 cdef enum:
@@ -98,6 +108,110 @@ cdef enum:
     M_RESOURCE_LOGS
     M_SCOPE_LOGS
     M_LOG_RECORD
+    M_COUNT
+
+# The fields read, by number (opentelemetry-proto 1.x). A message read whole (``_read``) goes
+# into slots indexed by field number: its _SLOTS is one past the highest field read.
+cdef enum:
+    ENVELOPE_RESOURCES = 1  # ExportTraceServiceRequest.resource_spans, ...Logs...resource_logs
+    ENVELOPE_RESOURCE = 1  # ResourceSpans/ResourceLogs.resource
+    ENVELOPE_SCOPES = 2  # ResourceSpans.scope_spans, ResourceLogs.scope_logs
+    ENVELOPE_SCOPE = 1  # ScopeSpans/ScopeLogs.scope
+    ENVELOPE_ITEMS = 2  # ScopeSpans.spans, ScopeLogs.log_records
+    ENVELOPE_SCHEMA_URL = 3  # of a ResourceSpans/ResourceLogs or ScopeSpans/ScopeLogs
+    SPAN_TRACE_ID = 1
+    SPAN_SPAN_ID = 2
+    SPAN_PARENT_ID = 4
+    SPAN_NAME = 5
+    SPAN_KIND = 6
+    SPAN_START = 7
+    SPAN_END = 8
+    SPAN_ATTRS = 9
+    SPAN_EVENTS = 11
+    SPAN_STATUS = 15
+    SPAN_SLOTS = 16
+    EVENT_TIME = 1
+    EVENT_NAME = 2
+    EVENT_ATTRS = 3
+    EVENT_SLOTS = 4
+    STATUS_MESSAGE = 2
+    STATUS_CODE = 3
+    STATUS_SLOTS = 4
+    SCOPE_NAME = 1
+    SCOPE_SLOTS = 2
+    KV_KEY = 1
+    KV_VALUE = 2
+    LOG_TIME = 1
+    LOG_SEVERITY = 2
+    LOG_SEVERITY_TEXT = 3
+    LOG_BODY = 5
+    LOG_ATTRS = 6
+    LOG_TRACE_ID = 9
+    LOG_SPAN_ID = 10
+    LOG_OBSERVED = 11
+    LOG_EVENT_NAME = 12
+    LOG_SLOTS = 13
+    RESOURCE_ATTRS = 1
+    ARRAY_VALUES = 1
+    KVLIST_VALUES = 1
+
+# Of each message, the fields this module knows: a message type (parsed and checked as that
+# message), "string" (UTF-8 checked), "bytes" (only the length matters), or the wire type of a
+# scalar. Any other field, or one sent with another wire type, is an unknown field.
+_SCHEMA = {
+    M_SPAN: {
+        SPAN_TRACE_ID: "bytes",
+        SPAN_SPAN_ID: "bytes",
+        3: "string",  # trace_state
+        SPAN_PARENT_ID: "bytes",
+        SPAN_NAME: "string",
+        SPAN_KIND: "varint",
+        SPAN_START: "fixed64",
+        SPAN_END: "fixed64",
+        SPAN_ATTRS: M_KEY_VALUE,
+        SPAN_EVENTS: M_EVENT,
+        13: M_LINK,
+        SPAN_STATUS: M_STATUS,
+    },
+    M_EVENT: {EVENT_TIME: "fixed64", EVENT_NAME: "string", EVENT_ATTRS: M_KEY_VALUE},
+    M_LINK: {3: "string", 4: M_KEY_VALUE},
+    M_STATUS: {STATUS_MESSAGE: "string", STATUS_CODE: "varint"},
+    M_RESOURCE: {RESOURCE_ATTRS: M_KEY_VALUE, 3: M_ENTITY_REF},
+    M_SCOPE: {SCOPE_NAME: "string", 2: "string", 3: M_KEY_VALUE},
+    M_KEY_VALUE: {KV_KEY: "string", KV_VALUE: M_ANY},
+    M_ANY: {1: "string", 5: M_ARRAY, 6: M_KVLIST},  # (the oneof is read by ``_scan_any``)
+    M_ARRAY: {ARRAY_VALUES: M_ANY},
+    M_KVLIST: {KVLIST_VALUES: M_KEY_VALUE},
+    M_ENTITY_REF: {1: "string", 2: "string", 3: "string", 4: "string"},
+    M_LOG_RECORD: {
+        LOG_TIME: "fixed64",
+        LOG_SEVERITY: "varint",
+        LOG_SEVERITY_TEXT: "string",
+        LOG_BODY: M_ANY,
+        LOG_ATTRS: M_KEY_VALUE,
+        LOG_TRACE_ID: "bytes",
+        LOG_SPAN_ID: "bytes",
+        LOG_OBSERVED: "fixed64",
+        LOG_EVENT_NAME: "string",
+    },
+}
+# The envelope, alike in both requests: resources, each with scopes, each with items.
+for _top, _resource_x, _scope_x, _item in (
+    (M_TRACES, M_RESOURCE_SPANS, M_SCOPE_SPANS, M_SPAN),
+    (M_LOGS, M_RESOURCE_LOGS, M_SCOPE_LOGS, M_LOG_RECORD),
+):
+    _SCHEMA[_top] = {ENVELOPE_RESOURCES: _resource_x}
+    _SCHEMA[_resource_x] = {
+        ENVELOPE_RESOURCE: M_RESOURCE,
+        ENVELOPE_SCOPES: _scope_x,
+        ENVELOPE_SCHEMA_URL: "string",
+    }
+    _SCHEMA[_scope_x] = {
+        ENVELOPE_SCOPE: M_SCOPE,
+        ENVELOPE_ITEMS: _item,
+        ENVELOPE_SCHEMA_URL: "string",
+    }
+del _top, _resource_x, _scope_x, _item
 
 # What a length-delimited field holds.
 cdef enum:
@@ -105,132 +219,46 @@ cdef enum:
     F_STRING = 1  # UTF-8 checked
     F_MESSAGE = 2  # parsed (and checked) as the message type given alongside
 
+cdef enum:
+    MAX_FIELD = 16  # the schema's field numbers are below this
+    NOT_READ = 7  # the wire type of a field the schema does not know (no field has it)
 
-cdef int _delimited(int m, uint64_t n, int* sub) noexcept nogil:
-    # The length-delimited fields of the OTLP protos (opentelemetry-proto 1.x field numbers).
-    if m == M_KEY_VALUE:
-        if n == 1:
-            return F_STRING
-        if n == 2:
-            sub[0] = M_ANY
-            return F_MESSAGE
-    elif m == M_ANY:
-        if n == 1:
-            return F_STRING
-        if n == 5:
-            sub[0] = M_ARRAY
-            return F_MESSAGE
-        if n == 6:
-            sub[0] = M_KVLIST
-            return F_MESSAGE
-    elif m == M_SPAN:
-        if n == 3 or n == 5:
-            return F_STRING
-        if n == 9:
-            sub[0] = M_KEY_VALUE
-            return F_MESSAGE
-        if n == 11:
-            sub[0] = M_EVENT
-            return F_MESSAGE
-        if n == 13:
-            sub[0] = M_LINK
-            return F_MESSAGE
-        if n == 15:
-            sub[0] = M_STATUS
-            return F_MESSAGE
-    elif m == M_ARRAY:
-        if n == 1:
-            sub[0] = M_ANY
-            return F_MESSAGE
-    elif m == M_KVLIST:
-        if n == 1:
-            sub[0] = M_KEY_VALUE
-            return F_MESSAGE
-    elif m == M_TRACES:
-        if n == 1:
-            sub[0] = M_RESOURCE_SPANS
-            return F_MESSAGE
-    elif m == M_RESOURCE_SPANS:
-        if n == 1:
-            sub[0] = M_RESOURCE
-            return F_MESSAGE
-        if n == 2:
-            sub[0] = M_SCOPE_SPANS
-            return F_MESSAGE
-        if n == 3:
-            return F_STRING
-    elif m == M_SCOPE_SPANS:
-        if n == 1:
-            sub[0] = M_SCOPE
-            return F_MESSAGE
-        if n == 2:
-            sub[0] = M_SPAN
-            return F_MESSAGE
-        if n == 3:
-            return F_STRING
-    elif m == M_EVENT:
-        if n == 2:
-            return F_STRING
-        if n == 3:
-            sub[0] = M_KEY_VALUE
-            return F_MESSAGE
-    elif m == M_LINK:
-        if n == 3:
-            return F_STRING
-        if n == 4:
-            sub[0] = M_KEY_VALUE
-            return F_MESSAGE
-    elif m == M_STATUS:
-        if n == 2:
-            return F_STRING
-    elif m == M_RESOURCE:
-        if n == 1:
-            sub[0] = M_KEY_VALUE
-            return F_MESSAGE
-        if n == 3:
-            sub[0] = M_ENTITY_REF
-            return F_MESSAGE
-    elif m == M_SCOPE:
-        if n == 1 or n == 2:
-            return F_STRING
-        if n == 3:
-            sub[0] = M_KEY_VALUE
-            return F_MESSAGE
-    elif m == M_ENTITY_REF:
-        if 1 <= n <= 4:
-            return F_STRING
-    elif m == M_LOGS:
-        if n == 1:
-            sub[0] = M_RESOURCE_LOGS
-            return F_MESSAGE
-    elif m == M_RESOURCE_LOGS:
-        if n == 1:
-            sub[0] = M_RESOURCE
-            return F_MESSAGE
-        if n == 2:
-            sub[0] = M_SCOPE_LOGS
-            return F_MESSAGE
-        if n == 3:
-            return F_STRING
-    elif m == M_SCOPE_LOGS:
-        if n == 1:
-            sub[0] = M_SCOPE
-            return F_MESSAGE
-        if n == 2:
-            sub[0] = M_LOG_RECORD
-            return F_MESSAGE
-        if n == 3:
-            return F_STRING
-    elif m == M_LOG_RECORD:
-        if n == 3 or n == 12:
-            return F_STRING
-        if n == 5:
-            sub[0] = M_ANY
-            return F_MESSAGE
-        if n == 6:
-            sub[0] = M_KEY_VALUE
-            return F_MESSAGE
-    return F_OTHER
+cdef struct FieldType:
+    uint8_t wt  # the field's wire type
+    uint8_t kind  # of a length-delimited field: F_OTHER, F_STRING or F_MESSAGE
+    uint8_t sub  # of an F_MESSAGE field: its message type
+
+cdef FieldType _FIELDS[M_COUNT][MAX_FIELD]
+
+
+cdef int _load_schema(dict schema) except -1:
+    cdef int m, n
+    cdef FieldType* t
+    for m in range(M_COUNT):
+        for n in range(MAX_FIELD):
+            _FIELDS[m][n].wt = NOT_READ
+            _FIELDS[m][n].kind = F_OTHER
+            _FIELDS[m][n].sub = M_UNKNOWN
+    for m, fields in schema.items():
+        for n, what in fields.items():
+            if not 0 < n < MAX_FIELD:
+                raise ValueError(f"field {n} is beyond the schema table")
+            t = &_FIELDS[m][n]
+            if what == "varint":
+                t.wt = 0
+            elif what == "fixed64":
+                t.wt = 1
+            else:
+                t.wt = 2
+                if what == "string":
+                    t.kind = F_STRING
+                elif what != "bytes":
+                    t.kind = F_MESSAGE
+                    t.sub = what
+    return 0
+
+
+_load_schema(_SCHEMA)
 
 
 # ---- wire primitives ------------------------------------------------------------------------
@@ -293,9 +321,9 @@ cdef inline bint _zero(cptr p, Py_ssize_t n) noexcept nogil:
 cdef bint _utf8(cptr p, uint64_t n) noexcept nogil:
     # Well-formed UTF-8 as Unicode's table 3-7 has it (no overlongs, surrogates or > U+10FFFF),
     # which is what both upb and python's strict decoder accept.
-    cdef uint64_t i = 0
+    cdef uint64_t i = 0, t, more
     cdef uint64_t word
-    cdef uint8_t c, c1
+    cdef uint8_t c, c1, lo, hi
     while i < n:
         while i + 8 <= n:
             memcpy(&word, p + i, 8)
@@ -308,46 +336,36 @@ cdef bint _utf8(cptr p, uint64_t n) noexcept nogil:
         if c < 0x80:
             i += 1
             continue
+        # A lead byte: how many continuation bytes follow, and the range of the first of them.
+        lo = 0x80
+        hi = 0xBF
         if c < 0xC2:
             return False
-        if c < 0xE0:
-            if i + 1 >= n or (p[i + 1] & 0xC0) != 0x80:
-                return False
-            i += 2
-            continue
-        if c < 0xF0:
-            if i + 2 >= n:
-                return False
-            c1 = p[i + 1]
+        elif c < 0xE0:
+            more = 1
+        elif c < 0xF0:
+            more = 2
             if c == 0xE0:
-                if c1 < 0xA0 or c1 > 0xBF:
-                    return False
+                lo = 0xA0  # (no overlongs)
             elif c == 0xED:
-                if c1 < 0x80 or c1 > 0x9F:
-                    return False
-            elif (c1 & 0xC0) != 0x80:
-                return False
-            if (p[i + 2] & 0xC0) != 0x80:
-                return False
-            i += 3
-            continue
-        if c < 0xF5:
-            if i + 3 >= n:
-                return False
-            c1 = p[i + 1]
+                hi = 0x9F  # (no surrogates)
+        elif c < 0xF5:
+            more = 3
             if c == 0xF0:
-                if c1 < 0x90 or c1 > 0xBF:
-                    return False
+                lo = 0x90  # (no overlongs)
             elif c == 0xF4:
-                if c1 < 0x80 or c1 > 0x8F:
-                    return False
-            elif (c1 & 0xC0) != 0x80:
+                hi = 0x8F  # (nothing past U+10FFFF)
+        else:
+            return False
+        if i + more >= n:
+            return False
+        c1 = p[i + 1]
+        if c1 < lo or c1 > hi:
+            return False
+        for t in range(2, more + 1):
+            if (p[i + t] & 0xC0) != 0x80:
                 return False
-            if (p[i + 2] & 0xC0) != 0x80 or (p[i + 3] & 0xC0) != 0x80:
-                return False
-            i += 4
-            continue
-        return False
+        i += more + 1
     return True
 
 
@@ -361,6 +379,11 @@ cdef struct Check:
     Py_ssize_t count
 
 
+cdef inline cptr _fail(Check* c, int status) noexcept nogil:
+    c.status = status
+    return NULL
+
+
 cdef cptr _check(Check* c, cptr p, cptr end, int m, int depth, uint64_t group) noexcept nogil:
     # Mirrors upb's decode loop, so that the first fault met decides the outcome as there: the
     # parts of a field (tag, length, value) are read against the end of the body, and only
@@ -371,51 +394,44 @@ cdef cptr _check(Check* c, cptr p, cptr end, int m, int depth, uint64_t group) n
     while p < end:
         p = _tag(p, stop, &tag)
         if p == NULL:
-            c.status = CORRUPT
-            return NULL
+            return _fail(c, CORRUPT)
         n = tag >> 3
         wt = <int>(tag & 7)
         if wt == 4:
             if n == group and p <= end:
                 return p
-            c.status = CORRUPT  # an end-group tag that closes nothing open
-            return NULL
+            return _fail(c, CORRUPT)  # an end-group tag that closes nothing open
         if n == 0 and m != M_UNKNOWN:
-            c.status = CORRUPT  # (upb skips a group without looking at its field numbers)
-            return NULL
+            return _fail(c, CORRUPT)  # (upb skips a group without looking at its field numbers)
         if wt == 0:
             p = _varint(p, stop, &size)
             if p == NULL:
-                c.status = CORRUPT
-                return NULL
+                return _fail(c, CORRUPT)
         elif wt == 1:
             if stop - p < 8:
-                c.status = CORRUPT
-                return NULL
+                return _fail(c, CORRUPT)
             p += 8
         elif wt == 5:
             if stop - p < 4:
-                c.status = CORRUPT
-                return NULL
+                return _fail(c, CORRUPT)
             p += 4
         elif wt == 2:
             p = _varint(p, stop, &size)
             if p == NULL or size >= MAX_SIZE or size > <uint64_t>(stop - p):
-                c.status = CORRUPT
-                return NULL
-            kind = _delimited(m, n, &sub)
+                return _fail(c, CORRUPT)
+            kind = F_OTHER
+            if n < MAX_FIELD:
+                kind = _FIELDS[m][n].kind
+                sub = _FIELDS[m][n].sub
             if kind == F_STRING:
                 # Checked before upb sees that the string overran its message.
                 if not _utf8(p, size):
-                    c.status = BAD_UTF8
-                    return NULL
+                    return _fail(c, BAD_UTF8)
             if p > end or size > <uint64_t>(end - p):
-                c.status = CORRUPT
-                return NULL
+                return _fail(c, CORRUPT)
             if kind == F_MESSAGE:
                 if depth == 0:
-                    c.status = TOO_DEEP
-                    return NULL
+                    return _fail(c, TOO_DEEP)
                 if sub == c.counted:
                     c.count += 1
                 if _check(c, p, p + size, sub, depth - 1, NO_GROUP) == NULL:
@@ -425,24 +441,20 @@ cdef cptr _check(Check* c, cptr p, cptr end, int m, int depth, uint64_t group) n
             # No field of these protos is a group: every group is unknown, skipped whole, and
             # upb's skipping reports nesting beyond its limit as a corrupt body.
             if p >= end or depth == 0:
-                c.status = CORRUPT
-                return NULL
+                return _fail(c, CORRUPT)
             p = _check(c, p, end, M_UNKNOWN, depth - 1, n)
             if p == NULL:
                 return NULL
         else:
-            c.status = CORRUPT
-            return NULL
+            return _fail(c, CORRUPT)
         if p > end:
-            c.status = CORRUPT  # the field ran past the end of its message
-            return NULL
+            return _fail(c, CORRUPT)  # the field ran past the end of its message
     if group != NO_GROUP:
-        c.status = CORRUPT  # the group's end tag never came
-        return NULL
+        return _fail(c, CORRUPT)  # the group's end tag never came
     return p
 
 
-cdef Py_ssize_t _checked(bytes body, int top, int counted, str what, str type_name) except -1:
+cdef Py_ssize_t _checked(bytes body, int top, int counted, str type_name) except -1:
     cdef Check c
     cdef cptr p = <cptr>PyBytes_AS_STRING(body)
     c.status = OK
@@ -452,8 +464,8 @@ cdef Py_ssize_t _checked(bytes body, int top, int counted, str what, str type_na
     _check(&c, p, c.end, top, UPB_DEPTH, NO_GROUP)
     if c.status != OK:
         raise WireError(
-            f"invalid protobuf {what}: Error parsing message with type '{type_name}': "
-            f"{_REASONS[c.status]}"
+            f"invalid protobuf {type_name.rpartition('.')[2]}: Error parsing message with type "
+            f"'{type_name}': {_REASONS[c.status]}"
         )
     return c.count
 
@@ -537,8 +549,40 @@ cdef object _broken():
     return WireError("invalid protobuf: wire format was corrupt (unreadable after the check)")
 
 
-cdef int _corrupt() except -1:
-    raise _broken()
+cdef inline int _field(cptr* p, cptr end, Field* f) except -1:
+    # The next field of a checked message into ``f``, moving ``p`` past it; 0 at the end.
+    if p[0] >= end:
+        return 0
+    p[0] = _next(p[0], end, f)
+    if p[0] == NULL:
+        raise _broken()
+    return 1
+
+
+cdef struct Slot:
+    cptr data  # a length-delimited field's payload
+    Py_ssize_t size
+    uint64_t val  # a varint or fixed64 field's value
+    Py_ssize_t count  # how often the field came
+
+
+cdef inline int _read(cptr p, cptr end, int m, Py_ssize_t n, Slot* s) except -1:
+    # The fields numbered below ``n`` of a message of type ``m``, into ``s`` by number: of each,
+    # the last value the wire gave (protobuf's rule for a scalar sent twice) and how often.
+    cdef Field f
+    cdef Slot* t
+    cdef FieldType* types = _FIELDS[m]
+    memset(s, 0, n * sizeof(Slot))
+    memset(&f, 0, sizeof(Field))
+    while _field(&p, end, &f):
+        if f.num < <uint64_t>n and types[f.num].wt == f.wt:
+            # (what the wire type did not set is left over from before, and never read)
+            t = &s[f.num]
+            t.data = f.data
+            t.size = f.size
+            t.val = f.val
+            t.count += 1
+    return 0
 
 
 cdef inline bint _plain(cptr p, Py_ssize_t n, Py_ssize_t limit) noexcept nogil:
@@ -647,10 +691,7 @@ cdef int _scan_any(cptr p, cptr end, AnyCase* a) except -1:
     cdef uint64_t n
     a.case = 0
     a.parts = 0
-    while p < end:
-        p = _next(p, end, &f)
-        if p == NULL:
-            return _corrupt()
+    while _field(&p, end, &f):
         n = f.num
         if f.wt == 2:
             if n == 1 or n == 7:
@@ -701,20 +742,12 @@ cdef object _nested(AnyCase* a, int depth):
     end = p + a.size
     if a.case == 5:
         items = []
-        while p < end:
-            p = _next(p, end, &f)
-            if p == NULL:
-                raise _broken()
-            if f.num == 1 and f.wt == 2:
+        while _field(&p, end, &f):
+            if f.num == ARRAY_VALUES and f.wt == 2:
                 items.append(_any(f.data, f.data + f.size, depth + 1))
         return items
     kvs = {}
-    while p < end:
-        p = _next(p, end, &f)
-        if p == NULL:
-            raise _broken()
-        if f.num == 1 and f.wt == 2:
-            _add_kv(kvs, f.data, f.data + f.size, depth + 1)
+    _into(kvs, p, end, KVLIST_VALUES, depth + 1)
     return kvs
 
 
@@ -739,45 +772,65 @@ cdef object _any(cptr p, cptr end, int depth):
     return _nested(&a, depth)
 
 
-cdef int _add_kv(dict out, cptr p, cptr end, int depth) except -1:
-    # One KeyValue into ``out``, as the twin's ``_pb_into`` puts it there.
+# What a KeyValue holds.
+cdef enum:
+    KV_ABSENT = 0  # no value, or an empty one: the twin skips the key
+    KV_SIMPLE = 1  # one value, read into an AnyCase
+    KV_MERGED = 2  # a value, or its array or kvlist, sent twice: protobuf merges the parts
+
+
+cdef inline int _kv(cptr p, cptr end, cptr* key, Py_ssize_t* key_n, AnyCase* a) except -1:
+    # (The hottest message of all: read field by field here, which costs less than ``_read``.)
     cdef Field f
-    cdef cptr q = p
-    cdef cptr kp = NULL
     cdef cptr vp = NULL
-    cdef Py_ssize_t kn = 0, vn = 0
+    cdef Py_ssize_t vn = 0
     cdef int values = 0
-    cdef AnyCase a
-    while q < end:
-        q = _next(q, end, &f)
-        if q == NULL:
-            return _corrupt()
+    key[0] = <cptr>PyBytes_AS_STRING(_EMPTY)  # an absent key is the empty one
+    key_n[0] = 0
+    while _field(&p, end, &f):
         if f.wt == 2:
-            if f.num == 1:
-                kp = f.data
-                kn = f.size
-            elif f.num == 2:
+            if f.num == KV_KEY:
+                key[0] = f.data
+                key_n[0] = f.size
+            elif f.num == KV_VALUE:
                 vp = f.data
                 vn = f.size
                 values += 1
     if values == 0:
-        return 0  # no value: the twin skips the key
+        return KV_ABSENT
     if values > 1:
-        return _kv_by_twin(out, p, end, depth)
-    _scan_any(vp, vp + vn, &a)
+        return KV_MERGED
+    _scan_any(vp, vp + vn, a)
     if a.case == 0:
+        return KV_ABSENT
+    if _merged(a):
+        return KV_MERGED
+    return KV_SIMPLE
+
+
+cdef inline str _value_text(AnyCase* a, str key):
+    # A string value as ``_pb_into`` of the twin keeps it (some keys allow longer ones).
+    if _plain(a.data, a.size, VALUE_LIMIT):
+        return _ascii(a.data, a.size)
+    return sanitize_text(_str(a.data, a.size), LONG_VALUES.get(key, _VALUE_LIMIT))
+
+
+cdef int _add_kv(dict out, cptr p, cptr end, int depth) except -1:
+    # One KeyValue into ``out``, as the twin's ``_pb_into`` puts it there.
+    cdef cptr kp
+    cdef Py_ssize_t kn
+    cdef AnyCase a
+    cdef int got = _kv(p, end, &kp, &kn, &a)
+    if got == KV_ABSENT:
         return 0
-    if _merged(&a):
+    if got == KV_MERGED:
         return _kv_by_twin(out, p, end, depth)
     if _plain(kp, kn, KEY_LIMIT):
         key = _ascii(kp, kn)
     else:
         key = _key(_str(kp, kn))
     if a.case == 1:
-        if _plain(a.data, a.size, VALUE_LIMIT):
-            value = _ascii(a.data, a.size)
-        else:
-            value = sanitize_text(_str(a.data, a.size), _LONG_VALUES.get(key, _VALUE_LIMIT))
+        value = _value_text(&a, key)
     elif a.case == 3:
         value = <int64_t>a.val
     elif a.case == 2:
@@ -792,28 +845,31 @@ cdef int _add_kv(dict out, cptr p, cptr end, int depth) except -1:
     return 0
 
 
-cdef int _into(dict out, cptr p, cptr end, uint64_t num) except -1:
+cdef int _into(dict out, cptr p, cptr end, uint64_t num, int depth) except -1:
     # Every KeyValue of field ``num`` of one message into ``out``.
     cdef Field f
-    while p < end:
-        p = _next(p, end, &f)
-        if p == NULL:
-            return _corrupt()
+    while _field(&p, end, &f):
         if f.num == num and f.wt == 2:
-            _add_kv(out, f.data, f.data + f.size, 0)
+            _add_kv(out, f.data, f.data + f.size, depth)
     return 0
+
+
+cdef dict _attrs(dict extra, Slot* s, cptr p, cptr end, uint64_t num):
+    # A record's attrs: the resource's other attributes, then the record's own (field ``num``,
+    # read into ``s``) over them.
+    cdef dict attrs = PyDict_Copy(extra) if extra else {}
+    if s[num].count:
+        _into(attrs, p, end, num, 0)
+    return attrs
 
 
 cdef object _resource(cptr p, cptr end):
     # The _Resource of a ResourceSpans / ResourceLogs (every resource field merged in order).
     cdef Field f
     cdef dict attrs = {}
-    while p < end:
-        p = _next(p, end, &f)
-        if p == NULL:
-            raise _broken()
-        if f.num == 1 and f.wt == 2:
-            _into(attrs, f.data, f.data + f.size, 1)
+    while _field(&p, end, &f):
+        if f.num == ENVELOPE_RESOURCE and f.wt == 2:
+            _into(attrs, f.data, f.data + f.size, RESOURCE_ATTRS, 0)
     return _Resource(attrs)
 
 
@@ -918,6 +974,15 @@ cdef inline int _put_json(Buf* b, object value) except -1:
     return _put(b, PyBytes_AS_STRING(out), PyBytes_GET_SIZE(out))
 
 
+cdef inline int _put_key(Buf* b, cptr p, Py_ssize_t n, bint first) except -1:
+    # '"key":', after a ',' unless it is the object's first member.
+    if not first:
+        _put_byte(b, 44)  # ','
+    _put_byte(b, 34)  # '"'
+    _put(b, p, n)
+    return _put(b, b'":', 2)
+
+
 cdef inline bint _json_plain(cptr p, Py_ssize_t n, Py_ssize_t limit) noexcept nogil:
     # Text that needs neither sanitising nor escaping: written between quotes as it is.
     cdef Py_ssize_t i
@@ -952,24 +1017,130 @@ cdef inline bint _is(cptr p, Py_ssize_t n, bytes key) noexcept:
     return n == PyBytes_GET_SIZE(key) and memcmp(p, PyBytes_AS_STRING(key), n) == 0
 
 
-cdef bytes _EMPTY = b""
 cdef bytes _SPAN_KIND_KEY = _KIND_KEY.encode()
 cdef bytes _FILE_KEY_BYTES = FILE_KEY.encode()
 cdef bytes _FILE_KEY_NEW_BYTES = FILE_KEY_NEW.encode()
 cdef uint64_t _SPAN_KIND_HASH = _hash(<cptr>PyBytes_AS_STRING(_SPAN_KIND_KEY), len(_SPAN_KIND_KEY))
 
 
+# ---- the walk both requests share -----------------------------------------------------------
+
+# Of each request: its message type, the type its records are, its full name, its repeated
+# fields from resource to record (for messages about a record), what its records are called,
+# and the twin's decoder (for a body that is not bytes).
+cdef tuple _TRACES = (
+    M_TRACES,
+    M_SPAN,
+    "opentelemetry.proto.collector.trace.v1.ExportTraceServiceRequest",
+    ("resource_spans", "scope_spans", "spans"),
+    "spans",
+    "_decode_traces_upb",
+)
+cdef tuple _LOGS = (
+    M_LOGS,
+    M_LOG_RECORD,
+    "opentelemetry.proto.collector.logs.v1.ExportLogsServiceRequest",
+    ("resource_logs", "scope_logs", "log_records"),
+    "log records",
+    "_decode_logs_upb",
+)
+
+
+cdef class _Walk:
+    # A checked request's resources, their scopes and the scopes' items (spans or log records)
+    # in order; a subclass reads what it needs of each resource, scope and item.
+    cdef list out
+    cdef object res  # the resource walked (a _Resource)
+    cdef object max_records
+    cdef Py_ssize_t budget  # rows beyond one per item (span events)
+    cdef tuple names
+    cdef Py_ssize_t i, j, k  # where the walk is: resource, scope, item
+
+    cdef list decode(self, object body, object max_records, tuple request):
+        cdef int top, item
+        cdef Py_ssize_t count
+        cdef cptr p
+        cdef cptr end
+        cdef cptr q
+        cdef cptr q_end
+        cdef cptr r
+        cdef cptr r_end
+        cdef Field f
+        cdef Field g
+        cdef Field h
+        top, item, type_name, self.names, noun, twin_decode = request
+        if type(body) is not bytes:
+            return getattr(_twin_module(), twin_decode)(body, max_records)
+        count = _checked(body, top, item, type_name)
+        if count > max_records:
+            raise _too_many(count, max_records, noun)
+        p = <cptr>PyBytes_AS_STRING(body)
+        end = p + PyBytes_GET_SIZE(body)
+        self.out = []
+        self.max_records = max_records
+        self.budget = _records_cap(max_records) - count
+        self.i = 0
+        while _field(&p, end, &f):
+            if f.num != ENVELOPE_RESOURCES or f.wt != 2:
+                continue
+            q = f.data
+            q_end = q + f.size
+            self.res = _resource(q, q_end)
+            self.resource()
+            self.j = 0
+            while _field(&q, q_end, &g):
+                if g.num != ENVELOPE_SCOPES or g.wt != 2:
+                    continue
+                r = g.data
+                r_end = r + g.size
+                self.scope(r, r_end)
+                self.k = 0
+                while _field(&r, r_end, &h):
+                    if h.num == ENVELOPE_ITEMS and h.wt == 2:
+                        self.item(h.data, h.data + h.size)
+                        self.k += 1
+                self.j += 1
+            self.i += 1
+        return self.out
+
+    cdef int resource(self) except -1:
+        return 0
+
+    cdef int scope(self, cptr p, cptr end) except -1:
+        return 0
+
+    cdef int item(self, cptr p, cptr end) except -1:
+        return 0
+
+    cdef str where(self):
+        names = self.names
+        return f"{names[0]}[{self.i}].{names[1]}[{self.j}].{names[2]}[{self.k}]"
+
+    @cython.final
+    cdef inline int check_id(self, Slot* s, Py_ssize_t size, bint required, str field) except -1:
+        # An id of ``size`` bytes. Only an optional one may be absent (or all zero: no id).
+        if s.size != size:
+            if s.size == 0 and not required:
+                return 0
+            raise WireError(f"{self.where()}.{field}: expected {size} bytes, got {s.size}")
+        if required and _zero(s.data, size):
+            raise WireError(f"{self.where()}.{field}: all zero (not a valid id)")
+        return 0
+
+    @cython.final
+    cdef inline object span_id(self, Slot* s, bint required, str field):
+        # A span id as the signed integer atrace stores (None: an optional one absent or zero).
+        self.check_id(s, 8, required, field)
+        return ((<int64_t>_be64(s.data)) or None) if s.size else None
+
+
 # ---- traces ---------------------------------------------------------------------------------
 
 
-cdef class _Traces:
-    cdef list out
-    cdef Py_ssize_t budget  # rows beyond one per span: span events
-    cdef object max_records
+cdef class _Traces(_Walk):
     cdef bint have_last
     cdef uint8_t last[16]
     cdef str trace_id
-    cdef object res
     cdef dict extra
     cdef object service, environment, host, pid
     # The resource's part of every span's attrs JSON, and its keys (a span key among them
@@ -999,26 +1170,14 @@ cdef class _Traces:
                 return True
             i = (i + 1) & self.extra_mask
 
-    cdef int resource_spans(self, cptr p, cptr end, Py_ssize_t i) except -1:
-        cdef Field f
-        cdef cptr q = p
-        cdef Py_ssize_t j = 0
-        res = _resource(p, end)
-        self.res = res
+    cdef int resource(self) except -1:
+        res = self.res
         self.extra = res.extra or None
         self.service = res.service
         self.environment = res.environment
         self.host = res.host
         self.pid = res.pid
-        self.set_extra(self.extra)
-        while q < end:
-            q = _next(q, end, &f)
-            if q == NULL:
-                return _corrupt()
-            if f.num == 2 and f.wt == 2:
-                self.scope_spans(f.data, f.data + f.size, i, j)
-                j += 1
-        return 0
+        return self.set_extra(self.extra)
 
     cdef int set_extra(self, dict extra) except -1:
         cdef uint64_t size = 8, h, i
@@ -1062,15 +1221,12 @@ cdef class _Traces:
         # The span's attrs as the twin's orjson.dumps(attrs) gives them, or _FALLBACK.
         cdef Buf* b = &self.buf
         cdef KeyRef keys[MAX_KEYS]
-        cdef Py_ssize_t n_keys = 0, kn, vn
+        cdef Py_ssize_t n_keys = 0, kn
         cdef Field f
-        cdef Field g
-        cdef cptr q
         cdef cptr kp
-        cdef cptr vp
-        cdef int values
         cdef uint64_t h
         cdef AnyCase a
+        cdef int got
         cdef bint empty = True
         if not self.direct:
             return _FALLBACK
@@ -1079,37 +1235,13 @@ cdef class _Traces:
         if self.extra_json is not None:
             _put(b, PyBytes_AS_STRING(self.extra_json) + 1, PyBytes_GET_SIZE(self.extra_json) - 2)
             empty = False
-        while p < end:
-            p = _next(p, end, &f)
-            if p == NULL:
-                raise _broken()
-            if f.num != 9 or f.wt != 2:
+        while _field(&p, end, &f):
+            if f.num != SPAN_ATTRS or f.wt != 2:
                 continue
-            q = f.data
-            kp = <cptr>PyBytes_AS_STRING(_EMPTY)  # an absent key is the empty one
-            vp = NULL
-            kn = vn = 0
-            values = 0
-            while q < f.data + f.size:
-                q = _next(q, f.data + f.size, &g)
-                if q == NULL:
-                    raise _broken()
-                if g.wt == 2:
-                    if g.num == 1:
-                        kp = g.data
-                        kn = g.size
-                    elif g.num == 2:
-                        vp = g.data
-                        vn = g.size
-                        values += 1
-            if values == 0:
+            got = _kv(f.data, f.data + f.size, &kp, &kn, &a)
+            if got == KV_ABSENT:
                 continue
-            if values > 1:
-                return _FALLBACK
-            _scan_any(vp, vp + vn, &a)
-            if a.case == 0:
-                continue
-            if _merged(&a) or n_keys == MAX_KEYS or not _json_plain(kp, kn, KEY_LIMIT):
+            if got == KV_MERGED or n_keys == MAX_KEYS or not _json_plain(kp, kn, KEY_LIMIT):
                 return _FALLBACK
             h = _hash(kp, kn)
             if (
@@ -1123,25 +1255,15 @@ cdef class _Traces:
             keys[n_keys].data = kp
             keys[n_keys].size = kn
             n_keys += 1
-            if not empty:
-                _put_byte(b, 44)  # ','
+            _put_key(b, kp, kn, empty)
             empty = False
-            _put_byte(b, 34)  # '"'
-            _put(b, kp, kn)
-            _put(b, b'":', 2)
             if a.case == 1:
                 if _json_plain(a.data, a.size, VALUE_LIMIT):
                     _put_byte(b, 34)
                     _put(b, a.data, a.size)
                     _put_byte(b, 34)
                 else:
-                    if _plain(a.data, a.size, VALUE_LIMIT):
-                        value = _ascii(a.data, a.size)
-                    else:
-                        value = sanitize_text(
-                            _str(a.data, a.size), _LONG_VALUES.get(_ascii(kp, kn), _VALUE_LIMIT)
-                        )
-                    _put_json(b, value)
+                    _put_json(b, _value_text(&a, _ascii(kp, kn)))
             elif a.case == 3:
                 _put_int(b, <int64_t>a.val)
             elif a.case == 2:
@@ -1163,13 +1285,9 @@ cdef class _Traces:
                 _SPAN_KIND_HASH, kp, kn
             ):
                 return _FALLBACK
-            if not empty:
-                _put_byte(b, 44)
+            _put_key(b, kp, kn, empty)
             empty = False
-            _put_byte(b, 34)
-            _put(b, kp, kn)
-            _put(b, b'":', 2)
-            name = _KIND_NAMES.get(kind)
+            name = KIND_NAMES.get(kind)
             if name is None:
                 _put_int(b, kind)
             else:
@@ -1179,96 +1297,50 @@ cdef class _Traces:
         _put_byte(b, 125)  # '}'
         return PyBytes_FromStringAndSize(b.data, b.size)
 
-    cdef int scope_spans(self, cptr p, cptr end, Py_ssize_t i, Py_ssize_t j) except -1:
+    cdef int item(self, cptr p, cptr end) except -1:
+        # One span.
+        cdef Slot s[SPAN_SLOTS]
+        cdef Slot* tid = &s[SPAN_TRACE_ID]
+        cdef Slot* status = &s[SPAN_STATUS]
         cdef Field f
-        cdef Py_ssize_t k = 0
-        while p < end:
-            p = _next(p, end, &f)
-            if p == NULL:
-                return _corrupt()
-            if f.num == 2 and f.wt == 2:
-                self.span(f.data, f.data + f.size, i, j, k)
-                k += 1
-        return 0
-
-    cdef int span(self, cptr p, cptr end, Py_ssize_t i, Py_ssize_t j, Py_ssize_t k) except -1:
-        cdef Field f
-        cdef cptr q = p
-        cdef cptr tid = NULL
-        cdef cptr sid = NULL
-        cdef cptr pid_p = NULL
-        cdef cptr name_p = NULL
+        cdef cptr q
         cdef cptr msg_p = NULL
-        cdef Py_ssize_t tid_n = 0, sid_n = 0, pid_n = 0, name_n = 0, msg_n = 0
-        cdef int32_t kind = 0, code = 0
-        cdef uint64_t start = 0, stop = 0, n
-        cdef Py_ssize_t n_events = 0
-        cdef bint has_attrs = False
+        cdef Py_ssize_t msg_n = 0, n_events
+        cdef int32_t kind, code = 0
+        cdef uint64_t start, stop
         cdef dict attrs
         cdef list events
-        while q < end:
-            q = _next(q, end, &f)
-            if q == NULL:
-                return _corrupt()
-            n = f.num
-            if f.wt == 2:
-                if n == 9:
-                    has_attrs = True
-                elif n == 1:
-                    tid = f.data
-                    tid_n = f.size
-                elif n == 2:
-                    sid = f.data
-                    sid_n = f.size
-                elif n == 4:
-                    pid_p = f.data
-                    pid_n = f.size
-                elif n == 5:
-                    name_p = f.data
-                    name_n = f.size
-                elif n == 11:
-                    n_events += 1
-                elif n == 15:
-                    _status(f.data, f.data + f.size, &code, &msg_p, &msg_n)
-            elif f.wt == 1:
-                if n == 7:
-                    start = f.val
-                elif n == 8:
-                    stop = f.val
-            elif f.wt == 0:
-                if n == 6:
-                    kind = <int32_t><uint32_t>f.val
-        if not (self.have_last and tid_n == 16 and memcmp(tid, self.last, 16) == 0):
+        _read(p, end, M_SPAN, SPAN_SLOTS, s)
+        kind = <int32_t><uint32_t>s[SPAN_KIND].val
+        start = s[SPAN_START].val
+        stop = s[SPAN_END].val
+        n_events = s[SPAN_EVENTS].count
+        if status.count == 1:
+            _status(status.data, status.size, &code, &msg_p, &msg_n)
+        elif status.count:
+            q = p
+            while _field(&q, end, &f):
+                if f.num == SPAN_STATUS and f.wt == 2:
+                    _status(f.data, f.size, &code, &msg_p, &msg_n)
+        if not (self.have_last and tid.size == 16 and memcmp(tid.data, self.last, 16) == 0):
             # Spans of one trace travel together: their hex text is made once, shared.
-            if tid_n != 16 or _zero(tid, 16):
-                raise _required(_bytes(tid, tid_n), i, j, k, "trace_id", 16)
-            memcpy(self.last, tid, 16)
+            self.check_id(tid, 16, True, "trace_id")
+            memcpy(self.last, tid.data, 16)
             self.have_last = True
-            self.trace_id = _hex(tid, 16)
-        if sid_n != 8 or _zero(sid, 8):
-            raise _required(_bytes(sid, sid_n), i, j, k, "span_id", 8)
-        span_id = <int64_t>_be64(sid)
-        if pid_n == 0:
-            parent_id = None
-        elif pid_n == 8:
-            parent_id = (<int64_t>_be64(pid_p)) or None
-        else:
-            raise WireError(
-                f"{_where(i, j, k)}.parent_span_id: expected 8 bytes, got {pid_n}"
-            )
+            self.trace_id = _hex(tid.data, 16)
+        span_id = self.span_id(&s[SPAN_SPAN_ID], True, "span_id")
+        parent_id = self.span_id(&s[SPAN_PARENT_ID], False, "parent_span_id")
         if not start:
-            raise WireError(f"{_where(i, j, k)}.start_time_unix_nano: missing")
+            raise WireError(f"{self.where()}.start_time_unix_nano: missing")
         if not (n_events or code == STATUS_ERROR):
             # The common span, no events and no failure: its row is built right here.
             attrs_json = self.attrs_json(p, end, kind)
             if attrs_json is not _FALLBACK:
                 location = None
             else:
-                attrs = PyDict_Copy(self.extra) if self.extra is not None else {}
-                if has_attrs:
-                    _into(attrs, p, end, 9)
+                attrs = _attrs(self.extra, s, p, end, SPAN_ATTRS)
                 if kind > 1:
-                    attrs[_KIND_KEY] = _KIND_NAMES.get(kind, kind)
+                    attrs[_KIND_KEY] = KIND_NAMES.get(kind, kind)
                 if FILE_KEY in attrs or FILE_KEY_NEW in attrs:
                     location = _pop_location(attrs)
                 else:
@@ -1288,7 +1360,7 @@ cdef class _Traces:
                     self.environment,
                     self.host,
                     self.pid,
-                    _limited(name_p, name_n, NAME_LIMIT) or None,
+                    _limited(s[SPAN_NAME].data, s[SPAN_NAME].size, NAME_LIMIT) or None,
                     None,
                     attrs_json,
                     None,
@@ -1298,9 +1370,7 @@ cdef class _Traces:
                 )
             )
             return 0
-        attrs = PyDict_Copy(self.extra) if self.extra is not None else {}
-        if has_attrs:
-            _into(attrs, p, end, 9)
+        attrs = _attrs(self.extra, s, p, end, SPAN_ATTRS)
         self.budget -= n_events
         if self.budget < 0:
             raise _too_many(
@@ -1308,11 +1378,8 @@ cdef class _Traces:
             )
         events = []
         q = p
-        while q < end:
-            q = _next(q, end, &f)
-            if q == NULL:
-                return _corrupt()
-            if f.num == 11 and f.wt == 2:
+        while _field(&q, end, &f):
+            if f.num == SPAN_EVENTS and f.wt == 2:
                 events.append(_event(f.data, f.data + f.size))
         _span_rows(
             self.out,
@@ -1320,7 +1387,7 @@ cdef class _Traces:
             self.trace_id,
             span_id,
             parent_id,
-            _str(name_p, name_n),
+            _str(s[SPAN_NAME].data, s[SPAN_NAME].size),
             kind,
             start,
             stop,
@@ -1332,88 +1399,29 @@ cdef class _Traces:
         return 0
 
 
-cdef int _status(cptr p, cptr end, int32_t* code, cptr* msg, Py_ssize_t* msg_n) except -1:
+cdef int _status(cptr p, Py_ssize_t n, int32_t* code, cptr* msg, Py_ssize_t* msg_n) except -1:
     # A Status sent twice merges: each field keeps the last value it was given.
-    cdef Field f
-    while p < end:
-        p = _next(p, end, &f)
-        if p == NULL:
-            return _corrupt()
-        if f.num == 2 and f.wt == 2:
-            msg[0] = f.data
-            msg_n[0] = f.size
-        elif f.num == 3 and f.wt == 0:
-            code[0] = <int32_t><uint32_t>f.val
+    cdef Slot s[STATUS_SLOTS]
+    _read(p, p + n, M_STATUS, STATUS_SLOTS, s)
+    if s[STATUS_MESSAGE].count:
+        msg[0] = s[STATUS_MESSAGE].data
+        msg_n[0] = s[STATUS_MESSAGE].size
+    if s[STATUS_CODE].count:
+        code[0] = <int32_t><uint32_t>s[STATUS_CODE].val
     return 0
 
 
 cdef object _event(cptr p, cptr end):
-    cdef Field f
-    cdef cptr q = p
-    cdef cptr name_p = NULL
-    cdef Py_ssize_t name_n = 0
-    cdef uint64_t ts = 0
-    cdef bint has_attrs = False
-    cdef dict attrs = {}
-    while q < end:
-        q = _next(q, end, &f)
-        if q == NULL:
-            raise _broken()
-        if f.num == 1 and f.wt == 1:
-            ts = f.val
-        elif f.num == 2 and f.wt == 2:
-            name_p = f.data
-            name_n = f.size
-        elif f.num == 3 and f.wt == 2:
-            has_attrs = True
-    if has_attrs:
-        _into(attrs, p, end, 3)
-    return _Event(ts, _str(name_p, name_n), attrs)
-
-
-cdef str _where(Py_ssize_t i, Py_ssize_t j, Py_ssize_t k):
-    return f"resource_spans[{i}].scope_spans[{j}].spans[{k}]"
-
-
-cdef object _required(bytes raw, Py_ssize_t i, Py_ssize_t j, Py_ssize_t k, str field, int size):
-    if len(raw) != size:
-        return WireError(f"{_where(i, j, k)}.{field}: expected {size} bytes, got {len(raw)}")
-    return WireError(f"{_where(i, j, k)}.{field}: all zero (not a valid id)")
+    cdef Slot s[EVENT_SLOTS]
+    _read(p, end, M_EVENT, EVENT_SLOTS, s)
+    attrs = _attrs(None, s, p, end, EVENT_ATTRS)
+    return _Event(s[EVENT_TIME].val, _str(s[EVENT_NAME].data, s[EVENT_NAME].size), attrs)
 
 
 def decode_traces_pb(body, max_records):
     """Rows for a protobuf ``ExportTraceServiceRequest``, as the twin makes them."""
-    cdef Field f
-    cdef cptr p
-    cdef cptr end
-    cdef Py_ssize_t count, i = 0
-    cdef _Traces t
-    if type(body) is not bytes:
-        return _twin_module()._decode_traces_upb(body, max_records)
-    count = _checked(
-        body,
-        M_TRACES,
-        M_SPAN,
-        "ExportTraceServiceRequest",
-        "opentelemetry.proto.collector.trace.v1.ExportTraceServiceRequest",
-    )
-    if count > max_records:
-        raise _too_many(count, max_records, "spans")
-    t = _Traces.__new__(_Traces)
-    t.out = []
-    t.max_records = max_records
-    t.budget = _records_cap(max_records) - count
-    t.have_last = False
-    p = <cptr>PyBytes_AS_STRING(body)
-    end = p + PyBytes_GET_SIZE(body)
-    while p < end:
-        p = _next(p, end, &f)
-        if p == NULL:
-            raise _broken()
-        if f.num == 1 and f.wt == 2:
-            t.resource_spans(f.data, f.data + f.size, i)
-            i += 1
-    return t.out
+    cdef _Traces walk = _Traces.__new__(_Traces)
+    return walk.decode(body, max_records, _TRACES)
 
 
 # ---- logs -----------------------------------------------------------------------------------
@@ -1441,171 +1449,62 @@ cdef object _body(cptr p, Py_ssize_t n, list parts):
     return _text(_dumps(value).decode("utf-8"), _MESSAGE_LIMIT)
 
 
-cdef int _log_records(
-    list out, object res, cptr p, cptr end, Py_ssize_t i, Py_ssize_t j
-) except -1:
-    cdef Field f
-    cdef cptr q = p
-    cdef cptr scope_p = NULL
-    cdef Py_ssize_t scope_n = 0, k = 0
-    # The scope's name first, wherever it is on the wire (a scope sent twice merges).
-    while q < end:
-        q = _next(q, end, &f)
-        if q == NULL:
-            return _corrupt()
-        if f.num == 1 and f.wt == 2:
-            _scope_name(f.data, f.data + f.size, &scope_p, &scope_n)
-    scope_name = _str(scope_p, scope_n)
-    q = p
-    while q < end:
-        q = _next(q, end, &f)
-        if q == NULL:
-            return _corrupt()
-        if f.num == 2 and f.wt == 2:
-            out.append(_log_record(res, scope_name, f.data, f.data + f.size, i, j, k))
-            k += 1
-    return 0
+cdef class _Logs(_Walk):
+    cdef str scope_name
 
+    cdef int scope(self, cptr p, cptr end) except -1:
+        # The scope's name first, wherever it is on the wire (a scope sent twice merges).
+        cdef Field f
+        cdef Slot s[SCOPE_SLOTS]
+        cdef cptr name = NULL
+        cdef Py_ssize_t name_n = 0
+        while _field(&p, end, &f):
+            if f.num == ENVELOPE_SCOPE and f.wt == 2:
+                _read(f.data, f.data + f.size, M_SCOPE, SCOPE_SLOTS, s)
+                if s[SCOPE_NAME].count:
+                    name = s[SCOPE_NAME].data
+                    name_n = s[SCOPE_NAME].size
+        self.scope_name = _str(name, name_n)
+        return 0
 
-cdef int _scope_name(cptr p, cptr end, cptr* name, Py_ssize_t* name_n) except -1:
-    cdef Field f
-    while p < end:
-        p = _next(p, end, &f)
-        if p == NULL:
-            return _corrupt()
-        if f.num == 1 and f.wt == 2:
-            name[0] = f.data
-            name_n[0] = f.size
-    return 0
-
-
-cdef object _log_record(
-    object res, str scope_name, cptr p, cptr end, Py_ssize_t i, Py_ssize_t j, Py_ssize_t k
-):
-    cdef Field f
-    cdef cptr q = p
-    cdef cptr tid = NULL
-    cdef cptr sid = NULL
-    cdef cptr text_p = NULL
-    cdef cptr event_p = NULL
-    cdef cptr body_p = NULL
-    cdef Py_ssize_t tid_n = 0, sid_n = 0, text_n = 0, event_n = 0, body_n = 0, bodies = 0
-    cdef uint64_t ts = 0, observed = 0, n
-    cdef int32_t severity = 0
-    cdef bint has_attrs = False
-    cdef list parts = None
-    cdef dict attrs
-    while q < end:
-        q = _next(q, end, &f)
-        if q == NULL:
-            raise _broken()
-        n = f.num
-        if f.wt == 2:
-            if n == 6:
-                has_attrs = True
-            elif n == 9:
-                tid = f.data
-                tid_n = f.size
-            elif n == 10:
-                sid = f.data
-                sid_n = f.size
-            elif n == 3:
-                text_p = f.data
-                text_n = f.size
-            elif n == 5:
-                body_p = f.data
-                body_n = f.size
-                bodies += 1
-            elif n == 12:
-                event_p = f.data
-                event_n = f.size
-        elif f.wt == 1:
-            if n == 1:
-                ts = f.val
-            elif n == 11:
-                observed = f.val
-        elif f.wt == 0:
-            if n == 2:
-                severity = <int32_t><uint32_t>f.val
-    where = f"resource_logs[{i}].scope_logs[{j}].log_records[{k}]"
-    if tid_n == 0:
-        trace_id = None
-    elif tid_n != 16:
-        raise WireError(f"{where}.trace_id: expected 16 bytes, got {tid_n}")
-    else:
-        trace_id = None if _zero(tid, 16) else _hex(tid, 16)
-    if sid_n == 0:
-        span_id = None
-    elif sid_n != 8:
-        raise WireError(f"{where}.span_id: expected 8 bytes, got {sid_n}")
-    else:
-        span_id = (<int64_t>_be64(sid)) or None
-    extra = res.extra
-    attrs = PyDict_Copy(extra) if extra else {}
-    if has_attrs:
-        _into(attrs, p, end, 6)
-    if bodies > 1:
-        # A body sent twice merges: the official class does that from all its parts.
-        parts = []
-        q = p
-        while q < end:
-            q = _next(q, end, &f)
-            if q == NULL:
-                raise _broken()
-            if f.num == 5 and f.wt == 2:
-                parts.append(_bytes(f.data, f.size))
-    return _log_row(
-        res,
-        scope_name,
-        ts or observed,
-        severity,
-        _str(text_p, text_n),
-        _body(body_p, body_n, parts),
-        attrs,
-        trace_id,
-        span_id,
-        _str(event_p, event_n),
-    )
+    cdef int item(self, cptr p, cptr end) except -1:
+        # One log record.
+        cdef Slot s[LOG_SLOTS]
+        cdef Slot* tid = &s[LOG_TRACE_ID]
+        cdef Slot* body = &s[LOG_BODY]
+        cdef Field f
+        cdef cptr q
+        cdef list parts = None
+        _read(p, end, M_LOG_RECORD, LOG_SLOTS, s)
+        self.check_id(tid, 16, False, "trace_id")
+        trace_id = None if tid.size == 0 or _zero(tid.data, 16) else _hex(tid.data, 16)
+        span_id = self.span_id(&s[LOG_SPAN_ID], False, "span_id")
+        attrs = _attrs(self.res.extra, s, p, end, LOG_ATTRS)
+        if body.count > 1:
+            # A body sent twice merges: the official class does that from all its parts.
+            parts = []
+            q = p
+            while _field(&q, end, &f):
+                if f.num == LOG_BODY and f.wt == 2:
+                    parts.append(_bytes(f.data, f.size))
+        self.out.append(
+            _log_row(
+                self.res,
+                self.scope_name,
+                s[LOG_TIME].val or s[LOG_OBSERVED].val,
+                <int32_t><uint32_t>s[LOG_SEVERITY].val,
+                _str(s[LOG_SEVERITY_TEXT].data, s[LOG_SEVERITY_TEXT].size),
+                _body(body.data, body.size, parts),
+                attrs,
+                trace_id,
+                span_id,
+                _str(s[LOG_EVENT_NAME].data, s[LOG_EVENT_NAME].size),
+            )
+        )
+        return 0
 
 
 def decode_logs_pb(body, max_records):
     """Rows for a protobuf ``ExportLogsServiceRequest``, as the twin makes them."""
-    cdef Field f
-    cdef Field g
-    cdef cptr p
-    cdef cptr end
-    cdef cptr q
-    cdef cptr qend
-    cdef Py_ssize_t count, i = 0, j
-    cdef list out = []
-    if type(body) is not bytes:
-        return _twin_module()._decode_logs_upb(body, max_records)
-    count = _checked(
-        body,
-        M_LOGS,
-        M_LOG_RECORD,
-        "ExportLogsServiceRequest",
-        "opentelemetry.proto.collector.logs.v1.ExportLogsServiceRequest",
-    )
-    if count > max_records:
-        raise _too_many(count, max_records, "log records")
-    p = <cptr>PyBytes_AS_STRING(body)
-    end = p + PyBytes_GET_SIZE(body)
-    while p < end:
-        p = _next(p, end, &f)
-        if p == NULL:
-            raise _broken()
-        if f.num == 1 and f.wt == 2:
-            q = f.data
-            qend = q + f.size
-            res = _resource(q, qend)
-            j = 0
-            while q < qend:
-                q = _next(q, qend, &g)
-                if q == NULL:
-                    raise _broken()
-                if g.num == 2 and g.wt == 2:
-                    _log_records(out, res, g.data, g.data + g.size, i, j)
-                    j += 1
-            i += 1
-    return out
+    cdef _Logs walk = _Logs.__new__(_Logs)
+    return walk.decode(body, max_records, _LOGS)
