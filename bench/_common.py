@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 
@@ -18,3 +19,28 @@ class DiscardSink:
 
     async def close(self) -> None:
         pass
+
+
+def info_rows(n: int) -> list[tuple[Any, ...]]:
+    """Rows exactly as atrace's encoder makes them from ``info("msg", a=1, b="x")`` records."""
+    from atrace.config import Config
+    from atrace.encode import Encoder
+
+    config = Config(service="bench")
+    encoder = Encoder(
+        service=config.service,
+        environment=config.environment,
+        host=config.host,
+        pid=config.pid,
+        attributes=config.attributes,
+        max_message_length=config.max_message_length,
+        max_value_length=config.max_value_length,
+    )
+    now = time.time_ns()
+    location = (__file__, 1)
+    records = [
+        (0, now + i, 20, None, None, None, None, 0, None, __name__, "msg", {"a": 1, "b": "x"},
+         None, location)
+        for i in range(n)
+    ]  # fmt: skip
+    return encoder.rows(records)

@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+from _common import info_rows
 
 import atrace
 import atrace.pipeline
 import atrace.ring
-from atrace.config import Config
-from atrace.encode import COLUMNS, Encoder
+from atrace.encode import COLUMNS
 from atrace.schema import ensure_schema
 from atrace.sinks.postgres import connection_init
 
@@ -112,28 +112,6 @@ async def atrace_once(dsn: str, n: int, batch_size: int, pace: bool = True) -> d
 
 
 # ---- raw asyncpg COPY of the same rows --------------------------------------------------------
-
-
-def raw_rows(n: int) -> list[tuple[Any, ...]]:
-    """Rows exactly as atrace's encoder makes them from ``info("msg", a=1, b="x")`` records."""
-    config = Config(service="bench")
-    encoder = Encoder(
-        service=config.service,
-        environment=config.environment,
-        host=config.host,
-        pid=config.pid,
-        attributes=config.attributes,
-        max_message_length=config.max_message_length,
-        max_value_length=config.max_value_length,
-    )
-    now = time.time_ns()
-    location = (__file__, 1)
-    records = [
-        (0, now + i, 20, None, None, None, None, 0, None, __name__, "msg", {"a": 1, "b": "x"},
-         None, location)
-        for i in range(n)
-    ]  # fmt: skip
-    return encoder.rows(records)
 
 
 async def raw_once(dsn: str, rows: list[tuple[Any, ...]]) -> dict[str, Any]:
@@ -233,7 +211,7 @@ async def server_version(dsn: str) -> str:
 
 
 def run(dsn: str, n: int, repeats: int, batch_sizes: list[int], pace: bool) -> dict[str, Any]:
-    rows = raw_rows(n)
+    rows = info_rows(n)
     raw_runs: list[dict[str, Any]] = []
     atrace_runs: dict[int, list[dict[str, Any]]] = {bs: [] for bs in batch_sizes}
     # Interleaved, so load from elsewhere on the machine hits every case alike.

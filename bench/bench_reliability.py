@@ -25,13 +25,12 @@ import asyncpg
 import atrace
 import atrace.pipeline
 import atrace.ring
-from atrace.config import Config
-from atrace.encode import Encoder, Row
+from atrace.encode import Row
 from atrace.spill import Spill
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
-from _common import DiscardSink  # noqa: E402
+from _common import DiscardSink, info_rows  # noqa: E402
 
 from _proxy import TCPProxy  # noqa: E402
 
@@ -636,28 +635,6 @@ def _secs(value: float | None) -> str:
 # ---- 3. spill throughput ----------------------------------------------------------------------
 
 
-def encoded_rows(n: int) -> list[Row]:
-    """Rows exactly as atrace's encoder makes them from ``info("msg", a=1, b="x")`` records."""
-    config = Config(service="bench")
-    encoder = Encoder(
-        service=config.service,
-        environment=config.environment,
-        host=config.host,
-        pid=config.pid,
-        attributes=config.attributes,
-        max_message_length=config.max_message_length,
-        max_value_length=config.max_value_length,
-    )
-    now = time.time_ns()
-    location = (__file__, 1)
-    records = [
-        (0, now + i, 20, None, None, None, None, 0, None, __name__, "msg", {"a": 1, "b": "x"},
-         None, location)
-        for i in range(n)
-    ]  # fmt: skip
-    return encoder.rows(records)
-
-
 def spill_once(batches: list[list[Row]], directory: Path) -> dict[str, Any]:
     spill = Spill(directory)
     records = sum(map(len, batches))
@@ -764,7 +741,7 @@ async def e2e_once(dsn: str, n: int, base: Path) -> dict[str, Any]:
 def spill_bench(
     dsn: str, e2e_records: int, repeats: int, e2e_repeats: int, base: Path
 ) -> dict[str, Any]:
-    rows = encoded_rows(SPILL_BATCHES * SPILL_ROWS)
+    rows = info_rows(SPILL_BATCHES * SPILL_ROWS)
     batches = [rows[i : i + SPILL_ROWS] for i in range(0, len(rows), SPILL_ROWS)]
     runs = [spill_once(batches, base / f"spill-{i}") for i in range(repeats)]
     e2e = [asyncio.run(e2e_once(dsn, e2e_records, base / f"e2e-{i}")) for i in range(e2e_repeats)]

@@ -6,11 +6,8 @@ import importlib
 import os
 import random
 import struct
-import subprocess
-import sys
 import types
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -19,13 +16,12 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-import atrace
+from _select import selected_in_subprocess
 from atrace import _otlp_decode, _otlp_rows, otlp
 from atrace.encode import COLUMNS
 from atrace.errors import WireError
 
 FORCED_TWIN = os.environ.get("ATRACE_PUREPYTHON", "") not in ("", "0")
-SRC = Path(atrace.__file__).resolve().parent.parent
 T0 = 1_700_000_000_123_456_789
 TRACE = bytes.fromhex("0190b2c3d4e5f60718293a4b5c6d7e8f")
 SPAN = (5).to_bytes(8, "big")
@@ -725,20 +721,13 @@ class TestSameRefusals:
 
 def implementation_in_subprocess(env_value: str | None, prelude: str = "") -> str:
     """What a fresh interpreter's atrace decodes protobuf with, ATRACE_PUREPYTHON set as given."""
-    env = {k: v for k, v in os.environ.items() if k != "ATRACE_PUREPYTHON"}
-    if env_value is not None:
-        env["ATRACE_PUREPYTHON"] = env_value
-    env["PYTHONPATH"] = os.pathsep.join([str(SRC), env.get("PYTHONPATH", "")])
-    code = (
-        f"{prelude}\nimport atrace.otlp as o, atrace._otlp_decode as d\n"
+    return selected_in_subprocess(
+        "import atrace.otlp as o, atrace._otlp_decode as d\n"
         "print(d.IMPLEMENTATION, d._decode_traces_pb.__module__, "
-        "o.decode_traces(b'', 'application/x-protobuf'))"
+        "o.decode_traces(b'', 'application/x-protobuf'))",
+        env_value,
+        prelude,
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30
-    )
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip()
 
 
 class TestSelection:

@@ -7,7 +7,6 @@ import gc
 import importlib
 import os
 import random
-import subprocess
 import sys
 import threading
 import time
@@ -23,12 +22,12 @@ import pytest
 import atrace
 import atrace._ring_py
 import atrace.ring
+from _select import selected_in_subprocess
 from atrace.errors import ConfigError
 
 POLICIES = ("drop_oldest", "drop_newest", "block")
 SEED = 20240611
 FORCED_TWIN = os.environ.get("ATRACE_PUREPYTHON", "") not in ("", "0")
-SRC = Path(atrace.__file__).resolve().parent.parent
 
 RingClass = Any
 
@@ -746,20 +745,13 @@ class TestApi:
 
 def implementation_in_subprocess(env_value: str | None, prelude: str = "") -> str:
     """What a fresh interpreter's atrace.ring selects, with ATRACE_PUREPYTHON set as given."""
-    env = {k: v for k, v in os.environ.items() if k != "ATRACE_PUREPYTHON"}
-    if env_value is not None:
-        env["ATRACE_PUREPYTHON"] = env_value
-    env["PYTHONPATH"] = os.pathsep.join([str(SRC), env.get("PYTHONPATH", "")])
-    code = (
-        f"{prelude}\nimport atrace.ring as r\n"
+    return selected_in_subprocess(
+        "import atrace.ring as r\n"
         "print(r.IMPLEMENTATION, r.Ring.__module__, r.POLICIES == ('drop_oldest', "
-        "'drop_newest', 'block'))"
+        "'drop_newest', 'block'))",
+        env_value,
+        prelude,
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30
-    )
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip()
 
 
 class TestSelection:
