@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class DiscardSink:
@@ -44,3 +50,20 @@ def info_rows(n: int) -> list[tuple[Any, ...]]:
         for i in range(n)
     ]  # fmt: skip
     return encoder.rows(records)
+
+
+@contextlib.contextmanager
+def postgres(dsn: str | None) -> Iterator[tuple[str, str]]:
+    """``(dsn, label)``: the given PostgreSQL, or a throwaway one (tests/_pg.py) for the block."""
+    if dsn is not None:
+        yield dsn, "--dsn"
+        return
+    sys.path.insert(0, str(ROOT / "tests"))
+    import _pg
+
+    server = _pg.PgServer()
+    server.start()
+    try:
+        yield server.dsn, "throwaway (tests/_pg.py settings)"
+    finally:
+        server.stop()

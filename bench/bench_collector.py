@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+from _common import postgres
 
 from atrace._ids import new_span_id, new_trace_id
 from atrace.collector.auth import create_key
@@ -340,21 +341,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a ~20 s smoke run")
     parser.add_argument("--json", metavar="PATH", help="also write every figure to PATH")
     args = parser.parse_args()
-    server = None
-    dsn = args.dsn
-    if dsn is None:
-        sys.path.insert(0, str(ROOT / "tests"))
-        import _pg
-
-        server = _pg.PgServer()
-        server.start()
-        dsn = server.dsn
-    try:
+    with postgres(args.dsn) as (dsn, label):
         results = run(dsn, args)
-        results["server"] = "--dsn" if args.dsn else "throwaway (tests/_pg.py settings)"
-    finally:
-        if server is not None:
-            server.stop()
+        results["server"] = label
     report(results)
     if args.json:
         results["targets"] = target_lines(results)

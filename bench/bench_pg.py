@@ -7,13 +7,12 @@ import asyncio
 import json
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-from _common import info_rows
+from _common import info_rows, postgres
 
 import atrace
 import atrace.pipeline
@@ -22,7 +21,6 @@ from atrace.encode import COLUMNS
 from atrace.schema import ensure_schema
 from atrace.sinks.postgres import connection_init
 
-ROOT = Path(__file__).resolve().parent.parent
 RECORDS = 500_000
 QUICK_RECORDS = 50_000
 REPEATS = 3
@@ -252,21 +250,9 @@ def main() -> None:
     repeats = args.repeats or (1 if args.quick else REPEATS)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
 
-    server = None
-    dsn = args.dsn
-    if dsn is None:
-        sys.path.insert(0, str(ROOT / "tests"))
-        import _pg
-
-        server = _pg.PgServer()
-        server.start()
-        dsn = server.dsn
-    try:
+    with postgres(args.dsn) as (dsn, label):
         results = run(dsn, n, repeats, batch_sizes, not args.no_pace)
-        results["server"] = "--dsn" if args.dsn else "throwaway (tests/_pg.py settings)"
-    finally:
-        if server is not None:
-            server.stop()
+        results["server"] = label
     report(results)
     if args.json:
         results["targets"] = target_lines(results)

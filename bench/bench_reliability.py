@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import logging
@@ -30,7 +31,7 @@ from atrace.spill import Spill
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
-from _common import DiscardSink, info_rows  # noqa: E402
+from _common import DiscardSink, info_rows, postgres  # noqa: E402
 
 from _proxy import TCPProxy  # noqa: E402
 
@@ -832,23 +833,17 @@ def main() -> None:
     log.addHandler(WATCH.handler())
     log.propagate = False
 
-    server = None
-    dsn = args.dsn
-    if dsn is None:
-        import _pg
-
-        server = _pg.PgServer()
-        server.start()
-        dsn = server.dsn
+    stack = contextlib.ExitStack()
+    dsn, label = stack.enter_context(postgres(args.dsn))
     results: dict[str, Any] = {
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "ring_implementation": atrace.ring.IMPLEMENTATION,
         "quick": quick,
         "source": source_state(),
-        "server": "--dsn" if args.dsn else "throwaway (tests/_pg.py settings)",
+        "server": label,
     }
     targets: list[str] = []
-    try:
+    with stack:
         results["server_version"] = asyncio.run(server_version(dsn))
         print(
             f"{results['python']}, ring={results['ring_implementation']}; PostgreSQL "
@@ -876,9 +871,6 @@ def main() -> None:
                     base / "spill",
                 )
                 targets += report_spill(results["spill"])
-    finally:
-        if server is not None:
-            server.stop()
     results["targets"] = targets
     results["loop_errors"] = WATCH.loop_errors
     results["atrace_warnings"] = WATCH.warnings

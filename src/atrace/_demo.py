@@ -127,17 +127,9 @@ async def _main(dsn: str, schema: str, requests: int) -> int:
     where = "" if schema == "atrace" else f" --schema {schema}"
     print(
         f"look again: atrace traces{where} · atrace errors{where}"
-        + (f" · atrace show {_hex(failed)}{where}" if failed else "")
+        + (f" · atrace show {str(failed).replace('-', '')}{where}" if failed else "")
     )
     return 0
-
-
-def _hex(trace_id: object) -> str:
-    return (
-        trace_id.hex
-        if hasattr(trace_id, "hex") and not callable(trace_id.hex)
-        else str(trace_id).replace("-", "")
-    )
 
 
 def run_demo(dsn: str | None, schema: str = "atrace", requests: int = 5) -> int:
