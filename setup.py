@@ -11,10 +11,10 @@ if not os.environ.get("ATRACE_PUREPYTHON"):
     ext_modules = cythonize(
         [
             Extension("atrace._ring", ["src/atrace/_ring.pyx"]),
-            Extension("atrace._emit", ["src/atrace/_emit.pyx"]),
-            Extension("atrace._encode", ["src/atrace/_encode.pyx"]),
-            Extension("atrace._pgcopy", ["src/atrace/_pgcopy.pyx"]),
-            Extension("atrace._otlp_pb", ["src/atrace/_otlp_pb.pyx"]),
+            Extension("atrace._emit._hot", ["src/atrace/_emit/_hot.pyx"]),
+            Extension("atrace._pipeline._encode", ["src/atrace/_pipeline/_encode.pyx"]),
+            Extension("atrace._formats._pgcopy", ["src/atrace/_formats/_pgcopy.pyx"]),
+            Extension("atrace._formats.otlp._pb", ["src/atrace/_formats/otlp/_pb.pyx"]),
         ],
         compiler_directives={"language_level": 3, "boundscheck": False, "wraparound": False},
     )

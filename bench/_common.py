@@ -29,8 +29,8 @@ class DiscardSink:
 
 def info_rows(n: int) -> list[tuple[Any, ...]]:
     """Rows exactly as atrace's encoder makes them from ``info("msg", a=1, b="x")`` records."""
+    from atrace._pipeline.encode import Encoder
     from atrace.config import Config
-    from atrace.encode import Encoder
 
     config = Config(service="bench")
     encoder = Encoder(

@@ -185,12 +185,12 @@ def in_process(rounds: int, otel_rounds: int) -> dict[str, Any]:
     blocks of OTEL_BLOCK requests each.
     """
     import atrace
-    import atrace.pipeline
+    import atrace._pipeline.state
 
     configure_atrace()
     atrace.info("start")  # starts the flusher on the loop below
     loop = asyncio.new_event_loop()
-    ring = atrace.pipeline.get_pipeline().ring
+    ring = atrace._pipeline.state.get_pipeline().ring
     figures: dict[str, Any] = {}
     try:
         for app_kind in ("bare", "starlette"):
@@ -423,13 +423,13 @@ def main() -> None:
     otel_rounds = QUICK_OTEL_ROUNDS if args.quick else OTEL_ROUNDS
     duration = args.duration or (QUICK_DURATION if args.quick else DURATION)
 
-    import atrace.emit
+    import atrace._emit.hot
 
     results: dict[str, Any] = {
         "python": platform.python_version(),
         "machine": platform.machine(),
         "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-        "emit": atrace.emit.IMPLEMENTATION,
+        "emit": atrace._emit.hot.IMPLEMENTATION,
         "rounds": rounds,
         "otel_rounds": otel_rounds,
         "duration": duration,

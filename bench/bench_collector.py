@@ -21,14 +21,14 @@ import aiohttp
 import asyncpg
 from _common import postgres
 
-from atrace._ids import new_span_id, new_trace_id
-from atrace.collector.auth import create_key
-from atrace.encode import COLUMNS
-from atrace.otlp import traces_request
-from atrace.schema import ensure_schema
+from atrace._emit.ids import new_span_id, new_trace_id
+from atrace._formats.otlp import traces_request
+from atrace._formats.wire import encode_batch
+from atrace._pipeline.encode import COLUMNS
+from atrace._postgres.schema import ensure_schema
+from atrace.collector._auth import create_key
 from atrace.sinks import Batch
 from atrace.sinks.postgres import connection_init
-from atrace.wire import encode_batch
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = "bench_collector"

@@ -124,8 +124,8 @@ def empty_loop(n: int) -> int:
 def atrace_figures(n: int, repeats: int) -> dict[str, Any]:
     """Every atrace case, for whichever implementation this process imported."""
     import atrace
-    import atrace.pipeline
-    import atrace.ring
+    import atrace._pipeline.ring
+    import atrace._pipeline.state
 
     atrace.configure(
         service="bench",
@@ -140,7 +140,7 @@ def atrace_figures(n: int, repeats: int) -> dict[str, Any]:
     amit = atrace.amit
 
     def drain() -> None:
-        atrace.pipeline.get_pipeline().ring.drain(10**9)
+        atrace._pipeline.state.get_pipeline().ring.drain(10**9)
 
     def span_root(n: int) -> int:
         t0 = time.perf_counter_ns()
@@ -206,13 +206,13 @@ def atrace_figures(n: int, repeats: int) -> dict[str, Any]:
     metrics = atrace.metrics()
     emit_impl = None
     try:
-        import atrace.emit
+        import atrace._emit.hot
 
-        emit_impl = getattr(atrace.emit, "IMPLEMENTATION", None)
+        emit_impl = getattr(atrace._emit.hot, "IMPLEMENTATION", None)
     except ImportError:
         pass
     result = {
-        "ring_implementation": atrace.ring.IMPLEMENTATION,
+        "ring_implementation": atrace._pipeline.ring.IMPLEMENTATION,
         "emit_implementation": emit_impl,
         "dropped": metrics.dropped,
         "written": metrics.written,

@@ -15,10 +15,10 @@ import asyncpg
 from _common import info_rows, postgres
 
 import atrace
-import atrace.pipeline
-import atrace.ring
-from atrace.encode import COLUMNS
-from atrace.schema import ensure_schema
+import atrace._pipeline.ring
+import atrace._pipeline.state
+from atrace._pipeline.encode import COLUMNS
+from atrace._postgres.schema import ensure_schema
 from atrace.sinks.postgres import connection_init
 
 RECORDS = 500_000
@@ -76,7 +76,7 @@ async def atrace_once(dsn: str, n: int, batch_size: int, pace: bool = True) -> d
     atrace.info("warm-up")
     if not await atrace.aflush(timeout=60):
         raise RuntimeError("atrace did not write the warm-up record within 60 s")
-    ring = atrace.pipeline.get_pipeline().ring
+    ring = atrace._pipeline.state.get_pipeline().ring
     info = atrace.info
     sleep = asyncio.sleep
     paced = 0
@@ -221,7 +221,7 @@ def run(dsn: str, n: int, repeats: int, batch_sizes: list[int], pace: bool) -> d
         "records": n,
         "repeats": repeats,
         "paced": pace,
-        "ring_implementation": atrace.ring.IMPLEMENTATION,
+        "ring_implementation": atrace._pipeline.ring.IMPLEMENTATION,
         "server_version": asyncio.run(server_version(dsn)),
         "raw": summary(raw_runs),
         "atrace": {str(bs): summary(runs) for bs, runs in atrace_runs.items()},

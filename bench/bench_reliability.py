@@ -24,10 +24,10 @@ from typing import Any
 import asyncpg
 
 import atrace
-import atrace.pipeline
-import atrace.ring
-from atrace.encode import Row
-from atrace.spill import Spill
+import atrace._pipeline.ring
+import atrace._pipeline.state
+from atrace._delivery.spill import Spill
+from atrace._pipeline.encode import Row
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -520,7 +520,7 @@ def full_ring_child() -> None:
         atrace.configure(service="bench", sink=DiscardSink(), capacity=OUTAGE_CAPACITY)
         info = atrace.info
         info("warm-up")
-        atrace.pipeline.get_pipeline().ring.drain(10)
+        atrace._pipeline.state.get_pipeline().ring.drain(10)
         gc.collect()
         before = rss()
         for _ in range(OUTAGE_CAPACITY):
@@ -679,7 +679,7 @@ async def e2e_once(dsn: str, n: int, base: Path) -> dict[str, Any]:
             service="bench", sink=proxy.url_for(dsn), schema=E2E_SCHEMA, spill_dir=str(base)
         )
         await warm_up()
-        ring = atrace.pipeline.get_pipeline().ring
+        ring = atrace._pipeline.state.get_pipeline().ring
         proxy.cut()
         info = atrace.info
         paced_waits = 0
@@ -837,7 +837,7 @@ def main() -> None:
     dsn, label = stack.enter_context(postgres(args.dsn))
     results: dict[str, Any] = {
         "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "ring_implementation": atrace.ring.IMPLEMENTATION,
+        "ring_implementation": atrace._pipeline.ring.IMPLEMENTATION,
         "quick": quick,
         "source": source_state(),
         "server": label,

@@ -17,11 +17,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 import asyncpg  # noqa: E402
 
 from _pg import PgServer  # noqa: E402
+from atrace._pipeline.encode import COLUMNS  # noqa: E402
+from atrace._postgres.schema import ensure_schema  # noqa: E402
 from atrace.collector import query  # noqa: E402
-from atrace.collector.query import parse_filters  # noqa: E402
-from atrace.collector.tail import TailHub  # noqa: E402
-from atrace.encode import COLUMNS  # noqa: E402
-from atrace.schema import ensure_schema  # noqa: E402
+from atrace.collector._query import parse_filters  # noqa: E402
+from atrace.collector._tail import TailHub  # noqa: E402
 from atrace.sinks.postgres import connection_init, copy_rows  # noqa: E402
 from test_query import NOW, A, S, _Recorder, seed_realistic  # noqa: E402
 

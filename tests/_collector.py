@@ -27,15 +27,15 @@ import asyncpg
 import pytest_asyncio
 from aiohttp import web
 
-from atrace._ids import new_span_id, new_trace_id
-from atrace.collector.app import METRICS, make_app, make_runner
-from atrace.collector.auth import create_key
-from atrace.collector.limits import Limits
-from atrace.collector.metrics import Metrics
-from atrace.encode import COLUMNS, Row
+from atrace._emit.ids import new_span_id, new_trace_id
+from atrace._formats.wire import encode_batch
+from atrace._pipeline.encode import COLUMNS, Row
+from atrace.collector._app import METRICS, make_app, make_runner
+from atrace.collector._auth import create_key
+from atrace.collector._limits import Limits
+from atrace.collector._prometheus import Metrics
 from atrace.sinks import Batch
 from atrace.sinks.postgres import connection_init
-from atrace.wire import encode_batch
 
 __all__ = (
     "CollectorServer",

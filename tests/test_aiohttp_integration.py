@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 
 import atrace
-from atrace._ids import format_span_id, parse_span_id
+from atrace._emit.ids import format_span_id, parse_span_id
 from atrace.integrations.aiohttp import create_middleware, middleware, setup, trace_config
 from atrace.testing import MemorySink
 

@@ -20,7 +20,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 import atrace
-from atrace._ids import format_span_id, parse_span_id
+from atrace._emit.ids import format_span_id, parse_span_id
 from atrace.integrations._http import parse_traceparent, skip_rule, split_host
 from atrace.integrations.asgi import AtraceMiddleware
 from atrace.testing import MemorySink

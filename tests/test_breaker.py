@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from atrace.breaker import BreakerState, CircuitBreaker
+from atrace._delivery.breaker import BreakerState, CircuitBreaker
 from atrace.errors import ConfigError, InternalError
 
 

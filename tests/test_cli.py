@@ -10,7 +10,7 @@ from pathlib import Path
 
 import asyncpg
 
-from atrace.schema import SCHEMA_VERSION
+from atrace._postgres.schema import SCHEMA_VERSION
 
 ATRACE = str(Path(sys.executable).with_name("atrace"))
 

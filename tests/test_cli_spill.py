@@ -17,9 +17,9 @@ from typing import Any
 import asyncpg
 import pytest
 
-from atrace.encode import Encoder, Row
+from atrace._delivery.spill import Spill
+from atrace._pipeline.encode import Encoder, Row
 from atrace.sinks.postgres import PostgresSink
-from atrace.spill import Spill
 
 ATRACE = str(Path(sys.executable).with_name("atrace"))
 # Nothing listens on port 1: connecting fails at once.

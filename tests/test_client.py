@@ -20,7 +20,7 @@ from _collector import (
     collector_server,  # noqa: F401
     native_body,
 )
-from atrace._ids import new_trace_id
+from atrace._emit.ids import new_trace_id
 from atrace.client import (
     AsyncClient,
     AuthenticationError,
@@ -31,7 +31,7 @@ from atrace.client import (
     ServerError,
     TransportError,
 )
-from atrace.collector.state import TAIL
+from atrace.collector._state import TAIL
 from atrace.sinks.postgres import connection_init
 from test_query import NOW, A, B, S, copy_rows, make_row, trace_rows
 

@@ -28,11 +28,11 @@ from _collector import (
 )
 from _pg import PgServer
 from _proxy import TCPProxy
-from atrace._ids import format_span_id, parse_span_id
-from atrace.collector.app import KEYS
-from atrace.collector.ingest import INGEST
-from atrace.context import format_traceparent, parse_traceparent
-from atrace.encode import COLUMNS
+from atrace._emit.context import format_traceparent, parse_traceparent
+from atrace._emit.ids import format_span_id, parse_span_id
+from atrace._pipeline.encode import COLUMNS
+from atrace.collector._app import KEYS
+from atrace.collector._ingest import INGEST
 
 # What a stored record looks like next to the row that was posted.
 _TEXT_COLUMNS = COLUMNS[8:]
@@ -147,7 +147,7 @@ class TestNativeIngest:
 
     async def test_published_to_tail(self, collector_server: CollectorServer) -> None:
         """Committed rows are handed to the live tail with the key's project."""
-        from atrace.collector.state import TAIL
+        from atrace.collector._state import TAIL
 
         assert collector_server.app is not None
         hub = collector_server.app[TAIL]
@@ -678,7 +678,7 @@ class TestServeCommand:
 
 def test_bad_schema_refused() -> None:
     """make_app refuses a schema name that is not a plain identifier."""
-    from atrace.collector.app import make_app
+    from atrace.collector._app import make_app
     from atrace.errors import ConfigError
 
     with pytest.raises(ConfigError, match="schema"):
@@ -687,7 +687,11 @@ def test_bad_schema_refused() -> None:
 
 def test_module_all() -> None:
     """Each collector module's __all__ names what it defines."""
-    from atrace.collector import app, auth, ingest, limits, metrics
+    from atrace.collector import _app as app
+    from atrace.collector import _auth as auth
+    from atrace.collector import _ingest as ingest
+    from atrace.collector import _limits as limits
+    from atrace.collector import _prometheus as metrics
 
     for module in (app, auth, ingest, limits, metrics):
         for name in module.__all__:

@@ -32,10 +32,10 @@ from _collector import (
 )
 from _pg import PgServer
 from _proxy import TCPProxy
-from atrace._ids import new_trace_id
-from atrace.collector.auth import AuthError, KeyStore, parse_key, revoke_key
-from atrace.collector.limits import Limits
-from atrace.encode import COLUMNS
+from atrace._emit.ids import new_trace_id
+from atrace._pipeline.encode import COLUMNS
+from atrace.collector._auth import AuthError, KeyStore, parse_key, revoke_key
+from atrace.collector._limits import Limits
 
 MiB = 1024 * 1024
 
@@ -116,7 +116,7 @@ class TestKeys:
         _, body = native_body(make_rows(2))
         assert (await collector_server.post("/v1/ingest", body, key)).status == 200
         assert collector_server.app is not None
-        from atrace.collector.app import KEYS
+        from atrace.collector._app import KEYS
 
         conn = await asyncpg.connect(collector_server.db_dsn)
         try:
@@ -386,7 +386,7 @@ class TestSizeLimits:
         refused at max_inflated, and an honest gzip body still stored."""
         from aiohttp import web
 
-        from atrace.collector.app import make_app
+        from atrace.collector._app import make_app
 
         dsn, schema = pg_schema
         runner = web.AppRunner(make_app(dsn, schema=schema, limits=_SMALL))
@@ -622,7 +622,7 @@ class TestBackpressure:
             _, held = native_body(make_rows(10))
             first = asyncio.ensure_future(server.post("/v1/ingest", held, key))
             assert server.app is not None
-            from atrace.collector.ingest import INGEST
+            from atrace.collector._ingest import INGEST
 
             admission = server.app[INGEST].admission
             await wait_until(lambda: admission.records == 10)

@@ -13,7 +13,7 @@ import asyncpg
 import platformdirs
 import pytest
 
-from atrace import _embedded
+from atrace._postgres import embedded as _embedded
 from atrace.errors import ConfigError, MissingExtraError
 
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX user ids")

@@ -16,13 +16,13 @@ import pytest
 from aiohttp import web
 
 import atrace
-from atrace.encode import COLUMNS, Encoder
+from atrace._delivery.spill import Spill
+from atrace._formats.wire import decode_batch
+from atrace._pipeline.encode import COLUMNS, Encoder
 from atrace.errors import ConfigError, SinkClosedError, WireError
 from atrace.sinks import Batch
 from atrace.sinks import http as http_sink
 from atrace.sinks.http import DEFAULT_GZIP_MIN_BYTES, HttpSink, HttpSinkError
-from atrace.spill import Spill
-from atrace.wire import decode_batch
 
 MESSAGE_I = COLUMNS.index("message")
 FAST_RECOVERY = {

@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 
 import atrace
-from atrace._ids import format_span_id
+from atrace._emit.ids import format_span_id
 from atrace.integrations.httpx import AsyncTransport, Transport, async_event_hooks, event_hooks
 from atrace.testing import MemorySink
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from atrace._ids import (
+from atrace._emit.ids import (
     format_span_id,
     new_span_id,
     new_trace_id,

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 import atrace
-from atrace import instrument
-from atrace.instrument import instrument_threads, threads_instrumented, uninstrument_threads
+from atrace._emit import instrument
+from atrace._emit.instrument import instrument_threads, threads_instrumented, uninstrument_threads
 from atrace.testing import Capture, capture
 
 # Python 3.14 runs a thread in its own ``_context``, which start() alone can fill.
@@ -337,10 +337,10 @@ class TestReversible:
             ThreadPoolExecutor.submit = ORIGINALS[-1]  # type: ignore[method-assign]
 
     def test_import_is_light(self) -> None:
-        """Importing atrace.instrument loads neither logging, concurrent.futures nor asyncio."""
+        """Importing the instrument module loads neither logging, concurrent.futures nor asyncio."""
         heavy = ("logging", "concurrent.futures", "asyncio")
         code = (
-            "import sys, atrace.instrument; "
+            "import sys, atrace._emit.instrument; "
             f"print(sorted(m for m in {heavy!r} if m in sys.modules))"
         )
         out = subprocess.run(

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 import atrace
-from atrace.instrument import instrument_logging, uninstrument_logging
+from atrace._emit.instrument import instrument_logging, uninstrument_logging
 from atrace.integrations import logging as bridge
 from atrace.integrations.logging import AtraceHandler
 from atrace.testing import Capture, MemorySink, capture
@@ -298,7 +298,7 @@ class TestLoops:
         self, logger: logging.Logger, cap: Capture, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """If handing a record to atrace logs through stdlib, that record is not bridged again."""
-        from atrace._runtime import runtime
+        from atrace._emit.runtime import runtime
 
         real_push = runtime.push
         calls: list[Any] = []

@@ -1,4 +1,4 @@
-"""atrace.otlp: rows as OTLP (protobuf and JSON), OTLP as rows, and what real SDKs send."""
+"""atrace._formats.otlp: rows as OTLP (protobuf and JSON), OTLP as rows, and what real SDKs send."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 import atrace
-from atrace import otlp
-from atrace.encode import COLUMNS
+from atrace._formats import otlp
+from atrace._pipeline.encode import COLUMNS
 from atrace.errors import WireError
 from atrace.testing import MemorySink
 

@@ -17,8 +17,10 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from _select import selected_in_subprocess
-from atrace import _otlp_decode, _otlp_rows, otlp
-from atrace.encode import COLUMNS
+from atrace._formats import otlp
+from atrace._formats.otlp import decode as _otlp_decode
+from atrace._formats.otlp import rows as _otlp_rows
+from atrace._pipeline.encode import COLUMNS
 from atrace.errors import WireError
 
 FORCED_TWIN = os.environ.get("ATRACE_PUREPYTHON", "") not in ("", "0")
@@ -35,7 +37,7 @@ def fast() -> types.ModuleType:
     if FORCED_TWIN:
         pytest.skip("ATRACE_PUREPYTHON is set: this run covers the pure-Python twin only")
     try:
-        return importlib.import_module("atrace._otlp_pb")
+        return importlib.import_module("atrace._formats.otlp._pb")
     except ImportError as exc:
         pytest.fail(
             f"the compiled OTLP decoder does not import ({exc}); build it with "
@@ -722,7 +724,7 @@ class TestSameRefusals:
 def implementation_in_subprocess(env_value: str | None, prelude: str = "") -> str:
     """What a fresh interpreter's atrace decodes protobuf with, ATRACE_PUREPYTHON set as given."""
     return selected_in_subprocess(
-        "import atrace.otlp as o, atrace._otlp_decode as d\n"
+        "import atrace._formats.otlp as o, atrace._formats.otlp.decode as d\n"
         "print(d.IMPLEMENTATION, d._decode_traces_pb.__module__, "
         "o.decode_traces(b'', 'application/x-protobuf'))",
         env_value,
@@ -733,22 +735,24 @@ def implementation_in_subprocess(env_value: str | None, prelude: str = "") -> st
 class TestSelection:
     def test_env_forces_the_twin(self) -> None:
         """ATRACE_PUREPYTHON=1 decodes with the upb twin."""
-        assert implementation_in_subprocess("1") == "python atrace._otlp_decode []"
+        assert implementation_in_subprocess("1") == "python atrace._formats.otlp.decode []"
 
     def test_missing_compiled_module_falls_back_to_the_twin(self) -> None:
         """When the compiled decoder cannot be imported, the twin decodes instead."""
-        prelude = "import sys; sys.modules['atrace._otlp_pb'] = None"
-        assert implementation_in_subprocess(None, prelude) == "python atrace._otlp_decode []"
+        prelude = "import sys; sys.modules['atrace._formats.otlp._pb'] = None"
+        assert (
+            implementation_in_subprocess(None, prelude) == "python atrace._formats.otlp.decode []"
+        )
 
     @pytest.mark.skipif(FORCED_TWIN, reason="ATRACE_PUREPYTHON runs need not build the decoder")
     @pytest.mark.parametrize("value", [None, "", "0"])
     def test_compiled_decoder_is_the_default(self, value: str | None) -> None:
         """Unset, empty or "0", the variable leaves the compiled decoder in charge."""
-        assert implementation_in_subprocess(value) == "cython atrace._otlp_pb []"
+        assert implementation_in_subprocess(value) == "cython atrace._formats.otlp._pb []"
 
     def test_this_process_reports_what_it_runs(self) -> None:
-        """IMPLEMENTATION names the module whose decoders atrace.otlp calls."""
-        module = {"cython": "atrace._otlp_pb", "python": "atrace._otlp_decode"}
+        """IMPLEMENTATION names the module whose decoders atrace._formats.otlp calls."""
+        module = {"cython": "atrace._formats.otlp._pb", "python": "atrace._formats.otlp.decode"}
         assert _otlp_decode._decode_traces_pb.__module__ == module[_otlp_decode.IMPLEMENTATION]
         assert _otlp_decode._decode_logs_pb.__module__ == module[_otlp_decode.IMPLEMENTATION]
         if FORCED_TWIN:

@@ -27,7 +27,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 import atrace
-from atrace.encode import COLUMNS
+from atrace._pipeline.encode import COLUMNS
 from atrace.errors import ConfigError, SinkClosedError
 from atrace.sinks import Batch, Sink
 from atrace.sinks import otlp as sink_module

@@ -14,15 +14,15 @@ import asyncpg
 import orjson
 import pytest
 
-from atrace import pgcopy
-from atrace.encode import COLUMNS
-from atrace.schema import ensure_schema
+from atrace._formats import pgcopy
+from atrace._pipeline.encode import COLUMNS
+from atrace._postgres.schema import ensure_schema
 from atrace.sinks.postgres import broken_row, connection_init, copy_rows
 
-_IMPLS = ["atrace._pgcopy_py"]
+_IMPLS = ["atrace._formats._pgcopy_py"]
 try:
-    importlib.import_module("atrace._pgcopy")
-    _IMPLS.append("atrace._pgcopy")
+    importlib.import_module("atrace._formats._pgcopy")
+    _IMPLS.append("atrace._formats._pgcopy")
 except ImportError:  # the twin alone (ATRACE_PUREPYTHON builds): the compiled case is absent
     pass
 
@@ -184,8 +184,8 @@ class TestEncodeRows:
             )
             for _ in range(300)
         ]
-        compiled = importlib.import_module("atrace._pgcopy")
-        twin = importlib.import_module("atrace._pgcopy_py")
+        compiled = importlib.import_module("atrace._formats._pgcopy")
+        twin = importlib.import_module("atrace._formats._pgcopy_py")
         assert compiled.encode_rows(rows) == twin.encode_rows(rows)
 
 

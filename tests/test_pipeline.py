@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 import atrace
-from atrace import pipeline as pipeline_mod
+from atrace._pipeline import state as pipeline_mod
+from atrace._pipeline.pipeline import Pipeline
 from atrace.config import Config
-from atrace.flusher import Pipeline
 from atrace.sinks import Batch
 from atrace.testing import MemorySink
 
@@ -427,9 +427,9 @@ class TestReplayAccounting:
         counted as dropped here, where it was never accepted."""
         import uuid
 
-        from atrace.encode import Encoder
-        from atrace.flusher import _spill_key
-        from atrace.spill import Spill
+        from atrace._delivery.spill import Spill
+        from atrace._pipeline.encode import Encoder
+        from atrace._pipeline.pipeline import _spill_key
 
         class Picky(MemorySink):
             name = "picky"

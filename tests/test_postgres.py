@@ -13,8 +13,8 @@ import orjson
 import pytest
 
 import atrace
-from atrace.encode import COLUMNS, Encoder
-from atrace.schema import SCHEMA_VERSION, ensure_schema, partition_name
+from atrace._pipeline.encode import COLUMNS, Encoder
+from atrace._postgres.schema import SCHEMA_VERSION, ensure_schema, partition_name
 from atrace.sinks import Batch
 from atrace.sinks.postgres import PostgresSink
 

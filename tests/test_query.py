@@ -21,13 +21,13 @@ from _collector import (
     CollectorServer,
     collector_server,  # noqa: F401
 )
-from atrace._ids import format_span_id, new_span_id, new_trace_id
-from atrace.collector import query
-from atrace.collector.query import Filters, build_tree, parse_filters, parse_level, parse_time
-from atrace.encode import COLUMNS
+from atrace._emit.ids import format_span_id, new_span_id, new_trace_id
+from atrace._pipeline.encode import COLUMNS
+from atrace._postgres.schema import ensure_partitions, ensure_schema, ensure_text_index
+from atrace.collector import _query as query
+from atrace.collector._query import Filters, build_tree, parse_filters, parse_level, parse_time
+from atrace.collector._query.fingerprint import fingerprint, normalize_message, top_frames
 from atrace.errors import ConfigError
-from atrace.fingerprint import fingerprint, normalize_message, top_frames
-from atrace.schema import ensure_partitions, ensure_schema, ensure_text_index
 from atrace.sinks.postgres import connection_init
 
 A, B = "alpha", "beta"

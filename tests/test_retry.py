@@ -7,8 +7,7 @@ import random
 
 import pytest
 
-from atrace.errors import ConfigError, InternalError
-from atrace.retry import (
+from atrace._delivery.retry import (
     Retry,
     RetryPolicy,
     RetryState,
@@ -16,6 +15,7 @@ from atrace.retry import (
     classify_default,
     parse_retry_after,
 )
+from atrace.errors import ConfigError, InternalError
 
 SEED = 1234
 

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 
 import atrace
+import atrace._pipeline.ring
 import atrace._ring_py
-import atrace.ring
 from _select import selected_in_subprocess
 from atrace.errors import ConfigError
 
@@ -744,9 +744,9 @@ class TestApi:
 
 
 def implementation_in_subprocess(env_value: str | None, prelude: str = "") -> str:
-    """What a fresh interpreter's atrace.ring selects, with ATRACE_PUREPYTHON set as given."""
+    """What a fresh interpreter's ring façade selects, with ATRACE_PUREPYTHON set as given."""
     return selected_in_subprocess(
-        "import atrace.ring as r\n"
+        "import atrace._pipeline.ring as r\n"
         "print(r.IMPLEMENTATION, r.Ring.__module__, r.POLICIES == ('drop_oldest', "
         "'drop_newest', 'block'))",
         env_value,
@@ -773,16 +773,18 @@ class TestSelection:
     def test_this_process_reports_what_it_runs(self) -> None:
         """IMPLEMENTATION names the module that Ring really comes from."""
         module = {"cython": "atrace._ring", "python": "atrace._ring_py"}
-        assert atrace.ring.Ring.__module__ == module[atrace.ring.IMPLEMENTATION]
+        assert atrace._pipeline.ring.Ring.__module__ == module[atrace._pipeline.ring.IMPLEMENTATION]
         if FORCED_TWIN:
-            assert atrace.ring.IMPLEMENTATION == "python"
+            assert atrace._pipeline.ring.IMPLEMENTATION == "python"
 
     def test_all_lists_exactly_the_exports(self) -> None:
         """ring.__all__ names every public name the module has, and nothing else."""
         public = {
             name
-            for name, value in vars(atrace.ring).items()
+            for name, value in vars(atrace._pipeline.ring).items()
             if not name.startswith("_") and not isinstance(value, types.ModuleType)
         }
-        assert isinstance(atrace.ring.__all__, tuple)
-        assert set(atrace.ring.__all__) == public == {"IMPLEMENTATION", "POLICIES", "Ring"}
+        assert isinstance(atrace._pipeline.ring.__all__, tuple)
+        assert (
+            set(atrace._pipeline.ring.__all__) == public == {"IMPLEMENTATION", "POLICIES", "Ring"}
+        )

@@ -17,10 +17,10 @@ from typing import Any
 import orjson
 import pytest
 
-from atrace import spill as spill_module
-from atrace._embedded import data_dir
+from atrace._delivery import spill as spill_module
+from atrace._delivery.spill import Spill, SpilledBatch, default_spill_dir
+from atrace._postgres.embedded import data_dir
 from atrace.errors import ConfigError
-from atrace.spill import Spill, SpilledBatch, default_spill_dir
 
 SEED = 20240611
 Row = tuple[Any, ...]

@@ -21,11 +21,11 @@ from _collector import (
     collector_server,  # noqa: F401
     native_body,
 )
-from atrace._ids import new_trace_id
-from atrace.collector.query import Filters
-from atrace.collector.state import TAIL
-from atrace.collector.tail import TailClosed, TailHub
-from atrace.schema import ensure_schema
+from atrace._emit.ids import new_trace_id
+from atrace._postgres.schema import ensure_schema
+from atrace.collector._query import Filters
+from atrace.collector._state import TAIL
+from atrace.collector._tail import TailClosed, TailHub
 from atrace.sinks.postgres import connection_init
 from test_query import NOW, A, B, S, copy_rows, make_row
 

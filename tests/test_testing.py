@@ -11,7 +11,8 @@ from collections.abc import Iterator
 import pytest
 
 import atrace
-from atrace import pipeline, pytest_plugin, testing
+from atrace import pytest_plugin, testing
+from atrace._pipeline import state as pipeline
 from atrace.testing import Capture, MemorySink, Record, capture
 
 pytest_plugins = ["pytester"]

@@ -16,8 +16,8 @@ import pytest
 
 import atrace
 from _collector import CollectorServer, collector_server  # noqa: F401
-from atrace._ids import new_span_id
-from atrace.encode import COLUMNS
+from atrace._emit.ids import new_span_id
+from atrace._pipeline.encode import COLUMNS
 from atrace.sinks.postgres import connection_init, copy_rows
 
 ATRACE = str(Path(sys.executable).with_name("atrace"))

@@ -14,11 +14,11 @@ import msgpack
 import orjson
 import pytest
 
-from atrace import wire
-from atrace.encode import COLUMNS, Encoder
+from atrace._formats import wire
+from atrace._formats.wire import CONTENT_TYPES, decode_batch, encode_batch
+from atrace._pipeline.encode import COLUMNS, Encoder
 from atrace.errors import WireError
 from atrace.sinks import Batch
-from atrace.wire import CONTENT_TYPES, decode_batch, encode_batch
 
 FORMATS = ("msgpack", "json")
 I64_MIN = -(1 << 63)

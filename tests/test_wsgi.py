@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 import atrace
-from atrace._ids import format_span_id, parse_span_id
+from atrace._emit.ids import format_span_id, parse_span_id
 from atrace.integrations.wsgi import AtraceWSGIMiddleware
 from atrace.testing import MemorySink
 

@@ -22,12 +22,12 @@ from typing import Any
 
 import orjson
 
-from . import pipeline as _pipeline
-from ._runtime import runtime
+from ._emit.runtime import runtime
+from ._pipeline import state as _pipeline
+from ._pipeline.encode import COLUMNS, Row
+from ._pipeline.pipeline import Pipeline
+from ._pipeline.state import Metrics
 from .config import Config
-from .encode import COLUMNS, Row
-from .flusher import Pipeline
-from .pipeline import Metrics
 from .sinks import Batch
 
 __all__ = ("Capture", "MemorySink", "Record", "capture")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 from binascii import unhexlify as _unhex
 
-from .._ids import parse_trace_id
-from .._runtime import runtime
-from ..context import SpanContext
-from ..emit import Span, get_current
+from .._emit.context import SpanContext
+from .._emit.hot import Span, get_current
+from .._emit.ids import parse_trace_id
+from .._emit.runtime import runtime
 from ..errors import ConfigError
 
 TYPE_CHECKING = False

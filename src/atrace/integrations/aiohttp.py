@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextvars
 
-from ..emit import Span, get_current, reset_current, set_current
+from .._emit.hot import Span, get_current, reset_current, set_current
 from ..errors import MissingExtraError
 from ._http import (
     finish_client_span,

@@ -6,7 +6,7 @@ FastAPI, or ``AtraceMiddleware(app)`` around any ASGI app.
 
 from __future__ import annotations
 
-from ..emit import Span, get_current, reset_current, set_current
+from .._emit.hot import Span, get_current, reset_current, set_current
 from ._http import (
     METHODS,
     finish_server_span,

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
     from typing import Any
 
-    from ..emit import Span
+    from .._emit.hot import Span
 
 __all__ = ("AsyncTransport", "Transport", "async_event_hooks", "event_hooks")
 

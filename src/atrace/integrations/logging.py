@@ -17,7 +17,7 @@ import sys
 import threading
 import weakref
 
-from .._runtime import current, runtime
+from .._emit.runtime import current, runtime
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ _BLANK = logging.LogRecord("", 0, "", 0, "", (), None)
 STANDARD_ATTRIBUTES = frozenset(_BLANK.__dict__) | {"message", "asctime"}
 _BLANK_SIZE = len(_BLANK.__dict__)
 del _BLANK
-# The flusher's daemon thread (see atrace.flusher): what it logs is about atrace's own work.
+# The flusher's daemon thread (atrace._pipeline): what it logs is about atrace's own work.
 _FLUSHER_THREAD = "atrace-flusher"
 _get_current = current.get
 

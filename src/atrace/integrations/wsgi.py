@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..emit import Span, get_current, reset_current, set_current
+from .._emit.hot import Span, get_current, reset_current, set_current
 from ._http import (
     finish_server_span,
     method_attrs,

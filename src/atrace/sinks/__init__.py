@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from ..encode import COLUMNS, Row
+from .._pipeline.encode import COLUMNS, Row
 from ..errors import ConfigError
 
 __all__ = ("COLUMNS", "Batch", "Sink", "resolve", "resolve_all")

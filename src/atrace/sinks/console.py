@@ -12,8 +12,8 @@ from typing import Any, TextIO
 
 import orjson
 
-from .._ids import format_span_id
-from ..encode import COLUMNS, sanitize_text, sanitize_value
+from .._emit.ids import format_span_id
+from .._pipeline.encode import COLUMNS, sanitize_text, sanitize_value
 from ..errors import ConfigError, MissingExtraError
 from . import Batch
 

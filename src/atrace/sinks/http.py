@@ -13,9 +13,9 @@ from typing import Any
 
 import orjson
 
+from .._delivery.retry import Verdict, parse_retry_after
+from .._formats.wire import CONTENT_TYPES, encode_batch
 from ..errors import ConfigError, MissingExtraError, SinkClosedError, SinkHTTPError
-from ..retry import Verdict, parse_retry_after
-from ..wire import CONTENT_TYPES, encode_batch
 from . import Batch
 
 __all__ = (

@@ -24,9 +24,9 @@ from urllib.parse import unquote, urlsplit
 
 import orjson
 
+from .._delivery.retry import Verdict, parse_retry_after
 from .._version import __version__
 from ..errors import ConfigError, MissingExtraError, SinkClosedError, SinkHTTPError
-from ..retry import Verdict, parse_retry_after
 from . import Batch
 
 __all__ = ("OtlpExportError", "OtlpSink", "classify", "parse_headers")
@@ -221,7 +221,7 @@ def _host_port(url: str) -> str:
 
 
 def _encode(protocol: str, compression: str, signal: str, rows: list[Any]) -> bytes:
-    from .. import otlp
+    from .._formats import otlp
 
     if protocol == "http/json":
         body = otlp.traces_json(rows) if signal == "traces" else otlp.logs_json(rows)
@@ -376,7 +376,7 @@ class OtlpSink:
         except ImportError:
             raise MissingExtraError("aiohttp", "otlp") from None
         # The protobuf classes: a missing extra shows at open, not at the first batch.
-        from .. import otlp  # noqa: F401
+        from .._formats import otlp  # noqa: F401
 
         self._session = aiohttp.ClientSession(
             headers={"User-Agent": f"atrace/{__version__}"},
@@ -394,7 +394,7 @@ class OtlpSink:
         session = self._session
         if session is None:
             raise SinkClosedError("the sink is not open", sink=self.name, batch_size=len(batch))
-        from .. import otlp
+        from .._formats import otlp
 
         parts = otlp.partition(batch.rows)
         done = self._progress.get(batch.id)

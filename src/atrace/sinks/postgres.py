@@ -11,11 +11,11 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from ..encode import COLUMNS, Row, sanitize_text
+from .._delivery.retry import Verdict
+from .._formats.pgcopy import HEADER, TRAILER, encode_rows
+from .._pipeline.encode import COLUMNS, Row, sanitize_text
+from .._postgres.schema import ensure_partitions, ensure_schema
 from ..errors import MissingExtraError, SinkClosedError
-from ..pgcopy import HEADER, TRAILER, encode_rows
-from ..retry import Verdict
-from ..schema import ensure_partitions, ensure_schema
 from . import Batch
 
 __all__ = ("COPY_SLICE", "PostgresSink", "broken_row", "classify", "connection_init", "copy_rows")
@@ -216,7 +216,7 @@ class PostgresSink:
         self._partition_lock = None
         dsn = self.dsn
         if dsn is None:
-            from .._embedded import embedded_dsn
+            from .._postgres.embedded import embedded_dsn
 
             dsn = self.dsn = await _off_loop(embedded_dsn)
         if self._pool is not None:  # a half-finished earlier open: never leave its connections

@@ -1,0 +1,99 @@
+"""Type stub of the compiled emit module; its API is the twin's in atrace._emit._hot_py."""
+
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any
+
+__all__ = (
+    "Span",
+    "critical",
+    "debug",
+    "error",
+    "exception",
+    "info",
+    "new_span_id",
+    "new_trace_id",
+    "reseed",
+    "span",
+    "warning",
+)
+
+def new_trace_id() -> str: ...
+def new_span_id() -> int: ...
+def reseed() -> None: ...
+def get_current() -> Any: ...
+def set_current(value: Any) -> Any: ...
+def reset_current(token: Any, parent: Any) -> None: ...
+
+class Span:
+    name: str
+    attrs: dict[str, Any] | None
+    location: str | tuple[str, int] | None
+    service: str | None
+    error: Any
+    parent_id: int | None
+    status: int
+    level: int
+    announced: bool
+    start_ns: int
+    end_ns: int
+    _parent: Any
+    _token: Any
+    def __init__(
+        self,
+        name: str,
+        attrs: dict[str, Any] | None = None,
+        location: str | tuple[str, int] | None = None,
+        service: str | None = None,
+    ) -> None: ...
+    @property
+    def trace_id(self) -> str: ...
+    @property
+    def span_id(self) -> int | None: ...
+    @property
+    def duration_ns(self) -> int | None: ...
+    @property
+    def span_id_hex(self) -> str | None: ...
+    def _begin(self, parent: Any) -> None: ...
+    def _end(self, exc: BaseException | None) -> None: ...
+    def _record(self) -> tuple[Any, ...]: ...
+    def _start_record(self) -> tuple[Any, ...]: ...
+    def __enter__(self) -> Span: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+    async def __aenter__(self) -> Span: ...
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+    def set(self, **attrs: Any) -> Span: ...
+    def set_attributes(self, **attrs: Any) -> Span: ...
+    def set_status(self, status: str | int, message: str | None = None) -> Span: ...
+    def record_exception(self, exc: BaseException, *, failed: bool = True) -> Span: ...
+
+def span(name: str, /, **attrs: Any) -> Span: ...
+def _level(
+    msg: Any,
+    /,
+    *,
+    exc_info: Any = False,
+    exception: BaseException | None = None,
+    error_message: str | None = None,
+    stack_trace: str | None = None,
+    module: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+    **attrs: Any,
+) -> None: ...
+
+debug = _level
+info = _level
+warning = _level
+error = _level
+exception = _level
+critical = _level

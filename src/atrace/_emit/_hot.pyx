@@ -1,0 +1,484 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""The emit hot path compiled: ids, Span, span() and the level functions (twin: _emit_py)."""
+
+from cpython.contextvars cimport PyContextVar_Reset, PyContextVar_Set, get_value
+from cpython.object cimport PyObject
+from cpython.set cimport PySet_Add, PySet_Discard
+from cpython.unicode cimport PyUnicode_DecodeASCII
+from libc.stdint cimport int64_t, uint64_t
+
+import os
+
+from .slow import build
+from .runtime import current, runtime
+
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <time.h>
+
+    static inline int64_t atrace_now_ns(void) {
+        struct timespec ts;
+        timespec_get(&ts, TIME_UTC);
+        return (int64_t)ts.tv_sec * 1000000000LL + (int64_t)ts.tv_nsec;
+    }
+
+    /* xoshiro256** (Blackman and Vigna): fast, 256-bit state, seeded from os.urandom. */
+    static uint64_t atrace_rng[4];
+    static inline uint64_t atrace_rotl(const uint64_t x, int k) {
+        return (x << k) | (x >> (64 - k));
+    }
+    static inline uint64_t atrace_next(void) {
+        uint64_t *s = atrace_rng;
+        const uint64_t result = atrace_rotl(s[1] * 5, 7) * 9;
+        const uint64_t t = s[1] << 17;
+        s[2] ^= s[0]; s[3] ^= s[1]; s[1] ^= s[2]; s[0] ^= s[3];
+        s[2] ^= t;
+        s[3] = atrace_rotl(s[3], 45);
+        return result;
+    }
+    """
+    int64_t atrace_now_ns() nogil
+    uint64_t atrace_next() nogil
+    uint64_t atrace_rng[4]
+
+cdef extern from "Python.h":
+    void PyObject_GC_UnTrack(object)
+    void PyObject_GC_Track(object)
+    bint PyObject_GC_IsTracked(object)
+    ctypedef struct PyFrameObject
+    PyFrameObject* PyEval_GetFrame()
+    int PyFrame_GetLineNumber(PyFrameObject*)
+
+cdef extern from *:
+    """
+    /* PyFrame_GetCode returns PyCodeObject*; one generic object pointer keeps compilers quiet. */
+    static inline PyObject *atrace_frame_code(PyFrameObject *frame) {
+        return (PyObject *)PyFrame_GetCode(frame);
+    }
+    """
+    object atrace_frame_code(PyFrameObject*)
+
+__all__ = (
+    "Span",
+    "critical",
+    "debug",
+    "error",
+    "exception",
+    "info",
+    "new_span_id",
+    "new_trace_id",
+    "reseed",
+    "span",
+    "warning",
+)
+
+cdef object _current = current
+cdef object _runtime = runtime
+cdef object _build = build
+# The open-spans set is cleared in place (never replaced), so one reference serves for good.
+cdef set _open_spans = runtime.open_spans
+cdef dict _STATUS_NAMES = {"unset": 0, "ok": 1, "error": 2}
+cdef const char* _HEXDIGITS = b"0123456789abcdef"
+# Per code object: (filename, module name). Bounded so exec'd code cannot grow it forever.
+cdef dict _code_info = {}
+
+
+def reseed():
+    """Fresh random state (at import, and in the child after fork)."""
+    cdef bytes raw = os.urandom(32)
+    cdef const unsigned char* p = raw
+    cdef int i, j
+    for i in range(4):
+        atrace_rng[i] = 0
+        for j in range(8):
+            atrace_rng[i] = (atrace_rng[i] << 8) | p[i * 8 + j]
+    if atrace_rng[0] == 0 and atrace_rng[1] == 0 and atrace_rng[2] == 0 and atrace_rng[3] == 0:
+        atrace_rng[0] = 0x9E3779B97F4A7C15
+
+
+reseed()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=reseed)
+
+
+cdef inline str _trace_id():
+    cdef uint64_t ms = <uint64_t>(atrace_now_ns() // 1000000) & 0xFFFFFFFFFFFF
+    cdef uint64_t hi = (ms << 16) | (atrace_next() >> 48)
+    return _hex128(hi, atrace_next())
+
+
+cdef inline int64_t _span_id():
+    cdef uint64_t r = atrace_next()
+    while r == 0:
+        r = atrace_next()
+    return <int64_t>r
+
+
+def new_trace_id():
+    """A 32-hex-digit trace id: 48-bit millisecond timestamp, then 80 random bits."""
+    return _trace_id()
+
+
+def new_span_id():
+    """A random non-zero span id as a signed 64-bit integer (the PostgreSQL ``bigint`` form)."""
+    return _span_id()
+
+
+def get_current():
+    """The current span (or remote parent) of this context, or None."""
+    return get_value(_current)
+
+
+def set_current(value):
+    """Make ``value`` the current span; returns the token to reset with."""
+    return PyContextVar_Set(_current, value)
+
+
+cpdef reset_current(token, parent):
+    """Restore the context a span replaced, even from a different Context.
+
+    A generator closed by the garbage collector, or a task cancelled and finalised elsewhere, exits
+    its span in a Context other than the one that entered it; ``ContextVar.reset`` then raises
+    ValueError. Setting the parent back is the correct outcome there, and never raises.
+    """
+    try:
+        PyContextVar_Reset(_current, token)
+    except ValueError:
+        PyContextVar_Set(_current, parent)
+
+
+cdef class _CodeInfo:
+    """What a call site's code object tells once: file, module, and "file:line" per line."""
+
+    cdef str filename
+    cdef object module
+    cdef dict lines
+
+
+cdef inline _CodeInfo _code_entry(PyFrameObject* frame):
+    cdef object code = atrace_frame_code(frame)
+    cdef _CodeInfo info
+    found = _code_info.get(code)
+    if found is not None:
+        return <_CodeInfo>found
+    if len(_code_info) > 10000:
+        _code_info.clear()
+    info = _CodeInfo.__new__(_CodeInfo)
+    info.filename = code.co_filename
+    info.module = (<object>frame).f_globals.get("__name__")
+    info.lines = {}
+    _code_info[code] = info
+    return info
+
+
+cdef inline object _line_text(PyFrameObject* frame, _CodeInfo info):
+    # One "file:line" string per call site, made once: nothing is allocated per record.
+    cdef int lineno = PyFrame_GetLineNumber(frame)
+    loc = info.lines.get(lineno)
+    if loc is None:
+        loc = f"{info.filename}:{lineno}"
+        if len(info.lines) < 4096:
+            info.lines[lineno] = loc
+    return loc
+
+
+cdef inline object _location():
+    cdef PyFrameObject* frame = PyEval_GetFrame()
+    if frame is NULL:
+        return None
+    return _line_text(frame, _code_entry(frame))
+
+
+cdef inline str _hex128(uint64_t hi, uint64_t lo):
+    cdef char buf[32]
+    cdef int i
+    for i in range(16):
+        buf[15 - i] = _HEXDIGITS[hi & 15]
+        hi >>= 4
+        buf[31 - i] = _HEXDIGITS[lo & 15]
+        lo >>= 4
+    return PyUnicode_DecodeASCII(buf, 32, NULL)
+
+
+cdef class Span:
+    """One timed operation. Enter it with ``with`` or ``async with``; it is the current span inside.
+
+    The span itself is the record: on exit it goes into the buffer as it is, and the flusher
+    turns it into a row (one row, or an end row when it already wrote a start row because the
+    span was still running at a flush). A span object is meant to be entered once.
+    """
+
+    cdef public object name
+    cdef public object attrs
+    cdef public object location
+    cdef public object service
+    cdef public object error
+    cdef public object parent_id
+    cdef public object _parent
+    cdef public object _token
+    cdef object _tid  # trace id text; None while only _hi/_lo hold it (formatted on demand)
+    cdef uint64_t _hi
+    cdef uint64_t _lo
+    cdef int64_t _sid  # 0 until the span starts
+    cdef public int status
+    cdef public int level
+    cdef public bint announced
+    cdef public int64_t start_ns
+    cdef public int64_t end_ns
+
+    def __init__(self, name, attrs=None, location=None, service=None):
+        self.name = name
+        self.attrs = attrs
+        self.location = location
+        self.service = service
+
+    @property
+    def trace_id(self):
+        """The trace id as 32 hex digits ("" before the span starts)."""
+        if self._tid is None:
+            if self._sid == 0:
+                return ""
+            self._tid = _hex128(self._hi, self._lo)
+        return self._tid
+
+    @property
+    def span_id(self):
+        """The span id as a signed 64-bit integer (None before the span starts)."""
+        return None if self._sid == 0 else self._sid
+
+    @property
+    def duration_ns(self):
+        """Nanoseconds from start to end (None while running)."""
+        return None if self.end_ns == 0 else self.end_ns - self.start_ns
+
+    cpdef _begin(self, parent):
+        cdef Span p
+        if parent is None:
+            self._hi = ((<uint64_t>(atrace_now_ns() // 1000000) & 0xFFFFFFFFFFFF) << 16) | (atrace_next() >> 48)
+            self._lo = atrace_next()
+            self.parent_id = None
+        elif type(parent) is Span:
+            p = <Span>parent
+            self._tid = p._tid
+            self._hi = p._hi
+            self._lo = p._lo
+            self.parent_id = p._sid
+        else:
+            self._tid = parent.trace_id
+            self.parent_id = parent.span_id
+        self._parent = parent
+        self._sid = _span_id()
+        PySet_Add(_open_spans, self)
+        self.start_ns = atrace_now_ns()
+
+    cpdef _end(self, exc):
+        self.end_ns = atrace_now_ns()
+        PySet_Discard(_open_spans, self)
+        if exc is not None:
+            self.error = exc
+            # Cancellation and generator close are control flow: keep the cause, not a failure.
+            if isinstance(exc, Exception):
+                self.status = 2
+        elif self.status == 0:
+            self.status = 1
+        self.level = 40 if self.status == 2 else 20
+        if self.error is None:
+            # Out of the collector's lists while buffered (see _log); back in when encoded. A
+            # failed span keeps being tracked: its traceback may lead back to it.
+            PyObject_GC_UnTrack(self)
+        _runtime.push(self)
+
+    def _record(self):
+        """The row-shaped tuple of the ended span (built by the flusher, not on the hot path)."""
+        if not PyObject_GC_IsTracked(self):
+            PyObject_GC_Track(self)
+        return (
+            2 if self.announced else 3,
+            self.start_ns,
+            self.level,
+            self.trace_id,
+            self.span_id,
+            self.parent_id,
+            self.end_ns - self.start_ns,
+            self.status,
+            self.service,
+            self.name,
+            None,
+            self.attrs,
+            self.error,
+            self.location,
+        )
+
+    def _start_record(self):
+        """The start row of a span still running: it makes a long span visible before it ends."""
+        return (
+            1,
+            self.start_ns,
+            20,
+            self.trace_id,
+            self.span_id,
+            self.parent_id,
+            None,
+            0,
+            self.service,
+            self.name,
+            None,
+            None if self.attrs is None else dict(self.attrs),
+            None,
+            self.location,
+        )
+
+    def __enter__(self):
+        parent = get_value(_current)
+        if parent is None:
+            parent = self._parent
+        self._begin(parent)
+        self._token = PyContextVar_Set(_current, self)
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            PyContextVar_Reset(_current, self._token)
+        except ValueError:
+            PyContextVar_Set(_current, self._parent)
+        self._token = None
+        self._end(exc)
+
+    async def __aenter__(self):
+        return self.__enter__()
+
+    async def __aexit__(self, exc_type, exc, tb):
+        self.__exit__(exc_type, exc, tb)
+
+    def set(self, **attrs):
+        """Add or replace attributes of this span."""
+        if self.attrs is None:
+            self.attrs = attrs
+        else:
+            self.attrs.update(attrs)
+        return self
+
+    set_attributes = set
+
+    def set_status(self, status, message=None):
+        """Set the outcome: ``"ok"``, ``"error"`` or ``"unset"`` (an exception sets error)."""
+        code = _STATUS_NAMES.get(status) if isinstance(status, str) else status
+        if code not in (0, 1, 2):
+            from ..errors import ConfigError
+
+            raise ConfigError("status", status, "expected 'ok', 'error' or 'unset'")
+        self.status = code
+        if message is not None and code == 2 and self.error is None:
+            self.error = (None, message, None)
+        return self
+
+    def record_exception(self, exc, *, failed=True):
+        """Record a handled exception on this span; by default the span is then marked failed."""
+        self.error = exc
+        if failed:
+            self.status = 2
+        return self
+
+    @property
+    def span_id_hex(self):
+        """The span id as 16 hex digits (the W3C form)."""
+        return None if self._sid == 0 else "%016x" % (<uint64_t>self._sid)
+
+    def __repr__(self):
+        return f"<Span {self.name!r} trace={self.trace_id} span={self.span_id_hex}>"
+
+
+def span(name, /, **attrs):
+    """A span named ``name`` with attributes; use ``with`` or ``async with``."""
+    cdef Span sp = Span.__new__(Span)
+    sp.name = name
+    sp.attrs = attrs if attrs else None
+    sp.location = _location()
+    return sp
+
+
+cdef inline _log(int level, msg, dict attrs):
+    cdef PyFrameObject* frame = PyEval_GetFrame()
+    cdef _CodeInfo info
+    cdef object name = None
+    cdef object location = None
+    if frame is not NULL:
+        info = _code_entry(frame)
+        name = info.module
+        location = _line_text(frame, info)
+    cdef object trace_id = None
+    cdef object span_id = None
+    cur = get_value(_current)
+    if cur is not None:
+        trace_id = cur.trace_id
+        span_id = cur.span_id
+    rec = (0, atrace_now_ns(), level, trace_id, span_id, None, None, 0, None, name, msg,
+           attrs if attrs else None, None, location)
+    # Nothing but the ring will ever refer to this tuple, so it cannot be part of a reference
+    # cycle: keeping it out of the garbage collector's lists spares every collection from
+    # walking a buffer of records.
+    PyObject_GC_UnTrack(rec)
+    _runtime.push(rec)
+
+
+cdef inline _log_full(int level, msg, dict attrs, exc_info, exception, error_message,
+                      stack_trace, module, extra):
+    _runtime.push(_build(level, msg, attrs, exc_info, exception, error_message, stack_trace,
+                         module, extra, 0))
+
+
+def debug(msg, /, *, exc_info=False, exception=None, error_message=None, stack_trace=None,
+          module=None, extra=None, **attrs):
+    """Emit a debug log linked to the current span; keyword arguments become attributes."""
+    if (exc_info is False and exception is None and error_message is None
+            and stack_trace is None and module is None and extra is None):
+        _log(10, msg, attrs)
+    else:
+        _log_full(10, msg, attrs, exc_info, exception, error_message, stack_trace, module, extra)
+
+
+def info(msg, /, *, exc_info=False, exception=None, error_message=None, stack_trace=None,
+         module=None, extra=None, **attrs):
+    """Emit an info log linked to the current span; keyword arguments become attributes."""
+    if (exc_info is False and exception is None and error_message is None
+            and stack_trace is None and module is None and extra is None):
+        _log(20, msg, attrs)
+    else:
+        _log_full(20, msg, attrs, exc_info, exception, error_message, stack_trace, module, extra)
+
+
+def warning(msg, /, *, exc_info=False, exception=None, error_message=None, stack_trace=None,
+            module=None, extra=None, **attrs):
+    """Emit a warning log linked to the current span; keyword arguments become attributes."""
+    if (exc_info is False and exception is None and error_message is None
+            and stack_trace is None and module is None and extra is None):
+        _log(30, msg, attrs)
+    else:
+        _log_full(30, msg, attrs, exc_info, exception, error_message, stack_trace, module, extra)
+
+
+def error(msg, /, *, exc_info=False, exception=None, error_message=None, stack_trace=None,
+          module=None, extra=None, **attrs):
+    """Emit an error log linked to the current span; keyword arguments become attributes."""
+    if (exc_info is False and exception is None and error_message is None
+            and stack_trace is None and module is None and extra is None):
+        _log(40, msg, attrs)
+    else:
+        _log_full(40, msg, attrs, exc_info, exception, error_message, stack_trace, module, extra)
+
+
+def exception(msg, /, *, exc_info=True, exception=None, error_message=None, stack_trace=None,
+              module=None, extra=None, **attrs):
+    """Emit an error log with the exception being handled (outside an except: the caller's stack)."""
+    _log_full(40, msg, attrs, exc_info, exception, error_message, stack_trace, module, extra)
+
+
+def critical(msg, /, *, exc_info=False, exception=None, error_message=None, stack_trace=None,
+             module=None, extra=None, **attrs):
+    """Emit a critical log linked to the current span; keyword arguments become attributes."""
+    if (exc_info is False and exception is None and error_message is None
+            and stack_trace is None and module is None and extra is None):
+        _log(50, msg, attrs)
+    else:
+        _log_full(50, msg, attrs, exc_info, exception, error_message, stack_trace, module, extra)

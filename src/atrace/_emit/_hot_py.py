@@ -1,0 +1,352 @@
+"""The emit hot path in pure Python: ids, Span, span() and the level functions.
+
+The twin of the compiled ``_emit`` module; ``atrace._emit.hot`` picks one. Both pass the same tests.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+import time
+from types import TracebackType
+
+from .runtime import current, runtime
+from .slow import build
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from typing import Any
+
+__all__ = (
+    "Span",
+    "critical",
+    "debug",
+    "error",
+    "exception",
+    "info",
+    "new_span_id",
+    "new_trace_id",
+    "reseed",
+    "span",
+    "warning",
+)
+
+_time_ns = time.time_ns
+_getframe = sys._getframe
+get_current = current.get
+set_current = current.set
+_reset = current.reset
+
+# One private generator: uuid4()/os.urandom cost a syscall per id, and the module-level `random`
+# instance may be reseeded by user code. Reseeded after fork so parent and child never share ids.
+_rng = random.Random()
+_getrandbits = _rng.getrandbits
+reseed = _rng.seed
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=reseed)
+
+_HALF = 1 << 63
+_U64 = (1 << 64) - 1
+# Level numbers as in the logging module; a span is INFO unless it failed.
+_INFO = 20
+_ERROR = 40
+_STATUS_NAMES = {"unset": 0, "ok": 1, "error": 2}
+# The open-spans set is cleared in place (never replaced), so one reference serves for good.
+_open_spans = runtime.open_spans
+
+
+def new_trace_id() -> str:
+    """A 32-hex-digit trace id: 48-bit millisecond timestamp, then 80 random bits."""
+    # The millisecond prefix is never zero, so the id is never the invalid all-zero trace id.
+    return "%032x" % ((((_time_ns() // 1_000_000) & 0xFFFFFFFFFFFF) << 80) | _getrandbits(80))
+
+
+def new_span_id() -> int:
+    """A random non-zero span id as a signed 64-bit integer (the PostgreSQL ``bigint`` form)."""
+    # Uniform on [-2**63, 2**63): its two's-complement bytes are 8 uniformly random bytes.
+    sid = _getrandbits(64) - _HALF
+    return sid or new_span_id()
+
+
+def reset_current(token: Any, parent: Any) -> None:
+    """Restore the context a span replaced, even from a different Context.
+
+    A generator closed by the garbage collector, or a task cancelled and finalised elsewhere, exits
+    its span in a Context other than the one that entered it; ``ContextVar.reset`` then raises
+    ValueError. Setting the parent back is the correct outcome there, and never raises.
+    """
+    try:
+        _reset(token)
+    except ValueError:
+        set_current(parent)
+
+
+class Span:
+    """One timed operation. Enter it with ``with`` or ``async with``; it is the current span inside.
+
+    The span itself is the record: on exit it goes into the buffer as it is, and the flusher
+    turns it into a row (one row, or an end row when it already wrote a start row because the
+    span was still running at a flush). A span object is meant to be entered once.
+    """
+
+    __slots__ = (
+        "_parent",
+        "_token",
+        "announced",
+        "attrs",
+        "end_ns",
+        "error",
+        "level",
+        "location",
+        "name",
+        "parent_id",
+        "service",
+        "span_id",
+        "start_ns",
+        "status",
+        "trace_id",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        attrs: dict[str, Any] | None = None,
+        location: str | tuple[str, int] | None = None,
+        service: str | None = None,
+    ) -> None:
+        self.name = name
+        self.attrs = attrs
+        self.location = location
+        self.service = service
+        self.status = 0
+        self.level = 20
+        self.error: Any = None
+        self.announced = False
+        self.span_id: int | None = None
+        self.trace_id = ""
+        self.parent_id: int | None = None
+        self.start_ns = 0
+        self.end_ns = 0
+        # Until entered: the parent to use when the context has none (a Tracer's remote parent).
+        self._parent: Any = None
+        self._token: Any = None
+
+    @property
+    def duration_ns(self) -> int | None:
+        """Nanoseconds from start to end (None while running)."""
+        return None if self.end_ns == 0 else self.end_ns - self.start_ns
+
+    # -- lifecycle (hot path) -------------------------------------------------------------------
+
+    def _begin(self, parent: Any) -> None:
+        if parent is None:
+            self.trace_id = new_trace_id()
+            self.parent_id = None
+        else:
+            self.trace_id = parent.trace_id
+            self.parent_id = parent.span_id
+        self._parent = parent
+        self.span_id = new_span_id()
+        _open_spans.add(self)
+        self.start_ns = _time_ns()
+
+    def _end(self, exc: BaseException | None) -> None:
+        self.end_ns = _time_ns()
+        _open_spans.discard(self)
+        if exc is not None:
+            self.error = exc
+            # Cancellation and generator close are control flow: keep the cause, not a failure.
+            if isinstance(exc, Exception):
+                self.status = 2
+        elif self.status == 0:
+            self.status = 1
+        self.level = _ERROR if self.status == 2 else _INFO
+        runtime.push(self)
+
+    def _record(self) -> tuple[Any, ...]:
+        """The row-shaped tuple of the ended span (built by the flusher, not on the hot path)."""
+        return (
+            2 if self.announced else 3,
+            self.start_ns,
+            self.level,
+            self.trace_id,
+            self.span_id,
+            self.parent_id,
+            self.end_ns - self.start_ns,
+            self.status,
+            self.service,
+            self.name,
+            None,
+            self.attrs,
+            self.error,
+            self.location,
+        )
+
+    def _start_record(self) -> tuple[Any, ...]:
+        """The start row of a span still running: it makes a long span visible before it ends."""
+        return (
+            1,
+            self.start_ns,
+            _INFO,
+            self.trace_id,
+            self.span_id,
+            self.parent_id,
+            None,
+            0,
+            self.service,
+            self.name,
+            None,
+            None if self.attrs is None else dict(self.attrs),
+            None,
+            self.location,
+        )
+
+    def __enter__(self) -> Span:
+        parent = get_current() or self._parent
+        self._begin(parent)
+        self._token = set_current(self)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        reset_current(self._token, self._parent)
+        self._token = None
+        self._end(exc)
+
+    async def __aenter__(self) -> Span:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+    # -- user API --------------------------------------------------------------------------------
+
+    def set(self, **attrs: Any) -> Span:
+        """Add or replace attributes of this span."""
+        if self.attrs is None:
+            self.attrs = attrs
+        else:
+            self.attrs.update(attrs)
+        return self
+
+    set_attributes = set
+
+    def set_status(self, status: str | int, message: str | None = None) -> Span:
+        """Set the outcome: ``"ok"``, ``"error"`` or ``"unset"`` (an exception sets error)."""
+        code = _STATUS_NAMES.get(status) if isinstance(status, str) else status
+        if code not in (0, 1, 2):
+            from ..errors import ConfigError
+
+            raise ConfigError("status", status, "expected 'ok', 'error' or 'unset'")
+        self.status = code
+        if message is not None and code == 2 and self.error is None:
+            self.error = (None, message, None)
+        return self
+
+    def record_exception(self, exc: BaseException, *, failed: bool = True) -> Span:
+        """Record a handled exception on this span; by default the span is then marked failed."""
+        self.error = exc
+        if failed:
+            self.status = 2
+        return self
+
+    @property
+    def span_id_hex(self) -> str | None:
+        """The span id as 16 hex digits (the W3C form)."""
+        return None if self.span_id is None else "%016x" % (self.span_id & _U64)
+
+    def __repr__(self) -> str:
+        return f"<Span {self.name!r} trace={self.trace_id} span={self.span_id_hex}>"
+
+
+def span(name: str, /, **attrs: Any) -> Span:
+    """A span named ``name`` with attributes; use ``with`` or ``async with``."""
+    frame = _getframe(1)
+    return Span(name, attrs or None, (frame.f_code.co_filename, frame.f_lineno))
+
+
+def _level_function(level: int, name: str, default_exc_info: bool = False) -> Callable[..., None]:
+    def log(
+        msg: Any,
+        /,
+        *,
+        exc_info: Any = default_exc_info,
+        exception: BaseException | None = None,
+        error_message: str | None = None,
+        stack_trace: str | None = None,
+        module: str | None = None,
+        extra: Mapping[str, Any] | None = None,
+        **attrs: Any,
+    ) -> None:
+        if (
+            exc_info is False
+            and exception is None
+            and error_message is None
+            and stack_trace is None
+            and module is None
+            and extra is None
+        ):
+            frame = _getframe(1)
+            cur = get_current()
+            runtime.push(
+                (
+                    0,
+                    _time_ns(),
+                    level,
+                    None if cur is None else cur.trace_id,
+                    None if cur is None else cur.span_id,
+                    None,
+                    None,
+                    0,
+                    None,
+                    frame.f_globals.get("__name__"),
+                    msg,
+                    attrs or None,
+                    None,
+                    (frame.f_code.co_filename, frame.f_lineno),
+                )
+            )
+            return
+        runtime.push(
+            build(
+                level, msg, attrs, exc_info, exception, error_message, stack_trace, module, extra, 1
+            )
+        )
+
+    log.__name__ = log.__qualname__ = name
+    log.__doc__ = (
+        f"Emit a {name} log linked to the current span; keyword arguments become attributes.\n\n"
+        "``exc_info=True`` records the exception being handled (outside an except block: the "
+        "caller's stack); ``exception=e`` a given one; ``error_message=``/``stack_trace=`` "
+        "explicit text; ``module=`` names the logger; ``extra=`` is merged into the attributes."
+    )
+    return log
+
+
+debug = _level_function(10, "debug")
+info = _level_function(20, "info")
+warning = _level_function(30, "warning")
+warn = warning
+error = _level_function(40, "error")
+exception = _level_function(40, "exception", default_exc_info=True)
+critical = _level_function(50, "critical")
+fatal = critical
+
+
+debug = _level_function(10, "debug")
+info = _level_function(20, "info")
+warning = _level_function(30, "warning")
+error = _level_function(40, "error")
+exception = _level_function(40, "exception", default_exc_info=True)
+critical = _level_function(50, "critical")

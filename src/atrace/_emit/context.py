@@ -1,0 +1,234 @@
+"""The current span, carried by contextvars across tasks, threads and executors; W3C propagation."""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import threading
+from types import TracebackType
+
+from ..errors import ConfigError
+from .hot import new_trace_id, reset_current
+from .ids import format_span_id, parse_span_id, parse_trace_id
+from .runtime import current
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, Protocol, TypeVar
+
+    T = TypeVar("T")
+
+    class SpanLike(Protocol):
+        """What the context holds: a live span or a remote parent."""
+
+        trace_id: str
+        span_id: int | None
+
+
+__all__ = (
+    "SpanContext",
+    "Thread",
+    "current_span",
+    "current_span_id",
+    "current_trace_id",
+    "extract",
+    "format_traceparent",
+    "inject",
+    "parse_traceparent",
+    "run_in_executor",
+    "trace_context",
+    "wrap",
+)
+
+
+class SpanContext:
+    """A parent that is not a live span here: a remote caller, or a trace_context block."""
+
+    __slots__ = ("sampled", "span_id", "trace_id")
+
+    def __init__(self, trace_id: str, span_id: int | None = None, sampled: bool = True) -> None:
+        self.trace_id = trace_id
+        self.span_id = span_id
+        self.sampled = sampled
+
+    def __repr__(self) -> str:
+        sid = None if self.span_id is None else format_span_id(self.span_id)
+        return f"SpanContext(trace_id={self.trace_id!r}, span_id={sid!r})"
+
+
+_current = current
+
+
+def current_span() -> SpanLike | None:
+    """The innermost active span (or remote parent) of this context, or None."""
+    cur: SpanLike | None = _current.get()
+    return cur
+
+
+def current_trace_id() -> str | None:
+    """The current trace id as 32 hex digits, or None outside any trace."""
+    cur = _current.get()
+    return None if cur is None else cur.trace_id
+
+
+def current_span_id() -> str | None:
+    """The current span id as 16 hex digits, or None outside any span."""
+    cur = _current.get()
+    if cur is None or cur.span_id is None:
+        return None
+    return format_span_id(cur.span_id)
+
+
+class trace_context:
+    """Run a block in a given trace (or a fresh one): spans opened inside join it.
+
+    ``trace_id`` takes 32 hex digits (dashes allowed); ``parent_id`` a span id as 16 hex digits
+    or a signed integer, for work continuing a span started elsewhere. Use ``with`` or
+    ``async with``; the value bound by ``as`` is the SpanContext.
+    """
+
+    __slots__ = ("_ctx", "_prev", "_token")
+
+    def __init__(self, trace_id: str | None = None, *, parent_id: str | int | None = None) -> None:
+        if trace_id is None:
+            tid = new_trace_id()
+        else:
+            parsed = parse_trace_id(trace_id) if isinstance(trace_id, str) else None
+            if parsed is None:
+                raise ConfigError("trace_id", trace_id, "expected 32 hex digits, not all zero")
+            tid = parsed
+        self._ctx = SpanContext(tid, _coerce_span_id(parent_id))
+
+    def __enter__(self) -> SpanContext:
+        self._prev = _current.get()
+        self._token = _current.set(self._ctx)
+        return self._ctx
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        reset_current(self._token, self._prev)
+
+    async def __aenter__(self) -> SpanContext:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+
+def _coerce_span_id(value: str | int | None) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ConfigError("parent_id", value, "expected 16 hex digits or an integer")
+    if isinstance(value, int):
+        if value == 0 or not -(1 << 63) <= value < (1 << 64):
+            raise ConfigError("parent_id", value, "expected a non-zero 64-bit integer")
+        return value - (1 << 64) if value >= (1 << 63) else value
+    parsed = parse_span_id(value) if isinstance(value, str) else None
+    if parsed is None:
+        raise ConfigError("parent_id", value, "expected 16 hex digits, not all zero")
+    return parsed
+
+
+# ---- W3C trace context -----------------------------------------------------------------------
+
+
+def format_traceparent(span: SpanLike | None = None) -> str | None:
+    """The W3C ``traceparent`` header value for a span (default: the current one)."""
+    if span is None:
+        span = _current.get()
+    if span is None or span.span_id is None:
+        return None
+    return f"00-{span.trace_id}-{format_span_id(span.span_id)}-01"
+
+
+def parse_traceparent(value: str) -> SpanContext | None:
+    """A remote parent from a ``traceparent`` value, or None if it breaks the W3C rules."""
+    parts = value.strip().split("-")
+    if len(parts) < 4:
+        return None
+    version, tid, sid, flags = parts[0], parts[1], parts[2], parts[3]
+    if len(version) != 2 or version.lower() == "ff" or len(flags) != 2:
+        return None
+    if version == "00" and len(parts) != 4:
+        return None
+    try:
+        flag_bits = int(flags, 16)
+        int(version, 16)
+    except ValueError:
+        return None
+    if len(tid) != 32 or len(sid) != 16 or tid != tid.lower() or sid != sid.lower():
+        return None
+    trace_id = parse_trace_id(tid)
+    span_id = parse_span_id(sid)
+    if trace_id is None or span_id is None:
+        return None
+    return SpanContext(trace_id, span_id, sampled=bool(flag_bits & 1))
+
+
+def extract(headers: Any) -> SpanContext | None:
+    """The remote parent carried by request headers: ``traceparent``, else ``X-Trace-ID``."""
+    getter = headers.get
+    tp = getter("traceparent") or getter("Traceparent")
+    if tp:
+        ctx = parse_traceparent(tp)
+        if ctx is not None:
+            return ctx
+    xt = getter("x-trace-id") or getter("X-Trace-ID")
+    if xt:
+        tid = parse_trace_id(xt.strip())
+        if tid is not None:
+            return SpanContext(tid, None)
+    return None
+
+
+def inject(headers: dict[str, str], span: SpanLike | None = None) -> dict[str, str]:
+    """Add ``traceparent`` for the current (or given) span to a headers dict, and return it."""
+    tp = format_traceparent(span)
+    if tp is not None:
+        headers["traceparent"] = tp
+    return headers
+
+
+# ---- threads and executors -------------------------------------------------------------------
+
+
+def wrap(fn: Callable[..., T]) -> Callable[..., T]:
+    """Bind ``fn`` to a copy of the current context, so it runs under the current span anywhere."""
+    ctx = contextvars.copy_context()
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> T:
+        return ctx.run(fn, *args, **kwargs)
+
+    return run
+
+
+async def run_in_executor(executor: Any, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """``loop.run_in_executor`` that keeps the current span (which the plain call does not)."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    ctx = contextvars.copy_context()
+    return await loop.run_in_executor(executor, functools.partial(ctx.run, fn, *args, **kwargs))
+
+
+class Thread(threading.Thread):
+    """A ``threading.Thread`` whose target runs under the span current when it was created."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._atrace_context = contextvars.copy_context()
+
+    def run(self) -> None:
+        self._atrace_context.run(super().run)

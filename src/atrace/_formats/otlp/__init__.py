@@ -1,0 +1,99 @@
+"""OTLP both ways: atrace rows as OTLP requests (protobuf and JSON), OTLP requests as atrace rows.
+
+Encoding follows the OTLP data model: a complete span (kind 3) or the end row of an announced
+span (kind 2) is one ``Span``; a log (kind 0) is one ``LogRecord``; a start row (kind 1) has no
+OTLP form and is left out (:func:`partition` counts it). Rows are grouped per resource
+(``service.name``, ``deployment.environment.name``, ``host.name``, ``process.pid``) under the
+instrumentation scope ``atrace``.
+
+Decoding is what the collector runs for ``POST /v1/traces`` and ``/v1/logs``: a body is turned
+into rows whole or refused whole with a :class:`~atrace.errors.WireError` naming what is wrong.
+It walks the protobuf objects with plain loops; every text goes through ``sanitize_text``.
+
+Choices where OTLP and atrace differ:
+
+* A span's kind other than INTERNAL is kept in ``attrs`` as ``span.kind`` (``"server"`` …) and
+  read back from there when encoding.
+* An ``exception`` event on a span whose status is ERROR is the span's own failure: it fills the
+  span row's error columns (as atrace records a failed span) instead of becoming a log row. Any
+  other event becomes a log row linked to the span; an ``exception`` event then has level 40.
+* A log's ``name`` (its logger) travels as the ``logger.name`` attribute; logs without it take
+  the instrumentation scope's name, which is what OpenTelemetry's logging bridges put there.
+* ``location`` travels as ``code.filepath`` / ``code.lineno``; decoding also reads the newer
+  ``code.file.path`` / ``code.line.number``.
+"""
+
+from __future__ import annotations
+
+from ..._pipeline.encode import Row
+from ...errors import WireError
+from .common import SCOPE_NAME, level_from_severity, severity_number
+from .decode import IMPLEMENTATION, _decode_logs_pb, _decode_traces_pb
+from .encode import Partition, logs_request, partition, traces_request
+from .json_decode import _decode_logs_json, _decode_traces_json
+from .json_encode import logs_json, traces_json
+
+__all__ = (
+    "IMPLEMENTATION",
+    "SCOPE_NAME",
+    "Partition",
+    "decode_logs",
+    "decode_traces",
+    "level_from_severity",
+    "logs_json",
+    "logs_request",
+    "partition",
+    "severity_number",
+    "traces_json",
+    "traces_request",
+)
+
+# The parts live in private modules; they present themselves as this module's, which is where
+# they are imported from (reprs, pickles and documentation name atrace._formats.otlp).
+for _value in (
+    Partition,
+    level_from_severity,
+    logs_json,
+    logs_request,
+    partition,
+    severity_number,
+    traces_json,
+    traces_request,
+):
+    _value.__module__ = __name__
+del _value
+
+
+def _format(content_type: str) -> str:
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media in ("application/x-protobuf", "application/protobuf"):
+        return "protobuf"
+    if media == "application/json":
+        return "json"
+    raise WireError(
+        f"unsupported content type {content_type!r}: expected application/x-protobuf "
+        "or application/json",
+        status=415,
+    )
+
+
+def decode_traces(body: bytes, content_type: str, *, max_records: int = 100_000) -> list[Row]:
+    """Rows for an OTLP ``ExportTraceServiceRequest`` (protobuf or JSON, already decompressed).
+
+    Each span is a kind 3 row; its events are log rows linked to it. Raises
+    :class:`~atrace.errors.WireError` for anything malformed (400), more than ``max_records``
+    spans and events (413), or another content type (415); never returns part of a body.
+    """
+    if _format(content_type) == "json":
+        return _decode_traces_json(body, max_records)
+    return _decode_traces_pb(body, max_records)
+
+
+def decode_logs(body: bytes, content_type: str, *, max_records: int = 100_000) -> list[Row]:
+    """Rows for an OTLP ``ExportLogsServiceRequest`` (protobuf or JSON, already decompressed).
+
+    Each log record is a kind 0 row. Errors as for :func:`decode_traces`.
+    """
+    if _format(content_type) == "json":
+        return _decode_logs_json(body, max_records)
+    return _decode_logs_pb(body, max_records)

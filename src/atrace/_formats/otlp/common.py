@@ -1,0 +1,93 @@
+"""What atrace and OTLP agree on, both ways: attribute keys, span kinds, severities."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ...errors import MissingExtraError
+
+try:
+    # The other OTLP modules import these from here, so a missing extra is reported once.
+    from google.protobuf.message import DecodeError as DecodeError
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
+        ExportLogsServiceRequest as ExportLogsServiceRequest,
+    )
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest as ExportTraceServiceRequest,
+    )
+except ImportError:  # pragma: no cover - depends on the installed extras
+    raise MissingExtraError("opentelemetry-proto", "otlp") from None
+
+SCOPE_NAME = "atrace"
+
+_INT64_MIN = -(1 << 63)
+_INT64_MAX = (1 << 63) - 1
+_UINT64_MAX = (1 << 64) - 1
+
+# Nesting of array / kvlist values kept before the rest is replaced by a marker.
+_MAX_DEPTH = 32
+
+# Resource attributes that have a column of their own.
+_SERVICE_KEY = "service.name"
+_ENV_KEYS = ("deployment.environment.name", "deployment.environment")
+_HOST_KEY = "host.name"
+_PID_KEY = "process.pid"
+_DEFAULT_SERVICE = "unknown_service"
+
+_KIND_KEY = "span.kind"
+_KIND_NAMES = {2: "server", 3: "client", 4: "producer", 5: "consumer"}
+_KIND_NUMBERS = {v: k for k, v in _KIND_NAMES.items()}
+_SPAN_KIND_INTERNAL = 1
+_STATUS_ERROR = 2
+
+_LOGGER_KEY = "logger.name"
+_EXC_TYPE, _EXC_MESSAGE, _EXC_STACK = "exception.type", "exception.message", "exception.stacktrace"
+_FILE_KEYS = ("code.filepath", "code.file.path")
+_LINE_KEYS = ("code.lineno", "code.line.number")
+
+# atrace levels and OTLP severity numbers (the first of each range: DEBUG 5, INFO 9, ...).
+_SEVERITIES = ((10, 5), (20, 9), (30, 13), (40, 17), (50, 21))
+_TEXT_LEVELS = (
+    ("TRACE", 10),
+    ("DEBUG", 10),
+    ("INFO", 20),
+    ("WARN", 30),
+    ("ERR", 40),
+    ("FATAL", 50),
+    ("CRIT", 50),
+)
+
+
+# ---- levels ---------------------------------------------------------------------------------
+
+
+def severity_number(level: Any) -> int:
+    """The OTLP severity number for an atrace level (10→5 … 50→21; others to the nearest).
+
+    A level halfway between two takes the more severe one, so that nothing is understated.
+    """
+    if not isinstance(level, (int, float)) or isinstance(level, bool):
+        return 9
+    best = min(_SEVERITIES, key=lambda pair: (abs(level - pair[0]), -pair[0]))
+    return best[1]
+
+
+def level_from_severity(number: int, text: str = "") -> int:
+    """The atrace level for an OTLP severity number (its text when the number is unspecified)."""
+    if number <= 0:
+        upper = text.strip().upper()
+        for prefix, level in _TEXT_LEVELS:
+            if upper.startswith(prefix):
+                return level
+        return 20
+    if number <= 8:
+        return 10  # TRACE and DEBUG: atrace has nothing below debug
+    if number >= 21:
+        return 50
+    return (number - 1) // 4 * 10  # 9-12 → 20, 13-16 → 30, 17-20 → 40
+
+
+def _severity_text(level: Any) -> str:
+    name = logging.getLevelName(level) if isinstance(level, int) else None
+    return name if isinstance(name, str) else "INFO"

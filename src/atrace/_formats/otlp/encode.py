@@ -1,0 +1,333 @@
+"""atrace rows as OTLP protobuf requests, and the reading of rows the OTLP/JSON form shares."""
+
+from __future__ import annotations
+
+import struct
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any, NamedTuple
+
+import orjson
+
+from ..._pipeline.encode import Row
+from ..._version import __version__
+from .common import (
+    _DEFAULT_SERVICE,
+    _ENV_KEYS,
+    _EXC_MESSAGE,
+    _EXC_STACK,
+    _EXC_TYPE,
+    _FILE_KEYS,
+    _HOST_KEY,
+    _INT64_MAX,
+    _INT64_MIN,
+    _KIND_KEY,
+    _KIND_NUMBERS,
+    _LINE_KEYS,
+    _LOGGER_KEY,
+    _MAX_DEPTH,
+    _PID_KEY,
+    _SERVICE_KEY,
+    _SPAN_KIND_INTERNAL,
+    _STATUS_ERROR,
+    _UINT64_MAX,
+    SCOPE_NAME,
+    ExportLogsServiceRequest,
+    ExportTraceServiceRequest,
+    _severity_text,
+    severity_number,
+)
+
+# Positions in a row (COLUMNS order).
+_TS, _KIND, _LEVEL, _TRACE_ID, _SPAN_ID, _PARENT_ID, _DURATION, _STATUS = range(8)
+_SERVICE, _ENVIRONMENT, _HOST, _PID, _NAME, _MESSAGE, _ATTRS = range(8, 15)
+_ERROR_TYPE, _ERROR_MESSAGE, _STACK_TRACE, _LOCATION = range(15, 19)
+
+_pack_q = struct.Struct(">q").pack
+
+
+class Partition(NamedTuple):
+    """A batch split by OTLP signal; ``skipped`` counts rows with no OTLP form."""
+
+    spans: list[Row]
+    logs: list[Row]
+    skipped: int
+
+
+# ---- a row's parts (the OTLP/JSON encoder reads rows through these too) ---------------------
+
+
+def _trace_bytes(value: Any) -> bytes | None:
+    if type(value) is str:
+        text = value.replace("-", "") if len(value) != 32 else value
+        if len(text) != 32 or not text.isalnum():
+            return None
+        try:
+            raw = bytes.fromhex(text)
+        except ValueError:
+            return None
+        return None if raw == bytes(16) else raw
+    if isinstance(value, uuid.UUID):
+        return value.bytes if value.int else None
+    if isinstance(value, (bytes, bytearray)) and len(value) == 16:
+        return bytes(value)
+    return None
+
+
+def _span_bytes(value: Any) -> bytes | None:
+    if type(value) is not int or value == 0 or not _INT64_MIN <= value <= _UINT64_MAX:
+        return None
+    return _pack_q(value if value <= _INT64_MAX else value - (1 << 64))
+
+
+def partition(rows: Iterable[Row]) -> Partition:
+    """Split rows into those that become spans and those that become log records.
+
+    Start rows (kind 1), and span rows without a valid trace or span id, have no OTLP form and
+    are only counted.
+    """
+    spans: list[Row] = []
+    logs: list[Row] = []
+    skipped = 0
+    for row in rows:
+        kind = row[_KIND]
+        if kind == 0:
+            logs.append(row)
+        elif (
+            (kind == 3 or kind == 2)
+            and _trace_bytes(row[_TRACE_ID]) is not None
+            and _span_bytes(row[_SPAN_ID]) is not None
+        ):
+            spans.append(row)
+        else:
+            skipped += 1
+    return Partition(spans, logs, skipped)
+
+
+def _row_attrs(raw: Any) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if isinstance(raw, Mapping):
+        return dict(raw)
+    try:
+        value = orjson.loads(raw)
+    except (orjson.JSONDecodeError, TypeError):
+        text = raw.decode("utf-8", "replace") if isinstance(raw, (bytes, bytearray)) else str(raw)
+        return {"attrs": text}
+    return value if isinstance(value, dict) else {"attrs": value}
+
+
+def _split_location(location: Any) -> tuple[str | None, int | None]:
+    if not isinstance(location, str) or not location:
+        return None, None
+    path, sep, line = location.rpartition(":")
+    if sep and path and line.isdigit():
+        return path, int(line)
+    return location, None
+
+
+def _resource_key(row: Row) -> tuple[Any, Any, Any, Any]:
+    return (row[_SERVICE], row[_ENVIRONMENT], row[_HOST], row[_PID])
+
+
+def _resource_items(key: tuple[Any, Any, Any, Any]) -> list[tuple[str, Any]]:
+    service, environment, host, pid = key
+    items: list[tuple[str, Any]] = [
+        (_SERVICE_KEY, service if isinstance(service, str) else _DEFAULT_SERVICE)
+    ]
+    if environment is not None:
+        items.append((_ENV_KEYS[0], str(environment)))
+    if host is not None:
+        items.append((_HOST_KEY, str(host)))
+    if type(pid) is int:
+        items.append((_PID_KEY, pid))
+    return items
+
+
+def _span_attrs(row: Row) -> tuple[dict[str, Any], int]:
+    """A span's attributes for OTLP, and its span kind (taken out of ``span.kind``)."""
+    attrs = _row_attrs(row[_ATTRS])
+    kind = _SPAN_KIND_INTERNAL
+    named = attrs.get(_KIND_KEY)
+    if isinstance(named, str) and named in _KIND_NUMBERS:
+        kind = _KIND_NUMBERS[named]
+        del attrs[_KIND_KEY]
+    path, line = _split_location(row[_LOCATION])
+    if path is not None:
+        attrs[_FILE_KEYS[0]] = path
+    if line is not None:
+        attrs[_LINE_KEYS[0]] = line
+    return attrs, kind
+
+
+def _log_attrs(row: Row) -> dict[str, Any]:
+    attrs = _row_attrs(row[_ATTRS])
+    if row[_NAME] is not None:
+        attrs[_LOGGER_KEY] = row[_NAME]
+    for key, col in ((_EXC_TYPE, _ERROR_TYPE), (_EXC_MESSAGE, _ERROR_MESSAGE)):
+        if row[col] is not None:
+            attrs[key] = row[col]
+    if row[_STACK_TRACE] is not None:
+        attrs[_EXC_STACK] = row[_STACK_TRACE]
+    path, line = _split_location(row[_LOCATION])
+    if path is not None:
+        attrs[_FILE_KEYS[0]] = path
+    if line is not None:
+        attrs[_LINE_KEYS[0]] = line
+    return attrs
+
+
+def _exception_attrs(row: Row) -> dict[str, Any] | None:
+    if row[_ERROR_TYPE] is None and row[_ERROR_MESSAGE] is None and row[_STACK_TRACE] is None:
+        return None
+    out: dict[str, Any] = {}
+    if row[_ERROR_TYPE] is not None:
+        out[_EXC_TYPE] = row[_ERROR_TYPE]
+    if row[_ERROR_MESSAGE] is not None:
+        out[_EXC_MESSAGE] = row[_ERROR_MESSAGE]
+    if row[_STACK_TRACE] is not None:
+        out[_EXC_STACK] = row[_STACK_TRACE]
+    return out
+
+
+def _end_ns(row: Row) -> int:
+    duration = row[_DURATION]
+    return int(row[_TS]) + (duration if type(duration) is int and duration > 0 else 0)
+
+
+# ---- the protobuf requests ------------------------------------------------------------------
+
+
+def _pb_value(av: Any, value: Any, depth: int = 0) -> None:
+    t = type(value)
+    if t is str:
+        av.string_value = value
+    elif t is bool:
+        av.bool_value = value
+    elif t is int:
+        if _INT64_MIN <= value <= _INT64_MAX:
+            av.int_value = value
+        else:
+            av.string_value = str(value)
+    elif t is float:
+        av.double_value = value
+    elif depth >= _MAX_DEPTH:
+        av.string_value = "<too deep>"
+    elif t is list or t is tuple:
+        arr = av.array_value
+        arr.SetInParent()
+        add = arr.values.add
+        for item in value:
+            # A null keeps its place in an array as an empty value.
+            _pb_value(add(), item, depth + 1)
+    elif t is dict:
+        kvl = av.kvlist_value
+        kvl.SetInParent()
+        _pb_attrs(kvl.values, value, depth + 1)
+    elif value is not None:
+        av.string_value = str(value)
+
+
+def _pb_attrs(target: Any, attrs: Mapping[str, Any], depth: int = 0) -> None:
+    add = target.add
+    for key, value in attrs.items():
+        if value is None:
+            continue
+        kv = add()
+        kv.key = key if type(key) is str else str(key)
+        _pb_value(kv.value, value, depth)
+
+
+def _pb_resource(resource: Any, key: tuple[Any, Any, Any, Any]) -> None:
+    _pb_attrs(resource.attributes, dict(_resource_items(key)))
+
+
+def traces_request(rows: Iterable[Row]) -> ExportTraceServiceRequest:
+    """An ``ExportTraceServiceRequest`` with a ``Span`` for every kind 2 and 3 row.
+
+    Other rows (logs, start rows, spans without valid ids) are left out; see :func:`partition`.
+    """
+    request = ExportTraceServiceRequest()
+    groups: dict[tuple[Any, Any, Any, Any], Any] = {}
+    for row in rows:
+        kind = row[_KIND]
+        if kind != 3 and kind != 2:
+            continue
+        trace_id = _trace_bytes(row[_TRACE_ID])
+        span_id = _span_bytes(row[_SPAN_ID])
+        if trace_id is None or span_id is None:
+            continue
+        key = _resource_key(row)
+        spans = groups.get(key)
+        if spans is None:
+            rs = request.resource_spans.add()
+            _pb_resource(rs.resource, key)
+            ss = rs.scope_spans.add()
+            ss.scope.name = SCOPE_NAME
+            ss.scope.version = __version__
+            spans = groups[key] = ss.spans
+        sp = spans.add()
+        sp.trace_id = trace_id
+        sp.span_id = span_id
+        parent = _span_bytes(row[_PARENT_ID])
+        if parent is not None:
+            sp.parent_span_id = parent
+        if row[_NAME] is not None:
+            sp.name = row[_NAME]
+        attrs, span_kind = _span_attrs(row)
+        sp.kind = span_kind
+        sp.start_time_unix_nano = row[_TS]
+        end = _end_ns(row)
+        sp.end_time_unix_nano = end
+        if attrs:
+            _pb_attrs(sp.attributes, attrs)
+        status = row[_STATUS]
+        if status == 2:
+            sp.status.code = _STATUS_ERROR
+            if row[_ERROR_MESSAGE] is not None:
+                sp.status.message = row[_ERROR_MESSAGE]
+        elif status == 1:
+            sp.status.code = 1
+        exc = _exception_attrs(row)
+        if exc is not None:
+            event = sp.events.add()
+            event.time_unix_nano = end
+            event.name = "exception"
+            _pb_attrs(event.attributes, exc)
+    return request
+
+
+def logs_request(rows: Iterable[Row]) -> ExportLogsServiceRequest:
+    """An ``ExportLogsServiceRequest`` with a ``LogRecord`` for every kind 0 row."""
+    request = ExportLogsServiceRequest()
+    groups: dict[tuple[Any, Any, Any, Any], Any] = {}
+    for row in rows:
+        if row[_KIND] != 0:
+            continue
+        key = _resource_key(row)
+        records = groups.get(key)
+        if records is None:
+            rl = request.resource_logs.add()
+            _pb_resource(rl.resource, key)
+            sl = rl.scope_logs.add()
+            sl.scope.name = SCOPE_NAME
+            sl.scope.version = __version__
+            records = groups[key] = sl.log_records
+        rec = records.add()
+        rec.time_unix_nano = row[_TS]
+        rec.observed_time_unix_nano = row[_TS]
+        level = row[_LEVEL]
+        rec.severity_number = severity_number(level)
+        rec.severity_text = _severity_text(level)
+        if row[_MESSAGE] is not None:
+            rec.body.string_value = row[_MESSAGE]
+        attrs = _log_attrs(row)
+        if attrs:
+            _pb_attrs(rec.attributes, attrs)
+        trace_id = _trace_bytes(row[_TRACE_ID])
+        if trace_id is not None:
+            rec.trace_id = trace_id
+            span_id = _span_bytes(row[_SPAN_ID])
+            if span_id is not None:
+                rec.span_id = span_id
+    return request

@@ -1,0 +1,358 @@
+"""OTLP/JSON requests as atrace rows (what the collector runs for JSON bodies)."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from ..._pipeline.encode import Row
+from ...errors import WireError
+from .common import (
+    _INT64_MAX,
+    _INT64_MIN,
+    _MAX_DEPTH,
+    _UINT64_MAX,
+)
+from .rows import (
+    _LONG_VALUES,
+    _MESSAGE_LIMIT,
+    _VALUE_LIMIT,
+    _Event,
+    _key,
+    _log_row,
+    _Resource,
+    _span_rows,
+    _text,
+    _too_many,
+    _unpack_q,
+)
+
+_ZERO_TRACE = "0" * 32
+
+
+def _jtype(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def _j_list(obj: dict[str, Any], key: str, where: str) -> list[Any]:
+    value = obj.get(key)
+    if value is None:
+        return []
+    if type(value) is not list:
+        raise WireError(f"{where}.{key}: expected an array, got {_jtype(value)}")
+    return value
+
+
+def _j_obj(value: Any, where: str) -> dict[str, Any]:
+    if type(value) is not dict:
+        raise WireError(f"{where}: expected an object, got {_jtype(value)}")
+    return value
+
+
+def _j_sub(obj: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+    value = obj.get(key)
+    if value is None:
+        return {}
+    return _j_obj(value, f"{where}.{key}")
+
+
+def _j_str(obj: dict[str, Any], key: str, where: str) -> str:
+    value = obj.get(key)
+    if value is None:
+        return ""
+    if type(value) is not str:
+        raise WireError(f"{where}.{key}: expected a string, got {_jtype(value)}")
+    return value
+
+
+def _j_int(value: Any, where: str, lo: int, hi: int) -> int:
+    """A 64-bit integer field: a JSON number or a decimal string (the encoders write strings)."""
+    if type(value) is int:
+        number = value
+    elif type(value) is str:
+        text = value.strip()
+        digits = text[1:] if text[:1] == "-" else text
+        if not digits.isdigit() or not digits.isascii():
+            raise WireError(f"{where}: expected an integer, got {value[:40]!r}")
+        number = int(text)
+    elif type(value) is float and value.is_integer():
+        number = int(value)
+    else:
+        raise WireError(f"{where}: expected an integer, got {_jtype(value)}")
+    if not lo <= number <= hi:
+        raise WireError(f"{where}: {number} is out of range")
+    return number
+
+
+def _j_u64(obj: dict[str, Any], key: str, where: str) -> int:
+    value = obj.get(key)
+    if value is None:
+        return 0
+    return _j_int(value, f"{where}.{key}", 0, _UINT64_MAX)
+
+
+def _j_enum(obj: dict[str, Any], key: str, where: str, names: Mapping[str, int]) -> int:
+    value = obj.get(key)
+    if value is None:
+        return 0
+    if type(value) is int:
+        return value
+    if type(value) is str and value in names:
+        return names[value]
+    raise WireError(f"{where}.{key}: expected an integer enum value, got {_jtype(value)}")
+
+
+def _j_hex(obj: dict[str, Any], key: str, where: str, size: int) -> bytes | None:
+    value = obj.get(key)
+    if value is None or value == "":
+        return None
+    if type(value) is not str:
+        raise WireError(f"{where}.{key}: expected a hex string, got {_jtype(value)}")
+    if len(value) == 2 * size and value.isascii() and value.isalnum():
+        try:
+            return bytes.fromhex(value)
+        except ValueError:
+            pass
+    raise WireError(f"{where}.{key}: expected {2 * size} hex digits, got {value[:40]!r}")
+
+
+def _j_any(value: Any, where: str, depth: int, limit: int = _VALUE_LIMIT) -> Any:
+    av = _j_obj(value, where)
+    if not av:
+        return None
+    if "stringValue" in av:
+        return _text(_j_str(av, "stringValue", where), limit)
+    if "intValue" in av:
+        return _j_int(av["intValue"], f"{where}.intValue", _INT64_MIN, _INT64_MAX)
+    if "boolValue" in av:
+        flag = av["boolValue"]
+        if type(flag) is not bool:
+            raise WireError(f"{where}.boolValue: expected a boolean, got {_jtype(flag)}")
+        return flag
+    if "doubleValue" in av:
+        number = av["doubleValue"]
+        if type(number) in (int, float):
+            return float(number)
+        if number in ("NaN", "Infinity", "-Infinity"):
+            return float(number)
+        raise WireError(f"{where}.doubleValue: expected a number, got {_jtype(number)}")
+    if depth >= _MAX_DEPTH:
+        return "<too deep>"
+    if "arrayValue" in av:
+        arr = _j_sub(av, "arrayValue", where)
+        inner = f"{where}.arrayValue.values"
+        return [
+            _j_any(item, f"{inner}[{n}]", depth + 1)
+            for n, item in enumerate(_j_list(arr, "values", f"{where}.arrayValue"))
+        ]
+    if "kvlistValue" in av:
+        kvl = _j_sub(av, "kvlistValue", where)
+        out: dict[str, Any] = {}
+        values = _j_list(kvl, "values", f"{where}.kvlistValue")
+        _j_into(out, values, f"{where}.kvlistValue.values", depth + 1)
+        return out
+    if "bytesValue" in av:
+        raw = _j_str(av, "bytesValue", where)
+        try:
+            base64.b64decode(raw, validate=True)
+        except ValueError:
+            raise WireError(f"{where}.bytesValue: expected base64") from None
+        return raw
+    return None  # an unknown kind of value: ignored, as unknown fields are
+
+
+def _j_into(out: dict[str, Any], kvs: list[Any], where: str, depth: int = 0) -> None:
+    for n, item in enumerate(kvs):
+        at = f"{where}[{n}]"
+        kv = _j_obj(item, at)
+        key = _j_str(kv, "key", at)
+        limit = _LONG_VALUES.get(key, _VALUE_LIMIT) if depth == 0 else _VALUE_LIMIT
+        value = _j_any(kv.get("value") or {}, f"{at}.value", depth, limit)
+        if value is not None:
+            out[_key(key)] = value
+
+
+def _j_attrs(out: dict[str, Any], obj: dict[str, Any], where: str) -> None:
+    items = obj.get("attributes")
+    if items:
+        _j_into(out, _j_list(obj, "attributes", where), f"{where}.attributes")
+
+
+def _j_resource(obj: dict[str, Any], where: str) -> _Resource:
+    resource = _j_sub(obj, "resource", where)
+    attrs: dict[str, Any] = {}
+    _j_attrs(attrs, resource, f"{where}.resource")
+    return _Resource(attrs)
+
+
+def _load_json(body: bytes) -> dict[str, Any]:
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise WireError(f"invalid JSON: {exc}") from None
+    return _j_obj(document, "request body")
+
+
+_SPAN_KINDS = {
+    "SPAN_KIND_UNSPECIFIED": 0,
+    "SPAN_KIND_INTERNAL": 1,
+    "SPAN_KIND_SERVER": 2,
+    "SPAN_KIND_CLIENT": 3,
+    "SPAN_KIND_PRODUCER": 4,
+    "SPAN_KIND_CONSUMER": 5,
+}
+_STATUS_CODES = {"STATUS_CODE_UNSET": 0, "STATUS_CODE_OK": 1, "STATUS_CODE_ERROR": 2}
+_SEVERITY_NAMES = {
+    f"SEVERITY_NUMBER_{name}{'' if n == 1 else n}": base + n - 1
+    for name, base in (
+        ("TRACE", 1),
+        ("DEBUG", 5),
+        ("INFO", 9),
+        ("WARN", 13),
+        ("ERROR", 17),
+        ("FATAL", 21),
+    )
+    for n in range(1, 5)
+}
+
+
+def _j_count(document: dict[str, Any], outer: str, middle: str, inner: str) -> int:
+    count = 0
+    for res in document.get(outer) or ():
+        if type(res) is dict:
+            for scope in res.get(middle) or ():
+                if type(scope) is dict and type(scope.get(inner)) is list:
+                    count += len(scope[inner])
+    return count
+
+
+def _decode_traces_json(body: bytes, max_records: int) -> list[Row]:
+    document = _load_json(body)
+    count = _j_count(document, "resourceSpans", "scopeSpans", "spans")
+    if count > max_records:
+        raise _too_many(count, max_records, "spans")
+    budget = max_records - count
+    out: list[Row] = []
+    for i, item in enumerate(_j_list(document, "resourceSpans", "request")):
+        where_r = f"resourceSpans[{i}]"
+        rs = _j_obj(item, where_r)
+        res = _j_resource(rs, where_r)
+        for j, scope_item in enumerate(_j_list(rs, "scopeSpans", where_r)):
+            where_s = f"{where_r}.scopeSpans[{j}]"
+            ss = _j_obj(scope_item, where_s)
+            for k, span_item in enumerate(_j_list(ss, "spans", where_s)):
+                where = f"{where_s}.spans[{k}]"
+                sp = _j_obj(span_item, where)
+                trace_raw = _j_hex(sp, "traceId", where, 16)
+                if trace_raw is None or trace_raw == bytes(16):
+                    raise WireError(f"{where}.traceId: missing or all zero")
+                span_raw = _j_hex(sp, "spanId", where, 8)
+                if span_raw is None or span_raw == bytes(8):
+                    raise WireError(f"{where}.spanId: missing or all zero")
+                parent_raw = _j_hex(sp, "parentSpanId", where, 8)
+                start = _j_u64(sp, "startTimeUnixNano", where)
+                if not start:
+                    raise WireError(f"{where}.startTimeUnixNano: missing")
+                attrs: dict[str, Any] = dict(res.extra) if res.extra else {}
+                _j_attrs(attrs, sp, where)
+                events: list[_Event] = []
+                ev_items = _j_list(sp, "events", where)
+                budget -= len(ev_items)
+                if budget < 0:
+                    raise _too_many(max_records - budget, max_records, "spans and events")
+                for n, ev_item in enumerate(ev_items):
+                    where_e = f"{where}.events[{n}]"
+                    ev = _j_obj(ev_item, where_e)
+                    ev_attrs: dict[str, Any] = {}
+                    _j_attrs(ev_attrs, ev, where_e)
+                    events.append(
+                        _Event(
+                            _j_u64(ev, "timeUnixNano", where_e),
+                            _j_str(ev, "name", where_e),
+                            ev_attrs,
+                        )
+                    )
+                status = _j_sub(sp, "status", where)
+                _span_rows(
+                    out,
+                    res,
+                    trace_raw.hex(),
+                    _unpack_q(span_raw)[0],
+                    _unpack_q(parent_raw)[0] or None if parent_raw is not None else None,
+                    _j_str(sp, "name", where),
+                    _j_enum(sp, "kind", where, _SPAN_KINDS),
+                    start,
+                    _j_u64(sp, "endTimeUnixNano", where),
+                    _j_enum(status, "code", f"{where}.status", _STATUS_CODES),
+                    _j_str(status, "message", f"{where}.status"),
+                    attrs,
+                    events,
+                )
+    return out
+
+
+def _j_body(rec: dict[str, Any], where: str) -> str | None:
+    if rec.get("body") is None:
+        return None
+    value = _j_any(rec["body"], f"{where}.body", 0)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return _text(value, _MESSAGE_LIMIT)
+    return _text(orjson.dumps(value).decode("utf-8"), _MESSAGE_LIMIT)
+
+
+def _decode_logs_json(body: bytes, max_records: int) -> list[Row]:
+    document = _load_json(body)
+    count = _j_count(document, "resourceLogs", "scopeLogs", "logRecords")
+    if count > max_records:
+        raise _too_many(count, max_records, "log records")
+    out: list[Row] = []
+    for i, item in enumerate(_j_list(document, "resourceLogs", "request")):
+        where_r = f"resourceLogs[{i}]"
+        rl = _j_obj(item, where_r)
+        res = _j_resource(rl, where_r)
+        for j, scope_item in enumerate(_j_list(rl, "scopeLogs", where_r)):
+            where_s = f"{where_r}.scopeLogs[{j}]"
+            sl = _j_obj(scope_item, where_s)
+            scope_name = _j_str(_j_sub(sl, "scope", where_s), "name", f"{where_s}.scope")
+            for k, rec_item in enumerate(_j_list(sl, "logRecords", where_s)):
+                where = f"{where_s}.logRecords[{k}]"
+                rec = _j_obj(rec_item, where)
+                trace_raw = _j_hex(rec, "traceId", where, 16)
+                span_raw = _j_hex(rec, "spanId", where, 8)
+                trace_id = trace_raw.hex() if trace_raw is not None else None
+                if trace_id == _ZERO_TRACE:
+                    trace_id = None
+                span_id = _unpack_q(span_raw)[0] or None if span_raw is not None else None
+                attrs: dict[str, Any] = dict(res.extra) if res.extra else {}
+                _j_attrs(attrs, rec, where)
+                out.append(
+                    _log_row(
+                        res,
+                        scope_name,
+                        _j_u64(rec, "timeUnixNano", where)
+                        or _j_u64(rec, "observedTimeUnixNano", where),
+                        _j_enum(rec, "severityNumber", where, _SEVERITY_NAMES),
+                        _j_str(rec, "severityText", where),
+                        _j_body(rec, where),
+                        attrs,
+                        trace_id,
+                        span_id,
+                        _j_str(rec, "eventName", where),
+                    )
+                )
+    return out

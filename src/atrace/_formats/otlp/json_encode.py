@@ -1,0 +1,186 @@
+"""atrace rows as OTLP/JSON requests: the JSON form of what ``_otlp_encode`` builds."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import orjson
+
+from ..._pipeline.encode import Row, sanitize_value
+from ..._version import __version__
+from .common import (
+    _INT64_MAX,
+    _INT64_MIN,
+    _MAX_DEPTH,
+    _STATUS_ERROR,
+    SCOPE_NAME,
+    _severity_text,
+    severity_number,
+)
+from .encode import (
+    _ERROR_MESSAGE,
+    _KIND,
+    _LEVEL,
+    _MESSAGE,
+    _NAME,
+    _PARENT_ID,
+    _SPAN_ID,
+    _STATUS,
+    _TRACE_ID,
+    _TS,
+    _end_ns,
+    _exception_attrs,
+    _log_attrs,
+    _resource_items,
+    _resource_key,
+    _span_attrs,
+    _span_bytes,
+    _trace_bytes,
+)
+
+# -- OTLP/JSON: ids as hex, 64-bit integers as decimal strings, enums as integers, defaults
+# omitted, lowerCamelCase keys (the spec's "JSON Protobuf Encoding").
+
+
+def _json_value(value: Any, depth: int = 0) -> dict[str, Any]:
+    t = type(value)
+    if t is str:
+        return {"stringValue": value}
+    if t is bool:
+        return {"boolValue": value}
+    if t is int:
+        if _INT64_MIN <= value <= _INT64_MAX:
+            return {"intValue": str(value)}
+        return {"stringValue": str(value)}
+    if t is float:
+        if math.isfinite(value):
+            return {"doubleValue": value}
+        return {
+            "doubleValue": "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")
+        }
+    if value is None:
+        return {}
+    if depth >= _MAX_DEPTH:
+        return {"stringValue": "<too deep>"}
+    if t is list or t is tuple:
+        items = [_json_value(item, depth + 1) for item in value]
+        return {"arrayValue": {"values": items} if items else {}}
+    if t is dict:
+        kvs = _json_attrs(value, depth + 1)
+        return {"kvlistValue": {"values": kvs} if kvs else {}}
+    return {"stringValue": str(value)}
+
+
+def _json_attrs(attrs: Mapping[str, Any], depth: int = 0) -> list[dict[str, Any]]:
+    return [
+        {"key": key if type(key) is str else str(key), "value": _json_value(value, depth)}
+        for key, value in attrs.items()
+        if value is not None
+    ]
+
+
+def _json_resource(key: tuple[Any, Any, Any, Any]) -> dict[str, Any]:
+    return {"attributes": _json_attrs(dict(_resource_items(key)))}
+
+
+_JSON_SCOPE = {"name": SCOPE_NAME, "version": __version__}
+
+
+def _dumps(document: Any) -> bytes:
+    try:
+        return orjson.dumps(document)
+    except (orjson.JSONEncodeError, TypeError):
+        # Lone surrogates in a hand-made row: the same replacement the encoder makes.
+        return orjson.dumps(sanitize_value(document, 1 << 30))
+
+
+def traces_json(rows: Iterable[Row]) -> bytes:
+    """The OTLP/JSON form of :func:`traces_request`."""
+    groups: dict[tuple[Any, Any, Any, Any], list[dict[str, Any]]] = {}
+    for row in rows:
+        kind = row[_KIND]
+        if kind != 3 and kind != 2:
+            continue
+        trace_id = _trace_bytes(row[_TRACE_ID])
+        span_id = _span_bytes(row[_SPAN_ID])
+        if trace_id is None or span_id is None:
+            continue
+        attrs, span_kind = _span_attrs(row)
+        end = _end_ns(row)
+        span: dict[str, Any] = {"traceId": trace_id.hex(), "spanId": span_id.hex()}
+        parent = _span_bytes(row[_PARENT_ID])
+        if parent is not None:
+            span["parentSpanId"] = parent.hex()
+        if row[_NAME]:
+            span["name"] = row[_NAME]
+        span["kind"] = span_kind
+        if row[_TS]:
+            span["startTimeUnixNano"] = str(row[_TS])
+        if end:
+            span["endTimeUnixNano"] = str(end)
+        if attrs:
+            span["attributes"] = _json_attrs(attrs)
+        exc = _exception_attrs(row)
+        if exc is not None:
+            span["events"] = [
+                {"timeUnixNano": str(end), "name": "exception", "attributes": _json_attrs(exc)}
+            ]
+        status = row[_STATUS]
+        if status == 2:
+            span["status"] = {"code": _STATUS_ERROR}
+            if row[_ERROR_MESSAGE]:
+                span["status"]["message"] = row[_ERROR_MESSAGE]
+        elif status == 1:
+            span["status"] = {"code": 1}
+        groups.setdefault(_resource_key(row), []).append(span)
+    return _dumps(
+        {
+            "resourceSpans": [
+                {
+                    "resource": _json_resource(key),
+                    "scopeSpans": [{"scope": _JSON_SCOPE, "spans": s}],
+                }
+                for key, s in groups.items()
+            ]
+        }
+    )
+
+
+def logs_json(rows: Iterable[Row]) -> bytes:
+    """The OTLP/JSON form of :func:`logs_request`."""
+    groups: dict[tuple[Any, Any, Any, Any], list[dict[str, Any]]] = {}
+    for row in rows:
+        if row[_KIND] != 0:
+            continue
+        level = row[_LEVEL]
+        rec: dict[str, Any] = {}
+        if row[_TS]:
+            rec["timeUnixNano"] = str(row[_TS])
+            rec["observedTimeUnixNano"] = str(row[_TS])
+        rec["severityNumber"] = severity_number(level)
+        rec["severityText"] = _severity_text(level)
+        if row[_MESSAGE] is not None:
+            rec["body"] = {"stringValue": row[_MESSAGE]}
+        attrs = _log_attrs(row)
+        if attrs:
+            rec["attributes"] = _json_attrs(attrs)
+        trace_id = _trace_bytes(row[_TRACE_ID])
+        if trace_id is not None:
+            rec["traceId"] = trace_id.hex()
+            span_id = _span_bytes(row[_SPAN_ID])
+            if span_id is not None:
+                rec["spanId"] = span_id.hex()
+        groups.setdefault(_resource_key(row), []).append(rec)
+    return _dumps(
+        {
+            "resourceLogs": [
+                {
+                    "resource": _json_resource(key),
+                    "scopeLogs": [{"scope": _JSON_SCOPE, "logRecords": r}],
+                }
+                for key, r in groups.items()
+            ]
+        }
+    )

@@ -1,0 +1,279 @@
+"""OTLP records as atrace rows, built here for both decoders so protobuf and JSON agree."""
+
+from __future__ import annotations
+
+import struct
+import time
+from typing import Any, NamedTuple
+
+import orjson
+
+from ..._pipeline.encode import Row, sanitize_text, sanitize_value
+from ...errors import WireError
+from .common import (
+    _DEFAULT_SERVICE,
+    _ENV_KEYS,
+    _EXC_MESSAGE,
+    _EXC_STACK,
+    _EXC_TYPE,
+    _FILE_KEYS,
+    _HOST_KEY,
+    _INT64_MAX,
+    _INT64_MIN,
+    _KIND_KEY,
+    _KIND_NAMES,
+    _LINE_KEYS,
+    _LOGGER_KEY,
+    _PID_KEY,
+    _SERVICE_KEY,
+    _SPAN_KIND_INTERNAL,
+    _STATUS_ERROR,
+    SCOPE_NAME,
+    level_from_severity,
+)
+
+# Limits on decoded text, in characters (the encoder's defaults for rows atrace makes itself).
+_KEY_LIMIT = 256
+_VALUE_LIMIT = 4096
+_SHORT_LIMIT = 256  # service, environment, host
+_NAME_LIMIT = 1024
+_MESSAGE_LIMIT = 32_768
+_STACK_LIMIT = 4 * _MESSAGE_LIMIT
+_LOCATION_LIMIT = 4096
+# Attributes that become error columns keep those columns' limits, not an attribute's.
+_LONG_VALUES = {_EXC_MESSAGE: _MESSAGE_LIMIT, _EXC_STACK: _STACK_LIMIT}
+
+_unpack_q = struct.Struct(">q").unpack
+
+
+def _text(value: str, limit: int) -> str:
+    if value.isascii() and len(value) <= limit and "\x00" not in value:
+        return value
+    return sanitize_text(value, limit)
+
+
+def _key(key: str) -> str:
+    if key.isascii() and len(key) <= _KEY_LIMIT and "\x00" not in key:
+        return key
+    # Cut, without a marker: a key is a name, and the marker would push it past the limit.
+    return sanitize_text(key, len(key))[:_KEY_LIMIT]
+
+
+class _Resource:
+    """One resource's columns, and its other attributes (they go into every row's attrs)."""
+
+    __slots__ = ("environment", "extra", "host", "pid", "service")
+
+    def __init__(self, attrs: dict[str, Any]) -> None:
+        service = attrs.get(_SERVICE_KEY)
+        if isinstance(service, str):
+            del attrs[_SERVICE_KEY]
+        self.service = (
+            _text(service, _SHORT_LIMIT) if isinstance(service, str) and service else None
+        ) or _DEFAULT_SERVICE
+        environment = None
+        for key in _ENV_KEYS:
+            value = attrs.get(key)
+            if isinstance(value, str):
+                del attrs[key]
+                if environment is None and value:
+                    environment = _text(value, _SHORT_LIMIT)
+        self.environment = environment
+        host = attrs.get(_HOST_KEY)
+        if isinstance(host, str):
+            del attrs[_HOST_KEY]
+        self.host = _text(host, _SHORT_LIMIT) if isinstance(host, str) and host else None
+        pid = attrs.get(_PID_KEY)
+        if type(pid) is str and pid.isdigit() and len(pid) < 19:
+            pid = int(pid)
+        if type(pid) is int and _INT64_MIN <= pid <= _INT64_MAX:
+            del attrs[_PID_KEY]
+            self.pid: int | None = pid
+        else:
+            self.pid = None
+        self.extra = attrs
+
+
+def _attrs_json(attrs: dict[str, Any]) -> bytes | None:
+    if not attrs:
+        return None
+    try:
+        return orjson.dumps(attrs)
+    except (orjson.JSONEncodeError, TypeError):
+        return orjson.dumps(sanitize_value(attrs, _VALUE_LIMIT))
+
+
+def _pop_location(attrs: dict[str, Any]) -> str | None:
+    path: Any = None
+    for key in _FILE_KEYS:
+        if key in attrs:
+            value = attrs.pop(key)
+            if path is None:
+                path = value
+    if path is None:
+        return None
+    line: Any = None
+    for key in _LINE_KEYS:
+        if key in attrs:
+            value = attrs.pop(key)
+            if line is None:
+                line = value
+    where = str(path) if line is None else f"{path}:{line}"
+    return _text(where, _LOCATION_LIMIT)
+
+
+def _pop_error(attrs: dict[str, Any]) -> tuple[str | None, str | None, str | None]:
+    etype = attrs.pop(_EXC_TYPE, None)
+    emsg = attrs.pop(_EXC_MESSAGE, None)
+    stack = attrs.pop(_EXC_STACK, None)
+    return (
+        None if etype is None else _text(str(etype), _NAME_LIMIT),
+        None if emsg is None else _text(str(emsg), _MESSAGE_LIMIT),
+        None if stack is None else _text(str(stack), _STACK_LIMIT),
+    )
+
+
+class _Event(NamedTuple):
+    ts: int
+    name: str
+    attrs: dict[str, Any]
+
+
+def _span_rows(
+    out: list[Row],
+    res: _Resource,
+    trace_id: str,
+    span_id: int,
+    parent_id: int | None,
+    name: str,
+    kind: int,
+    start: int,
+    end: int,
+    code: int,
+    status_message: str,
+    attrs: dict[str, Any],
+    events: list[_Event],
+) -> None:
+    """The span's row, then a log row for each of its events (shared by both decoders)."""
+    if kind != _SPAN_KIND_INTERNAL and kind != 0:
+        attrs[_KIND_KEY] = _KIND_NAMES.get(kind, kind)
+    location = _pop_location(attrs) if attrs else None
+    etype = emsg = stack = None
+    failed = code == _STATUS_ERROR
+    if failed:
+        for i in range(len(events) - 1, -1, -1):
+            if events[i].name == "exception":
+                etype, emsg, stack = _pop_error(events.pop(i).attrs)
+                break
+        if emsg is None and status_message:
+            emsg = _text(status_message, _MESSAGE_LIMIT)
+    out.append(
+        (
+            start,
+            3,
+            40 if failed else 20,
+            trace_id,
+            span_id,
+            parent_id,
+            end - start if end > start else 0,
+            code if code == 1 or code == 2 else 0,
+            res.service,
+            res.environment,
+            res.host,
+            res.pid,
+            _text(name, _NAME_LIMIT) if name else None,
+            None,
+            _attrs_json(attrs),
+            etype,
+            emsg,
+            stack,
+            location,
+        )
+    )
+    for event in events:
+        ev_attrs = event.attrs
+        is_exception = event.name == "exception"
+        etype = emsg = stack = None
+        if is_exception:
+            etype, emsg, stack = _pop_error(ev_attrs)
+        if res.extra:
+            ev_attrs = {**res.extra, **ev_attrs}
+        out.append(
+            (
+                event.ts or start,
+                0,
+                40 if is_exception else 20,
+                trace_id,
+                span_id,
+                None,
+                None,
+                0,
+                res.service,
+                res.environment,
+                res.host,
+                res.pid,
+                None,
+                _text(event.name, _MESSAGE_LIMIT) if event.name else None,
+                _attrs_json(ev_attrs),
+                etype,
+                emsg,
+                stack,
+                None,
+            )
+        )
+
+
+def _log_row(
+    res: _Resource,
+    scope_name: str,
+    ts: int,
+    number: int,
+    severity_text: str,
+    message: str | None,
+    attrs: dict[str, Any],
+    trace_id: str | None,
+    span_id: int | None,
+    event_name: str,
+) -> Row:
+    logger = attrs.get(_LOGGER_KEY)
+    if isinstance(logger, str):
+        del attrs[_LOGGER_KEY]
+    if isinstance(logger, str) and logger:
+        name: str | None = _text(logger, _NAME_LIMIT)
+    elif scope_name and scope_name != SCOPE_NAME:
+        name = _text(scope_name, _NAME_LIMIT)
+    else:
+        name = None
+    if event_name:
+        attrs.setdefault("event.name", _text(event_name, _VALUE_LIMIT))
+    location = _pop_location(attrs) if attrs else None
+    etype, emsg, stack = _pop_error(attrs) if attrs else (None, None, None)
+    if number <= 0 and not severity_text and (etype is not None or emsg is not None):
+        level = 40
+    else:
+        level = level_from_severity(number, severity_text)
+    return (
+        ts or time.time_ns(),
+        0,
+        level,
+        trace_id,
+        span_id if trace_id is not None else None,
+        None,
+        None,
+        0,
+        res.service,
+        res.environment,
+        res.host,
+        res.pid,
+        name,
+        message,
+        _attrs_json(attrs),
+        etype,
+        emsg,
+        stack,
+        location,
+    )
+
+
+def _too_many(count: int, max_records: int, what: str) -> WireError:
+    return WireError(f"{count} {what} in one request; at most {max_records} accepted", status=413)

@@ -1,0 +1,100 @@
+"""The ``atrace`` command: demo, database set-up, the collector and its API keys, the views of
+traces, tail and errors (``views.py``), and the operator's view of the disk spill."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from ._common import _add_db_options, _dsn, _resolve_dsn, _schema
+from ._serve import _add_keys_parser, _add_serve_parser, _keys, _serve
+from ._spill import _SPILL_COMMANDS, _add_spill_parser
+
+__all__ = ("main",)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="atrace", description="asyncio tracing into PostgreSQL")
+    from .. import __version__
+
+    parser.add_argument("--version", action="version", version=f"atrace {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="run a small traced workload and show what was stored")
+    _add_db_options(demo)
+    demo.add_argument("--requests", type=int, default=5, help="concurrent requests to simulate")
+    db = sub.add_parser("db", help="database administration")
+    dbsub = db.add_subparsers(dest="db_command", required=True)
+    init = dbsub.add_parser("init", help="create or migrate atrace's schema")
+    _add_db_options(init)
+    init.add_argument(
+        "--text-index",
+        action="store_true",
+        help="also index full text (faster q searches, about half the ingest rate)",
+    )
+    _add_spill_parser(sub)
+    _add_serve_parser(sub)
+    _add_keys_parser(sub)
+    from ._views import add_view_parsers
+
+    add_view_parsers(sub)
+    return parser
+
+
+async def _db_init(dsn: str, schema: str, text_index: bool = False) -> int:
+    import asyncpg
+
+    from .._postgres.schema import ensure_schema, ensure_text_index
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        version = await ensure_schema(conn, schema)
+        if text_index:
+            await ensure_text_index(conn, schema)
+    finally:
+        await conn.close()
+    print(
+        f"schema {schema} is at version {version}"
+        + (" with the full-text index" if text_index else "")
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``atrace`` console script."""
+    args = _parser().parse_args(argv)
+    from ..config import Config
+    from ..errors import AtraceError
+
+    try:
+        Config(schema=_schema(args))
+        if args.command == "demo":
+            from ._demo import run_demo
+
+            return run_demo(_dsn(args), args.schema, args.requests)
+        if args.command == "db" and args.db_command == "init":
+            return asyncio.run(_db_init(_resolve_dsn(args), args.schema, args.text_index))
+        if args.command == "spill":
+            return _SPILL_COMMANDS[args.spill_command](args)
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "keys":
+            return asyncio.run(_keys(args, _resolve_dsn(args)))
+        if args.command in ("traces", "show", "tail", "errors"):
+            from ._views import run_view
+
+            return run_view(args, _resolve_dsn)
+    except AtraceError as exc:
+        print(f"atrace: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, ConnectionError) as exc:
+        print(f"atrace: cannot reach the database: {exc}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print("atrace: interrupted", file=sys.stderr)
+        return 130
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

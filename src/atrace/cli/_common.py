@@ -1,0 +1,34 @@
+"""Where the ``atrace`` sub-commands find the database: ``--dsn``, ``--schema``, the environment."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def _dsn(args: argparse.Namespace) -> str | None:
+    return args.dsn or os.environ.get("ATRACE_DSN") or None
+
+
+def _schema(args: argparse.Namespace) -> str:
+    from ..config import DEFAULT_SCHEMA
+
+    return str(args.schema or os.environ.get("ATRACE_SCHEMA") or DEFAULT_SCHEMA)
+
+
+def _add_db_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dsn", help="PostgreSQL DSN (default: $ATRACE_DSN, else the embedded database)"
+    )
+    p.add_argument(
+        "--schema", default=os.environ.get("ATRACE_SCHEMA") or "atrace", help="schema name"
+    )
+
+
+def _resolve_dsn(args: argparse.Namespace) -> str:
+    dsn = _dsn(args)
+    if dsn is None:
+        from .._postgres.embedded import embedded_dsn
+
+        dsn = embedded_dsn()
+    return dsn

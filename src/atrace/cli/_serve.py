@@ -1,0 +1,129 @@
+"""``atrace serve`` and ``atrace keys``: run the collector, manage its API keys."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from ._common import _add_db_options, _resolve_dsn
+
+
+def _add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from ..collector._limits import DEFAULT_LIMITS as limits
+
+    serve = sub.add_parser("serve", help="run the collector (HTTP ingest, OTLP, queries)")
+    _add_db_options(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=4319, help="port to listen on (0: any free)")
+    serve.add_argument(
+        "--max-body", type=int, default=limits.max_body, help="largest request body, bytes"
+    )
+    serve.add_argument(
+        "--max-inflated",
+        type=int,
+        default=limits.max_inflated,
+        help="largest size a gzip body may inflate to, bytes",
+    )
+    serve.add_argument(
+        "--max-records", type=int, default=limits.max_records, help="most records a request"
+    )
+    serve.add_argument(
+        "--pool-size", type=int, default=limits.pool_size, help="PostgreSQL connections"
+    )
+    serve.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=30.0,
+        help="seconds requests in flight get to finish at SIGTERM",
+    )
+
+
+def _add_keys_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    keys = sub.add_parser("keys", help="API keys of the collector, one project each")
+    ksub = keys.add_subparsers(dest="keys_command", required=True)
+    create = ksub.add_parser("create", help="create a key (printed once, never again)")
+    _add_db_options(create)
+    create.add_argument("--project", required=True, help="the project the key writes and reads")
+    create.add_argument("--name", help="a label to recognise the key by")
+    listing = ksub.add_parser("list", help="list keys (never their secrets)")
+    _add_db_options(listing)
+    listing.add_argument("--project", help="only this project's keys")
+    revoke = ksub.add_parser("revoke", help="revoke a key")
+    _add_db_options(revoke)
+    revoke.add_argument("key_id", help="the key's id (the part after atk_), or the whole key")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import logging
+
+    from ..collector._app import serve
+    from ..collector._limits import Limits
+
+    limits = Limits(
+        max_body=args.max_body,
+        max_inflated=args.max_inflated,
+        max_records=args.max_records,
+        pool_size=args.pool_size,
+    )
+    dsn = _resolve_dsn(args)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+
+    def ready(url: str) -> None:
+        print(f"atrace collector listening on {url} (schema {args.schema})", flush=True)
+
+    asyncio.run(
+        serve(
+            dsn,
+            schema=args.schema,
+            host=args.host,
+            port=args.port,
+            limits=limits,
+            shutdown_timeout=args.shutdown_timeout,
+            ready=ready,
+        )
+    )
+    return 0
+
+
+async def _keys(args: argparse.Namespace, dsn: str) -> int:
+    import asyncpg
+
+    from .._postgres.schema import ensure_schema
+    from ..collector import _auth as auth
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        await ensure_schema(conn, args.schema)
+        if args.keys_command == "create":
+            key = await auth.create_key(conn, args.schema, args.project, args.name)
+            print(key)
+            print(
+                f"atrace: key for project {args.project!r} created; it is shown only this once",
+                file=sys.stderr,
+            )
+            return 0
+        if args.keys_command == "list":
+            keys = await auth.list_keys(conn, args.schema, args.project)
+            if not keys:
+                print("no API keys")
+                return 0
+            lines = [["key_id", "project", "name", "created", "status"]]
+            for k in keys:
+                status = f"revoked {k.revoked_at}" if k.revoked_at else "active"
+                lines.append([k.key_id, k.project, k.name or "-", k.created_at, status])
+            widths = [max(len(line[i]) for line in lines) for i in range(5)]
+            for line in lines:
+                print("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
+            return 0
+        result = await auth.revoke_key(conn, args.schema, args.key_id)
+    finally:
+        await conn.close()
+    parsed = auth.parse_key(args.key_id)
+    # Given the whole key, name it by its id: the secret is never printed.
+    key_id = parsed[0] if parsed is not None else args.key_id
+    if result is None:
+        print(f"atrace: no API key {key_id!r}", file=sys.stderr)
+        return 1
+    print(f"revoked {key_id}" if result else f"{key_id} was already revoked")
+    return 0

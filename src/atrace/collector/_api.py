@@ -1,0 +1,159 @@
+"""The collector's read API: search, one trace, stats, error groups and the live tail (SSE).
+
+Every route answers for the project of the request's API key (``request[PROJECT]``, set by the
+auth middleware) and nothing else. Errors are JSON ``{"error": ..., "field": ...}``: 400 for a
+parameter atrace cannot accept, 404 for a trace the project does not have, 503 while the
+database cannot be reached.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from ..errors import ConfigError
+from ..sinks.postgres import classify
+from . import _query as query
+from ._state import POOL, PROJECT, SCHEMA, TAIL
+from ._tail import TailClosed
+
+__all__ = ("add_query_routes",)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# Parameters the live tail ignores rather than refuses: a client may reuse its search filters.
+_TAIL_IGNORED = frozenset(("since", "until", "limit", "cursor"))
+
+
+def add_query_routes(app: web.Application) -> None:
+    """Register ``GET /v1/search``, ``/v1/traces/{trace_id}``, ``/v1/stats``, ``/v1/errors``
+    and ``/v1/tail`` on ``app``, and end live tails when the application shuts down."""
+    app.router.add_get("/v1/search", _guard(_search))
+    app.router.add_get("/v1/traces/{trace_id}", _guard(_trace))
+    app.router.add_get("/v1/stats", _guard(_stats))
+    app.router.add_get("/v1/spans", _guard(_spans))
+    app.router.add_get("/v1/errors", _guard(_errors))
+    # No HEAD: it would hold a subscription that can never send anything.
+    app.router.add_get("/v1/tail", _guard(_tail), allow_head=False)
+    app.on_shutdown.append(_end_tails)
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(data), status=status, content_type="application/json", charset="utf-8"
+    )
+
+
+def _error(status: int, message: str, **extra: Any) -> web.Response:
+    return _json({"error": message, **extra}, status)
+
+
+def _guard(handler: Handler) -> Handler:
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except ConfigError as exc:
+            return _error(400, str(exc), field=exc.field)
+        except Exception as exc:
+            # A lost or refused database connection: worth retrying, so 503, not 500.
+            if classify(exc).retryable:
+                response = _error(503, f"database unavailable: {type(exc).__name__}")
+                response.headers["Retry-After"] = "1"
+                return response
+            raise
+
+    return guarded
+
+
+def _where(request: web.Request) -> tuple[Any, str, str]:
+    return request.app[POOL], request.app[SCHEMA], request[PROJECT]
+
+
+async def _search(request: web.Request) -> web.StreamResponse:
+    pool, schema, project = _where(request)
+    filters = query.parse_filters(request.query.items(), project=project)
+    return _json(await query.search(pool, schema, filters))
+
+
+async def _trace(request: web.Request) -> web.StreamResponse:
+    pool, schema, project = _where(request)
+    tree = await query.trace(pool, schema, project, request.match_info["trace_id"])
+    if tree is None:
+        return _error(404, "no such trace")
+    return _json(tree)
+
+
+async def _stats(request: web.Request) -> web.StreamResponse:
+    pool, schema, project = _where(request)
+    params = query.stats_params(request.query, now=time.time_ns())
+    return _json(await query.stats(pool, schema, project, **params))
+
+
+async def _spans(request: web.Request) -> web.StreamResponse:
+    pool, schema, project = _where(request)
+    params = query.spans_params(request.query, now=time.time_ns())
+    return _json(await query.spans(pool, schema, project, **params))
+
+
+async def _errors(request: web.Request) -> web.StreamResponse:
+    pool, schema, project = _where(request)
+    params = query.errors_params(request.query, now=time.time_ns())
+    return _json(await query.errors(pool, schema, project, **params))
+
+
+async def _tail(request: web.Request) -> web.StreamResponse:
+    hub = request.app.get(TAIL)
+    if hub is None:
+        return _error(503, "the live tail is not running")
+    items = [(k, v) for k, v in request.query.items() if k not in _TAIL_IGNORED]
+    filters = query.parse_filters(items, project=request[PROJECT], default_range_ns=None)
+    try:
+        sub = hub.subscribe(filters)
+    except TailClosed:
+        return _error(503, "the collector is stopping")
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            # Proxies such as nginx would otherwise hold events back in their buffers.
+            "X-Accel-Buffering": "no",
+        }
+    )
+    try:
+        await response.prepare(request)
+        # Subscribed before this line is sent: a client that has read it misses nothing after.
+        await response.write(b": tail started\n\n")
+        reported = 0
+        while True:
+            try:
+                rows = await sub.take(hub.heartbeat)
+            except TailClosed:
+                break
+            if not rows:
+                await response.write(b": heartbeat\n\n")
+                continue
+            chunk = bytearray()
+            for row in rows:
+                chunk += b"data: " + orjson.dumps(query.record_json(row)) + b"\n\n"
+            if sub.dropped > reported:
+                # A comment, so EventSource readers skip it; atrace's clients count it.
+                chunk += f": dropped {sub.dropped - reported} total {sub.dropped}\n\n".encode()
+                reported = sub.dropped
+            await response.write(bytes(chunk))
+    except ConnectionError:
+        pass  # the reader went away
+    finally:
+        hub.unsubscribe(sub)
+    return response
+
+
+async def _end_tails(app: web.Application) -> None:
+    # on_shutdown runs before the server waits for open requests: ending the streams here lets
+    # it stop at once instead of waiting out its grace period.
+    hub = app.get(TAIL)
+    if hub is not None:
+        hub.close_subscribers()

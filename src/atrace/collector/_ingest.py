@@ -1,0 +1,351 @@
+"""Ingest: ``POST /v1/ingest`` (atrace batches), ``/v1/traces`` and ``/v1/logs`` (OTLP/HTTP).
+
+Each request is read under limits (the body as sent, its gzip inflation, the record count),
+decoded whole (malformed input is refused with nothing written), then stored in one transaction:
+the ledger entry ``(project, batch_id)`` first (already there: stored before, nothing written),
+then the rows by binary COPY with the ``project`` column taken from the API key, never from the
+body. Committed rows go to the live tail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import logging
+import time
+import uuid
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from .._formats.pgcopy import HEADER, TRAILER, encode_rows
+from .._pipeline.encode import COLUMNS, Row
+from .._postgres.schema import ensure_partitions
+from ..errors import WireError
+from ._limits import Admission, Limits, Unavailable
+from ._prometheus import Metrics
+from ._state import POOL, PROJECT, TAIL
+
+__all__ = ("INGEST", "Ingestor", "add_ingest_routes", "otlp_batch_id", "read_body")
+
+_log = logging.getLogger("atrace.collector")
+_NS_PER_DAY = 86_400 * 1_000_000_000
+_CHUNK = 64 * 1024
+_GZIP = 16 + zlib.MAX_WBITS
+# A native batch without a Content-Type is msgpack.
+_DEFAULT_NATIVE = "application/msgpack"
+_OTLP_TYPES = {"application/x-protobuf": "protobuf", "application/json": "json"}
+# An empty Export{Trace,Logs}ServiceResponse: full success, no partial_success.
+_OTLP_OK = {"protobuf": b"", "json": b"{}"}
+_COPY_COLUMNS = (*COLUMNS, "project")
+
+
+class _Inflater:
+    """gzip inflated a piece at a time, never past ``budget`` bytes (a bomb stops there)."""
+
+    __slots__ = ("_budget", "_d", "_out")
+
+    def __init__(self, budget: int) -> None:
+        self._budget = budget
+        self._d = zlib.decompressobj(_GZIP)
+        self._out = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        while data:
+            room = self._budget - len(self._out)
+            try:
+                # At most room + 1 bytes: one byte more than allowed proves the body too large.
+                self._out += self._d.decompress(data, room + 1)
+            except zlib.error as exc:
+                raise WireError(f"body is not valid gzip: {exc}") from None
+            if len(self._out) > self._budget:
+                raise WireError(
+                    f"gzip body inflates past this collector's limit of {self._budget} bytes",
+                    status=413,
+                )
+            if self._d.eof:
+                # A gzip stream may hold several members back to back.
+                data = self._d.unused_data
+                if data:
+                    self._d = zlib.decompressobj(_GZIP)
+            else:
+                data = self._d.unconsumed_tail
+
+    def finish(self) -> bytes:
+        if not self._d.eof:
+            raise WireError("gzip body is truncated")
+        return bytes(self._out)
+
+
+def _too_large(what: str, limit: int) -> WireError:
+    return WireError(f"{what} exceeds this collector's limit of {limit} bytes", status=413)
+
+
+async def read_body(request: web.Request, limits: Limits) -> bytes:
+    """The request body, inflated if gzip, within ``limits``; refused as soon as it is not.
+
+    A declared or actual size over ``max_body`` is refused before the rest is read; gzip is
+    inflated as it arrives and stops at ``max_inflated``. Raises :class:`WireError` (413 too
+    large, 400 broken gzip) or 415 for an encoding other than gzip.
+    """
+    declared = request.content_length
+    if declared is not None and declared > limits.max_body:
+        raise _too_large(f"body of {declared} bytes", limits.max_body)
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    stream = request.content
+    if encoding in ("", "identity"):
+        inflater = None
+    elif encoding in ("gzip", "x-gzip"):
+        # A server run with aiohttp's own request decompression hands over inflated bytes
+        # (it inflates in bounded steps as they are read): count them against max_inflated.
+        by_server = getattr(stream, "total_compressed_bytes", None) is not None
+        inflater = None if by_server else _Inflater(limits.max_inflated)
+    else:
+        raise web.HTTPUnsupportedMediaType(
+            text=f"unsupported Content-Encoding {encoding!r}: send gzip or identity"
+        )
+    inflated_by_server = inflater is None and encoding not in ("", "identity")
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in stream.iter_chunked(_CHUNK):
+        size += len(chunk)
+        if inflated_by_server:
+            if getattr(stream, "total_raw_bytes", 0) > limits.max_body:
+                raise _too_large("body", limits.max_body)
+            if size > limits.max_inflated:
+                raise _too_large("inflated body", limits.max_inflated)
+        elif size > limits.max_body:
+            raise _too_large("body", limits.max_body)
+        if inflater is None:
+            parts.append(chunk)
+        else:
+            inflater.feed(chunk)
+    if inflater is not None:
+        return inflater.finish()
+    return b"".join(parts)
+
+
+def otlp_batch_id(project: str, path: str, body: bytes) -> uuid.UUID:
+    """The batch id of an OTLP request: the same request retried is stored once."""
+    digest = hashlib.sha256()
+    for part in (project.encode(), path.encode()):
+        digest.update(len(part).to_bytes(4, "big"))
+        digest.update(part)
+    digest.update(body)
+    return uuid.UUID(bytes=digest.digest()[:16])
+
+
+class Ingestor:
+    """The collector's write path: admission, ledger + COPY in one transaction, partitions."""
+
+    def __init__(self, schema: str, limits: Limits, metrics: Metrics) -> None:
+        self.schema = schema
+        self.limits = limits
+        self.metrics = metrics
+        self.admission = Admission(limits)
+        self._covered_until_ns = 0
+        self._partition_lock: asyncio.Lock | None = None
+        self._ledger = (
+            f"INSERT INTO {schema}.batches (project, batch_id, records) VALUES ($1, $2, $3) "
+            "ON CONFLICT DO NOTHING"
+        )
+        metrics.gauge("inflight_requests", lambda: self.admission.requests)
+        metrics.gauge("inflight_records", lambda: self.admission.records)
+
+    async def store(self, pool: Any, project: str, batch_id: uuid.UUID, rows: list[Row]) -> bool:
+        """Write ``rows`` for ``project`` once; False if the batch was stored before.
+
+        Raises :class:`Unavailable` when PostgreSQL cannot take it now (retry later) and
+        :class:`WireError` (400) when PostgreSQL refuses the data itself.
+        """
+        n = len(rows)
+        self.admission.take(n)
+        try:
+            # Encoded before a connection is taken: the connection is held only for I/O.
+            data = _encode(rows, project)
+            conn = await self._acquire(pool)
+            try:
+                if time.time_ns() >= self._covered_until_ns - _NS_PER_DAY:
+                    await self._extend_partitions(conn)
+                async with conn.transaction():
+                    status = await conn.execute(self._ledger, project, batch_id, n)
+                    if status != "INSERT 0 1":
+                        return False  # stored before: the empty transaction commits nothing
+                    await conn.copy_to_table(
+                        "records",
+                        schema_name=self.schema,
+                        columns=_COPY_COLUMNS,
+                        source=data,
+                        format="binary",
+                    )
+                return True
+            except Exception as exc:
+                refused = _refused_data(exc)
+                if refused is not None:
+                    raise refused from exc  # rolled back; the session is fine
+                # The session is in an unknown state: drop it rather than wait on a reset.
+                _drop(conn)
+                _raise_if_unavailable(exc)
+                raise
+            except BaseException:
+                _drop(conn)
+                raise
+            finally:
+                await pool.release(conn)
+        finally:
+            self.admission.give(n)
+
+    async def _acquire(self, pool: Any) -> Any:
+        try:
+            return await pool.acquire(timeout=self.limits.pool_wait)
+        except asyncio.TimeoutError as exc:
+            raise Unavailable(
+                f"no database connection free within {self.limits.pool_wait} s", reason="database"
+            ) from exc
+        except Exception as exc:
+            _raise_if_unavailable(exc)
+            raise
+
+    async def _extend_partitions(self, conn: Any) -> None:
+        if self._partition_lock is None:
+            self._partition_lock = asyncio.Lock()
+        async with self._partition_lock:
+            if time.time_ns() < self._covered_until_ns - _NS_PER_DAY:
+                return  # another request did it while this one waited
+            last = await ensure_partitions(conn, self.schema)
+            end = dt.datetime.combine(last + dt.timedelta(days=1), dt.time(), dt.timezone.utc)
+            self._covered_until_ns = int(end.timestamp()) * 1_000_000_000
+
+
+def _encode(rows: list[Row], project: str) -> memoryview:
+    """The rows as one binary COPY stream, ``project`` appended to each: encoded in one call
+    (compiled), sent as one buffer, with no per-value codec call on the way."""
+    try:
+        body = encode_rows(rows, extra=(project,))
+    except (TypeError, ValueError, OverflowError) as exc:
+        # The decoders hand over valid rows only; were one not, nothing of the batch is written.
+        raise WireError(f"records cannot be stored: {exc}") from None
+    # A memoryview: asyncpg would take bytes for a file name.
+    return memoryview(b"".join((HEADER, body, TRAILER)))
+
+
+def _drop(conn: Any) -> None:
+    try:
+        conn.terminate()
+    except Exception:
+        pass  # a lost connection was already handed back to the pool by asyncpg
+
+
+def _refused_data(exc: BaseException) -> WireError | None:
+    """A 400 for data PostgreSQL refuses (classes 22 and 23); None for anything else."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    if isinstance(sqlstate, str) and sqlstate[:2] in ("22", "23"):
+        return WireError(f"PostgreSQL refused the records: {exc}")
+    return None
+
+
+def _raise_if_unavailable(exc: BaseException) -> None:
+    """:class:`Unavailable` from ``exc`` when PostgreSQL is unreachable or overloaded."""
+    from ..sinks.postgres import classify
+
+    verdict = classify(exc)
+    if verdict.retryable:
+        raise Unavailable(f"database unavailable: {verdict.reason}", reason="database") from exc
+
+
+INGEST: web.AppKey[Ingestor] = web.AppKey("atrace_ingestor", Ingestor)
+
+
+async def _admitted(
+    request: web.Request, decode: Callable[[bytes], tuple[uuid.UUID, list[Row]]], endpoint: str
+) -> tuple[int, bool]:
+    """Read, decode and store one request; ``(records, stored)``."""
+    ingestor = request.app[INGEST]
+    limits = ingestor.limits
+    ingestor.admission.enter()
+    try:
+        try:
+            body = await asyncio.wait_for(read_body(request, limits), limits.body_timeout)
+        except asyncio.TimeoutError:
+            raise web.HTTPRequestTimeout(
+                text=f"body not received within {limits.body_timeout} s"
+            ) from None
+        batch_id, rows = decode(body)
+        del body
+        if not rows:
+            return 0, False
+        project = request[PROJECT]
+        stored = await ingestor.store(request.app[POOL], project, batch_id, rows)
+    finally:
+        ingestor.admission.leave()
+    if stored:
+        ingestor.metrics.records(endpoint, len(rows))
+        try:
+            request.app[TAIL].publish(project, rows)
+        except Exception:
+            # The rows are committed: the client must hear so, whatever the live tail did.
+            _log.exception("atrace collector: the live tail failed to take committed rows")
+    else:
+        ingestor.metrics.duplicate(endpoint)
+    return len(rows), stored
+
+
+async def _ingest(request: web.Request) -> web.Response:
+    """``POST /v1/ingest``: one atrace batch (msgpack or JSON); 200 ``{"accepted": n, ...}``."""
+    from .._formats.wire import decode_batch
+
+    content_type = request.headers.get("Content-Type", "").strip() or _DEFAULT_NATIVE
+    if content_type.split(";", 1)[0].strip().lower() == "application/octet-stream":
+        content_type = _DEFAULT_NATIVE
+    limits = request.app[INGEST].limits
+
+    def decode(body: bytes) -> tuple[uuid.UUID, list[Row]]:
+        return decode_batch(
+            body,
+            content_type,
+            max_records=limits.max_records,
+            max_attrs_bytes=limits.max_attrs_bytes,
+        )
+
+    n, stored = await _admitted(request, decode, "ingest")
+    return web.json_response({"accepted": n, "duplicate": bool(n) and not stored})
+
+
+def _otlp_handler(kind: str) -> Callable[[web.Request], Any]:
+    endpoint = f"otlp_{kind}"
+
+    async def handle(request: web.Request) -> web.Response:
+        from .._formats import otlp
+
+        decoder = otlp.decode_traces if kind == "traces" else otlp.decode_logs
+        media = request.content_type.lower()
+        fmt = _OTLP_TYPES.get(media)
+        if fmt is None:
+            raise web.HTTPUnsupportedMediaType(
+                text=f"unsupported content type {media!r}: send application/x-protobuf or "
+                "application/json"
+            )
+        limits = request.app[INGEST].limits
+        project = request[PROJECT]
+
+        def decode(body: bytes) -> tuple[uuid.UUID, list[Row]]:
+            rows = decoder(body, media, max_records=limits.max_records)
+            return otlp_batch_id(project, request.path, body), rows
+
+        await _admitted(request, decode, endpoint)
+        return web.Response(body=_OTLP_OK[fmt], content_type=media)
+
+    handle.__name__ = f"otlp_{kind}"
+    handle.__doc__ = f"``POST /v1/{kind}``: an OTLP/HTTP export (protobuf or JSON)."
+    return handle
+
+
+def add_ingest_routes(app: web.Application, limits: Limits, metrics: Metrics, schema: str) -> None:
+    """Register the three ingest endpoints and the :class:`Ingestor` they share."""
+    app[INGEST] = Ingestor(schema, limits, metrics)
+    app.router.add_post("/v1/ingest", _ingest)
+    app.router.add_post("/v1/traces", _otlp_handler("traces"))
+    app.router.add_post("/v1/logs", _otlp_handler("logs"))

@@ -1,0 +1,350 @@
+"""Reading records back: search, one trace as a tree, stats and error groups, for one project.
+
+Every function takes an asyncpg connection or pool (with or without atrace's codecs), the schema
+and the project; the project is always in the WHERE clause, and every query is bounded by a
+limit and, except a single trace, a time range. Times go in and come out as integer nanoseconds
+since the epoch (PostgreSQL keeps microseconds); ids come out as hex (32 digits for a trace,
+16 for a span).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from ..._emit.ids import format_span_id
+from ..._pipeline.encode import COLUMNS
+from ..._postgres.schema import TEXT_VECTOR
+from ...errors import ConfigError
+from .error_groups import errors, group_errors
+from .params import (
+    _NS,
+    DEFAULT_ERROR_SCAN,
+    DEFAULT_LIMIT,
+    DEFAULT_RANGE_NS,
+    MAX_LIMIT,
+    Filters,
+    _encode_cursor,
+    _json,
+    _parse_trace_id,
+    _trace_hex,
+    errors_params,
+    parse_filters,
+    parse_level,
+    parse_time,
+    spans_params,
+    stats_params,
+)
+
+# Used only where they now live, but public here before and still importable from here.
+from .params import LEVELS as LEVELS
+from .params import MAX_ATTR_FILTERS as MAX_ATTR_FILTERS
+from .params import MAX_ERROR_SCAN as MAX_ERROR_SCAN
+from .sql import _Args, _ts_sql, time_range
+from .sql import _ns as _ns  # also imported from here by tail.py
+from .tree import MAX_DEPTH as MAX_DEPTH
+from .tree import build_tree
+
+__all__ = (
+    "DEFAULT_ERROR_SCAN",
+    "DEFAULT_LIMIT",
+    "DEFAULT_RANGE_NS",
+    "INTERVALS",
+    "KIND_NAMES",
+    "MAX_LIMIT",
+    "MAX_TRACE_ROWS",
+    "Filters",
+    "build_tree",
+    "errors",
+    "errors_params",
+    "group_errors",
+    "parse_filters",
+    "parse_level",
+    "parse_time",
+    "record_json",
+    "search",
+    "spans",
+    "spans_params",
+    "stats",
+    "stats_params",
+    "trace",
+)
+
+# Parsing, the tree and the error groups live in private modules; what they export presents
+# itself as this module's, which is where it is imported from (reprs, pickles and documentation).
+for _value in (
+    Filters,
+    build_tree,
+    errors,
+    errors_params,
+    group_errors,
+    parse_filters,
+    parse_level,
+    parse_time,
+    spans_params,
+    stats_params,
+):
+    _value.__module__ = __name__
+del _value
+
+# A trace longer than this is returned cut, and says so.
+MAX_TRACE_ROWS = 10_000
+MAX_BUCKETS = 10_000
+INTERVALS = {"1m": 60, "5m": 300, "15m": 900, "1h": 3600, "1d": 86400}
+KIND_NAMES = ("log", "span_start", "span_end", "span")
+_SELECT = ", ".join(COLUMNS)
+
+
+# -- shaping ----------------------------------------------------------------------------------
+
+
+def record_json(row: Sequence[Any]) -> dict[str, Any]:
+    """One row (COLUMNS order, as stored or as published) as the API's JSON object."""
+    kind = row[1]
+    return {
+        "ts": _ns(row[0]),
+        "kind": KIND_NAMES[kind] if 0 <= kind < len(KIND_NAMES) else str(kind),
+        "level": row[2],
+        "trace_id": _trace_hex(row[3]),
+        "span_id": None if row[4] is None else format_span_id(row[4]),
+        "parent_id": None if row[5] is None else format_span_id(row[5]),
+        "duration_ns": row[6],
+        "status": row[7],
+        "service": row[8],
+        "environment": row[9],
+        "host": row[10],
+        "pid": row[11],
+        "name": row[12],
+        "message": row[13],
+        "attrs": _json(row[14]) or {},
+        "error_type": row[15],
+        "error_message": row[16],
+        "stack_trace": row[17],
+        "location": row[18],
+    }
+
+
+# -- queries ----------------------------------------------------------------------------------
+
+
+def _search_sql(schema: str, f: Filters) -> tuple[str, list[Any]]:
+    a = _Args(f.project)
+    where = ["project = $1"]
+    if f.since is not None:
+        where.append(f"ts >= {a.ts(f.since)}")
+    if f.until is not None:
+        where.append(f"ts < {a.ts(f.until)}")
+    if f.service is not None:
+        where.append(f"service = {a.add(f.service)}")
+    if f.min_level is not None:
+        where.append(f"level >= {a.add(f.min_level)}::smallint")
+        if f.min_level >= 40:
+            # Written out as the partial index's predicate, so the planner may use that index.
+            where.append("(level >= 40 OR status = 2)")
+    if f.kinds is not None:
+        where.append(f"kind = ANY({a.add(list(f.kinds))}::smallint[])")
+    if f.q:
+        where.append(f"{TEXT_VECTOR} @@ plainto_tsquery('simple', {a.add(f.q)})")
+    if f.attrs:
+        where.append(f"attrs @> {a.add(orjson.dumps(dict(f.attrs)).decode())}::text::jsonb")
+    if f.trace_id is not None:
+        where.append(f"trace_id = {a.add(uuid.UUID(f.trace_id))}")
+    if f.cursor is not None:
+        ts_us, rid = f.cursor
+        bound = a.ts(ts_us * 1000)
+        # Keyset: strictly after the last row of the previous page in (ts, ctid) order; ctid
+        # breaks ties between equal timestamps (rows are never updated, so it is stable).
+        where.append(f"ts <= {bound} AND (ts < {bound} OR ctid < {a.add(rid)}::text::tid)")
+    limit = a.add(f.limit + 1)
+    sql = (
+        f"SELECT {_SELECT}, ctid::text AS rid FROM {schema}.records "
+        f"WHERE {' AND '.join(where)} ORDER BY ts DESC, ctid DESC LIMIT {limit}"
+    )
+    return sql, a.values
+
+
+async def search(conn: Any, schema: str, filters: Filters) -> dict[str, Any]:
+    """Newest first: ``{"records": [...], "next_cursor": str | None}``."""
+    sql, args = _search_sql(schema, filters)
+    rows = await conn.fetch(sql, *args)
+    more = len(rows) > filters.limit
+    rows = rows[: filters.limit]
+    cursor = None
+    if more and rows:
+        last = rows[-1]
+        cursor = _encode_cursor(_ns(last["ts"]) // 1000, last["rid"])
+    return {"records": [record_json(tuple(r)[:-1]) for r in rows], "next_cursor": cursor}
+
+
+def _trace_sql(schema: str) -> str:
+    return (
+        f"SELECT {_SELECT} FROM {schema}.records WHERE project = $1 AND trace_id = $2 "
+        "ORDER BY ts, kind LIMIT $3"
+    )
+
+
+async def trace(
+    conn: Any, schema: str, project: str, trace_id: str, *, now: int | None = None
+) -> dict[str, Any] | None:
+    """The trace as a tree (see :func:`build_tree`), or None when the project has no such trace.
+
+    ``trace_id`` that is not 32 hex digits raises :class:`ConfigError`.
+    """
+    tid = _parse_trace_id(trace_id)
+    rows = await conn.fetch(_trace_sql(schema), project, uuid.UUID(tid), MAX_TRACE_ROWS + 1)
+    if not rows:
+        return None
+    truncated = len(rows) > MAX_TRACE_ROWS
+    records = [record_json(tuple(r)) for r in rows[:MAX_TRACE_ROWS]]
+    tree = build_tree(records, now=time.time_ns() if now is None else now)
+    tree["trace_id"] = tid
+    tree["truncated"] = truncated
+    return tree
+
+
+def _interval_seconds(value: str | int | None) -> int:
+    if value is None or value == "":
+        return 300
+    if isinstance(value, str) and value in INTERVALS:
+        return INTERVALS[value]
+    raise ConfigError("interval", value, f"expected one of {', '.join(INTERVALS)}")
+
+
+def _stats_sql(schema: str, service: bool) -> str:
+    where = f"project = $1 AND ts >= {_ts_sql(3)} AND ts < {_ts_sql(4)}"
+    if service:
+        where += " AND service = $5"
+    return (
+        f"SELECT date_bin($2::text::interval, ts, timestamptz 'epoch') AS bucket, service, level, "
+        f"count(*) AS n FROM {schema}.records WHERE {where} "
+        "GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+    )
+
+
+def _durations_sql(schema: str, service: bool) -> str:
+    where = f"project = $1 AND ts >= {_ts_sql(2)} AND ts < {_ts_sql(3)} AND kind IN (2, 3)"
+    if service:
+        where += " AND service = $4"
+    return (
+        "SELECT service, name, count(*) AS n, "
+        "percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ns) AS p50, "
+        "percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ns) AS p95 "
+        f"FROM {schema}.records WHERE {where} AND duration_ns IS NOT NULL "
+        "GROUP BY service, name ORDER BY n DESC, service, name LIMIT 200"
+    )
+
+
+async def stats(
+    conn: Any,
+    schema: str,
+    project: str,
+    *,
+    interval: str | None = None,
+    since: int | None = None,
+    until: int | None = None,
+    service: str | None = None,
+    durations: bool = False,
+    now: int | None = None,
+) -> dict[str, Any]:
+    """Record counts per ``interval`` bucket, service and level over ``[since, until)`` (default:
+    the last 24 h), and with ``durations`` the p50/p95 span duration per service and name."""
+    now = time.time_ns() if now is None else now
+    step = _interval_seconds(interval)
+    since, until = time_range(since, until, now)
+    if (until - since) // (step * _NS) > MAX_BUCKETS:
+        raise ConfigError("interval", interval, f"more than {MAX_BUCKETS} buckets in the range")
+    args: list[Any] = [project, f"{step} seconds", since // 1000, until // 1000]
+    if service:
+        args.append(service)
+    rows = await conn.fetch(_stats_sql(schema, bool(service)), *args)
+    out: dict[str, Any] = {
+        "interval": f"{step}s" if interval is None else interval,
+        "interval_ns": step * _NS,
+        "since": since,
+        "until": until,
+        "buckets": [
+            {"ts": _ns(r["bucket"]), "service": r["service"], "level": r["level"], "count": r["n"]}
+            for r in rows
+        ],
+    }
+    if durations:
+        dargs: list[Any] = [project, since // 1000, until // 1000]
+        if service:
+            dargs.append(service)
+        drows = await conn.fetch(_durations_sql(schema, bool(service)), *dargs)
+        out["durations"] = [
+            {
+                "service": r["service"],
+                "name": r["name"],
+                "count": r["n"],
+                "p50_ns": round(r["p50"]),
+                "p95_ns": round(r["p95"]),
+            }
+            for r in drows
+        ]
+    return out
+
+
+def _spans_sql(
+    schema: str, project: str, since: int, until: int, service: str | None, slow_ns: int | None
+) -> tuple[str, list[Any]]:
+    a = _Args(project)
+    where = [f"project = $1 AND ts >= {a.ts(since)} AND ts < {a.ts(until)} AND kind IN (2, 3)"]
+    if service:
+        where.append(f"service = {a.add(service)}")
+    if slow_ns is not None:
+        where.append(f"duration_ns >= {a.add(int(slow_ns))}")
+    sql = (
+        "SELECT service, name, count(*) AS n, count(*) FILTER (WHERE status = 2) AS failed, "
+        "max(ts) AS last_ts, (array_agg(status ORDER BY ts DESC))[1] AS last_status, "
+        "percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ns) AS p50, "
+        "percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ns) AS p95 "
+        f"FROM {schema}.records WHERE {' AND '.join(where)} "
+        "GROUP BY service, name ORDER BY n DESC, service, name"
+    )
+    return sql, a.values
+
+
+async def spans(
+    conn: Any,
+    schema: str,
+    project: str,
+    *,
+    since: int | None = None,
+    until: int | None = None,
+    service: str | None = None,
+    slow_ns: int | None = None,
+    errors_only: bool = False,
+    limit: int = DEFAULT_LIMIT,
+    now: int | None = None,
+) -> dict[str, Any]:
+    """Ended spans per service and name over ``[since, until)`` (default: the last 24 h): count,
+    failed, last seen and its status, p50/p95 duration. ``slow_ns`` keeps only spans that took
+    at least that long; ``errors_only`` only names with a failed span."""
+    now = time.time_ns() if now is None else now
+    since, until = time_range(since, until, now)
+    sql, args = _spans_sql(schema, project, since, until, service, slow_ns)
+    if errors_only:
+        sql = sql.replace(
+            "ORDER BY n DESC", "HAVING count(*) FILTER (WHERE status = 2) > 0 ORDER BY n DESC"
+        )
+    sql += f" LIMIT {int(limit):d}"
+    rows = await conn.fetch(sql, *args)
+    out = [
+        {
+            "service": r["service"],
+            "name": r["name"],
+            "count": r["n"],
+            "errors": r["failed"],
+            "last_seen": _ns(r["last_ts"]),
+            "last_status": r["last_status"],
+            "p50_ns": round(r["p50"] or 0),
+            "p95_ns": round(r["p95"] or 0),
+        }
+        for r in rows
+    ]
+    return {"since": since, "until": until, "spans": out}

@@ -1,0 +1,46 @@
+"""What the query statements share: numbered parameters, time bounds in, timestamps out."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from ...errors import ConfigError
+from .params import DEFAULT_RANGE_NS, _datetime_ns
+
+
+def _ts_sql(n: int) -> str:
+    # A bound travels as integer microseconds and becomes a timestamptz in SQL, so the same
+    # statement works whether or not the connection carries atrace's timestamptz codec.
+    return f"(timestamptz 'epoch' + ${n}::bigint * interval '1 microsecond')"
+
+
+def _ns(value: Any) -> int:
+    # With atrace's codec a timestamptz arrives as int ns; without it, as a datetime.
+    if isinstance(value, dt.datetime):
+        return _datetime_ns(value)
+    return int(value)
+
+
+class _Args:
+    """Positional parameters of one statement; ``add`` returns the placeholder."""
+
+    def __init__(self, *initial: Any) -> None:
+        self.values = list(initial)
+
+    def add(self, value: Any) -> str:
+        self.values.append(value)
+        return f"${len(self.values)}"
+
+    def ts(self, ns: int) -> str:
+        self.values.append(ns // 1000)
+        return _ts_sql(len(self.values))
+
+
+def time_range(since: int | None, until: int | None, now: int) -> tuple[int, int]:
+    """``[since, until)`` with the defaults: until now, since 24 h before until."""
+    until = now if until is None else until
+    since = until - DEFAULT_RANGE_NS if since is None else since
+    if until <= since:
+        raise ConfigError("until", until, "must be after since")
+    return since, until
