@@ -4,8 +4,14 @@ import os
 
 from setuptools import Extension, setup
 
+# setup.py cannot import atrace, so it repeats the rule of atrace.config.purepython().
+TRUE, FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
+switch = os.environ.get("ATRACE_PUREPYTHON", "")
+if switch.strip().lower() not in TRUE + FALSE:
+    raise SystemExit(f"ATRACE_PUREPYTHON={switch!r}: expected one of {', '.join(TRUE + FALSE[1:])}")
+
 ext_modules = []
-if not os.environ.get("ATRACE_PUREPYTHON"):
+if switch.strip().lower() not in TRUE:
     from Cython.Build import cythonize
 
     ext_modules = cythonize(

@@ -32,16 +32,7 @@ def info_rows(n: int) -> list[tuple[Any, ...]]:
     from atrace._pipeline.encode import Encoder
     from atrace.config import Config
 
-    config = Config(service="bench")
-    encoder = Encoder(
-        service=config.service,
-        environment=config.environment,
-        host=config.host,
-        pid=config.pid,
-        attributes=config.attributes,
-        max_message_length=config.max_message_length,
-        max_value_length=config.max_value_length,
-    )
+    encoder = Encoder.from_config(Config(service="bench"))
     now = time.time_ns()
     location = (__file__, 1)
     records = [

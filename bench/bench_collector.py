@@ -24,8 +24,8 @@ from _common import postgres
 from atrace._emit.ids import new_span_id, new_trace_id
 from atrace._formats.otlp import traces_request
 from atrace._formats.wire import encode_batch
-from atrace._pipeline.encode import COLUMNS
 from atrace._postgres.schema import ensure_schema
+from atrace._records import COLUMNS
 from atrace.collector._auth import create_key
 from atrace.sinks import Batch
 from atrace.sinks.postgres import connection_init

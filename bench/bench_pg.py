@@ -17,8 +17,8 @@ from _common import info_rows, postgres
 import atrace
 import atrace._pipeline.ring
 import atrace._pipeline.state
-from atrace._pipeline.encode import COLUMNS
 from atrace._postgres.schema import ensure_schema
+from atrace._records import COLUMNS
 from atrace.sinks.postgres import connection_init
 
 RECORDS = 500_000

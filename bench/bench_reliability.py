@@ -27,7 +27,7 @@ import atrace
 import atrace._pipeline.ring
 import atrace._pipeline.state
 from atrace._delivery.spill import Spill
-from atrace._pipeline.encode import Row
+from atrace._records import Row
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))

@@ -12,13 +12,12 @@ aiohttp's client will not send), :func:`atrace_command` (the installed console s
 from __future__ import annotations
 
 import asyncio
-import inspect
 import os
 import shutil
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +26,16 @@ import asyncpg
 import pytest_asyncio
 from aiohttp import web
 
+from _helpers import wait_until
 from atrace._emit.ids import new_span_id, new_trace_id
 from atrace._formats.wire import encode_batch
-from atrace._pipeline.encode import COLUMNS, Row
+from atrace._postgres.session import connection_init
+from atrace._records import COLUMNS, Row
 from atrace.collector._app import METRICS, make_app, make_runner
 from atrace.collector._auth import create_key
 from atrace.collector._limits import Limits
 from atrace.collector._prometheus import Metrics
 from atrace.sinks import Batch
-from atrace.sinks.postgres import connection_init
 
 __all__ = (
     "CollectorServer",
@@ -293,21 +293,6 @@ async def raw_request(
         return status, head_in + rest, sent
     finally:
         writer.transport.abort()
-
-
-async def wait_until(check: Callable[[], Any], timeout: float = 20.0) -> None:
-    """Poll ``check()`` (a plain or async predicate) until it is true; fail after ``timeout``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        result = check()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return
-        if loop.time() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(0.02)
 
 
 def child_env() -> dict[str, str]:

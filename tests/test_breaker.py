@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from atrace._delivery.breaker import BreakerState, CircuitBreaker
+from atrace._delivery.breaker import BreakerState, BreakerStats, CircuitBreaker
 from atrace.errors import ConfigError, InternalError
+from atrace.testing import FakeClock
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def breaker(threshold: int = 3, reset: float = 10.0) -> tuple[CircuitBreaker, Clock]:
-    clock = Clock()
-    return CircuitBreaker(failure_threshold=threshold, reset_timeout=reset, clock=clock), clock
+def breaker(threshold: int = 3, reset: float = 10.0) -> tuple[CircuitBreaker, FakeClock]:
+    clock = FakeClock()
+    b = CircuitBreaker(failure_threshold=threshold, reset_timeout=reset, clock=clock.monotonic)
+    return b, clock
 
 
 class TestBreaker:
@@ -40,9 +36,9 @@ class TestBreaker:
         b, clock = breaker(1, reset=10)
         b.record_failure()
         assert not b.allow()
-        clock.now = 9.9
+        clock.advance(9.9)
         assert not b.allow()
-        clock.now = 10.0
+        clock.advance(0.1)
         assert b.allow()
         assert b.state is BreakerState.HALF_OPEN
         assert not b.allow()  # only one probe in flight
@@ -52,7 +48,7 @@ class TestBreaker:
         b, clock = breaker(2, reset=1)
         b.record_failure()
         b.record_failure()
-        clock.now = 1
+        clock.advance(1)
         assert b.allow()
         b.record_success()
         assert b.state is BreakerState.CLOSED
@@ -62,13 +58,13 @@ class TestBreaker:
         """A failed probe reopens the breaker for another reset period."""
         b, clock = breaker(1, reset=5)
         b.record_failure()
-        clock.now = 5
+        clock.advance(5)
         assert b.allow()
         b.record_failure()
         assert b.state is BreakerState.OPEN and b.trips == 2
-        clock.now = 9
+        clock.advance(4)
         assert not b.allow()
-        clock.now = 10
+        clock.advance(1)
         assert b.allow()
 
     def test_late_failure_while_open_is_harmless(self) -> None:
@@ -87,6 +83,16 @@ class TestBreaker:
         with pytest.raises(AttributeError):
             snap.trips = 5  # type: ignore[misc]
 
+    def test_snapshot_is_a_keyword_only_value(self) -> None:
+        """statistics() gives a keyword-only dataclass equal to another of the same figures."""
+        b, _ = breaker(1)
+        b.record_failure()
+        snap = b.statistics()
+        assert snap == BreakerStats(state=BreakerState.OPEN, consecutive_failures=1, trips=1)
+        assert dataclasses.is_dataclass(snap) and not hasattr(snap, "__dict__")
+        with pytest.raises(TypeError):
+            BreakerStats(BreakerState.OPEN, 1, 1)  # type: ignore[misc]
+
     def test_illegal_move(self) -> None:
         """An illegal transition raises an error naming both states."""
         b, _ = breaker()
@@ -99,3 +105,9 @@ class TestBreaker:
             CircuitBreaker(failure_threshold=0)
         with pytest.raises(ConfigError, match="reset_timeout"):
             CircuitBreaker(reset_timeout=-1)
+        with pytest.raises(
+            ConfigError, match=r"^failure_threshold=True: expected an integer >= 1$"
+        ):
+            CircuitBreaker(failure_threshold=True)
+        with pytest.raises(ConfigError, match=r"^reset_timeout='5': expected a number >= 0$"):
+            CircuitBreaker(reset_timeout="5")  # type: ignore[arg-type]

@@ -18,7 +18,8 @@ import asyncpg
 import pytest
 
 from atrace._delivery.spill import Spill
-from atrace._pipeline.encode import Encoder, Row
+from atrace._pipeline.encode import Encoder
+from atrace._records import Row
 from atrace.sinks.postgres import PostgresSink
 
 ATRACE = str(Path(sys.executable).with_name("atrace"))

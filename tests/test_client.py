@@ -21,6 +21,7 @@ from _collector import (
     native_body,
 )
 from atrace._emit.ids import new_trace_id
+from atrace._postgres.session import connection_init
 from atrace.client import (
     AsyncClient,
     AuthenticationError,
@@ -32,7 +33,6 @@ from atrace.client import (
     TransportError,
 )
 from atrace.collector._state import TAIL
-from atrace.sinks.postgres import connection_init
 from test_query import NOW, A, B, S, copy_rows, make_row, trace_rows
 
 

@@ -30,7 +30,7 @@ from _pg import PgServer
 from _proxy import TCPProxy
 from atrace._emit.context import format_traceparent, parse_traceparent
 from atrace._emit.ids import format_span_id, parse_span_id
-from atrace._pipeline.encode import COLUMNS
+from atrace._records import COLUMNS
 from atrace.collector._app import KEYS
 from atrace.collector._ingest import INGEST
 
@@ -602,6 +602,20 @@ class TestGracefulShutdown:
                 await server.stop()
         assert resp.status == 200, resp
         assert await server.count() == 55
+
+    async def test_tail_after_the_hub_stopped_is_503(
+        self, collector_server: CollectorServer
+    ) -> None:
+        """Once the live tail has stopped, asking for a tail is 503, counted as stopping."""
+        from atrace.collector._state import TAIL
+
+        key = await collector_server.create_key("alpha")
+        assert collector_server.app is not None
+        await collector_server.app[TAIL].stop()
+        resp = await collector_server.request("GET", "/v1/tail", key=key)
+        assert resp.status == 503
+        assert resp.json() == {"error": "the collector is stopping"}
+        assert collector_server.metrics.value("errors", reason="unavailable_stopping") == 1
 
 
 class TestServeCommand:

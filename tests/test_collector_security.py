@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hashlib
+import logging
 import signal
+import urllib.parse
 import uuid
 import zlib
 from collections.abc import AsyncIterator
@@ -33,9 +35,10 @@ from _collector import (
 from _pg import PgServer
 from _proxy import TCPProxy
 from atrace._emit.ids import new_trace_id
-from atrace._pipeline.encode import COLUMNS
-from atrace.collector._auth import AuthError, KeyStore, parse_key, revoke_key
+from atrace._records import COLUMNS
+from atrace.collector._auth import KeyStore, parse_key, revoke_key
 from atrace.collector._limits import Limits
+from atrace.errors import AuthError
 
 MiB = 1024 * 1024
 
@@ -710,3 +713,70 @@ class TestDatabaseOutage:
             assert retry.status == 200
             assert retry.json()["duplicate"] is True
             assert await server.count() == 41
+
+
+# ---- error answers ------------------------------------------------------------------------------
+
+
+def _with_password(dsn: str) -> tuple[str, str]:
+    """``dsn`` with a password (the server trusts local connections, so any one works), and it."""
+    parts = urllib.parse.urlsplit(dsn)
+    if parts.password:
+        return dsn, parts.password
+    password = "pw-" + uuid.uuid4().hex
+    user = parts.username or "postgres"
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{user}:{password}@{host}").geturl(), password
+
+
+class TestErrorAnswers:
+    async def test_query_routes_answer_503_while_the_database_is_cut_off(
+        self, pg_server: PgServer, pg_schema: tuple[str, str]
+    ) -> None:
+        """A read request for a key still trusted from memory is 503 with Retry-After while
+        PostgreSQL is cut off, counted as unavailable_database, and 200 once it is back."""
+        dsn, schema = pg_schema
+        async with (
+            TCPProxy(pg_server.host, pg_server.port) as proxy,
+            CollectorServer(dsn, schema, app_dsn=proxy.url_for(dsn)) as server,
+        ):
+            key = await server.create_key("alpha")
+            assert (await server.request("GET", "/v1/search", key=key)).status == 200
+            proxy.cut()
+            cut = await server.request("GET", "/v1/search", key=key)
+            proxy.restore()
+            assert cut.status == 503, cut
+            assert cut.headers["Retry-After"] == "1"
+            assert cut.json()["error"].startswith("database unavailable: ")
+            assert server.metrics.value("errors", reason="unavailable_database") == 1
+            assert (await server.request("GET", "/v1/search", key=key)).status == 200
+
+    async def test_no_secret_in_any_answer_or_log_line(
+        self, pg_schema: tuple[str, str], caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """401, 400 and 500 answers and the log lines of a failure name the fault, never the
+        API key or the password of the collector's DSN."""
+        dsn, schema = pg_schema
+        app_dsn, password = _with_password(dsn)
+        async with CollectorServer(dsn, schema, app_dsn=app_dsn) as server:
+            key = await server.create_key("alpha")
+            forged = key[:-4] + ("AAAA" if not key.endswith("AAAA") else "BBBB")
+            answers = [
+                await server.request("GET", "/v1/search", key=forged),
+                await server.request("GET", "/v1/search", headers={"X-API-Key": f"x{key}"}),
+                await server.request("GET", "/v1/search?limit=0", key=key),
+            ]
+            # A table gone from under the collector: a failure retrying cannot mend.
+            await server.fetch("ALTER TABLE {schema}.records RENAME TO records_away")
+            with caplog.at_level(logging.INFO):
+                try:
+                    answers.append(await server.request("GET", "/v1/search", key=key))
+                finally:
+                    await server.fetch("ALTER TABLE {schema}.records_away RENAME TO records")
+        assert [a.status for a in answers] == [401, 401, 400, 500]
+        assert answers[2].json()["field"] == "limit"
+        assert answers[3].json() == {"error": "internal error"}
+        assert "UndefinedTableError" in caplog.text  # the failure was logged, with its cause
+        secret = key.rpartition("_")[2]
+        for text in [caplog.text, *(a.body.decode() for a in answers)]:
+            assert secret not in text and password not in text

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
-from atrace._pipeline.encode import COLUMNS
+from atrace._records import COLUMNS
 from atrace.errors import ConfigError, MissingExtraError
 from atrace.sinks import Batch, Sink, resolve
 from atrace.sinks import console as console_module

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -210,3 +211,27 @@ class TestW3C:
         fallback = atrace.extract({"X-Trace-ID": "4bf92f35-77b3-4da6-a3ce-929d0e0e4736"})
         assert fallback is not None and fallback.trace_id == "4bf92f3577b34da6a3ce929d0e0e4736"
         assert fallback.span_id is None
+
+
+class TestSpanContext:
+    def test_positional_frozen_value(self) -> None:
+        """SpanContext(trace_id, span_id) builds positionally, cannot change, compares by value."""
+        tid = "4bf92f3577b34da6a3ce929d0e0e4736"
+        ctx = atrace.SpanContext(tid, 0x00F067AA0BA902B7)
+        assert (ctx.trace_id, ctx.span_id, ctx.sampled) == (tid, 0x00F067AA0BA902B7, True)
+        assert ctx == atrace.SpanContext(tid, 0x00F067AA0BA902B7, True)
+        assert not hasattr(ctx, "__dict__")
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            ctx.span_id = 1  # type: ignore[misc]
+        assert repr(ctx) == f"SpanContext(trace_id={tid!r}, span_id='00f067aa0ba902b7')"
+
+    async def test_spans_under_it_take_its_ids(self, configure_memory: MemorySink) -> None:
+        """A span opened under a SpanContext parent gets its trace id and its span as parent."""
+        tid = "4bf92f3577b34da6a3ce929d0e0e4736"
+        with atrace.trace_context(tid, parent_id="00f067aa0ba902b7") as ctx:
+            assert isinstance(ctx, atrace.SpanContext)
+            with atrace.span("child"):
+                pass
+        await atrace.aflush()
+        span = configure_memory.spans()[0]
+        assert span["trace_id"] == tid and span["parent_id"] == 0x00F067AA0BA902B7

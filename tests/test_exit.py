@@ -37,6 +37,25 @@ PROGRAMS = {
         import os
         os._exit(0)  # no exit handlers: only the explicit flush can have written the rows
     """,
+    "reconfigured_before_exit": """
+        import atrace
+        atrace.configure(service="exit-test", sink=DSN, schema=SCHEMA, flush_interval=3600)
+        with atrace.span("request"):
+            atrace.info("inside")
+        # The first pipeline still holds those records: replaced, it writes them and stops.
+        atrace.configure(service="exit-test", sink=DSN, schema=SCHEMA, flush_interval=3600)
+        atrace.info("after the loop closed")
+    """,
+    "shutdown_then_more": """
+        import asyncio, atrace
+        atrace.configure(service="exit-test", sink=DSN, schema=SCHEMA, flush_interval=3600)
+        async def main():
+            async with atrace.span("request"):
+                atrace.info("inside")
+            assert await atrace.ashutdown(timeout=30)
+        asyncio.run(main())
+        atrace.info("after the loop closed")  # starts the stopped pipeline again
+    """,
     "unconfigured_from_environment": """
         import asyncio, atrace
         async def main():
@@ -70,7 +89,8 @@ async def rows(dsn: str, schema: str) -> list[Any]:
 
 class TestExit:
     async def test_each_program_writes_everything(self, pg_schema: tuple[str, str]) -> None:
-        """After asyncio.run, in a sync program, with flush(), unconfigured: every record lands."""
+        """After asyncio.run, in a sync program, with flush(), reconfigured, restarted after a
+        shutdown, unconfigured: every record lands."""
         dsn, base = pg_schema
         for index, name in enumerate(PROGRAMS):
             schema = f"{base}_{index}"

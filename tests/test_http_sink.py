@@ -18,8 +18,9 @@ from aiohttp import web
 import atrace
 from atrace._delivery.spill import Spill
 from atrace._formats.wire import decode_batch
-from atrace._pipeline.encode import COLUMNS, Encoder
-from atrace.errors import ConfigError, SinkClosedError, WireError
+from atrace._pipeline.encode import Encoder
+from atrace._records import COLUMNS
+from atrace.errors import ConfigError, SinkClosedError, SinkHTTPError, WireError
 from atrace.sinks import Batch
 from atrace.sinks import http as http_sink
 from atrace.sinks.http import DEFAULT_GZIP_MIN_BYTES, HttpSink, HttpSinkError
@@ -222,6 +223,10 @@ class TestConfig:
         }
         assert public <= set(http_sink.__all__)
 
+    def test_sink_error_is_the_sink_http_error(self) -> None:
+        """HttpSinkError is SinkHTTPError under its old name: catching either catches both."""
+        assert HttpSinkError is SinkHTTPError
+
 
 class TestPosting:
     @pytest.mark.parametrize("fmt", ["msgpack", "json"])
@@ -392,7 +397,7 @@ class TestErrors:
 
         ticker = asyncio.ensure_future(app())
         try:
-            with pytest.raises(HttpSinkError, match=r"within 0\.3s") as err:
+            with pytest.raises(HttpSinkError, match=r"no answer within 0\.3 s") as err:
                 await asyncio.wait_for(sink.write(batch_of(5)), 20)
         finally:
             ticker.cancel()

@@ -20,7 +20,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 import atrace
 from atrace._formats import otlp
-from atrace._pipeline.encode import COLUMNS
+from atrace._records import COLUMNS
 from atrace.errors import WireError
 from atrace.testing import MemorySink
 

@@ -16,14 +16,13 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from _select import selected_in_subprocess
 from atrace._formats import otlp
-from atrace._formats.otlp import decode as _otlp_decode
+from atrace._formats.otlp import _pb_py
 from atrace._formats.otlp import rows as _otlp_rows
-from atrace._pipeline.encode import COLUMNS
+from atrace._records import COLUMNS
+from atrace._speedups import FORCE_TWINS
 from atrace.errors import WireError
 
-FORCED_TWIN = os.environ.get("ATRACE_PUREPYTHON", "") not in ("", "0")
 T0 = 1_700_000_000_123_456_789
 TRACE = bytes.fromhex("0190b2c3d4e5f60718293a4b5c6d7e8f")
 SPAN = (5).to_bytes(8, "big")
@@ -34,7 +33,7 @@ Decode = Callable[[bytes, int], list[tuple[Any, ...]]]
 @pytest.fixture
 def fast() -> types.ModuleType:
     """The compiled decoder; a build that will not import fails (unless the twin is forced)."""
-    if FORCED_TWIN:
+    if FORCE_TWINS:
         pytest.skip("ATRACE_PUREPYTHON is set: this run covers the pure-Python twin only")
     try:
         return importlib.import_module("atrace._formats.otlp._pb")
@@ -62,9 +61,9 @@ def outcome(decode: Decode, body: Any, max_records: int) -> Any:
 def agree(fast: types.ModuleType, body: Any, logs: bool = False, max_records: int = 100_000) -> Any:
     """Decode with both; they must give equal rows or equal refusals. Returns the outcome."""
     if logs:
-        pair = (fast.decode_logs_pb, _otlp_decode._decode_logs_upb)
+        pair = (fast.decode_logs_pb, _pb_py.decode_logs_pb)
     else:
-        pair = (fast.decode_traces_pb, _otlp_decode._decode_traces_upb)
+        pair = (fast.decode_traces_pb, _pb_py.decode_traces_pb)
     compiled, twin = (outcome(decode, body, max_records) for decode in pair)
     assert compiled == twin, f"body {bytes(body).hex()}"
     return twin
@@ -579,6 +578,8 @@ class TestSameRows:
         body = traces(span(ld(9, kv(b"k", s("v")))))
         for odd in (bytearray(body), memoryview(body)):
             assert rows(fast, odd) == rows(fast, body)
+        for not_bytes in ("text", None, 12):
+            assert agree(fast, not_bytes)[0] == 400
 
     def test_max_records(self, fast: types.ModuleType) -> None:
         """Too many spans, events or log records is a 413 like the twin's."""
@@ -716,49 +717,3 @@ class TestSameRefusals:
             if rng.random() < 0.5:
                 body = mutate(rng, body)
             agree(fast, body, logs=is_logs, max_records=rng.choice((100_000, 3, 0)))
-
-
-# ---- which one runs ---------------------------------------------------------------------------
-
-
-def implementation_in_subprocess(env_value: str | None, prelude: str = "") -> str:
-    """What a fresh interpreter's atrace decodes protobuf with, ATRACE_PUREPYTHON set as given."""
-    return selected_in_subprocess(
-        "import atrace._formats.otlp as o, atrace._formats.otlp.decode as d\n"
-        "print(d.IMPLEMENTATION, d._decode_traces_pb.__module__, "
-        "o.decode_traces(b'', 'application/x-protobuf'))",
-        env_value,
-        prelude,
-    )
-
-
-class TestSelection:
-    def test_env_forces_the_twin(self) -> None:
-        """ATRACE_PUREPYTHON=1 decodes with the upb twin."""
-        assert implementation_in_subprocess("1") == "python atrace._formats.otlp.decode []"
-
-    def test_missing_compiled_module_falls_back_to_the_twin(self) -> None:
-        """When the compiled decoder cannot be imported, the twin decodes instead."""
-        prelude = "import sys; sys.modules['atrace._formats.otlp._pb'] = None"
-        assert (
-            implementation_in_subprocess(None, prelude) == "python atrace._formats.otlp.decode []"
-        )
-
-    @pytest.mark.skipif(FORCED_TWIN, reason="ATRACE_PUREPYTHON runs need not build the decoder")
-    @pytest.mark.parametrize("value", [None, "", "0"])
-    def test_compiled_decoder_is_the_default(self, value: str | None) -> None:
-        """Unset, empty or "0", the variable leaves the compiled decoder in charge."""
-        assert implementation_in_subprocess(value) == "cython atrace._formats.otlp._pb []"
-
-    def test_this_process_reports_what_it_runs(self) -> None:
-        """IMPLEMENTATION names the module whose decoders atrace._formats.otlp calls."""
-        module = {"cython": "atrace._formats.otlp._pb", "python": "atrace._formats.otlp.decode"}
-        assert _otlp_decode._decode_traces_pb.__module__ == module[_otlp_decode.IMPLEMENTATION]
-        assert _otlp_decode._decode_logs_pb.__module__ == module[_otlp_decode.IMPLEMENTATION]
-        if FORCED_TWIN:
-            assert _otlp_decode.IMPLEMENTATION == "python"
-
-    def test_compiled_module_exports(self, fast: types.ModuleType) -> None:
-        """The compiled module exports the two decoders its stub declares."""
-        assert fast.__all__ == ("decode_logs_pb", "decode_traces_pb")
-        assert callable(fast.decode_traces_pb) and callable(fast.decode_logs_pb)

@@ -27,8 +27,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 import atrace
-from atrace._pipeline.encode import COLUMNS
-from atrace.errors import ConfigError, SinkClosedError
+from _helpers import wait_until
+from atrace._records import COLUMNS
+from atrace.errors import ConfigError, SinkClosedError, SinkHTTPError
 from atrace.sinks import Batch, Sink
 from atrace.sinks import otlp as sink_module
 from atrace.sinks.otlp import OtlpExportError, OtlpSink, classify
@@ -204,15 +205,6 @@ def free_port() -> int:
     return port
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
-    """Wait for a condition (not a timing assertion): check it every 10 ms."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not reached: {atrace.metrics()}")
-        await asyncio.sleep(0.01)
-
-
 class TestEncodings:
     async def test_protobuf_spans_and_logs_go_to_their_paths(
         self, server: OtlpServer, make_sink: Any
@@ -280,11 +272,11 @@ class TestEncodings:
         assert len(logs.logs()) == n
 
     async def test_write_before_open(self) -> None:
-        """Writing to a sink that is not open is a permanent SinkClosedError."""
+        """Writing to a sink that is not open is a SinkClosedError, retried (the lane reopens)."""
         sink = OtlpSink("http://127.0.0.1:9")
         with pytest.raises(SinkClosedError) as err:
             await sink.write(Batch(span_rows(1)))
-        assert not classify(err.value).retryable
+        assert classify(err.value).retryable
 
 
 class TestSettings:
@@ -453,6 +445,22 @@ class TestAnswers:
         with pytest.raises(OtlpExportError, match="HTTP 400: span 0 has no trace id"):
             await sink.write(Batch(span_rows(1)))
 
+    async def test_json_status_and_huge_error_pages_are_cut(
+        self, server: OtlpServer, make_sink: Any
+    ) -> None:
+        """A JSON google.rpc.Status shows its message; a huge error page only its start."""
+        status = orjson.dumps({"code": 3, "message": "bad   span\nname"})
+        server.answer("/v1/traces", 400, status, {"Content-Type": JSON})
+        page = b"<h1>proxy error</h1>" + b"x" * 200_000
+        server.answer("/v1/logs", 502, page, {"Content-Type": "text/html"})
+        sink = await make_sink(server.url)
+        with pytest.raises(OtlpExportError, match="HTTP 400: bad span name") as refused:
+            await sink.write(Batch(span_rows(1)))
+        assert not sink.classify(refused.value).retryable
+        with pytest.raises(OtlpExportError, match=r"HTTP 502: <h1>proxy error</h1>x+…") as busy:
+            await sink.write(Batch(log_rows(1)))
+        assert len(str(busy.value)) < 1024 and sink.classify(busy.value).retryable
+
     async def test_partial_success_is_counted_not_retried(
         self, server: OtlpServer, make_sink: Any, caplog: pytest.LogCaptureFixture
     ) -> None:
@@ -535,7 +543,7 @@ class TestPipeline:
         atrace.configure(sink=OtlpSink(server.url, timeout=2), **PIPELINE)
         async with atrace.span("checkout", order=1):
             pass
-        await wait_until(lambda: atrace.metrics().written == 1)
+        await wait_until(lambda: atrace.metrics().written == 1, describe=atrace.metrics)
         m = atrace.metrics()
         assert (m.retries, m.dropped, m.spilled) == (1, 0, 0)
         first, second = server.to("/v1/traces")
@@ -547,7 +555,7 @@ class TestPipeline:
         server.answer("/v1/logs", 400, always=True)
         atrace.configure(sink=OtlpSink(server.url, timeout=2), **PIPELINE)
         atrace.info("refused")
-        await wait_until(lambda: atrace.metrics().dropped_permanent == 1)
+        await wait_until(lambda: atrace.metrics().dropped_permanent == 1, describe=atrace.metrics)
         m = atrace.metrics()
         assert (m.retries, m.written, m.spilled) == (0, 0, 0)
         assert len(server.to("/v1/logs")) == 1
@@ -559,14 +567,14 @@ class TestPipeline:
         atrace.configure(sink=sink, **PIPELINE)
         async with atrace.span("a"):
             pass
-        await wait_until(lambda: atrace.metrics().written == 1)
+        await wait_until(lambda: atrace.metrics().written == 1, describe=atrace.metrics)
         assert atrace.metrics().retries == 0 and sink.rejected_spans == 1
         assert len(server.to("/v1/traces")) == 1
 
 
 class TestPublicSurface:
     def test_all_matches_the_module(self) -> None:
-        """__all__ names exactly the public names the module defines."""
+        """__all__ names the public names the module defines, and the error users catch."""
         public = {
             name
             for name, value in vars(sink_module).items()
@@ -574,4 +582,9 @@ class TestPublicSurface:
             and callable(value)
             and getattr(value, "__module__", None) == sink_module.__name__
         }
-        assert set(sink_module.__all__) == public
+        assert public <= set(sink_module.__all__)
+        assert all(hasattr(sink_module, name) for name in sink_module.__all__)
+
+    def test_export_error_is_the_sink_http_error(self) -> None:
+        """OtlpExportError is SinkHTTPError under its old name: catching either catches both."""
+        assert OtlpExportError is SinkHTTPError

@@ -15,9 +15,10 @@ import orjson
 import pytest
 
 from atrace._formats import pgcopy
-from atrace._pipeline.encode import COLUMNS
 from atrace._postgres.schema import ensure_schema
-from atrace.sinks.postgres import broken_row, connection_init, copy_rows
+from atrace._postgres.session import connection_init, copy_rows
+from atrace._records import COLUMNS
+from atrace.sinks.postgres import broken_row
 
 _IMPLS = ["atrace._formats._pgcopy_py"]
 try:

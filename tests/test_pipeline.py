@@ -1,8 +1,10 @@
-"""The flusher: triggers (size, interval, flush, shutdown), policies, fan-out, sink failures."""
+"""The flusher: its state machine, triggers (size, interval, flush, shutdown), policies, fan-out,
+sink failures."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 import time
 from typing import Any
@@ -10,87 +12,193 @@ from typing import Any
 import pytest
 
 import atrace
-from atrace._pipeline import state as pipeline_mod
-from atrace._pipeline.pipeline import Pipeline
+from _helpers import wait_until
+from atrace._pipeline import state
+from atrace._pipeline.pipeline import FlushMode, Pipeline, PipelineState
 from atrace.config import Config
+from atrace.errors import InternalError
 from atrace.sinks import Batch
-from atrace.testing import MemorySink
+from atrace.sinks._base import SinkOptions
+from atrace.testing import FakeClock, MemorySink
 
-
-class FakeClock:
-    """Time that moves only when the test says so; sleepers wake when it reaches their deadline."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self._moved = asyncio.Condition()
-
-    def time(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        deadline = self.now + seconds
-        async with self._moved:
-            await self._moved.wait_for(lambda: self.now >= deadline)
-
-    async def advance(self, seconds: float) -> None:
-        async with self._moved:
-            self.now += seconds
-            self._moved.notify_all()
-        for _ in range(20):  # let the flusher run what the new time allows
-            await asyncio.sleep(0)
-
-
-async def wait_for(predicate: Any, timeout: float = 10.0) -> None:
-    """Wait until predicate() holds (a condition, not a timing assertion)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.005)
+IDLE, RUNNING, STOPPING, FORCED = (
+    PipelineState.IDLE,
+    PipelineState.RUNNING,
+    PipelineState.STOPPING,
+    PipelineState.FORCED,
+)
+# Every move the pipeline may make, and no other.
+ALLOWED = {
+    (IDLE, RUNNING),
+    (IDLE, STOPPING),
+    (RUNNING, STOPPING),
+    (RUNNING, IDLE),
+    (STOPPING, FORCED),
+    (STOPPING, IDLE),
+    (FORCED, IDLE),
+}
 
 
 def install(config: Config, **kwargs: Any) -> Pipeline:
     p = Pipeline(config, **kwargs)
-    pipeline_mod._install(p)
+    state.swap(p)
     return p
 
 
-class TestTriggers:
-    async def test_interval_with_fake_clock(self) -> None:
-        """A record below the batch size is written once the interval has passed, not before."""
+def in_state(p: Pipeline, where: PipelineState) -> Pipeline:
+    """``p`` put straight into ``where``, as the moves that lead there would."""
+    path = {IDLE: [], RUNNING: [RUNNING], STOPPING: [RUNNING, STOPPING]}
+    path[FORCED] = [*path[STOPPING], FORCED]
+    for step in path[where]:
+        p._set_state(step)
+    return p
+
+
+def log_record(message: str) -> tuple[Any, ...]:
+    return (0, time.time_ns(), 20, None, None, None, None, 0, None, "n", message, None, None, None)
+
+
+class TestStateMachine:
+    @pytest.mark.parametrize(("old", "new"), sorted(ALLOWED, key=lambda m: (m[0].name, m[1].name)))
+    def test_allowed_move(self, old: PipelineState, new: PipelineState) -> None:
+        """Each move of the table is taken."""
+        p = in_state(Pipeline(Config(sinks=[MemorySink()])), old)
+        p._set_state(new)
+        assert p.state is new
+
+    @pytest.mark.parametrize(
+        ("old", "new"),
+        [m for m in itertools.product(PipelineState, repeat=2) if m not in ALLOWED],
+        ids=lambda s: s.name,
+    )
+    def test_refused_move_names_both_states(self, old: PipelineState, new: PipelineState) -> None:
+        """Any move outside the table raises InternalError naming both states, and changes
+        nothing."""
+        p = in_state(Pipeline(Config(sinks=[MemorySink()])), old)
+        with pytest.raises(InternalError, match=f"from {old.name} to {new.name}"):
+            p._set_state(new)
+        assert p.state is old
+
+    async def test_lifecycle(self, memory_sink: MemorySink) -> None:
+        """IDLE until the first record, RUNNING while the flusher runs, IDLE again after a
+        shutdown, and RUNNING on the next record."""
+        p = install(Config(sinks=[memory_sink], flush_interval=3600))
+        assert p.state is IDLE
+        atrace.info("first")
+        assert p.state is RUNNING
+        done = p.stop_nowait()
+        assert p.state is STOPPING
+        assert await asyncio.wrap_future(done)
+        assert p.state is IDLE and len(memory_sink.rows) == 1
+        atrace.info("second")
+        assert p.state is RUNNING
+
+    async def test_stop_without_a_flusher_writes_what_is_left(
+        self, memory_sink: MemorySink
+    ) -> None:
+        """Stopping an idle pipeline that holds records starts a flusher only to write them."""
+        p = Pipeline(Config(sinks=[memory_sink], flush_interval=3600))
+        p.ring.push(log_record("left"))
+        assert await asyncio.wrap_future(p.stop_nowait())
+        assert p.state is IDLE
+        assert [r["message"] for r in memory_sink.logs()] == ["left"]
+
+    async def test_forced_when_stopping_outlasts_the_deadline(self) -> None:
+        """A write still hanging at shutdown_timeout is cut short (FORCED) and its batch spilled."""
+
+        class Hung(MemorySink):
+            name = "hung"
+
+            async def write(self, batch: Batch) -> None:
+                await asyncio.sleep(3600)
+
+        seen: list[PipelineState] = []
+        p = install(Config(sinks=[Hung()], flush_interval=3600, shutdown_timeout=0.2))
+        original = p._set_state
+
+        def watch(new: PipelineState) -> None:
+            seen.append(new)
+            original(new)
+
+        p._set_state = watch  # type: ignore[method-assign]
+        atrace.info("x")
+        p.request_flush()
+        await wait_until(lambda: p.metrics().in_flight == 1)
+        assert await asyncio.wrap_future(p.stop_nowait())
+        assert seen == [RUNNING, STOPPING, FORCED, IDLE]
+        m = p.metrics()
+        assert (m.spilled, m.written, m.in_flight) == (1, 0, 0)
+
+
+class TestFlushModes:
+    @pytest.mark.parametrize(
+        ("mode", "written"),
+        [(FlushMode.FULL_BATCHES, 20), (FlushMode.EVERYTHING, 25), (FlushMode.FINAL, 25)],
+        ids=lambda v: getattr(v, "name", v),
+    )
+    async def test_how_much_each_mode_writes(self, mode: FlushMode, written: int) -> None:
+        """FULL_BATCHES writes whole batches and leaves the rest; the others write everything."""
         sink = MemorySink()
-        clock = FakeClock()
-        install(
-            Config(sinks=[sink], flush_interval=1.0, batch_size=100),
-            clock=clock.time,
-            sleep=clock.sleep,
-            tick=0.1,
-        )
+        p = Pipeline(Config(sinks=[sink], batch_size=10, flush_interval=3600))
+        for i in range(25):
+            p.ring.push(log_record(f"m{i}"))
+        await p._flush(mode)
+        await wait_until(lambda: len(sink.rows) == written)
+        assert len(p.ring) == 25 - written
+
+    async def test_only_final_announces_a_young_open_span(self, memory_sink: MemorySink) -> None:
+        """A span open for less than one interval gets a start row from FINAL, not EVERYTHING."""
+        p = install(Config(sinks=[memory_sink], flush_interval=3600))
+        with atrace.span("young"):
+            await p._flush(FlushMode.EVERYTHING)
+            assert len(p.ring) == 0 and memory_sink.rows == []
+            await p._flush(FlushMode.FINAL)
+            assert [r["kind"] for r in memory_sink.records()] == [1]
+
+
+class TestFakeClock:
+    async def test_interval_on_the_fake_clock(self) -> None:
+        """A record below the batch size is written once the interval has passed on the fake
+        clock, not before, and no real time is waited for."""
+        sink = MemorySink()
+        with FakeClock() as clock:
+            atrace.configure(sink=sink, flush_interval=1.0, batch_size=100)
         atrace.info("one")
-        await clock.advance(0)
-        await clock.advance(0.1)
-        await clock.advance(0.5)
-        assert sink.rows == []
-        await clock.advance(0.5)
-        await wait_for(lambda: len(sink.rows) == 1)
+        await clock.wait_for_sleepers()  # the flusher waits for its next look at the ring
+        clock.advance(0.5)
+        await clock.wait_for_sleepers()  # it looked, found nothing due, and sleeps again
+        clock.advance(0.25)
+        await clock.wait_for_sleepers()
+        assert atrace.metrics().batches == 0 and sink.rows == []
+        clock.advance(0.25)
+        await clock.wait_for_sleepers()
+        assert atrace.metrics().batches == 1  # dispatched by the interval alone
+        await wait_until(lambda: len(sink.rows) == 1)
 
     async def test_batch_size(self) -> None:
         """Full batches are written without waiting for the interval; the remainder waits."""
         sink = MemorySink()
-        clock = FakeClock()
-        install(
-            Config(sinks=[sink], flush_interval=60, batch_size=10),
-            clock=clock.time,
-            sleep=clock.sleep,
-            tick=0.01,
-        )
+        with FakeClock() as clock:
+            atrace.configure(sink=sink, flush_interval=60, batch_size=10)
         for i in range(25):
             atrace.info(f"m{i}")
-        await clock.advance(0)  # the flusher starts and goes to sleep
-        await clock.advance(0.01)
-        await wait_for(lambda: len(sink.rows) == 20)
+        await clock.wait_for_sleepers()
+        await wait_until(lambda: len(sink.rows) == 20)
         assert atrace.metrics().queue_size == 5
         assert atrace.metrics().batches == 2
+
+    async def test_long_span_announced_after_one_interval(self) -> None:
+        """A span open longer than one interval on the clock gets its start row at that flush."""
+        sink = MemorySink()
+        with FakeClock() as clock:
+            atrace.configure(sink=sink, flush_interval=10.0)
+        with atrace.span("long"):
+            atrace.info("inside")
+            await clock.wait_for_sleepers()
+            clock.advance(10.0)
+            await clock.wait_for_sleepers()
+            await wait_until(lambda: len(sink.rows) == 2)
+        assert [r["kind"] for r in sink.records()] == [0, 1]
 
     async def test_flush_writes_everything_now(self, configure_memory: MemorySink) -> None:
         """aflush returns once everything emitted before it is in the sink."""
@@ -130,7 +238,7 @@ class TestTriggers:
         await atrace.aflush()
         atrace.info("y")
         assert atrace.flush() is False
-        await wait_for(lambda: len(configure_memory.rows) == 2)
+        await wait_until(lambda: len(configure_memory.rows) == 2)
 
 
 class TestPolicies:
@@ -279,7 +387,7 @@ class TestReconfigure:
         atrace.configure(service="new", sink=new, flush_interval=3600)
         atrace.info("to new")
         await atrace.aflush()
-        await wait_for(lambda: len(old.rows) == 1)
+        await wait_until(lambda: len(old.rows) == 1)
         assert old.logs()[0]["service"] == "old" and new.logs()[0]["service"] == "new"
 
     async def test_global_attributes_merged(self, memory_sink: MemorySink) -> None:
@@ -429,7 +537,6 @@ class TestReplayAccounting:
 
         from atrace._delivery.spill import Spill
         from atrace._pipeline.encode import Encoder
-        from atrace._pipeline.pipeline import _spill_key
 
         class Picky(MemorySink):
             name = "picky"
@@ -462,13 +569,14 @@ class TestReplayAccounting:
                 )
             ]
         )
-        earlier = Spill(spill_dir / _spill_key(sink))
+        key = SinkOptions.of(sink).spill_key
+        earlier = Spill(spill_dir / key)
         assert earlier.append(uuid.uuid4(), rows)
         earlier.close()
         atrace.configure(service="t", sink=sink, spill_dir=str(spill_dir), flush_interval=0.01)
         atrace.info("fresh")
         assert await atrace.aflush()
-        await wait_for(lambda: Spill(spill_dir / _spill_key(sink)).stats().rejected_batches == 1)
+        await wait_until(lambda: Spill(spill_dir / key).stats().rejected_batches == 1)
         m = atrace.metrics()
         assert (m.dropped, m.replayed, m.written) == (0, 0, 1)
         assert m.accepted == m.written + m.dropped + m.queue_size + m.in_flight + m.spilled_pending

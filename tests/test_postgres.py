@@ -13,10 +13,13 @@ import orjson
 import pytest
 
 import atrace
-from atrace._pipeline.encode import COLUMNS, Encoder
+from atrace._pipeline.encode import Encoder
 from atrace._postgres.schema import SCHEMA_VERSION, ensure_schema, partition_name
+from atrace._postgres.session import connection_init
+from atrace._postgres.session import copy_rows as session_copy_rows
+from atrace._records import COLUMNS
 from atrace.sinks import Batch
-from atrace.sinks.postgres import PostgresSink
+from atrace.sinks.postgres import PostgresSink, copy_rows
 
 
 @pytest.fixture
@@ -442,3 +445,27 @@ class TestSlicedCopy:
         assert await db.fetchval(f"SELECT count(DISTINCT message) FROM {schema}.records") == 50
         assert await db.fetchval(f"SELECT count(*) FROM {schema}.records") == 50
         assert await db.fetchval(f"SELECT count(*) FROM {schema}.batches") == 1
+
+    async def test_bad_row_is_replaced_by_the_sinks_copy_not_the_sessions(
+        self, pg_schema: tuple[str, str], db: Any
+    ) -> None:
+        """The sink's copy_rows writes an unencodable row as an error row; the session's plain
+        copy_rows refuses it and writes nothing."""
+        dsn, schema = pg_schema
+        await ensure_schema(db, schema)
+        enc = Encoder(service="s", environment=None, host="h", pid=1)
+        now = int(dt.datetime.now().timestamp() * 1e9)
+        record = (0, now, 20, None, None, None, None, 0, None, "n", "ok", None, None, None)
+        good = enc.rows([record])
+        bad = (*good[0][:4], 2**70, *good[0][5:])  # a span id no bigint holds
+        conn = await asyncpg.connect(dsn)
+        try:
+            await connection_init(conn)
+            with pytest.raises(OverflowError):
+                await session_copy_rows(conn, schema, [good[0], bad])
+            await copy_rows(conn, schema, [good[0], bad])
+        finally:
+            await conn.close()
+        rows = await fetch(db, schema)
+        assert [r["message"] for r in rows] == ["ok", "atrace: a row could not be written"]
+        assert rows[1]["error_type"] == "OverflowError"

@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
-import time
-from collections.abc import Callable
 from typing import Any
 
 import asyncpg
 import pytest
 
+from _helpers import wait_until
 from _pg import PgServer
 from _proxy import TCPProxy, _FrontendScanner
 
@@ -22,15 +21,6 @@ CONNECTION_ERRORS = (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnection
 
 async def connect(dsn: str) -> Any:
     return await asyncpg.connect(dsn, timeout=10)
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Wait until ``predicate()`` holds (a condition, not a timing assertion)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.005)
 
 
 def assert_connection_error(exc: BaseException) -> None:
@@ -83,7 +73,7 @@ class TestForwarding:
                 assert proxy.bytes_up > up and proxy.bytes_down > down
             finally:
                 await conn.close()
-            await until(lambda: proxy.active == 0)
+            await wait_until(lambda: proxy.active == 0)
             assert (proxy.connections, proxy.refused, proxy.commits_cut) == (1, 0, 0)
 
     async def test_client_closing_early_is_harmless(self, pg_server: PgServer) -> None:
@@ -91,7 +81,9 @@ class TestForwarding:
         async with TCPProxy(pg_server.host, pg_server.port) as proxy:
             _, writer = await asyncio.open_connection(proxy.host, proxy.port)
             writer.transport.abort()
-            await until(lambda: proxy.connections == 1 and proxy.active == 0 and not proxy.tasks)
+            await wait_until(
+                lambda: proxy.connections == 1 and proxy.active == 0 and not proxy.tasks
+            )
             conn = await connect(proxy.url_for(pg_server.dsn))
             try:
                 assert await conn.fetchval("SELECT 1") == 1
@@ -106,7 +98,7 @@ class TestForwarding:
             try:
                 pid = conn.get_server_pid()
                 assert await direct.fetchval("SELECT pg_terminate_backend($1)", pid)
-                await until(lambda: proxy.active == 0)
+                await wait_until(lambda: proxy.active == 0)
                 with pytest.raises(CONNECTION_ERRORS) as info:
                     await conn.fetchval("SELECT 1")
                 assert_connection_error(info.value)
@@ -120,7 +112,7 @@ class TestForwarding:
             with pytest.raises(CONNECTION_ERRORS) as info:
                 await connect(proxy.url_for("postgresql://u@h/db"))
             assert_connection_error(info.value)
-            await until(lambda: not proxy.tasks)
+            await wait_until(lambda: not proxy.tasks)
             assert proxy.active == 0
 
 

@@ -22,13 +22,13 @@ from _collector import (
     collector_server,  # noqa: F401
 )
 from atrace._emit.ids import format_span_id, new_span_id, new_trace_id
-from atrace._pipeline.encode import COLUMNS
 from atrace._postgres.schema import ensure_partitions, ensure_schema, ensure_text_index
+from atrace._postgres.session import connection_init
+from atrace._records import COLUMNS
 from atrace.collector import _query as query
 from atrace.collector._query import Filters, build_tree, parse_filters, parse_level, parse_time
 from atrace.collector._query.fingerprint import fingerprint, normalize_message, top_frames
-from atrace.errors import ConfigError
-from atrace.sinks.postgres import connection_init
+from atrace.errors import QueryError
 
 A, B = "alpha", "beta"
 S = 1_000_000_000
@@ -125,7 +125,7 @@ class TestParsing:
     @pytest.mark.parametrize("bad", ["yesterday", "15x", "2024-13-01", "", "-5m"])
     def test_bad_times(self, bad: str) -> None:
         """A time that is not understood is refused, naming the field."""
-        with pytest.raises(ConfigError, match="since"):
+        with pytest.raises(QueryError, match="since"):
             parse_time(bad, now=0, field="since")
 
     def test_levels(self) -> None:
@@ -133,7 +133,7 @@ class TestParsing:
         assert parse_level("warn") == parse_level("WARNING") == 30
         assert parse_level("fatal") == 50
         assert parse_level("35") == 35
-        with pytest.raises(ConfigError):
+        with pytest.raises(QueryError):
             parse_level("loud")
 
     def test_filters(self) -> None:
@@ -155,7 +155,7 @@ class TestParsing:
             {"servce": "api"},
             {"attr.": "1"},
         ):
-            with pytest.raises(ConfigError):
+            with pytest.raises(QueryError):
                 parse_filters(params, project=A, now=NOW)
 
     def test_in_memory_match(self) -> None:
@@ -414,7 +414,7 @@ class TestTrace:
         """An unknown trace is None; a malformed id is refused."""
         conn, schema = db
         assert await query.trace(conn, schema, A, new_trace_id()) is None
-        with pytest.raises(ConfigError):
+        with pytest.raises(QueryError):
             await query.trace(conn, schema, A, "not-a-trace")
 
     def test_parent_cycle_is_cut(self) -> None:
@@ -474,11 +474,11 @@ class TestStats:
     async def test_bad_ranges(self, db: tuple[Any, str]) -> None:
         """Unknown intervals, empty ranges and too many buckets are refused."""
         conn, schema = db
-        with pytest.raises(ConfigError):
+        with pytest.raises(QueryError):
             await query.stats(conn, schema, A, interval="7m")
-        with pytest.raises(ConfigError):
+        with pytest.raises(QueryError):
             await query.stats(conn, schema, A, since=NOW, until=NOW - S)
-        with pytest.raises(ConfigError):
+        with pytest.raises(QueryError):
             await query.stats(conn, schema, A, interval="1m", since=NOW - 30 * 86400 * S)
 
 
@@ -487,6 +487,25 @@ def stack(*frames: tuple[str, int, str], error: str = "ValueError: x") -> str:
     for file, line, func in frames:
         lines += [f'  File "{file}", line {line}, in {func}', "    code()"]
     return "\n".join([*lines, error]) + "\n"
+
+
+class TestSpans:
+    async def test_counts_and_errors_only(self, db: tuple[Any, str]) -> None:
+        """Ended spans count by name with their failures; errors_only keeps names that failed."""
+        conn, schema = db
+        rows = [
+            make_row(NOW - 4 * S, kind=3, status=1, name="fine", duration_ns=MS, span_id=1),
+            make_row(NOW - 3 * S, kind=3, status=2, level=40, name="flaky", duration_ns=MS),
+            make_row(NOW - 2 * S, kind=2, status=1, name="flaky", duration_ns=MS, span_id=3),
+            make_row(NOW - 2 * S, kind=1, name="running", span_id=4),
+            make_row(NOW - 1 * S, kind=0, level=40, name="a log"),
+        ]
+        await copy_rows(conn, schema, A, rows)
+        got = await query.spans(conn, schema, A, since=NOW - 60 * S, now=NOW)
+        by_name = {s["name"]: (s["count"], s["errors"], s["last_status"]) for s in got["spans"]}
+        assert by_name == {"fine": (1, 0, 1), "flaky": (2, 1, 1)}
+        failed = await query.spans(conn, schema, A, since=NOW - 60 * S, now=NOW, errors_only=True)
+        assert [s["name"] for s in failed["spans"]] == ["flaky"]
 
 
 class TestFingerprint:

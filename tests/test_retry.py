@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import random
 
 import pytest
 
 from atrace._delivery.retry import (
+    Outcome,
     Retry,
     RetryPolicy,
     RetryState,
@@ -119,7 +121,7 @@ class TestRetry:
         """A verdict carrying retry_after sets the pause instead of the backoff."""
         t = FakeTime()
         out = await make(RetryPolicy(jitter=0, deadline=100), t).run(
-            Flaky(2), lambda exc: Verdict(True, retry_after=7.0)
+            Flaky(2), lambda exc: Verdict(retryable=True, retry_after=7.0)
         )
         assert out.delivered and t.sleeps == [7.0, 7.0]
 
@@ -139,6 +141,58 @@ class TestRetry:
         ):
             with pytest.raises(ConfigError, match=field):
                 RetryPolicy(**kwargs)
+
+
+class TestValues:
+    def test_policy_messages_name_field_value_and_bound(self) -> None:
+        """A refused policy value is named with its bound, in the words the checks always used."""
+        for kwargs, message in (
+            ({"max_attempts": 0}, "max_attempts=0: expected an integer >= 1"),
+            ({"base_delay": -1}, "base_delay=-1: expected a number >= 0"),
+            ({"multiplier": 0.5}, "multiplier=0.5: expected a number >= 1"),
+            ({"jitter": 2}, "jitter=2: expected a number from 0 to 1"),
+            ({"max_attempts": True}, "max_attempts=True: expected an integer >= 1"),
+        ):
+            with pytest.raises(ConfigError) as info:
+                RetryPolicy(**kwargs)
+            assert str(info.value) == message
+
+    def test_policy_is_a_frozen_value(self) -> None:
+        """A policy is immutable, keyword-only, equal by value, and holds its times as floats."""
+        policy = RetryPolicy(max_attempts=3, base_delay=1, deadline=10)
+        assert policy == RetryPolicy(max_attempts=3, base_delay=1.0, deadline=10.0)
+        assert isinstance(policy.base_delay, float) and isinstance(policy.deadline, float)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            policy.max_attempts = 9  # type: ignore[misc]
+        with pytest.raises(TypeError):
+            RetryPolicy(3)  # type: ignore[misc]
+
+    def test_verdict_and_outcome_are_keyword_only_frozen_values(self) -> None:
+        """Verdict and Outcome are built by keyword, compare by value and cannot change."""
+        verdict = Verdict(retryable=True, retry_after=2.0, reason="HTTP 503")
+        assert verdict == Verdict(retryable=True, retry_after=2.0, reason="HTTP 503")
+        assert (
+            Verdict(retryable=False).reason == "" and Verdict(retryable=False).retry_after is None
+        )
+        with pytest.raises(TypeError):
+            Verdict(True)  # type: ignore[misc]
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            verdict.retryable = False  # type: ignore[misc]
+        outcome = Outcome(state=RetryState.SUCCEEDED, attempts=1)
+        assert outcome.delivered and outcome.error is None and outcome.verdict is None
+        assert not Outcome(state=RetryState.REJECTED, attempts=1, verdict=verdict).delivered
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            outcome.attempts = 2  # type: ignore[misc]
+
+    async def test_run_reports_the_last_error_and_verdict(self) -> None:
+        """An exhausted delivery's outcome carries the last error and the verdict on it."""
+        t = FakeTime()
+        error = ConnectionResetError("reset")
+        out = await make(RetryPolicy(max_attempts=2, jitter=0, deadline=100), t).run(
+            Flaky(5, error)
+        )
+        assert out.state is RetryState.EXHAUSTED and out.attempts == 2 and out.error is error
+        assert out.verdict == Verdict(retryable=True, reason="ConnectionResetError")
 
 
 class TestClassification:

@@ -2,32 +2,26 @@
 
 from __future__ import annotations
 
-import ast
 import gc
 import importlib
-import os
 import random
 import sys
 import threading
 import time
-import types
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 import atrace
-import atrace._pipeline.ring
 import atrace._ring_py
-from _select import selected_in_subprocess
+from atrace._speedups import FORCE_TWINS
 from atrace.errors import ConfigError
 
 POLICIES = ("drop_oldest", "drop_newest", "block")
 SEED = 20240611
-FORCED_TWIN = os.environ.get("ATRACE_PUREPYTHON", "") not in ("", "0")
 
 RingClass = Any
 
@@ -37,7 +31,7 @@ def ring_cls(request: pytest.FixtureRequest) -> RingClass:
     """The Ring class of one implementation; a compiled ring that will not import fails."""
     if request.param == "python":
         return atrace._ring_py.Ring
-    if FORCED_TWIN:
+    if FORCE_TWINS:
         pytest.skip("ATRACE_PUREPYTHON is set: this run covers the pure-Python twin only")
     try:
         module = importlib.import_module("atrace._ring")
@@ -696,29 +690,7 @@ class TestThreads:
         }
 
 
-def api_of(tree: ast.Module) -> dict[str, str]:
-    """The public signatures of class Ring in a module's source, as comparable strings."""
-    (cls,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Ring"]
-    api = {}
-    for node in cls.body:
-        if isinstance(node, ast.FunctionDef) and (
-            not node.name.startswith("_") or node.name in ("__init__", "__len__")
-        ):
-            kind = "property" if node.decorator_list else "method"
-            returns = ast.unparse(node.returns) if node.returns else ""
-            api[node.name] = f"{kind} ({ast.unparse(node.args)}) -> {returns}"
-    return api
-
-
 class TestApi:
-    def test_twin_and_stub_declare_the_same_api(self) -> None:
-        """The compiled module's stub matches the twin's signatures one for one."""
-        here = Path(atrace._ring_py.__file__).parent
-        twin = api_of(ast.parse((here / "_ring_py.py").read_text()))
-        stub = api_of(ast.parse((here / "_ring.pyi").read_text()))
-        assert twin == stub
-        assert {"push", "try_push", "drain", "counters", "high_water"} <= twin.keys()
-
     def test_both_classes_expose_the_same_members(self, ring_cls: RingClass) -> None:
         """The implementation under test has every public member of the twin."""
         public = {n for n in dir(atrace._ring_py.Ring) if not n.startswith("_")}
@@ -741,50 +713,3 @@ class TestApi:
         assert "capacity=3" in text
         assert "policy='block'" in text
         assert "size=1" in text
-
-
-def implementation_in_subprocess(env_value: str | None, prelude: str = "") -> str:
-    """What a fresh interpreter's ring façade selects, with ATRACE_PUREPYTHON set as given."""
-    return selected_in_subprocess(
-        "import atrace._pipeline.ring as r\n"
-        "print(r.IMPLEMENTATION, r.Ring.__module__, r.POLICIES == ('drop_oldest', "
-        "'drop_newest', 'block'))",
-        env_value,
-        prelude,
-    )
-
-
-class TestSelection:
-    def test_env_forces_the_twin(self) -> None:
-        """ATRACE_PUREPYTHON=1 selects the pure-Python twin."""
-        assert implementation_in_subprocess("1") == "python atrace._ring_py True"
-
-    def test_missing_compiled_module_falls_back_to_the_twin(self) -> None:
-        """When the compiled ring cannot be imported, the twin runs instead."""
-        prelude = "import sys; sys.modules['atrace._ring'] = None"
-        assert implementation_in_subprocess(None, prelude) == "python atrace._ring_py True"
-
-    @pytest.mark.skipif(FORCED_TWIN, reason="ATRACE_PUREPYTHON runs need not build the ring")
-    @pytest.mark.parametrize("value", [None, "", "0"])
-    def test_compiled_ring_is_the_default(self, value: str | None) -> None:
-        """Unset, empty or "0", the variable leaves the compiled ring in charge."""
-        assert implementation_in_subprocess(value) == "cython atrace._ring True"
-
-    def test_this_process_reports_what_it_runs(self) -> None:
-        """IMPLEMENTATION names the module that Ring really comes from."""
-        module = {"cython": "atrace._ring", "python": "atrace._ring_py"}
-        assert atrace._pipeline.ring.Ring.__module__ == module[atrace._pipeline.ring.IMPLEMENTATION]
-        if FORCED_TWIN:
-            assert atrace._pipeline.ring.IMPLEMENTATION == "python"
-
-    def test_all_lists_exactly_the_exports(self) -> None:
-        """ring.__all__ names every public name the module has, and nothing else."""
-        public = {
-            name
-            for name, value in vars(atrace._pipeline.ring).items()
-            if not name.startswith("_") and not isinstance(value, types.ModuleType)
-        }
-        assert isinstance(atrace._pipeline.ring.__all__, tuple)
-        assert (
-            set(atrace._pipeline.ring.__all__) == public == {"IMPLEMENTATION", "POLICIES", "Ring"}
-        )

@@ -1,4 +1,4 @@
-"""Turning a configured sink spec into a sink: URLs, names and objects."""
+"""The sink contract and its defaults; turning a configured spec into a sink."""
 
 from __future__ import annotations
 
@@ -6,8 +6,12 @@ from typing import Any
 
 import pytest
 
+import atrace
+from atrace._delivery.retry import Verdict, classify_default
+from atrace._records import MESSAGE
 from atrace.errors import ConfigError
-from atrace.sinks import resolve
+from atrace.sinks import Batch, Sink, resolve
+from atrace.sinks._base import SinkOptions
 from atrace.sinks.console import ConsoleSink
 from atrace.sinks.http import HttpSink
 from atrace.sinks.otlp import OtlpSink
@@ -59,3 +63,81 @@ class TestResolve:
 
         sink = Mine()
         assert resolve(sink) is sink
+
+
+class Plain:
+    """A sink with only the required members, and no base class."""
+
+    name = "plain"
+
+    def __init__(self) -> None:
+        self.rows: list[Any] = []
+
+    async def open(self) -> None: ...
+
+    async def write(self, batch: Batch) -> None:
+        self.rows.extend(batch.rows)
+
+    async def close(self) -> None: ...
+
+
+class TestContract:
+    def test_plain_object_is_a_sink(self) -> None:
+        """An object with name, open, write and close satisfies Sink without subclassing it."""
+        assert isinstance(Plain(), Sink)
+        assert not isinstance(object(), Sink)
+
+    def test_defaults_for_what_a_sink_leaves_out(self) -> None:
+        """A sink without the optional members gets concurrency 1, its name as spill key, and
+        the default classifier."""
+        options = SinkOptions.of(Plain())
+        assert (options.name, options.concurrency, options.spill_key) == ("plain", 1, "plain")
+        assert options.classify is classify_default
+
+    def test_declared_members_are_used(self) -> None:
+        """concurrency, spill_key and classify are taken from the sink when it has them."""
+
+        def never(exc: BaseException) -> Verdict:
+            return Verdict(retryable=False, reason="never")
+
+        sink = Plain()
+        sink.concurrency = 3  # type: ignore[attr-defined]
+        sink.spill_key = "db-eu/1:5432"  # type: ignore[attr-defined]
+        sink.classify = never  # type: ignore[attr-defined]
+        options = SinkOptions.of(sink)
+        assert (options.concurrency, options.spill_key) == (3, "db-eu_1_5432")
+        assert options.classify is never
+
+    def test_none_means_the_default(self) -> None:
+        """An optional member set to None takes the default."""
+        sink = Plain()
+        sink.spill_key = None  # type: ignore[attr-defined]
+        sink.classify = None  # type: ignore[attr-defined]
+        options = SinkOptions.of(sink)
+        assert options.spill_key == "plain" and options.classify is classify_default
+
+    @pytest.mark.parametrize(
+        ("key", "value"),
+        [("concurrency", 0), ("concurrency", True), ("concurrency", 1.5), ("classify", "retry")],
+    )
+    def test_bad_members_are_refused(self, key: str, value: Any) -> None:
+        """A concurrency below one or not an integer, or a classify that cannot be called, is a
+        ConfigError naming the sink and the member."""
+        sink = Plain()
+        setattr(sink, key, value)
+        with pytest.raises(ConfigError, match=f"plain.{key}"):
+            SinkOptions.of(sink)
+
+    def test_builtin_sinks_declare_their_options(self) -> None:
+        """The HTTP sink's declared concurrency and spill key reach its options."""
+        options = SinkOptions.of(HttpSink("http://127.0.0.1:4319"))
+        assert options.concurrency == 2
+        assert options.spill_key.startswith("http-127.0.0.1_4319-")
+
+    async def test_plain_sink_receives_batches(self) -> None:
+        """A plain sink object configured as the sink receives every record."""
+        sink = Plain()
+        atrace.configure(service="t", sink=sink, flush_interval=3600)
+        atrace.info("to a plain sink")
+        assert await atrace.aflush()
+        assert [row[MESSAGE] for row in sink.rows] == ["to a plain sink"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import random
@@ -18,7 +19,7 @@ import orjson
 import pytest
 
 from atrace._delivery import spill as spill_module
-from atrace._delivery.spill import Spill, SpilledBatch, default_spill_dir
+from atrace._delivery.spill import Spill, SpilledBatch, SpillStats, default_spill_dir
 from atrace._postgres.embedded import data_dir
 from atrace.errors import ConfigError
 
@@ -544,6 +545,32 @@ class TestSetup:
         with pytest.raises(ConfigError) as info:
             Spill(tmp_path, **{field: value})  # type: ignore[arg-type]
         assert info.value.field == field
+
+    def test_bad_size_message(self, tmp_path: Path) -> None:
+        """A refused size says the field, the value and the bound."""
+        with pytest.raises(ConfigError, match=r"^max_bytes=-1: expected an integer >= 0$"):
+            Spill(tmp_path, max_bytes=-1)
+        with pytest.raises(ConfigError, match=r"^segment_bytes=0: expected an integer >= 1$"):
+            Spill(tmp_path, segment_bytes=0)
+
+    def test_stats_are_a_frozen_keyword_only_value(self, spill_dir: Path) -> None:
+        """stats() gives a keyword-only dataclass that cannot change and compares by value."""
+        spill = Spill(spill_dir)
+        stats = spill.stats()
+        assert stats == spill.stats()
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            stats.pending_batches = 1  # type: ignore[misc]
+        with pytest.raises(TypeError):
+            SpillStats(*dataclasses.astuple(stats))  # type: ignore[misc]
+
+    def test_default_dir_blank_means_unset(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A blank ATRACE_SPILL_DIR is unset too; a set one is stripped and ~ expanded."""
+        monkeypatch.setenv("ATRACE_SPILL_DIR", "   ")
+        assert default_spill_dir() == data_dir() / "spill"
+        monkeypatch.setenv("ATRACE_SPILL_DIR", " ~/spill-here ")
+        assert default_spill_dir() == Path.home() / "spill-here"
 
     def test_default_dir_honours_the_environment(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -21,22 +21,14 @@ from _collector import (
     collector_server,  # noqa: F401
     native_body,
 )
+from _helpers import wait_until
 from atrace._emit.ids import new_trace_id
 from atrace._postgres.schema import ensure_schema
+from atrace._postgres.session import connection_init
 from atrace.collector._query import Filters
 from atrace.collector._state import TAIL
 from atrace.collector._tail import TailClosed, TailHub
-from atrace.sinks.postgres import connection_init
 from test_query import NOW, A, B, S, copy_rows, make_row
-
-
-async def wait_for(predicate: Any, timeout: float = 15.0) -> None:
-    """Wait until predicate() holds (a condition, not a timing assertion)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.005)
 
 
 async def take_n(sub: Any, n: int) -> list[Any]:
@@ -182,7 +174,7 @@ class TestNotify:
             await copy_rows(writer, schema, A, rows)
             hub.publish(A, rows)
             assert msgs(await take_n(sub, 5)) == [f"m{i}" for i in range(5)]
-            await wait_for(
+            await wait_until(
                 lambda: (
                     hub.statistics().notifications_skipped + hub.statistics().duplicate_rows >= 1
                 )
@@ -325,7 +317,7 @@ class TestStream:
             hub = server.app[TAIL] if server.app is not None else None
             assert hub is not None
             # Both notices handled (B's skipped: nobody tails B here; A's matched or fetched).
-            await wait_for(
+            await wait_until(
                 lambda: hub.statistics().notifications_skipped + hub.statistics().fetches >= 2
             )
             _, body = native_body(

@@ -12,8 +12,8 @@ import pytest
 
 import atrace
 from atrace import pytest_plugin, testing
-from atrace._pipeline import state as pipeline
-from atrace.testing import Capture, MemorySink, Record, capture
+from atrace._pipeline import state
+from atrace.testing import Capture, FakeClock, MemorySink, Record, capture
 
 pytest_plugins = ["pytester"]
 
@@ -198,10 +198,10 @@ class TestPipeline:
 
     def test_unconfigured_before_and_after(self) -> None:
         """Starting unconfigured, atrace is unconfigured again after the capture."""
-        assert pipeline._pipeline is None
+        assert state.current() is None
         with capture() as cap:
             atrace.info("in")
-        assert pipeline._pipeline is None
+        assert state.current() is None
         atrace.configure(service="t", sink=MemorySink())
         atrace.info("out")
         assert cap.messages == ["in"]
@@ -267,6 +267,15 @@ class TestPipeline:
             with pytest.raises(AssertionError, match="3 records were dropped"):
                 cap.span("s0")
 
+    def test_configure_inside_stays(self) -> None:
+        """A configuration made by the code under test stays in force after the capture."""
+        sink = MemorySink()
+        with capture() as cap:
+            atrace.info("captured")
+            config = atrace.configure(service="inner", sink=sink)
+        assert atrace.get_config() is config
+        assert cap.messages == ["captured"]
+
     def test_memory_sink_unchanged(self) -> None:
         """MemorySink keeps rows and gives them back as dicts."""
         sink = MemorySink()
@@ -275,6 +284,77 @@ class TestPipeline:
         assert atrace.flush(10)
         assert [(r["message"], r["attrs"]) for r in sink.logs()] == [("m", {"a": 1})]
         assert sink.batch_ids and sink.opened == 1
+
+
+class TestFakeClock:
+    def test_readings_move_only_when_advanced(self) -> None:
+        """monotonic() starts at ``start`` and moves by each advance; time_ns() moves with it."""
+        clock = FakeClock(start=100.0)
+        before = clock.time_ns()
+        assert clock.monotonic() == clock.perf_counter() == 100.0
+        clock.advance(2.5)
+        assert clock.monotonic() == 102.5
+        assert clock.time_ns() - before >= 2_500_000_000
+
+    def test_refuses_to_go_back(self) -> None:
+        """advance() with a negative amount is refused."""
+        with pytest.raises(ValueError, match="forward"):
+            FakeClock().advance(-1)
+
+    async def test_sleep_wakes_at_its_deadline(self) -> None:
+        """A sleep returns once the clock has moved its full duration, not earlier."""
+        clock = FakeClock()
+        sleeper = asyncio.ensure_future(clock.sleep(5))
+        await clock.wait_for_sleepers(1)
+        clock.advance(4)
+        await asyncio.sleep(0)
+        assert not sleeper.done() and clock.sleepers == 1
+        clock.advance(1)
+        await asyncio.wait_for(sleeper, 10)
+        assert clock.sleepers == 0
+
+    async def test_cancelled_sleep_leaves(self) -> None:
+        """A cancelled sleep no longer counts as waiting on the clock."""
+        clock = FakeClock()
+        sleeper = asyncio.ensure_future(clock.sleep(5))
+        await clock.wait_for_sleepers(1)
+        sleeper.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await sleeper
+        assert clock.sleepers == 0
+
+    async def test_wakes_a_sleeper_on_another_thread(self) -> None:
+        """A sleep on another thread's loop wakes when this thread advances the clock."""
+        clock = FakeClock()
+        woke = threading.Event()
+
+        def other() -> None:
+            asyncio.run(clock.sleep(1))
+            woke.set()
+
+        thread = threading.Thread(target=other)
+        thread.start()
+        await clock.wait_for_sleepers(1)
+        clock.advance(1)
+        await asyncio.to_thread(thread.join, 10)
+        assert woke.is_set()
+
+    async def test_wait_for_sleepers_gives_up(self) -> None:
+        """wait_for_sleepers() raises TimeoutError when nothing ever sleeps on the clock."""
+        with pytest.raises(TimeoutError, match="0 sleeps"):
+            await FakeClock().wait_for_sleepers(1, timeout=0.01)
+
+    async def test_drives_a_configured_pipeline(self, memory_sink: MemorySink) -> None:
+        """A pipeline configured inside the block flushes when its interval passes on the clock;
+        one configured after the block runs on real time."""
+        with FakeClock() as clock:
+            atrace.configure(service="t", sink=memory_sink, flush_interval=30)
+        atrace.info("x")
+        await clock.wait_for_sleepers()
+        clock.advance(30)
+        await clock.wait_for_sleepers()
+        assert atrace.metrics().batches == 1
+        assert state.use_clock(None) is None  # the block put the real clock back
 
 
 class TestPlugin:

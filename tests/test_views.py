@@ -17,8 +17,8 @@ import pytest
 import atrace
 from _collector import CollectorServer, collector_server  # noqa: F401
 from atrace._emit.ids import new_span_id
-from atrace._pipeline.encode import COLUMNS
-from atrace.sinks.postgres import connection_init, copy_rows
+from atrace._postgres.session import connection_init, copy_rows
+from atrace._records import COLUMNS
 
 ATRACE = str(Path(sys.executable).with_name("atrace"))
 ENV = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}

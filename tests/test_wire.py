@@ -16,7 +16,8 @@ import pytest
 
 from atrace._formats import wire
 from atrace._formats.wire import CONTENT_TYPES, decode_batch, encode_batch
-from atrace._pipeline.encode import COLUMNS, Encoder
+from atrace._pipeline.encode import Encoder
+from atrace._records import COLUMNS
 from atrace.errors import WireError
 from atrace.sinks import Batch
 

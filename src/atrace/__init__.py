@@ -31,7 +31,7 @@ from ._emit.span import Span as Span
 from ._emit.span import span as span
 from ._emit.span import traced as traced
 from ._emit.tracer import Tracer as Tracer
-from ._pipeline.state import Metrics as Metrics
+from ._pipeline.metrics import Metrics as Metrics
 from ._pipeline.state import aflush as aflush
 from ._pipeline.state import ashutdown as ashutdown
 from ._pipeline.state import configure as configure

@@ -2,7 +2,8 @@
 :class:`AsyncClient` (aiohttp).
 
 Both speak to ``/v1/search``, ``/v1/traces/{id}``, ``/v1/stats``, ``/v1/errors`` and
-``/v1/tail`` with an API key, and raise one exception per kind of refusal::
+``/v1/tail`` with an API key, and raise one exception per kind of refusal (defined in
+:mod:`atrace.errors`, importable from here too)::
 
     CollectorError (AtraceError)   any answer that is not a success; ``.status``, ``.message``
     ├── BadRequestError (also ValueError)   400: a parameter the collector cannot accept
@@ -22,13 +23,22 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import urllib.parse
 from collections.abc import AsyncIterator, Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
-from .errors import AtraceError, MissingExtraError
+from .config import env
+from .errors import (
+    AuthenticationError,
+    BadRequestError,
+    CollectorError,
+    MissingExtraError,
+    NotFoundError,
+    PermissionDeniedError,
+    ServerError,
+    TransportError,
+)
 
 # Importing atrace stays light: urllib.request (with ssl and http.client), asyncio and aiohttp
 # are imported when a client first needs them.
@@ -53,38 +63,12 @@ DEFAULT_TAIL_TIMEOUT = 60.0
 _MAX_EVENT = 64 * 1024 * 1024
 
 
-class CollectorError(AtraceError):
-    """The collector answered with an error; ``status`` is the HTTP status (0: no answer)."""
-
-    def __init__(self, message: str, *, status: int = 0, url: str = "") -> None:
-        self.status = status
-        self.message = message
-        self.url = url
-        super().__init__(f"{status} {message} ({url})" if status else f"{message} ({url})")
-
-
-class BadRequestError(CollectorError, ValueError):
-    """400: the collector refused a parameter; the message names it."""
-
-
-class AuthenticationError(CollectorError):
-    """401: the API key is missing, unknown or revoked."""
-
-
-class PermissionDeniedError(CollectorError):
-    """403: the key may not do this."""
-
-
-class NotFoundError(CollectorError, LookupError):
-    """404: no such trace (for this key's project) or no such endpoint."""
-
-
-class ServerError(CollectorError):
-    """5xx: the collector or its database failed; worth retrying later."""
-
-
-class TransportError(CollectorError, OSError):
-    """No answer: the connection was refused, reset or timed out."""
+_BY_STATUS: dict[int, type[CollectorError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+}
 
 
 def _error_for(status: int, body: bytes, url: str) -> CollectorError:
@@ -95,17 +79,7 @@ def _error_for(status: int, body: bytes, url: str) -> CollectorError:
             message = data["error"]
     except ValueError:
         pass
-    cls: type[CollectorError] = CollectorError
-    if status == 400:
-        cls = BadRequestError
-    elif status == 401:
-        cls = AuthenticationError
-    elif status == 403:
-        cls = PermissionDeniedError
-    elif status == 404:
-        cls = NotFoundError
-    elif status >= 500:
-        cls = ServerError
+    cls = _BY_STATUS.get(status) or (ServerError if status >= 500 else CollectorError)
     return cls(message or f"HTTP {status}", status=status, url=url)
 
 
@@ -183,7 +157,7 @@ class _SSE:
 class _Base:
     def __init__(self, url: str, api_key: str | None, timeout: float) -> None:
         self.url = url.rstrip("/")
-        key = api_key if api_key is not None else os.environ.get("ATRACE_API_KEY") or None
+        key = api_key if api_key is not None else env("ATRACE_API_KEY")
         self.headers = {"Accept": "application/json"}
         if key:
             self.headers["Authorization"] = f"Bearer {key}"

@@ -1,12 +1,17 @@
-"""Settings: one immutable Config, built from arguments, ATRACE_* and OTEL_* variables, defaults."""
+"""Settings: every environment variable atrace reads (ENV), the immutable Config, validation.
+
+A Config is built from arguments, then ``ATRACE_*`` and ``OTEL_*`` variables, then defaults.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
+from typing import Final
 
-from .errors import ConfigError
+from .errors import ConfigError, InternalError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -27,10 +32,16 @@ __all__ = (
     "DEFAULT_SERVICE",
     "DEFAULT_SHUTDOWN_TIMEOUT",
     "DEFAULT_SPILL_MAX_BYTES",
+    "ENV",
     "POLICIES",
     "Config",
+    "check_int",
+    "check_number",
+    "check_schema",
+    "env",
     "from_environment",
     "parse_resource_attributes",
+    "purepython",
 )
 
 DEFAULT_SERVICE = "unknown_service:python"  # what OpenTelemetry SDKs report when unnamed
@@ -50,173 +61,215 @@ DEFAULT_BREAKER_RESET = 5.0
 POLICIES = ("drop_oldest", "drop_newest", "block")
 
 
-class Config:
-    """Immutable pipeline settings; every field is validated here, errors name field and value."""
+# ---- environment variables ----------------------------------------------------------------
 
-    __slots__ = (
-        "attributes",
-        "batch_size",
-        "breaker_reset",
-        "breaker_threshold",
-        "capacity",
-        "environment",
-        "flush_interval",
-        "host",
-        "max_message_length",
-        "max_value_length",
-        "pid",
-        "policy",
-        "retry_attempts",
-        "retry_deadline",
-        "schema",
-        "service",
-        "shutdown_timeout",
-        "sinks",
-        "spill_dir",
-        "spill_max_bytes",
-    )
-
-    service: str
-    environment: str | None
-    sinks: tuple[Any, ...]
-    batch_size: int
-    flush_interval: float
-    capacity: int
-    policy: str
-    attributes: Mapping[str, Any]
-    schema: str
-    max_message_length: int
-    max_value_length: int
-    shutdown_timeout: float
-    spill_dir: str | None
-    spill_max_bytes: int
-    retry_attempts: int
-    retry_deadline: float
-    breaker_threshold: int
-    breaker_reset: float
-    host: str
-    pid: int
-
-    def __init__(
-        self,
-        *,
-        service: str = DEFAULT_SERVICE,
-        environment: str | None = None,
-        sinks: Sequence[Any] = (),
-        batch_size: int = DEFAULT_BATCH_SIZE,
-        flush_interval: float = DEFAULT_FLUSH_INTERVAL,
-        capacity: int = DEFAULT_CAPACITY,
-        policy: str = DEFAULT_POLICY,
-        attributes: Mapping[str, Any] | None = None,
-        schema: str = DEFAULT_SCHEMA,
-        max_message_length: int = DEFAULT_MAX_MESSAGE_LENGTH,
-        max_value_length: int = DEFAULT_MAX_VALUE_LENGTH,
-        shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
-        spill_dir: str | None = None,
-        spill_max_bytes: int = DEFAULT_SPILL_MAX_BYTES,
-        retry_attempts: int = DEFAULT_RETRY_ATTEMPTS,
-        retry_deadline: float = DEFAULT_RETRY_DEADLINE,
-        breaker_threshold: int = DEFAULT_BREAKER_THRESHOLD,
-        breaker_reset: float = DEFAULT_BREAKER_RESET,
-    ) -> None:
-        _check_str("service", service)
-        if environment is not None:
-            _check_str("environment", environment)
-        if isinstance(sinks, (str, bytes)) or not isinstance(sinks, Sequence):
-            raise ConfigError("sinks", sinks, "expected a sequence of sink URLs or sink objects")
-        _check_int("batch_size", batch_size, 1, 1_000_000)
-        _check_number("flush_interval", flush_interval, 0.001, 3600.0)
-        _check_int("capacity", capacity, 1, 100_000_000)
-        if policy not in POLICIES:
-            raise ConfigError("policy", policy, f"expected one of {', '.join(POLICIES)}")
-        if attributes is not None and not isinstance(attributes, Mapping):
-            raise ConfigError("attributes", attributes, "expected a mapping")
-        if not _is_identifier(schema):
-            raise ConfigError(
-                "schema",
-                schema,
-                "expected a lowercase SQL identifier ([a-z_][a-z0-9_]*, at most 63)",
-            )
-        _check_int("max_message_length", max_message_length, 64, 100_000_000)
-        _check_int("max_value_length", max_value_length, 64, 100_000_000)
-        _check_number("shutdown_timeout", shutdown_timeout, 0.0, 3600.0)
-        if spill_dir is not None and (
-            not isinstance(spill_dir, (str, os.PathLike)) or not str(spill_dir)
-        ):
-            raise ConfigError("spill_dir", spill_dir, "expected a directory path")
-        _check_int("spill_max_bytes", spill_max_bytes, 0, 1 << 50)
-        _check_int("retry_attempts", retry_attempts, 1, 1000)
-        _check_number("retry_deadline", retry_deadline, 0.0, 86400.0)
-        _check_int("breaker_threshold", breaker_threshold, 1, 1_000_000)
-        _check_number("breaker_reset", breaker_reset, 0.0, 86400.0)
-        if batch_size > capacity:
-            batch_size = capacity
-        s = object.__setattr__
-        s(self, "service", service)
-        s(self, "environment", environment)
-        s(self, "sinks", tuple(sinks))
-        s(self, "batch_size", batch_size)
-        s(self, "flush_interval", float(flush_interval))
-        s(self, "capacity", capacity)
-        s(self, "policy", policy)
-        s(self, "attributes", MappingProxyType(dict(attributes or {})))
-        s(self, "schema", schema)
-        s(self, "max_message_length", max_message_length)
-        s(self, "max_value_length", max_value_length)
-        s(self, "shutdown_timeout", float(shutdown_timeout))
-        s(self, "spill_dir", None if spill_dir is None else os.fspath(spill_dir))
-        s(self, "spill_max_bytes", spill_max_bytes)
-        s(self, "retry_attempts", retry_attempts)
-        s(self, "retry_deadline", float(retry_deadline))
-        s(self, "breaker_threshold", breaker_threshold)
-        s(self, "breaker_reset", float(breaker_reset))
-        s(self, "host", _hostname())
-        s(self, "pid", os.getpid())
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"Config is immutable; use atrace.configure({name}=...)")
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{k}={getattr(self, k)!r}" for k in _PUBLIC)
-        return f"Config({fields})"
-
-    def replace(self, **changes: Any) -> Config:
-        """A copy with some fields changed (validated again)."""
-        kwargs = {k: getattr(self, k) for k in _PUBLIC}
-        kwargs.update(changes)
-        return Config(**kwargs)
-
-
-_PUBLIC = (
-    "service",
-    "environment",
-    "sinks",
-    "batch_size",
-    "flush_interval",
-    "capacity",
-    "policy",
-    "attributes",
-    "schema",
-    "max_message_length",
-    "max_value_length",
-    "shutdown_timeout",
-    "spill_dir",
-    "spill_max_bytes",
-    "retry_attempts",
-    "retry_deadline",
-    "breaker_threshold",
-    "breaker_reset",
+# Every environment variable atrace reads, each with what it sets. No other module reads the
+# environment: they ask env() here, which refuses a name missing from this table.
+ENV: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        # Config (configure(), atrace.config.from_environment)
+        "ATRACE_SERVICE": "The service name; wins over OTEL_SERVICE_NAME.",
+        "ATRACE_ENVIRONMENT": "The deployment environment, e.g. prod or staging.",
+        "ATRACE_SINK": "Comma-separated sinks: PostgreSQL DSNs, collector URLs, console, otlp.",
+        "ATRACE_BATCH_SIZE": "Records per batch handed to the sinks (an integer).",
+        "ATRACE_FLUSH_INTERVAL": "Seconds a partial batch waits before it is sent.",
+        "ATRACE_CAPACITY": "Records the ring holds before its policy applies (an integer).",
+        "ATRACE_POLICY": "What a full ring does: drop_oldest, drop_newest or block.",
+        "ATRACE_SCHEMA": "The PostgreSQL schema written and read (also the CLI's --schema).",
+        "ATRACE_MAX_MESSAGE_LENGTH": "Characters of a message kept; the rest is cut.",
+        "ATRACE_SHUTDOWN_TIMEOUT": "Seconds the flush at exit may take.",
+        "ATRACE_SPILL_DIR": "Where undelivered batches go (default: spill/ in the data directory).",
+        "ATRACE_SPILL_MAX_BYTES": "Bytes the spill may take on disk; past it, batches are dropped.",
+        # The process, the embedded database, the CLI and the clients
+        "ATRACE_PUREPYTHON": "1, true, yes or on: run the pure-Python twins of compiled modules.",
+        "ATRACE_DATA_DIR": "atrace's data directory: the embedded PostgreSQL and the spill.",
+        "ATRACE_DSN": "The PostgreSQL DSN of the atrace command when --dsn is not given.",
+        "ATRACE_URL": "The collector URL of the atrace views when --url is not given.",
+        "ATRACE_API_KEY": "The collector API key of the HTTP sink, the client and the views.",
+        # OpenTelemetry's own, honoured where they apply
+        "OTEL_SERVICE_NAME": "The service name when ATRACE_SERVICE is unset.",
+        "OTEL_RESOURCE_ATTRIBUTES": "key=value,... resource attributes (service.name included).",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "The OTLP sink's base URL; /v1/traces, /v1/logs appended.",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "The OTLP sink's URL for spans, used as given.",
+        "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT": "The OTLP sink's URL for logs, used as given.",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf (the default) or http/json.",
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "OTEL_EXPORTER_OTLP_PROTOCOL for spans only.",
+        "OTEL_EXPORTER_OTLP_LOGS_PROTOCOL": "OTEL_EXPORTER_OTLP_PROTOCOL for logs only.",
+        "OTEL_EXPORTER_OTLP_COMPRESSION": "gzip or none (the default).",
+        "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION": "OTEL_EXPORTER_OTLP_COMPRESSION for spans only.",
+        "OTEL_EXPORTER_OTLP_LOGS_COMPRESSION": "OTEL_EXPORTER_OTLP_COMPRESSION for logs only.",
+        "OTEL_EXPORTER_OTLP_TIMEOUT": "Milliseconds an export request may take (default 10000).",
+        "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT": "OTEL_EXPORTER_OTLP_TIMEOUT for spans only.",
+        "OTEL_EXPORTER_OTLP_LOGS_TIMEOUT": "OTEL_EXPORTER_OTLP_TIMEOUT for logs only.",
+        "OTEL_EXPORTER_OTLP_HEADERS": "key=value,... headers sent with every export request.",
+        "OTEL_EXPORTER_OTLP_TRACES_HEADERS": "OTEL_EXPORTER_OTLP_HEADERS for spans only.",
+        "OTEL_EXPORTER_OTLP_LOGS_HEADERS": "OTEL_EXPORTER_OTLP_HEADERS for logs only.",
+    }
 )
 
 
-def _is_identifier(value: object) -> bool:
-    return (
-        isinstance(value, str)
-        and value.isascii()
-        and value.isidentifier()
-        and len(value) <= 63
-        and value == value.lower()
-    )
+# ---- validation -----------------------------------------------------------------------------
+
+
+def check_int(field: str, value: object, lo: int, hi: int | None = None) -> int:
+    """``value`` if it is an integer (not a bool) from ``lo`` to ``hi`` (no bound if None).
+
+    Raises :class:`~atrace.errors.ConfigError` naming ``field`` and ``value`` otherwise.
+    """
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < lo
+        or (hi is not None and value > hi)
+    ):
+        bounds = f">= {lo}" if hi is None else f"from {lo} to {hi}"
+        raise ConfigError(field, value, f"expected an integer {bounds}")
+    return value
+
+
+def check_number(field: str, value: object, lo: float, hi: float | None = None) -> float:
+    """``value`` as a float if it is a number (not a bool) from ``lo`` to ``hi`` (no bound if
+    None). Raises :class:`~atrace.errors.ConfigError` naming ``field`` and ``value`` otherwise."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not value >= lo  # written so that NaN fails too
+        or (hi is not None and not value <= hi)
+    ):
+        bounds = f">= {lo}" if hi is None else f"from {lo} to {hi}"
+        raise ConfigError(field, value, f"expected a number {bounds}")
+    return float(value)
+
+
+def check_schema(value: object, field: str = "schema") -> str:
+    """``value`` if it is a schema name atrace accepts: a lowercase SQL identifier.
+
+    Raises :class:`~atrace.errors.ConfigError` naming ``field`` and ``value`` otherwise.
+    """
+    if (
+        not isinstance(value, str)
+        or not value.isascii()
+        or not value.isidentifier()
+        or len(value) > 63
+        or value != value.lower()
+    ):
+        raise ConfigError(
+            field, value, "expected a lowercase SQL identifier ([a-z_][a-z0-9_]*, at most 63)"
+        )
+    return value
+
+
+def _check_str(field: str, value: object) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(field, value, "expected a non-empty string")
+
+
+# ---- Config ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    """Immutable pipeline settings; every field is validated here, errors name field and value.
+
+    :ivar service: the service name on every record.
+    :ivar environment: the deployment environment, or None.
+    :ivar sinks: where batches go (URLs, ``"console"``, sink objects); stored as a tuple, and
+        none at all means the embedded PostgreSQL.
+    :ivar batch_size: records per batch (never more than ``capacity``).
+    :ivar flush_interval: seconds a partial batch waits before it is sent.
+    :ivar capacity: records the ring holds.
+    :ivar policy: what a full ring does, one of :data:`POLICIES`.
+    :ivar attributes: resource attributes on every record (a read-only mapping).
+    :ivar schema: the PostgreSQL schema.
+    :ivar max_message_length: characters of a message kept.
+    :ivar max_value_length: characters of an attribute value kept.
+    :ivar shutdown_timeout: seconds the flush at exit may take.
+    :ivar spill_dir: where undelivered batches are spilled, or None for the default.
+    :ivar spill_max_bytes: bytes the spill may take on disk.
+    :ivar retry_attempts: attempts per batch and sink.
+    :ivar retry_deadline: seconds a batch may spend being retried.
+    :ivar breaker_threshold: consecutive failed batches that open a sink's circuit breaker.
+    :ivar breaker_reset: seconds an open breaker waits before it lets a probe through.
+    :ivar host: this machine's name (not an argument).
+    :ivar pid: the process the Config was made in (not an argument; a forked child makes its
+        own with :meth:`replace`).
+    """
+
+    service: str = DEFAULT_SERVICE
+    environment: str | None = None
+    sinks: Sequence[Any] = ()
+    batch_size: int = DEFAULT_BATCH_SIZE
+    flush_interval: float = DEFAULT_FLUSH_INTERVAL
+    capacity: int = DEFAULT_CAPACITY
+    policy: str = DEFAULT_POLICY
+    # Left out of the hash: a mapping has none, and a Config stays usable as a key.
+    attributes: Mapping[str, Any] = dataclasses.field(default_factory=dict, hash=False)
+    schema: str = DEFAULT_SCHEMA
+    max_message_length: int = DEFAULT_MAX_MESSAGE_LENGTH
+    max_value_length: int = DEFAULT_MAX_VALUE_LENGTH
+    shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
+    spill_dir: str | None = None
+    spill_max_bytes: int = DEFAULT_SPILL_MAX_BYTES
+    retry_attempts: int = DEFAULT_RETRY_ATTEMPTS
+    retry_deadline: float = DEFAULT_RETRY_DEADLINE
+    breaker_threshold: int = DEFAULT_BREAKER_THRESHOLD
+    breaker_reset: float = DEFAULT_BREAKER_RESET
+    host: str = dataclasses.field(init=False, repr=False, compare=False)
+    pid: int = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Frozen: the normalised values (tuples, floats, a read-only mapping) go in this way.
+        put = object.__setattr__
+        _check_str("service", self.service)
+        if self.environment is not None:
+            _check_str("environment", self.environment)
+        sinks: object = self.sinks
+        if isinstance(sinks, (str, bytes)) or not isinstance(sinks, Sequence):
+            raise ConfigError("sinks", sinks, "expected a sequence of sink URLs or sink objects")
+        put(self, "sinks", tuple(sinks))
+        check_int("batch_size", self.batch_size, 1, 1_000_000)
+        put(
+            self,
+            "flush_interval",
+            check_number("flush_interval", self.flush_interval, 0.001, 3600.0),
+        )
+        check_int("capacity", self.capacity, 1, 100_000_000)
+        if self.policy not in POLICIES:
+            raise ConfigError("policy", self.policy, f"expected one of {', '.join(POLICIES)}")
+        attributes: object = self.attributes
+        if attributes is not None and not isinstance(attributes, Mapping):
+            raise ConfigError("attributes", attributes, "expected a mapping")
+        put(self, "attributes", MappingProxyType(dict(attributes or {})))
+        check_schema(self.schema)
+        check_int("max_message_length", self.max_message_length, 64, 100_000_000)
+        check_int("max_value_length", self.max_value_length, 64, 100_000_000)
+        put(
+            self,
+            "shutdown_timeout",
+            check_number("shutdown_timeout", self.shutdown_timeout, 0.0, 3600.0),
+        )
+        spill_dir: object = self.spill_dir
+        if spill_dir is not None:
+            if not isinstance(spill_dir, (str, os.PathLike)) or not str(spill_dir):
+                raise ConfigError("spill_dir", spill_dir, "expected a directory path")
+            put(self, "spill_dir", os.fspath(spill_dir))
+        check_int("spill_max_bytes", self.spill_max_bytes, 0, 1 << 50)
+        check_int("retry_attempts", self.retry_attempts, 1, 1000)
+        put(
+            self,
+            "retry_deadline",
+            check_number("retry_deadline", self.retry_deadline, 0.0, 86400.0),
+        )
+        check_int("breaker_threshold", self.breaker_threshold, 1, 1_000_000)
+        put(self, "breaker_reset", check_number("breaker_reset", self.breaker_reset, 0.0, 86400.0))
+        put(self, "batch_size", min(self.batch_size, self.capacity))
+        put(self, "host", _hostname())
+        put(self, "pid", os.getpid())
+
+    def replace(self, **changes: Any) -> Config:
+        """A copy with some fields changed (validated again; ``host`` and ``pid`` are this
+        process's)."""
+        return dataclasses.replace(self, **changes)
 
 
 def _hostname() -> str:
@@ -225,31 +278,26 @@ def _hostname() -> str:
     return socket.gethostname()
 
 
-def _check_str(field: str, value: object) -> None:
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(field, value, "expected a non-empty string")
+# ---- environment ----------------------------------------------------------------------------
 
 
-def _check_int(field: str, value: object, lo: int, hi: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise ConfigError(field, value, f"expected an integer from {lo} to {hi}")
+def env(name: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """The value of the variable ``name`` (one of :data:`ENV`), stripped; None when it is unset,
+    empty or blank, since an empty value means unset everywhere.
+
+    ``environ`` defaults to the process environment.
+    """
+    if name not in ENV:
+        raise InternalError(f"{name} is read but not listed in atrace.config.ENV")
+    value = (os.environ if environ is None else environ).get(name)
+    if value is None:
+        return None
+    value = value.strip()
+    return value or None
 
 
-def _check_number(field: str, value: object, lo: float, hi: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
-        raise ConfigError(field, value, f"expected a number from {lo} to {hi}")
-
-
-# ---- environment -----------------------------------------------------------------------------
-
-
-def _env(name: str, environ: Mapping[str, str]) -> str | None:
-    value = environ.get(name)
-    return value if value else None  # an empty value means unset
-
-
-def _env_int(name: str, environ: Mapping[str, str]) -> int | None:
-    raw = _env(name, environ)
+def _env_int(name: str, environ: Mapping[str, str] | None) -> int | None:
+    raw = env(name, environ)
     if raw is None:
         return None
     try:
@@ -258,8 +306,8 @@ def _env_int(name: str, environ: Mapping[str, str]) -> int | None:
         raise ConfigError(name, raw, "expected an integer") from None
 
 
-def _env_float(name: str, environ: Mapping[str, str]) -> float | None:
-    raw = _env(name, environ)
+def _env_float(name: str, environ: Mapping[str, str] | None) -> float | None:
+    raw = env(name, environ)
     if raw is None:
         return None
     try:
@@ -284,20 +332,22 @@ def parse_resource_attributes(raw: str) -> dict[str, str]:
 
 
 def from_environment(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Config keyword arguments found in the environment (``ATRACE_*`` over ``OTEL_*``)."""
-    env = os.environ if environ is None else environ
+    """Config keyword arguments found in the environment (``ATRACE_*`` over ``OTEL_*``).
+
+    ``environ`` defaults to the process environment.
+    """
     kwargs: dict[str, Any] = {}
-    resource = parse_resource_attributes(_env("OTEL_RESOURCE_ATTRIBUTES", env) or "")
+    resource = parse_resource_attributes(env("OTEL_RESOURCE_ATTRIBUTES", environ) or "")
     service = (
-        _env("ATRACE_SERVICE", env)
-        or _env("OTEL_SERVICE_NAME", env)
+        env("ATRACE_SERVICE", environ)
+        or env("OTEL_SERVICE_NAME", environ)
         or resource.pop("service.name", None)
     )
     resource.pop("service.name", None)
     if service:
         kwargs["service"] = service
     environment = (
-        _env("ATRACE_ENVIRONMENT", env)
+        env("ATRACE_ENVIRONMENT", environ)
         or resource.pop("deployment.environment.name", None)
         or resource.pop("deployment.environment", None)
     )
@@ -307,33 +357,55 @@ def from_environment(environ: Mapping[str, str] | None = None) -> dict[str, Any]
         kwargs["environment"] = environment
     if resource:
         kwargs["attributes"] = resource
-    sink = _env("ATRACE_SINK", env)
+    sink = env("ATRACE_SINK", environ)
     if sink:
         kwargs["sinks"] = tuple(s.strip() for s in sink.split(",") if s.strip())
-    for key, name in (("batch_size", "ATRACE_BATCH_SIZE"), ("capacity", "ATRACE_CAPACITY")):
-        value = _env_int(name, env)
-        if value is not None:
-            kwargs[key] = value
+    for key, name in (
+        ("policy", "ATRACE_POLICY"),
+        ("schema", "ATRACE_SCHEMA"),
+        ("spill_dir", "ATRACE_SPILL_DIR"),
+    ):
+        text = env(name, environ)
+        if text is not None:
+            kwargs[key] = text
+    for key, name in (
+        ("batch_size", "ATRACE_BATCH_SIZE"),
+        ("capacity", "ATRACE_CAPACITY"),
+        ("spill_max_bytes", "ATRACE_SPILL_MAX_BYTES"),
+        ("max_message_length", "ATRACE_MAX_MESSAGE_LENGTH"),
+    ):
+        number = _env_int(name, environ)
+        if number is not None:
+            kwargs[key] = number
     for key, name in (
         ("flush_interval", "ATRACE_FLUSH_INTERVAL"),
         ("shutdown_timeout", "ATRACE_SHUTDOWN_TIMEOUT"),
     ):
-        fvalue = _env_float(name, env)
-        if fvalue is not None:
-            kwargs[key] = fvalue
-    policy = _env("ATRACE_POLICY", env)
-    if policy:
-        kwargs["policy"] = policy
-    schema = _env("ATRACE_SCHEMA", env)
-    if schema:
-        kwargs["schema"] = schema
-    spill_dir = _env("ATRACE_SPILL_DIR", env)
-    if spill_dir:
-        kwargs["spill_dir"] = spill_dir
-    spill_max = _env_int("ATRACE_SPILL_MAX_BYTES", env)
-    if spill_max is not None:
-        kwargs["spill_max_bytes"] = spill_max
-    max_len = _env_int("ATRACE_MAX_MESSAGE_LENGTH", env)
-    if max_len is not None:
-        kwargs["max_message_length"] = max_len
+        seconds = _env_float(name, environ)
+        if seconds is not None:
+            kwargs[key] = seconds
     return kwargs
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("", "0", "false", "no", "off")
+
+
+def purepython(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether ``ATRACE_PUREPYTHON`` forces the pure-Python twins of the compiled modules.
+
+    ``1``, ``true``, ``yes`` or ``on`` (any case) force them; ``0``, ``false``, ``no``, ``off``,
+    empty or unset do not. Any other value is a :class:`~atrace.errors.ConfigError`, so that a
+    typo never leaves the wrong implementation running unnoticed.
+    """
+    raw = env("ATRACE_PUREPYTHON", environ) or ""
+    value = raw.lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(
+        "ATRACE_PUREPYTHON",
+        raw,
+        "expected 1, true, yes or on (the pure-Python twins) or 0, false, no, off or empty",
+    )

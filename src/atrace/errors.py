@@ -3,33 +3,58 @@
 ::
 
     AtraceError
-    ├── ConfigError (also ValueError)      misuse: a setting or argument atrace cannot accept
+    ├── ConfigError (also ValueError)         misuse: a setting or argument atrace cannot accept
     ├── MissingExtraError (also ImportError)  an optional dependency is not installed
-    ├── SinkError                          a sink could not take a batch (carries sink, batch size)
-    │   ├── SinkClosedError                the sink was used after close()
-    │   └── SinkHTTPError                  an HTTP destination refused or did not answer
-    │       ├── HttpSinkError              (sinks.http) an atrace collector
-    │       └── OtlpExportError            (sinks.otlp) an OTLP endpoint
-    ├── WireError (also ValueError)        a request body atrace cannot decode (400/413/415)
-    ├── CollectorError                     (client) a collector's query API answered an error
-    │   ├── BadRequestError, AuthenticationError, PermissionDeniedError, NotFoundError,
-    │   └── ServerError, TransportError
-    └── InternalError                      a bug in atrace itself: please report it
+    ├── SinkError                             a sink could not take a batch (sink, batch size)
+    │   ├── SinkClosedError                   the sink was used while closed (retried: reopened)
+    │   └── SinkHTTPError                     an HTTP destination refused or did not answer
+    │                                         (sinks.http.HttpSinkError, sinks.otlp.OtlpExportError
+    │                                         are this class under the names users catch)
+    ├── CollectorError                        (client) the collector answered an error, or none
+    │   ├── BadRequestError (also ValueError)     400: a parameter the collector cannot accept
+    │   ├── AuthenticationError                   401: no key, or an unknown or revoked one
+    │   ├── PermissionDeniedError                 403
+    │   ├── NotFoundError (also LookupError)      404: e.g. a trace the project does not have
+    │   ├── ServerError                           5xx: the collector or its database failed
+    │   └── TransportError (also OSError)         no answer at all (refused, reset, timed out)
+    ├── WireError (also ValueError)           (collector) a request body it cannot decode:
+    │                                         400 malformed, 413 too large, 415 unsupported
+    ├── QueryError (also ValueError)          (collector) a read-API parameter it cannot accept: 400
+    ├── AuthError                             (collector-internal) no usable API key: 401
+    ├── Unavailable                           (collector-internal) cannot take it now: 503
+    ├── TailClosed                            (collector-internal) the live tail stopped
+    └── InternalError                         a bug in atrace itself: please report it
 
 Emit calls never raise these at the caller except ``ConfigError`` for misuse; sink and internal
-errors stay inside the flusher and show up in :func:`atrace.metrics`.
+errors stay inside the flusher and show up in :func:`atrace.metrics`. The collector-internal
+classes never leave the collector: it answers each with the HTTP status drawn above, and a
+client sees that answer as the matching :class:`CollectorError`.
+
+Errors of atrace's dependencies (asyncpg, aiohttp, the OS) are not wrapped here; one table
+(``atrace._delivery.classify``) says which of them are worth retrying.
 """
 
 from __future__ import annotations
 
 __all__ = (
     "AtraceError",
+    "AuthError",
+    "AuthenticationError",
+    "BadRequestError",
+    "CollectorError",
     "ConfigError",
     "InternalError",
     "MissingExtraError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "QueryError",
+    "ServerError",
     "SinkClosedError",
     "SinkError",
     "SinkHTTPError",
+    "TailClosed",
+    "TransportError",
+    "Unavailable",
     "WireError",
 )
 
@@ -92,6 +117,40 @@ class SinkClosedError(SinkError):
     """A sink was written to after it was closed."""
 
 
+class CollectorError(AtraceError):
+    """The collector answered with an error; ``status`` is the HTTP status (0: no answer)."""
+
+    def __init__(self, message: str, *, status: int = 0, url: str = "") -> None:
+        self.status = status
+        self.message = message
+        self.url = url
+        super().__init__(f"{status} {message} ({url})" if status else f"{message} ({url})")
+
+
+class BadRequestError(CollectorError, ValueError):
+    """400: the collector refused a parameter; the message names it."""
+
+
+class AuthenticationError(CollectorError):
+    """401: the API key is missing, unknown or revoked."""
+
+
+class PermissionDeniedError(CollectorError):
+    """403: the key may not do this."""
+
+
+class NotFoundError(CollectorError, LookupError):
+    """404: no such trace (for this key's project) or no such endpoint."""
+
+
+class ServerError(CollectorError):
+    """5xx: the collector or its database failed; worth retrying later."""
+
+
+class TransportError(CollectorError, OSError):
+    """No answer: the connection was refused, reset or timed out."""
+
+
 class WireError(AtraceError, ValueError):
     """A batch or OTLP body cannot be decoded; ``status`` is the HTTP status to answer with
     (400 malformed, 413 too large, 415 unsupported content type), the message says what and
@@ -100,6 +159,40 @@ class WireError(AtraceError, ValueError):
     def __init__(self, message: str, *, status: int = 400) -> None:
         self.status = status
         super().__init__(message)
+
+
+class QueryError(AtraceError, ValueError):
+    """A query parameter of the read API has a value the collector cannot accept (answered 400
+    with ``field``); the message names the parameter and the value."""
+
+    def __init__(self, field: str, value: object, reason: str) -> None:
+        self.field = field
+        self.value = value
+        self.reason = reason
+        super().__init__(f"{field}={value!r}: {reason}")
+
+
+class AuthError(AtraceError):
+    """A request without a usable API key (missing, malformed, unknown or revoked): 401.
+
+    The message never contains the key.
+    """
+
+
+class Unavailable(AtraceError):
+    """The collector cannot take the request now: 503 with ``Retry-After``.
+
+    ``reason`` is ``"overloaded"`` (the in-flight bound is reached) or ``"database"``
+    (PostgreSQL is unreachable, failing, or has no free connection within ``pool_wait``).
+    """
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        self.reason = reason
+        super().__init__(message)
+
+
+class TailClosed(AtraceError):
+    """The live tail stopped: a subscription ends, and a new one is refused (503)."""
 
 
 class InternalError(AtraceError):

@@ -1,4 +1,4 @@
-r"""Helpers for testing code that uses atrace: ``capture()`` of every record, and a memory sink.
+r"""Helpers for testing code that uses atrace: ``capture()``, a memory sink, and a fake clock.
 
 ``capture()`` routes every record to memory for the duration of a ``with`` (or ``async with``)
 block and hands back a :class:`Capture`: records appear as soon as the code under test has run,
@@ -10,31 +10,32 @@ without a flush interval, a background thread, a server or an ``await``::
     assert cap.tree() == "handle_order\n  charge"
 
 The pytest fixture ``atrace_capture`` (:mod:`atrace.pytest_plugin`) yields one per test.
+
+:class:`FakeClock` runs the flusher on time a test moves by hand, to test what happens when
+``flush_interval`` passes without waiting for it.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
+import asyncio
 import dataclasses
 import threading
+import time
 from types import TracebackType
 from typing import Any
 
 import orjson
 
-from ._emit.runtime import runtime
-from ._pipeline import state as _pipeline
-from ._pipeline.encode import COLUMNS, Row
-from ._pipeline.pipeline import Pipeline
-from ._pipeline.state import Metrics
+from ._pipeline import state
+from ._pipeline.pipeline import Clock, Pipeline
+from ._records import COLUMNS, KIND_NAMES, Batch, Kind, Row, Status, row_dict
 from .config import Config
-from .sinks import Batch
 
-__all__ = ("Capture", "MemorySink", "Record", "capture")
+__all__ = ("Capture", "FakeClock", "MemorySink", "Record", "capture")
 
 # Enough for any test; the ring allocates lazily-touched memory, so a large capacity is cheap.
 DEFAULT_CAPTURE_CAPACITY = 1_000_000
-_KIND_NAMES = {0: "log", 1: "span start", 2: "span end", 3: "span"}
+_ENDED = (Kind.SPAN_END, Kind.SPAN)
 
 
 class MemorySink:
@@ -62,7 +63,7 @@ class MemorySink:
         """Every row as a dict keyed by column name, attrs decoded from JSON."""
         out = []
         for row in self.rows:
-            rec = dict(zip(COLUMNS, row, strict=True))
+            rec = row_dict(row)
             if rec["attrs"] is not None:
                 rec["attrs"] = orjson.loads(rec["attrs"])
             out.append(rec)
@@ -70,11 +71,11 @@ class MemorySink:
 
     def spans(self) -> list[dict[str, Any]]:
         """Rows of ended spans (complete, or end rows)."""
-        return [r for r in self.records() if r["kind"] in (2, 3)]
+        return [r for r in self.records() if r["kind"] in _ENDED]
 
     def logs(self) -> list[dict[str, Any]]:
         """Log rows."""
-        return [r for r in self.records() if r["kind"] == 0]
+        return [r for r in self.records() if r["kind"] == Kind.LOG]
 
     def clear(self) -> None:
         """Forget every row."""
@@ -113,7 +114,7 @@ class Record:
     @classmethod
     def from_row(cls, row: Row) -> Record:
         """A record from a row in COLUMNS order (``attrs`` as JSON bytes or None)."""
-        values = dict(zip(COLUMNS, row, strict=True))
+        values = row_dict(row)
         raw = values["attrs"]
         values["attrs"] = {} if raw is None else orjson.loads(raw)
         return cls(**values)
@@ -121,87 +122,32 @@ class Record:
     @property
     def is_span(self) -> bool:
         """Whether this is an ended span (a complete row or an end row)."""
-        return self.kind in (2, 3)
+        return self.kind in _ENDED
 
     @property
     def is_log(self) -> bool:
         """Whether this is a log."""
-        return self.kind == 0
+        return self.kind == Kind.LOG
 
     @property
     def failed(self) -> bool:
         """Whether the span failed (status 2)."""
-        return self.status == 2
+        return self.status == Status.ERROR
 
     def as_dict(self) -> dict[str, Any]:
         """The record as a dict keyed by column name."""
         return {name: getattr(self, name) for name in COLUMNS}
 
     def __str__(self) -> str:
-        what = _KIND_NAMES.get(self.kind, f"kind {self.kind}")
+        what = KIND_NAMES.get(self.kind, f"kind {self.kind}")
         text = f"{what} {self.name!r}"
-        if self.kind == 0:
+        if self.kind == Kind.LOG:
             text += f" {self.message!r}"
         if self.attrs:
             text += f" {self.attrs!r}"
         if self.error_type or self.error_message:
             text += f" error={self.error_type}: {self.error_message}"
         return text
-
-
-class _CaptureSink:
-    """Where the pipeline would write, were a flusher ever to run: straight into the capture."""
-
-    name = "capture"
-
-    def __init__(self, capture: Capture) -> None:
-        self._capture = capture
-
-    async def open(self) -> None:
-        pass
-
-    async def write(self, batch: Batch) -> None:
-        self._capture._add_rows(batch.rows)
-
-    async def close(self) -> None:
-        pass
-
-
-class _CapturePipeline(Pipeline):
-    """A pipeline with no flusher: the capture drains its ring synchronously, on access."""
-
-    def __init__(self, config: Config, capture: Capture) -> None:
-        super().__init__(config)
-        self._capture = capture
-
-    def push_starting(self, record: tuple[Any, ...]) -> bool:
-        return self.ring.push(record)
-
-    def start(self) -> None:
-        pass  # nothing to start: no thread, no task
-
-    def request_flush(self) -> concurrent.futures.Future[bool]:
-        self._capture.flush()
-        return _done()
-
-    def stop_nowait(self) -> concurrent.futures.Future[bool]:
-        self._capture.flush()
-        return _done()
-
-    def flush_at_exit(self, timeout: float) -> None:
-        self._capture.flush()
-
-    def metrics(self) -> Metrics:
-        # Written means captured here: no sink lane ever sees the rows.
-        values = super().metrics().as_dict()
-        values["written"] = self._capture._written
-        return Metrics(**values)
-
-
-def _done() -> concurrent.futures.Future[bool]:
-    fut: concurrent.futures.Future[bool] = concurrent.futures.Future()
-    fut.set_result(True)
-    return fut
 
 
 class Capture:
@@ -228,9 +174,8 @@ class Capture:
             self._options["attributes"] = attributes
         self._lock = threading.RLock()
         self._records: list[Record] = []
-        self._written = 0
-        self._pipeline: _CapturePipeline | None = None
-        self._previous: Any = None
+        self._pipeline: Pipeline | None = None
+        self._previous: Pipeline | None = None
         self._active = False
 
     # ---- activation ----------------------------------------------------------------------------
@@ -238,24 +183,17 @@ class Capture:
     def __enter__(self) -> Capture:
         if self._active:
             raise RuntimeError("this capture is already active")
-        with _pipeline._global_lock:
-            previous = _pipeline._pipeline
-            # Service, environment and attributes as the application configured them, so
-            # records look as they would in production; the environment is not read, so that
-            # a test does not depend on the shell it runs in.
-            base = previous.config if previous is not None else Config()
-            config = base.replace(
-                sinks=(_CaptureSink(self),),
-                policy="drop_oldest",
-                spill_max_bytes=0,
-                **self._options,
-            )
-            pipe = _CapturePipeline(config, self)
-            self._previous = previous
-            self._pipeline = pipe
-            _pipeline._install(pipe)  # the previous pipeline writes what it holds and stops
-            runtime.push = pipe.ring.push
-            self._active = True
+        in_force = state.current()
+        # Service, environment and attributes as the application configured them, so records
+        # look as they would in production; the environment is not read, so that a test does
+        # not depend on the shell it runs in.
+        base = in_force.config if in_force is not None else Config()
+        config = base.replace(sinks=(), policy="drop_oldest", spill_max_bytes=0, **self._options)
+        # No flusher, no sink: the rows come here, in the thread that looks at the capture.
+        self._pipeline = Pipeline(config, receiver=self._add_rows)
+        # The previous pipeline writes what it holds and stops, until close() puts it back.
+        self._previous = state.swap(self._pipeline)
+        self._active = True
         return self
 
     def __exit__(
@@ -282,40 +220,27 @@ class Capture:
         if not self._active:
             return
         self.flush()
-        with _pipeline._global_lock:
-            self._active = False
-            if _pipeline._pipeline is self._pipeline:
-                previous, self._previous = self._previous, None
-                if previous is None:
-                    _pipeline.reset()
-                else:
-                    _pipeline._install(previous)
-            # else: the code under test configured atrace itself; leave that in place
+        self._active = False
+        previous, self._previous = self._previous, None
+        # Unless the code under test configured atrace itself: that configuration stays.
+        state.swap(previous, replacing=self._pipeline)
 
     # ---- taking records in ---------------------------------------------------------------------
 
     def flush(self) -> None:
         """Take in every record emitted so far (the properties and helpers call this)."""
-        pipe = self._pipeline
-        if pipe is None:
-            return
-        ring = pipe.ring
-        with self._lock:
-            while len(ring):
-                records = ring.drain(len(ring))
-                if not records:
-                    break
-                self._add_rows(pipe.encoder.rows(records))
+        if self._pipeline is not None:
+            self._pipeline.drain()  # hands the rows to _add_rows
 
     def _add_rows(self, rows: list[Row]) -> None:
+        records = [Record.from_row(row) for row in rows]
         with self._lock:
-            self._records.extend(Record.from_row(row) for row in rows)
-            self._written += len(rows)
+            self._records.extend(records)
 
     def clear(self) -> None:
         """Forget every record captured so far."""
+        self.flush()
         with self._lock:
-            self.flush()
             self._records.clear()
 
     # ---- looking ------------------------------------------------------------------------------
@@ -330,12 +255,12 @@ class Capture:
     @property
     def spans(self) -> list[Record]:
         """Ended spans, in the order they ended (a child before its parent)."""
-        return [r for r in self.records if r.kind in (2, 3)]
+        return [r for r in self.records if r.kind in _ENDED]
 
     @property
     def logs(self) -> list[Record]:
         """Logs, in the order they were emitted."""
-        return [r for r in self.records if r.kind == 0]
+        return [r for r in self.records if r.kind == Kind.LOG]
 
     @property
     def messages(self) -> list[str | None]:
@@ -388,14 +313,14 @@ class Capture:
         With ``logs=True`` each log appears as ``- message`` under the span it was emitted in.
         """
         records = self.records
-        spans = [r for r in records if r.kind in (2, 3)]
+        spans = [r for r in records if r.kind in _ENDED]
         keys = {(s.trace_id, s.span_id) for s in spans}
         below: dict[Any, list[tuple[int, int, Record]]] = {}
         for order, rec in enumerate(records):
             parent: tuple[str | None, int | None] | None
-            if rec.kind in (2, 3):
+            if rec.kind in _ENDED:
                 parent = (rec.trace_id, rec.parent_id)
-            elif logs and rec.kind == 0:
+            elif logs and rec.kind == Kind.LOG:
                 parent = (rec.trace_id, rec.span_id)
             else:
                 continue
@@ -406,7 +331,7 @@ class Capture:
 
         def walk(key: Any, depth: int) -> None:
             for _, _, rec in sorted(below.get(key, ()), key=lambda item: item[:2]):
-                if rec.kind == 0:
+                if rec.kind == Kind.LOG:
                     lines.append(f"{'  ' * depth}- {rec.message}")
                 else:
                     lines.append(f"{'  ' * depth}{rec.name}")
@@ -416,10 +341,10 @@ class Capture:
         return "\n".join(lines)
 
     def __repr__(self) -> str:
-        state = "active" if self._active else "closed"
+        status = "active" if self._active else "closed"
         with self._lock:
             count = len(self._records)
-        return f"<Capture {state}, {count} records>"
+        return f"<Capture {status}, {count} records>"
 
 
 def capture(
@@ -438,3 +363,154 @@ def capture(
     return Capture(
         service=service, environment=environment, attributes=attributes, capacity=capacity
     )
+
+
+class _Sleeper:
+    __slots__ = ("deadline", "future", "loop")
+
+    def __init__(
+        self, deadline: float, loop: asyncio.AbstractEventLoop, future: asyncio.Future[None]
+    ) -> None:
+        self.deadline = deadline
+        self.loop = loop
+        self.future = future
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class FakeClock:
+    """Time that moves only when a test moves it, to drive ``flush_interval`` without waiting.
+
+    Pipelines configured inside ``with FakeClock() as clock:`` run on it, during the block and
+    after: the flush interval, the flusher's tick between two looks at the ring, the retries'
+    back-off and the circuit breaker's reset wait for :meth:`advance`. The time-outs that guard
+    against a hung sink stay on real time. Any thread and any event loop may sleep on one
+    clock. ::
+
+        async def test_written_once_the_interval_passes():
+            sink = MemorySink()
+            with FakeClock() as clock:
+                atrace.configure(sink=sink, flush_interval=5)
+            atrace.info("hello")
+            await clock.wait_for_sleepers()  # the flusher waits for its next look
+            clock.advance(4.9)
+            await clock.wait_for_sleepers()  # it looked, and sleeps again: nothing due
+            assert atrace.metrics().batches == 0
+            clock.advance(0.1)
+            await clock.wait_for_sleepers()
+            assert atrace.metrics().batches == 1  # the batch is on its way to the sink
+
+    ``start`` is the reading of :meth:`monotonic` at first. :meth:`time_ns` is the real
+    wall-clock time moved on by every advance, since records carry real timestamps: a span
+    that began before an advance of ten seconds has run for ten seconds by this clock.
+    """
+
+    def __init__(self, start: float = 0.0) -> None:
+        self._start = float(start)
+        self._now = self._start
+        self._lock = threading.Lock()
+        self._sleepers: set[_Sleeper] = set()
+        # wait_for_sleepers() calls not answered yet: (count wanted, the caller's loop, future).
+        self._watchers: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._previous: Clock | None = None
+
+    def __enter__(self) -> FakeClock:
+        self._previous = state.use_clock(self)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        state.use_clock(self._previous)
+        self._previous = None
+
+    def monotonic(self) -> float:
+        """Seconds: ``start`` plus every :meth:`advance` so far."""
+        return self._now
+
+    def perf_counter(self) -> float:
+        """The same reading as :meth:`monotonic`."""
+        return self._now
+
+    def time_ns(self) -> int:
+        """Wall-clock nanoseconds: the real time now, plus every advance so far."""
+        return time.time_ns() + round((self._now - self._start) * 1e9)
+
+    async def sleep(self, seconds: float) -> None:
+        """Return once :meth:`advance` has moved the clock ``seconds`` on from now."""
+        if seconds <= 0:
+            await asyncio.sleep(0)
+            return
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        with self._lock:
+            sleeper = _Sleeper(self._now + seconds, loop, future)
+            self._sleepers.add(sleeper)
+            self._notify_watchers()
+        try:
+            await future
+        finally:
+            with self._lock:
+                self._sleepers.discard(sleeper)  # cancelled before its time came
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock ``seconds`` on, and wake every sleep whose time has come (from any
+        thread; the sleepers run once their loop gets to them)."""
+        if seconds < 0:
+            raise ValueError(f"the clock only moves forward, not by {seconds!r}")
+        with self._lock:
+            self._now += seconds
+            due = sorted(
+                (s for s in self._sleepers if s.deadline <= self._now), key=lambda s: s.deadline
+            )
+            self._sleepers.difference_update(due)
+        for sleeper in due:
+            try:
+                sleeper.loop.call_soon_threadsafe(_wake, sleeper.future)
+            except RuntimeError:  # its loop is closed: nobody is left to wake
+                pass
+
+    @property
+    def sleepers(self) -> int:
+        """How many sleeps are waiting on this clock now."""
+        return len(self._sleepers)
+
+    async def wait_for_sleepers(self, count: int = 1, *, timeout: float = 10.0) -> None:
+        """Return once at least ``count`` sleeps wait on this clock: the flusher, woken by
+        :meth:`advance`, has done what the new time allows and waits again.
+
+        ``timeout`` (real seconds) only stops a test that would otherwise hang.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        with self._lock:
+            self._watchers.append((count, loop, future))
+            self._notify_watchers()
+        try:
+            await asyncio.wait_for(future, timeout)
+        except asyncio.TimeoutError:
+            raise TimeoutError(
+                f"{self.sleepers} sleeps wait on the clock after {timeout} s, not {count}"
+            ) from None
+        finally:
+            with self._lock:
+                self._watchers = [w for w in self._watchers if w[2] is not future]
+
+    def _notify_watchers(self) -> None:
+        # Called with self._lock held.
+        waiting = len(self._sleepers)
+        for count, loop, future in self._watchers:
+            if waiting >= count:
+                try:
+                    loop.call_soon_threadsafe(_wake, future)
+                except RuntimeError:
+                    pass
+
+    def __repr__(self) -> str:
+        return f"<FakeClock at {self._now:g} s, {self.sleepers} sleeping>"

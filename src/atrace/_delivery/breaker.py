@@ -15,8 +15,10 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
-from ..errors import ConfigError, InternalError
+from ..config import check_int, check_number
+from ..errors import InternalError
 
 __all__ = ("BreakerState", "BreakerStats", "CircuitBreaker")
 
@@ -36,28 +38,18 @@ _MOVES: dict[BreakerState, frozenset[BreakerState]] = {
 }
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
 class BreakerStats:
-    """A frozen snapshot of a breaker."""
+    """A frozen snapshot of a breaker.
 
-    __slots__ = ("consecutive_failures", "state", "trips")
-
-    def __init__(self, state: BreakerState, consecutive_failures: int, trips: int) -> None:
-        object.__setattr__(self, "state", state)
-        object.__setattr__(self, "consecutive_failures", consecutive_failures)
-        object.__setattr__(self, "trips", trips)
+    :ivar state: whether the sink is being called.
+    :ivar consecutive_failures: failed batches since the last one that went through.
+    :ivar trips: times the breaker opened.
+    """
 
     state: BreakerState
     consecutive_failures: int
     trips: int
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError("BreakerStats is a snapshot")
-
-    def __repr__(self) -> str:
-        return (
-            f"BreakerStats(state={self.state.name}, consecutive_failures="
-            f"{self.consecutive_failures}, trips={self.trips})"
-        )
 
 
 class CircuitBreaker:
@@ -70,20 +62,8 @@ class CircuitBreaker:
         reset_timeout: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if (
-            isinstance(failure_threshold, bool)
-            or not isinstance(failure_threshold, int)
-            or failure_threshold < 1
-        ):
-            raise ConfigError("failure_threshold", failure_threshold, "expected an integer >= 1")
-        if (
-            isinstance(reset_timeout, bool)
-            or not isinstance(reset_timeout, (int, float))
-            or reset_timeout < 0
-        ):
-            raise ConfigError("reset_timeout", reset_timeout, "expected a number >= 0")
-        self.failure_threshold = failure_threshold
-        self.reset_timeout = float(reset_timeout)
+        self.failure_threshold = check_int("failure_threshold", failure_threshold, 1)
+        self.reset_timeout = check_number("reset_timeout", reset_timeout, 0)
         self._clock = clock
         self._state = BreakerState.CLOSED
         self._failures = 0
@@ -139,4 +119,6 @@ class CircuitBreaker:
 
     def statistics(self) -> BreakerStats:
         """A frozen snapshot: state, consecutive failures, trips."""
-        return BreakerStats(self._state, self._failures, self.trips)
+        return BreakerStats(
+            state=self._state, consecutive_failures=self._failures, trips=self.trips
+        )

@@ -4,11 +4,22 @@ Each configured sink gets a lane of its own, so a dead collector never holds bac
 the other way round). A batch handed to a lane ends in exactly one place: written, spilled to disk
 (replayed later, in order), kept apart as rejected (a permanent error), or counted as dropped
 (the spill was full or could not be written).
+
+The lane keeps its sink's connection in an explicit state machine::
+
+    CLOSED ──► OPENING ──► OPEN ──► CLOSING ──► CLOSED
+                  │                   (a failed write, or close())
+                  └──(open failed)──► CLOSED
+    OPEN ──(abandon(): the loop it was opened on is gone)──► CLOSED
+
+Writes that arrive while another write opens or closes the sink wait for it to finish, so that
+concurrent writes (``concurrency`` > 1) never open one sink twice.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import functools
 import logging
 import time
@@ -16,55 +27,39 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ..sinks import Batch, Sink
+from .._pipeline.metrics import LaneStats
+from .._records import Batch
+from ..errors import InternalError
+from ..sinks._base import Sink, SinkOptions
 from .breaker import CircuitBreaker
-from .retry import Outcome, Retry, RetryPolicy, RetryState, Verdict, classify_default
+from .retry import Outcome, Retry, RetryPolicy, RetryState
 
-__all__ = ("LaneStats", "SinkLane")
+__all__ = ("LaneState", "SinkLane")
 
 _log = logging.getLogger("atrace")
 # A sink failing for minutes would otherwise log every batch.
 _WARN_EVERY = 10.0
+# How long closing a sink may take before the lane gives up on it.
+_CLOSE_TIMEOUT = 5.0
 
 
-class LaneStats:
-    """A frozen snapshot of one lane's counters (records unless said otherwise)."""
+class LaneState(enum.Enum):
+    """Whether a lane's sink is open."""
 
-    __slots__ = (
-        "breaker_state",
-        "breaker_trips",
-        "dropped_permanent",
-        "dropped_spill",
-        "errors",
-        "name",
-        "replayed",
-        "retries",
-        "spilled",
-        "spilled_pending",
-        "written",
-    )
+    CLOSED = "closed"  # not open (at first, after a failed write, after close): a write opens it
+    OPENING = "opening"  # open() is running; writes arriving meanwhile wait for it
+    OPEN = "open"  # writes go straight to the sink
+    CLOSING = "closing"  # close() is running; a write arriving meanwhile waits, then opens afresh
 
-    def __init__(self, **values: Any) -> None:
-        for key in self.__slots__:
-            object.__setattr__(self, key, values[key])
 
-    name: str
-    written: int  # stored by the sink, directly or by replay of this process's spill
-    spilled: int  # appended to the spill by this process
-    spilled_pending: int  # of those, not replayed yet
-    replayed: int  # replayed from the spill (this process's or an earlier one's)
-    dropped_spill: int  # could not be spilled: the spill was full or not writable
-    dropped_permanent: int  # refused by the sink with a permanent error (kept apart on disk)
-    retries: int  # extra attempts (batches)
-    errors: int  # failed attempts (batches)
-    breaker_state: str
-    breaker_trips: int
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError("LaneStats is a snapshot")
-
-    def __repr__(self) -> str:
-        return "LaneStats(" + ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__) + ")"
+_MOVES: dict[LaneState, frozenset[LaneState]] = {
+    LaneState.CLOSED: frozenset({LaneState.OPENING}),
+    LaneState.OPENING: frozenset({LaneState.OPEN, LaneState.CLOSED}),
+    LaneState.OPEN: frozenset({LaneState.CLOSING, LaneState.CLOSED}),
+    LaneState.CLOSING: frozenset({LaneState.CLOSED}),
+}
+# The states a waiting write may go on from.
+_SETTLED = frozenset({LaneState.OPEN, LaneState.CLOSED})
 
 
 class SinkLane:
@@ -73,6 +68,7 @@ class SinkLane:
     def __init__(
         self,
         sink: Sink,
+        options: SinkOptions,
         *,
         policy: RetryPolicy,
         breaker: CircuitBreaker,
@@ -88,11 +84,10 @@ class SinkLane:
         self.write_timeout = write_timeout
         self._clock = clock
         self._sleep = sleep
-        classify = getattr(sink, "classify", None)
-        self.classify: Callable[[BaseException], Verdict] = (
-            classify if callable(classify) else classify_default
-        )
-        self.is_open = False
+        self.options = options
+        self._state = LaneState.CLOSED
+        # Writes waiting for an open or a close under way to finish.
+        self._waiters: list[asyncio.Future[None]] = []
         self.written = 0
         self.spilled = 0
         self.replayed = 0
@@ -103,11 +98,27 @@ class SinkLane:
         # Batches this process spilled and has not replayed yet: id -> records.
         self._own_pending: dict[uuid.UUID, int] = {}
         self._last_warning = -1e18
-        self._replaying = False
+        self._replay: asyncio.Future[int] | None = None  # the replay of the spill under way
 
     @property
     def name(self) -> str:
-        return str(getattr(self.sink, "name", type(self.sink).__name__))
+        """The sink's name."""
+        return self.options.name
+
+    @property
+    def state(self) -> LaneState:
+        """Whether the sink is open, or being opened or closed."""
+        return self._state
+
+    def _set_state(self, new: LaneState) -> None:
+        if new not in _MOVES[self._state]:
+            raise InternalError(f"sink lane cannot move from {self._state.name} to {new.name}")
+        self._state = new
+        if new in _SETTLED and self._waiters:
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
 
     @property
     def spilled_pending(self) -> int:
@@ -131,32 +142,57 @@ class SinkLane:
 
     # ---- sink calls ---------------------------------------------------------------------------
 
+    async def _open(self) -> None:
+        while self._state is not LaneState.OPEN:
+            if self._state is LaneState.CLOSED:
+                self._set_state(LaneState.OPENING)
+                try:
+                    await asyncio.wait_for(self.sink.open(), self.write_timeout)
+                except BaseException:
+                    self._set_state(LaneState.CLOSED)
+                    raise
+                self._set_state(LaneState.OPEN)
+            else:
+                waiter = asyncio.get_running_loop().create_future()
+                self._waiters.append(waiter)
+                await waiter
+
+    async def _close(self, *, quietly: bool) -> None:
+        self._set_state(LaneState.CLOSING)
+        try:
+            await asyncio.wait_for(self.sink.close(), _CLOSE_TIMEOUT)
+        except Exception as exc:
+            if not quietly:
+                _log.warning("atrace: sink %s did not close cleanly: %r", self.name, exc)
+        finally:
+            self._set_state(LaneState.CLOSED)
+
     async def _attempt(self, batch: Batch) -> None:
-        if not self.is_open:
-            await asyncio.wait_for(self.sink.open(), self.write_timeout)
-            self.is_open = True
+        await self._open()
         try:
             await asyncio.wait_for(self.sink.write(batch), self.write_timeout)
         except Exception:
-            # The connection may be broken: open afresh on the next attempt.
-            self.is_open = False
-            try:
-                await asyncio.wait_for(self.sink.close(), 5.0)
-            except Exception:
-                pass
+            # The connection may be broken: close it, so that the next attempt opens afresh
+            # (unless another write that failed is closing it already).
+            if self._state is LaneState.OPEN:
+                await self._close(quietly=True)
             raise
 
     async def close(self) -> None:
+        """Seal the spill and close the sink (it is opened again by the next write)."""
         if self.spill is not None:
             # Seal the segment being written, so that another process (or the next pipeline
             # here) may replay it.
             self.spill.close()
-        if self.is_open:
-            self.is_open = False
-            try:
-                await asyncio.wait_for(self.sink.close(), 5.0)
-            except Exception as exc:
-                _log.warning("atrace: sink %s did not close cleanly: %r", self.name, exc)
+        if self._state is LaneState.OPEN:
+            await self._close(quietly=False)
+
+    def abandon(self) -> None:
+        """Forget the open sink without closing it: the loop it was opened on is gone, and its
+        connection with it. The next write opens it afresh."""
+        self._waiters.clear()  # futures of the dead loop: nobody is left to wake
+        if self._state is not LaneState.CLOSED:
+            self._set_state(LaneState.CLOSED)
 
     def _warn(self, message: str, *args: Any) -> None:
         now = self._clock()
@@ -173,7 +209,7 @@ class SinkLane:
     async def _send(self, batch: Batch) -> Outcome:
         """Write with retries, and tell the breaker and the counters how it went."""
         outcome = await Retry(self.policy, clock=self._clock, sleep=self._sleep).run(
-            functools.partial(self._attempt, batch), self.classify
+            functools.partial(self._attempt, batch), self.options.classify
         )
         self.retries += outcome.attempts - 1
         self.errors += outcome.attempts - (1 if outcome.delivered else 0)
@@ -226,40 +262,51 @@ class SinkLane:
         else:
             self.dropped_spill += n
 
-    async def replay(self) -> int:
+    def start_replay(self) -> None:
+        """Send the spilled batches in the background, unless none wait or a replay runs."""
+        if self._replay is None and self.has_backlog():
+            self._replay = asyncio.ensure_future(self._replay_spill())
+            self._replay.add_done_callback(self._replay_ended)
+
+    def stop_replay(self) -> None:
+        """Cancel the replay under way, if any; what it has not sent stays spilled."""
+        if self._replay is not None:
+            self._replay.cancel()
+
+    def _replay_ended(self, task: asyncio.Future[int]) -> None:
+        if self._replay is task:
+            self._replay = None
+        if not task.cancelled() and task.exception() is not None:
+            _log.error("atrace: replay of sink %s failed", self.name, exc_info=task.exception())
+
+    async def _replay_spill(self) -> int:
         """Send spilled batches, oldest first, while the sink takes them; returns records sent.
 
         Stops at the first retryable failure (the batch stays spilled); a batch the sink refuses
         for good moves to the rejected area. Yields to the loop after each batch.
         """
-        if self.spill is None or self._replaying:
+        if self.spill is None:
             return 0
-        self._replaying = True
         sent = 0
-        try:
-            for spilled in self.spill.replay():
-                # No new batch may come for a while: a spilled batch can be the breaker's probe.
-                if not self.breaker.allow():
-                    break
-                batch = Batch(list(spilled.rows), spilled.batch_id)
-                n = len(batch)
-                outcome = await self._send(batch)
-                if not outcome.delivered and outcome.state is not RetryState.REJECTED:
-                    break
-                self.spill.ack(spilled)
-                own = self._own_pending.pop(batch.id, None) is not None
-                if outcome.delivered:
-                    self.replayed += n
-                    sent += n
-                    if own:
-                        self.written += n
-                else:
-                    self.spill.append(
-                        batch.id, batch.rows, reason="rejected on replay", permanent=True
-                    )
-                    if own:  # an earlier process's records were never accepted here
-                        self.dropped_permanent += n
-                await asyncio.sleep(0)
-        finally:
-            self._replaying = False
+        for spilled in self.spill.replay():
+            # No new batch may come for a while: a spilled batch can be the breaker's probe.
+            if not self.breaker.allow():
+                break
+            batch = Batch(list(spilled.rows), spilled.batch_id)
+            n = len(batch)
+            outcome = await self._send(batch)
+            if not outcome.delivered and outcome.state is not RetryState.REJECTED:
+                break
+            self.spill.ack(spilled)
+            own = self._own_pending.pop(batch.id, None) is not None
+            if outcome.delivered:
+                self.replayed += n
+                sent += n
+                if own:
+                    self.written += n
+            else:
+                self.spill.append(batch.id, batch.rows, reason="rejected on replay", permanent=True)
+                if own:  # an earlier process's records were never accepted here
+                    self.dropped_permanent += n
+            await asyncio.sleep(0)
         return sent

@@ -20,9 +20,11 @@ import enum
 import random
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ConfigError, InternalError
+from ..config import check_int, check_number
+from ..errors import InternalError
 
 __all__ = (
     "DEFAULT_POLICY",
@@ -59,26 +61,26 @@ _MOVES: dict[RetryState, frozenset[RetryState]] = {
 }
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Verdict:
-    """A sink's judgement of an error: retry it (maybe after a server-given delay) or not."""
+    """A sink's judgement of an error: retry it (maybe after a server-given delay) or not.
 
-    __slots__ = ("reason", "retry_after", "retryable")
+    :ivar retryable: whether another attempt may succeed.
+    :ivar retry_after: seconds the server asked to wait before the next attempt, or None for
+        the policy's backoff.
+    :ivar reason: a short name for the error, for logs (an exception class, an SQLSTATE, ...).
+    """
 
-    def __init__(self, retryable: bool, retry_after: float | None = None, reason: str = "") -> None:
-        self.retryable = retryable
-        self.retry_after = retry_after
-        self.reason = reason
-
-    def __repr__(self) -> str:
-        kind = "retryable" if self.retryable else "permanent"
-        return f"Verdict({kind}, retry_after={self.retry_after!r}, reason={self.reason!r})"
+    retryable: bool
+    retry_after: float | None = None
+    reason: str = ""
 
 
 def classify_default(exc: BaseException) -> Verdict:
     """For sinks without a classifier: network trouble and time-outs are retryable, the rest not."""
     if isinstance(exc, (ConnectionError, TimeoutError, asyncio.TimeoutError, OSError)):
-        return Verdict(True, reason=type(exc).__name__)
-    return Verdict(False, reason=type(exc).__name__)
+        return Verdict(retryable=True, reason=type(exc).__name__)
+    return Verdict(retryable=False, reason=type(exc).__name__)
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -100,44 +102,33 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - current)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RetryPolicy:
-    """How a batch is retried: attempts, capped exponential backoff, jitter, a deadline."""
+    """How a batch is retried: attempts, capped exponential backoff, jitter, a deadline.
 
-    __slots__ = ("base_delay", "deadline", "jitter", "max_attempts", "max_delay", "multiplier")
+    :ivar max_attempts: attempts in all, the first included.
+    :ivar base_delay: seconds of the pause after the first failure.
+    :ivar max_delay: the longest pause, in seconds.
+    :ivar multiplier: how much each pause grows over the one before.
+    :ivar jitter: the share of each pause drawn at random (0: none, 1: all of it).
+    :ivar deadline: seconds from the first attempt after which no pause is started.
+    """
 
-    def __init__(
-        self,
-        *,
-        max_attempts: int = 5,
-        base_delay: float = 0.2,
-        max_delay: float = 10.0,
-        multiplier: float = 2.0,
-        jitter: float = 0.5,
-        deadline: float = 30.0,
-    ) -> None:
-        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
-            raise ConfigError("max_attempts", max_attempts, "expected an integer >= 1")
-        for field, value in (
-            ("base_delay", base_delay),
-            ("max_delay", max_delay),
-            ("deadline", deadline),
-        ):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ConfigError(field, value, "expected a number >= 0")
-        if (
-            isinstance(multiplier, bool)
-            or not isinstance(multiplier, (int, float))
-            or multiplier < 1
-        ):
-            raise ConfigError("multiplier", multiplier, "expected a number >= 1")
-        if isinstance(jitter, bool) or not isinstance(jitter, (int, float)) or not 0 <= jitter <= 1:
-            raise ConfigError("jitter", jitter, "expected a number from 0 to 1")
-        self.max_attempts = max_attempts
-        self.base_delay = float(base_delay)
-        self.max_delay = float(max_delay)
-        self.multiplier = float(multiplier)
-        self.jitter = float(jitter)
-        self.deadline = float(deadline)
+    max_attempts: int = 5
+    base_delay: float = 0.2
+    max_delay: float = 10.0
+    multiplier: float = 2.0
+    jitter: float = 0.5
+    deadline: float = 30.0
+
+    def __post_init__(self) -> None:
+        put = object.__setattr__  # frozen: the values are stored as floats this way
+        check_int("max_attempts", self.max_attempts, 1)
+        put(self, "base_delay", check_number("base_delay", self.base_delay, 0))
+        put(self, "max_delay", check_number("max_delay", self.max_delay, 0))
+        put(self, "deadline", check_number("deadline", self.deadline, 0))
+        put(self, "multiplier", check_number("multiplier", self.multiplier, 1))
+        put(self, "jitter", check_number("jitter", self.jitter, 0, 1))
 
     def delay(self, failures: int, rng: random.Random) -> float:
         """The pause after the ``failures``-th failure; ``jitter`` of it is randomised downwards."""
@@ -145,38 +136,29 @@ class RetryPolicy:
         # Jitter spreads the retries of many processes hit by the same outage.
         return raw * (1.0 - self.jitter * rng.random())
 
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__)
-        return f"RetryPolicy({fields})"
-
 
 DEFAULT_POLICY = RetryPolicy()
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Outcome:
-    """How a delivery ended: final state, attempts made, the last error and its verdict."""
+    """How a delivery ended.
 
-    __slots__ = ("attempts", "error", "state", "verdict")
+    :ivar state: the final state: SUCCEEDED, EXHAUSTED or REJECTED.
+    :ivar attempts: attempts made.
+    :ivar error: the last attempt's error, or None if it succeeded.
+    :ivar verdict: the classifier's verdict on that error, or None if it succeeded.
+    """
 
-    def __init__(
-        self,
-        state: RetryState,
-        attempts: int,
-        error: BaseException | None,
-        verdict: Verdict | None,
-    ) -> None:
-        self.state = state
-        self.attempts = attempts
-        self.error = error
-        self.verdict = verdict
+    state: RetryState
+    attempts: int
+    error: BaseException | None = None
+    verdict: Verdict | None = None
 
     @property
     def delivered(self) -> bool:
         """Whether the sink took the batch."""
         return self.state is RetryState.SUCCEEDED
-
-    def __repr__(self) -> str:
-        return f"Outcome({self.state.name}, attempts={self.attempts}, error={self.error!r})"
 
 
 class Retry:
@@ -221,10 +203,14 @@ class Retry:
                 verdict = classify(exc)
                 if not verdict.retryable:
                     self._set_state(RetryState.REJECTED)
-                    return Outcome(self.state, self.attempts, exc, verdict)
+                    return Outcome(
+                        state=self.state, attempts=self.attempts, error=exc, verdict=verdict
+                    )
                 if self.attempts >= self.policy.max_attempts:
                     self._set_state(RetryState.EXHAUSTED)
-                    return Outcome(self.state, self.attempts, exc, verdict)
+                    return Outcome(
+                        state=self.state, attempts=self.attempts, error=exc, verdict=verdict
+                    )
                 pause = (
                     verdict.retry_after
                     if verdict.retry_after is not None
@@ -232,9 +218,11 @@ class Retry:
                 )
                 if self._clock() + pause > deadline:
                     self._set_state(RetryState.EXHAUSTED)
-                    return Outcome(self.state, self.attempts, exc, verdict)
+                    return Outcome(
+                        state=self.state, attempts=self.attempts, error=exc, verdict=verdict
+                    )
                 self._set_state(RetryState.BACKING_OFF)
                 await self._sleep(pause)
                 continue
             self._set_state(RetryState.SUCCEEDED)
-            return Outcome(self.state, self.attempts, None, None)
+            return Outcome(state=self.state, attempts=self.attempts)

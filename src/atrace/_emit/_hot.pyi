@@ -57,7 +57,7 @@ class Span:
     def _begin(self, parent: Any) -> None: ...
     def _end(self, exc: BaseException | None) -> None: ...
     def _record(self) -> tuple[Any, ...]: ...
-    def _start_record(self) -> tuple[Any, ...]: ...
+    def start_record(self) -> tuple[Any, ...]: ...
     def __enter__(self) -> Span: ...
     def __exit__(
         self,
@@ -90,10 +90,21 @@ def _level(
     extra: Mapping[str, Any] | None = None,
     **attrs: Any,
 ) -> None: ...
+def exception(
+    msg: Any,
+    /,
+    *,
+    exc_info: Any = True,
+    exception: BaseException | None = None,
+    error_message: str | None = None,
+    stack_trace: str | None = None,
+    module: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+    **attrs: Any,
+) -> None: ...
 
 debug = _level
 info = _level
 warning = _level
 error = _level
-exception = _level
 critical = _level

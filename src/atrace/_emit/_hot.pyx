@@ -310,7 +310,7 @@ cdef class Span:
             self.location,
         )
 
-    def _start_record(self):
+    def start_record(self):
         """The start row of a span still running: it makes a long span visible before it ends."""
         return (
             1,

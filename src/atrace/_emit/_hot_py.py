@@ -36,14 +36,27 @@ __all__ = (
 _time_ns = time.time_ns
 _getframe = sys._getframe
 get_current = current.get
-set_current = current.set
+_set = current.set
+
+
+def set_current(value: Any) -> Any:
+    """Make ``value`` the current span of this context; the token resets it."""
+    return _set(value)
+
+
 _reset = current.reset
 
 # One private generator: uuid4()/os.urandom cost a syscall per id, and the module-level `random`
 # instance may be reseeded by user code. Reseeded after fork so parent and child never share ids.
 _rng = random.Random()
 _getrandbits = _rng.getrandbits
-reseed = _rng.seed
+
+
+def reseed() -> None:
+    """Fresh random state (at import, and in the child after fork)."""
+    _rng.seed()
+
+
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=reseed)
 
@@ -80,7 +93,7 @@ def reset_current(token: Any, parent: Any) -> None:
     try:
         _reset(token)
     except ValueError:
-        set_current(parent)
+        _set(parent)
 
 
 class Span:
@@ -184,7 +197,7 @@ class Span:
             self.location,
         )
 
-    def _start_record(self) -> tuple[Any, ...]:
+    def start_record(self) -> tuple[Any, ...]:
         """The start row of a span still running: it makes a long span visible before it ends."""
         return (
             1,
@@ -206,7 +219,7 @@ class Span:
     def __enter__(self) -> Span:
         parent = get_current() or self._parent
         self._begin(parent)
-        self._token = set_current(self)
+        self._token = _set(self)
         return self
 
     def __exit__(
@@ -332,16 +345,6 @@ def _level_function(level: int, name: str, default_exc_info: bool = False) -> Ca
         "explicit text; ``module=`` names the logger; ``extra=`` is merged into the attributes."
     )
     return log
-
-
-debug = _level_function(10, "debug")
-info = _level_function(20, "info")
-warning = _level_function(30, "warning")
-warn = warning
-error = _level_function(40, "error")
-exception = _level_function(40, "exception", default_exc_info=True)
-critical = _level_function(50, "critical")
-fatal = critical
 
 
 debug = _level_function(10, "debug")

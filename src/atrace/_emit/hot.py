@@ -1,7 +1,8 @@
-"""Picks the emit hot path that runs: the compiled one, or its pure-Python twin."""
+"""The emit hot path that runs: the compiled ``_hot``, or its pure-Python twin ``_hot_py``."""
 
-import os
 import typing
+
+from .. import _speedups
 
 __all__ = (
     "IMPLEMENTATION",
@@ -20,10 +21,8 @@ __all__ = (
     "warning",
 )
 
-# The same switch as the ring's: an empty value means unset, and "0" means off.
-_FORCE_TWIN = os.environ.get("ATRACE_PUREPYTHON", "") not in ("", "0")
-
 if typing.TYPE_CHECKING:
+    # The stub and the twin declare one API; the checker reads the twin's.
     from ._hot_py import (
         Span,
         critical,
@@ -41,19 +40,10 @@ if typing.TYPE_CHECKING:
     )
 
     IMPLEMENTATION: typing.Literal["cython", "python"]
-elif _FORCE_TWIN:
-    from ._hot_py import *  # noqa: F403
-    from ._hot_py import get_current, reset_current, set_current
-
-    IMPLEMENTATION = "python"
 else:
-    try:
-        from ._hot import *  # noqa: F403
-        from ._hot import get_current, reset_current, set_current
-
-        IMPLEMENTATION = "cython"
-    except ImportError:
-        from ._hot_py import *  # noqa: F403
-        from ._hot_py import get_current, reset_current, set_current
-
-        IMPLEMENTATION = "python"
+    _module, IMPLEMENTATION = _speedups.load("atrace._emit._hot", "atrace._emit._hot_py")
+    # The names the checker reads from the twin above, taken from the module that runs.
+    for _name in __all__:
+        if _name != "IMPLEMENTATION":
+            globals()[_name] = getattr(_module, _name)
+    del _name

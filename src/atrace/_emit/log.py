@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from .._pipeline.state import put_waiting
+from .._pipeline.state import put
+from .._records import LEVELS
 from ..errors import ConfigError
 from .hot import critical, debug, error, exception, info, warning
-from .runtime import runtime
 from .slow import build
 
 TYPE_CHECKING = False
@@ -23,21 +23,9 @@ __all__ = (
     "fatal",
     "info",
     "level_number",
-    "put",
     "warn",
     "warning",
 )
-
-LEVELS = {
-    "debug": 10,
-    "info": 20,
-    "warning": 30,
-    "warn": 30,
-    "error": 40,
-    "exception": 40,
-    "critical": 50,
-    "fatal": 50,
-}
 
 warn = warning
 fatal = critical
@@ -84,13 +72,4 @@ async def amit(
         extra,
         1,
     )
-    if not runtime.block:
-        return runtime.push(record)
-    return await put_waiting(record)
-
-
-async def put(record: tuple[Any, ...]) -> bool:
-    """Buffer one record, waiting for room when the policy is ``block``."""
-    if not runtime.block:
-        return runtime.push(record)
-    return await put_waiting(record)
+    return await put(record)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping
 
+from .._pipeline.state import put
 from ..errors import ConfigError
 from .context import SpanContext, _coerce_span_id
-from .log import level_number, put
+from .log import level_number
 from .runtime import runtime
 from .slow import build
 from .span import Span, _decorate

@@ -1,3 +1,5 @@
+"""Type stub of the compiled binary COPY encoder; its API is the twin's in ``_pgcopy_py``."""
+
 from collections.abc import Callable, Sequence
 from typing import Any
 

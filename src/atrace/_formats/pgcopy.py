@@ -1,21 +1,20 @@
-"""Binary COPY encoding of rows: the compiled ``_pgcopy`` or, failing that, its twin."""
+"""Binary COPY encoding of rows that runs: the compiled ``_pgcopy``, or its twin ``_pgcopy_py``."""
 
-from __future__ import annotations
+import typing
 
-import os
+from .. import _speedups
 
 __all__ = ("HEADER", "IMPLEMENTATION", "TRAILER", "encode_rows")
 
-if os.environ.get("ATRACE_PUREPYTHON"):
+if typing.TYPE_CHECKING:
+    # The stub and the twin declare one API; the checker reads the twin's.
     from ._pgcopy_py import HEADER, TRAILER, encode_rows
 
-    IMPLEMENTATION = "python"
+    IMPLEMENTATION: typing.Literal["cython", "python"]
 else:
-    try:
-        from ._pgcopy import HEADER, TRAILER, encode_rows
-
-        IMPLEMENTATION = "cython"
-    except ImportError:
-        from ._pgcopy_py import HEADER, TRAILER, encode_rows
-
-        IMPLEMENTATION = "python"
+    _module, IMPLEMENTATION = _speedups.load(
+        "atrace._formats._pgcopy", "atrace._formats._pgcopy_py"
+    )
+    HEADER = _module.HEADER
+    TRAILER = _module.TRAILER
+    encode_rows = _module.encode_rows

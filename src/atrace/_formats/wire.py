@@ -41,15 +41,13 @@ import uuid
 from collections.abc import Callable, Sequence
 from itertools import chain, compress, repeat
 from operator import is_
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
 import orjson
 
-from .._pipeline.encode import COLUMNS, Row, sanitize_text, sanitize_value
+from .._pipeline.sanitize import sanitize_text, sanitize_value
+from .._records import COLUMNS, MAX_LEVEL, Batch, Kind, Level, Row, Status
 from ..errors import MissingExtraError, WireError
-
-if TYPE_CHECKING:
-    from ..sinks import Batch
 
 _msgpack: Any
 try:
@@ -81,7 +79,7 @@ _MEDIA_TYPES = {
 _ENVELOPE = frozenset({"v", "batch", "columns", "rows"})
 REQUIRED_COLUMNS = frozenset({"ts", "kind", "level", "service"})
 # A batch that left a column out: status reads as "unset", the rest as null.
-_MISSING_DEFAULT: dict[str, Any] = {"status": 0}
+_MISSING_DEFAULT: dict[str, Any] = {"status": Status.UNSET.value}
 
 # 2000-01-01 and 2200-01-01 UTC: a ts outside is a broken clock or a unit mistake (s, ms, us).
 TS_MIN_NS = 946_684_800 * 10**9
@@ -473,13 +471,13 @@ def _attrs_from_objects(name: str, col: Sequence[Any], limit: int, nul: bool) ->
 
 _CHECKS: dict[str, Callable[..., list[Any] | None]] = {
     "ts": _checked_ints(TS_MIN_NS, TS_MAX_NS, False),
-    "kind": _checked_ints(0, 3, False),
-    "level": _checked_ints(0, 100, False),
+    "kind": _checked_ints(min(Kind).value, max(Kind).value, False),
+    "level": _checked_ints(Level.NOTSET.value, MAX_LEVEL, False),
     "trace_id": _check_trace_ids,
     "span_id": _checked_ints(_I64_MIN, _I64_MAX, True),
     "parent_id": _checked_ints(_I64_MIN, _I64_MAX, True),
     "duration_ns": _checked_ints(0, _I64_MAX, True),
-    "status": _checked_ints(0, 2, False),
+    "status": _checked_ints(min(Status).value, max(Status).value, False),
     "pid": _checked_ints(0, _I32_MAX, True),
     **{name: _checked_text(limit, name != "service") for name, limit in TEXT_LIMITS.items()},
 }

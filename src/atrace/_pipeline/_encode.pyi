@@ -1,4 +1,4 @@
-"""Type stub of the compiled encoder; its twin is ``atrace._pipeline.encode.Encoder.rows_py``."""
+"""Type stub of the compiled row encoder; its API is the twin's in atrace._pipeline._encode_py."""
 
 from collections.abc import Iterable
 from typing import Any

@@ -1,8 +1,9 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
-"""Records to rows, compiled: the encoder's common case (twin: ``Encoder.rows_py`` in encode.py).
+"""Records to rows, compiled: the encoder's common case (the twin is ``_encode_py``).
 
 Every value that is not plain (non-ASCII text, NUL, oversize, odd attributes, errors) goes to the
-same Python code the twin uses, so both give identical rows.
+same Python code the twin uses (the encoder's slow paths and ``sanitize``), so both give
+identical rows.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
@@ -14,6 +15,8 @@ cdef extern from "Python.h":
     void PyObject_GC_UnTrack(object)
 
 import orjson
+
+from .sanitize import error_fields, json_default
 
 __all__ = ("encode_rows",)
 
@@ -32,9 +35,7 @@ cdef inline bint _plain(object s, Py_ssize_t limit):
 
 
 def encode_rows(encoder, records):
-    """Rows for a batch, as ``Encoder.rows_py`` makes them."""
-    from .encode import _json_default, error_fields
-
+    """Rows for a batch; a record that cannot be encoded at all becomes an error row."""
     cdef list out = []
     cdef Py_ssize_t limit = encoder.max_message_length
     cdef Py_ssize_t vlimit = encoder.max_value_length
@@ -58,7 +59,7 @@ def encode_rows(encoder, records):
                 attrs = {**g, **attrs} if attrs else g
             if attrs:
                 try:
-                    js = _dumps(attrs, _json_default, _OPTS)
+                    js = _dumps(attrs, json_default, _OPTS)
                 except Exception:
                     js = None
                 if js is None or _NUL_ESCAPE in js or len(<bytes>js) > vlimit:

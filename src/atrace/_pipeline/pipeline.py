@@ -9,6 +9,18 @@ rows and hands each batch to every sink's lane (retries, circuit breaker, spill 
 Accounting: ``accepted == written + dropped + queue_size + in_flight + spilled_pending`` at every
 moment, where ``dropped`` adds the ring's policy drops, records the spill could not hold, and
 records a sink refused for good.
+
+The pipeline's life is an explicit state machine::
+
+    IDLE ──(first record, flush request)──► RUNNING ──(stop_nowait)──► STOPPING ──► IDLE
+    IDLE ──(stop_nowait with records left: a flusher starts only to write them)──► STOPPING
+    STOPPING ──(shutdown_timeout passed: the write under way is cancelled)──► FORCED ──► IDLE
+    RUNNING ──(the flusher ended on its own: its loop was shut down)──► IDLE
+
+Time is injected (a :class:`Clock`): the flush interval, the tick between two looks at the ring,
+the retries' back-off and the breaker's reset run on it, so a test drives them with
+:class:`atrace.testing.FakeClock`. The guards against a hung sink (the write timeout, the
+shutdown deadline) stay on the loop's own time, since a hung sink hangs in real time.
 """
 
 from __future__ import annotations
@@ -16,28 +28,39 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
-import functools
+import enum
 import logging
-import re
 import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from .._delivery.breaker import CircuitBreaker
 from .._delivery.lane import SinkLane
 from .._delivery.retry import RetryPolicy
 from .._emit.runtime import runtime
+from .._records import Batch, Row
 from ..config import Config
-from ..sinks import Batch, Sink, resolve_all
+from ..errors import InternalError
+from ..sinks import Sink, resolve_all
+from ..sinks._base import SinkOptions
 from . import ring as _ring
 from .encode import Encoder
-from .state import Metrics
+from .metrics import NO_LANE, Metrics
 
-__all__ = ("DEFAULT_TICK", "ENCODE_CHUNK", "Pipeline")
+__all__ = (
+    "DEFAULT_TICK",
+    "ENCODE_CHUNK",
+    "SYSTEM_CLOCK",
+    "Clock",
+    "FlushMode",
+    "Pipeline",
+    "PipelineState",
+    "SystemClock",
+)
 
 _log = logging.getLogger("atrace")
 # Between two looks at the ring: bounds how late a size-triggered batch or a flush() starts.
@@ -51,48 +74,109 @@ DEFAULT_WRITE_TIMEOUT = 30.0
 PRESSURE = 0.8
 
 
-def _spill_key(sink: Sink) -> str:
-    key = str(getattr(sink, "spill_key", None) or getattr(sink, "name", "sink"))
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", key)[:80] or "sink"
+class Clock(Protocol):
+    """The time a pipeline runs on."""
+
+    def monotonic(self) -> float:
+        """Seconds on a clock that never goes back: intervals and deadlines."""
+
+    def perf_counter(self) -> float:
+        """Seconds at the finest resolution there is: the flush latency."""
+
+    def time_ns(self) -> int:
+        """Wall-clock nanoseconds since the epoch, the time spans start at: how long an open
+        span has run."""
+
+    async def sleep(self, seconds: float) -> None:
+        """Return once ``seconds`` have passed on :meth:`monotonic`."""
+
+
+class SystemClock:
+    """The real time."""
+
+    monotonic = staticmethod(time.monotonic)
+    perf_counter = staticmethod(time.perf_counter)
+    time_ns = staticmethod(time.time_ns)
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep on the running loop."""
+        await asyncio.sleep(seconds)
+
+
+SYSTEM_CLOCK: Clock = SystemClock()
+
+
+class PipelineState(enum.Enum):
+    """Whether a flusher runs, and what it is doing."""
+
+    IDLE = "idle"  # no flusher (not started yet, or stopped): the next record starts one
+    RUNNING = "running"  # the flusher drains the ring by size, by time and on request
+    STOPPING = "stopping"  # the flusher writes what is buffered, closes the sinks, then ends
+    FORCED = "forced"  # stopping outlasted shutdown_timeout: the write under way was cancelled
+
+
+_MOVES: dict[PipelineState, frozenset[PipelineState]] = {
+    PipelineState.IDLE: frozenset({PipelineState.RUNNING, PipelineState.STOPPING}),
+    PipelineState.RUNNING: frozenset({PipelineState.STOPPING, PipelineState.IDLE}),
+    PipelineState.STOPPING: frozenset({PipelineState.FORCED, PipelineState.IDLE}),
+    PipelineState.FORCED: frozenset({PipelineState.IDLE}),
+}
+# The states in which a flusher task or thread exists.
+_ACTIVE = frozenset({PipelineState.RUNNING, PipelineState.STOPPING, PipelineState.FORCED})
+
+
+class FlushMode(enum.Enum):
+    """How much one flush writes."""
+
+    FULL_BATCHES = "full_batches"  # whole batches only; the remainder waits (size trigger)
+    # Everything buffered, and a start row for each span open longer than one interval
+    # (the interval, flush()); a flush() waits until every write has settled.
+    EVERYTHING = "everything"
+    # Everything, a start row for every open span, and every write settled (shutdown, exit).
+    FINAL = "final"
 
 
 class Pipeline:
-    """A ring, the sinks, and the flusher that connects them."""
+    """A ring, the sinks, and the flusher that connects them.
+
+    With a ``receiver`` the pipeline has no flusher and no sinks: records wait in the ring until
+    :meth:`drain` (or a flush, stop or exit) encodes them and hands the rows to ``receiver``,
+    synchronously, in the calling thread. :func:`atrace.testing.capture` runs on one.
+    """
 
     def __init__(
         self,
         config: Config,
         *,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        clock: Clock | None = None,
         tick: float = DEFAULT_TICK,
         write_timeout: float = DEFAULT_WRITE_TIMEOUT,
+        receiver: Callable[[list[Row]], object] | None = None,
     ) -> None:
         self.config = config
         self.ring = _ring.Ring(config.capacity, config.policy)
-        self._clock = clock
-        self._sleep = sleep
+        self._clock = SYSTEM_CLOCK if clock is None else clock
         self._write_timeout = write_timeout
-        self.lanes = [self._lane(s) for s in resolve_all(config.sinks, schema=config.schema)]
-        self.encoder = Encoder(
-            service=config.service,
-            environment=config.environment,
-            host=config.host,
-            pid=config.pid,
-            attributes=config.attributes,
-            max_message_length=config.max_message_length,
-            max_value_length=config.max_value_length,
+        self._receiver = receiver
+        self._received = 0  # rows handed to the receiver
+        self._drain_lock = threading.Lock()  # keeps the receiver's rows in ring order
+        self.lanes = (
+            []
+            if receiver is not None
+            else [self._lane(s) for s in resolve_all(config.sinks, schema=config.schema)]
         )
-        self._tick = min(tick, config.flush_interval)
-        self._concurrency = max(1, min(getattr(ln.sink, "concurrency", 1) for ln in self.lanes))
+        self.encoder = Encoder.from_config(config)
+        # Between two looks at the ring (also how often emitters blocked on a full ring retry).
+        self.tick = min(tick, config.flush_interval)
+        self._concurrency = min((lane.options.concurrency for lane in self.lanes), default=1)
         # Only drop_oldest would lose records to a full ring; block makes emitters wait, and
         # drop_newest keeps the oldest by choice.
         self._spill_on_pressure = config.policy == "drop_oldest"
         self._lock = threading.Lock()
         self._requests: list[concurrent.futures.Future[bool]] = []
-        self._stopping = False
-        self._running = False
+        self._state = PipelineState.IDLE
         self._done: concurrent.futures.Future[bool] | None = None
+        self._force_timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -102,37 +186,59 @@ class Pipeline:
         self.batches = 0
         self.in_flight = 0  # records drained from the ring whose batch is not settled yet
         self._latencies: deque[float] = deque(maxlen=2048)
-        self._replays: dict[SinkLane, asyncio.Future[int]] = {}
         self._flushing: asyncio.Future[None] | None = None
         self._writing: set[asyncio.Future[None]] = set()  # deliveries under way
-        self._forced = False  # the shutdown deadline cut a flush short
         # Batches whose write was cut short by cancellation; written first at the next flush.
         self._unsent: list[Batch] = []
 
     def _lane(self, sink: Sink) -> SinkLane:
         config = self.config
+        options = SinkOptions.of(sink)
         spill = None
         if config.spill_max_bytes > 0:
             from .._delivery.spill import Spill, default_spill_dir
 
             base = Path(config.spill_dir) if config.spill_dir else default_spill_dir()
-            spill = Spill(base / _spill_key(sink), max_bytes=config.spill_max_bytes)
+            spill = Spill(base / options.spill_key, max_bytes=config.spill_max_bytes)
         return SinkLane(
             sink,
+            options,
             policy=RetryPolicy(max_attempts=config.retry_attempts, deadline=config.retry_deadline),
             breaker=CircuitBreaker(
                 failure_threshold=config.breaker_threshold,
                 reset_timeout=config.breaker_reset,
-                clock=self._clock,
+                clock=self._clock.monotonic,
             ),
             spill=spill,
             # One attempt never outlasts the batch's whole retry deadline.
             write_timeout=min(self._write_timeout, max(config.retry_deadline, 0.001)),
-            clock=self._clock,
-            sleep=self._sleep,
+            clock=self._clock.monotonic,
+            sleep=self._clock.sleep,
         )
 
+    # ---- the state machine --------------------------------------------------------------------
+
+    @property
+    def state(self) -> PipelineState:
+        """Whether a flusher runs, and what it is doing."""
+        return self._state
+
+    def _forced(self) -> bool:
+        # A method, so that the checker does not take the state for what the loop tested.
+        return self._state is PipelineState.FORCED
+
+    def _set_state(self, new: PipelineState) -> None:
+        # Called with self._lock held, from any thread.
+        if new not in _MOVES[self._state]:
+            raise InternalError(f"pipeline cannot move from {self._state.name} to {new.name}")
+        self._state = new
+
     # ---- emit side ----------------------------------------------------------------------------
+
+    @property
+    def idle_push(self) -> Callable[[Any], bool]:
+        """What emit calls push with while this pipeline is in force and no flusher runs."""
+        return self.ring.push if self._receiver is not None else self.push_starting
 
     def push_starting(self, record: tuple[Any, ...]) -> bool:
         """``runtime.push`` while no flusher runs: buffer the record, then start one."""
@@ -142,33 +248,38 @@ class Pipeline:
 
     def start(self) -> None:
         """Start the flusher on the running loop, or on a daemon thread when there is none."""
+        if self._state is not PipelineState.IDLE or self._receiver is not None:
+            return  # already running (checked again under the lock), or never runs
         with self._lock:
-            if self._running:
-                return
-            try:
-                loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-            except RuntimeError:
-                loop = None
-            if loop is not None and (loop in self._dead_loops or loop.is_closed()):
-                return  # that loop is shutting down; the exit handler writes what is left
-            self._running = True
-            self._stopping = False
-            self._forced = False
-            self._done = concurrent.futures.Future()
-            if loop is not None:
-                self._loop = loop
-                # In a context of its own: the task would otherwise inherit the span current
-                # where the first record was emitted, and link its sinks' logs to it.
-                self._task = contextvars.Context().run(
-                    loop.create_task, self._run(), name="atrace-flusher"
-                )
-            else:
-                self._thread = threading.Thread(
-                    target=self._thread_main, name="atrace-flusher", daemon=True
-                )
-                contextvars.Context().run(self._thread.start)
-            if runtime.push == self.push_starting:
-                runtime.push = self.ring.push
+            if self._state is PipelineState.IDLE:
+                self._launch(PipelineState.RUNNING)
+
+    def _launch(self, state: PipelineState) -> bool:
+        """Start a flusher in ``state`` (RUNNING, or STOPPING to write what is left and end);
+        False when this thread's loop is shutting down. Called with self._lock held."""
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is not None and (loop in self._dead_loops or loop.is_closed()):
+            return False  # that loop is shutting down; the exit handler writes what is left
+        self._set_state(state)
+        self._done = concurrent.futures.Future()
+        if loop is not None:
+            self._loop = loop
+            # In a context of its own: the task would otherwise inherit the span current
+            # where the first record was emitted, and link its sinks' logs to it.
+            self._task = contextvars.Context().run(
+                loop.create_task, self._run(), name="atrace-flusher"
+            )
+        else:
+            self._thread = threading.Thread(
+                target=self._thread_main, name="atrace-flusher", daemon=True
+            )
+            contextvars.Context().run(self._thread.start)
+        if runtime.push == self.push_starting:
+            runtime.push = self.ring.push
+        return True
 
     def _thread_main(self) -> None:
         asyncio.run(self._run())
@@ -179,32 +290,33 @@ class Pipeline:
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._wake = asyncio.Event()
+        clock = self._clock
         interval = self.config.flush_interval
         batch_size = self.config.batch_size
         ring = self.ring
-        next_due = self._clock() + interval
+        next_due = clock.monotonic() + interval
         cancelled = False
         try:
             # Sinks open on their first write; what an earlier run (or process) spilled is
-            # sent in the background.
-            self._start_replays()
-            while not self._stopping:
+            # sent in the background (not by a flusher started only to write what is left).
+            if self._state is PipelineState.RUNNING:
+                self._start_replays()
+            while self._state is PipelineState.RUNNING:
                 if len(ring) < batch_size:
                     await self._idle()  # a backlog of full batches is written without pause
-                    if self._stopping:
+                    if self._state is not PipelineState.RUNNING:
                         break
                 else:
                     await asyncio.sleep(0)  # still let the application's tasks run
-                now = self._clock()
+                now = clock.monotonic()
                 due = now >= next_due
                 if due or self._requests or len(ring) >= batch_size:
-                    self._flushing = asyncio.ensure_future(
-                        self._flush(everything=due or bool(self._requests))
-                    )
+                    mode = FlushMode.EVERYTHING if due or self._requests else FlushMode.FULL_BATCHES
+                    self._flushing = asyncio.ensure_future(self._flush(mode))
                     try:
                         await self._flushing
                     except asyncio.CancelledError:
-                        if not self._forced:
+                        if not self._forced():
                             raise
                         break  # the shutdown deadline passed: the final flush spills the rest
                     finally:
@@ -231,7 +343,7 @@ class Pipeline:
         wake = self._wake
         assert wake is not None
         if not wake.is_set():
-            sleeper = asyncio.ensure_future(self._sleep(self._tick))
+            sleeper = asyncio.ensure_future(self._clock.sleep(self.tick))
             waiter = asyncio.ensure_future(wake.wait())
             try:
                 await asyncio.wait((sleeper, waiter), return_when=asyncio.FIRST_COMPLETED)
@@ -249,22 +361,16 @@ class Pipeline:
         except RuntimeError:  # the loop closed in between
             pass
 
-    def _replay_done(self, lane: SinkLane, _task: asyncio.Future[int]) -> None:
-        self._replays.pop(lane, None)
-
     def _start_replays(self) -> None:
         for lane in self.lanes:
-            if lane not in self._replays and lane.has_backlog():
-                task = asyncio.ensure_future(lane.replay())
-                self._replays[lane] = task
-                task.add_done_callback(functools.partial(self._replay_done, lane))
+            lane.start_replay()
 
     async def _final_flush(self) -> None:
         deadline = self.config.shutdown_timeout
-        for task in list(self._replays.values()):
-            task.cancel()
+        for lane in self.lanes:
+            lane.stop_replay()
         try:
-            await asyncio.wait_for(self._flush(everything=True, announce_all=True), deadline)
+            await asyncio.wait_for(self._flush(FlushMode.FINAL), deadline)
         except (asyncio.TimeoutError, asyncio.CancelledError):
             _log.warning("atrace: shutdown flush did not finish within %.1fs", deadline)
         # What could not be written in time is spilled, not lost.
@@ -286,8 +392,11 @@ class Pipeline:
             self.in_flight -= len(records)
 
     def _finish(self) -> None:
+        if self._force_timer is not None:
+            self._force_timer.cancel()
+            self._force_timer = None
         with self._lock:
-            self._running = False
+            self._set_state(PipelineState.IDLE)
             self._task = None
             self._thread = None
             requests, self._requests = self._requests, []
@@ -304,31 +413,32 @@ class Pipeline:
         for lane in self.lanes:
             await lane.close()
 
-    def _announce_open_spans(self, everything: bool) -> None:
-        # A span running longer than one interval gets a start row now, so it is visible while
-        # it runs; its end then becomes a second row (kind 2) instead of one complete row.
-        cutoff = time.time_ns() - int(self.config.flush_interval * 1e9)
+    def _announce_open_spans(self, every: bool) -> None:
+        # A span running longer than one interval (any open span, when ``every``) gets a start
+        # row now, so it is visible while it runs; its end then becomes a second row (kind 2)
+        # instead of one complete row.
+        cutoff = self._clock.time_ns() - int(self.config.flush_interval * 1e9)
         push = self.ring.push
         for sp in runtime.open_spans.copy():
-            if sp.announced or (not everything and sp.start_ns > cutoff) or not sp.span_id:
+            if sp.announced or (not every and sp.start_ns > cutoff) or not sp.span_id:
                 continue
             sp.announced = True
-            push(sp._start_record())
+            push(sp.start_record())
 
-    async def _flush(self, *, everything: bool, announce_all: bool = False) -> None:
+    async def _flush(self, mode: FlushMode) -> None:
         with self._lock:
             requests, self._requests = self._requests, []
         ring = self.ring
         batch_size = self.config.batch_size
-        if everything:
-            self._announce_open_spans(announce_all)
-            target = len(ring)
-        else:
+        if mode is FlushMode.FULL_BATCHES:
             target = len(ring) // batch_size * batch_size
+        else:
+            self._announce_open_spans(every=mode is FlushMode.FINAL)
+            target = len(ring)
         # Batches are written while the next ones are encoded, so the client's encoding overlaps
         # the database's work; up to ``concurrency`` writes run at once (a sink that keeps order,
-        # like the console, allows one). Writes outlive a size-triggered flush; a flush that
-        # must be complete (interval, flush(), shutdown) waits for all of them.
+        # like the console, allows one). Writes outlive the flush that started them, except
+        # that a flush() and the last flush wait until every write has settled.
         writing = self._writing
         try:
             while self._unsent:
@@ -340,7 +450,7 @@ class Pipeline:
                 target -= len(records)
                 self.in_flight += len(records)
                 await self._dispatch(records, writing)
-            if requests or announce_all:  # a flush() or the last flush: wait for every write
+            if requests or mode is FlushMode.FINAL:  # a flush() or the last: every write settled
                 while writing:
                     await asyncio.wait(set(writing))
         except asyncio.CancelledError:
@@ -368,9 +478,7 @@ class Pipeline:
                         lane.put_aside(batch, "buffer near full while the sink lagged")
                     self.in_flight -= len(batch)
                     return
-                await asyncio.wait(
-                    set(writing), timeout=self._tick, return_when=asyncio.FIRST_COMPLETED
-                )
+                await self._wait_for_a_write(writing)
             task = asyncio.ensure_future(self._deliver(batch))
             writing.add(task)
             task.add_done_callback(writing.discard)
@@ -379,6 +487,14 @@ class Pipeline:
             # shutdown to spill.
             self._unsent.append(batch if batch is not None else Batch(self.encoder.rows(records)))
             raise
+
+    async def _wait_for_a_write(self, writing: Collection[asyncio.Future[None]]) -> None:
+        # Until a write ends or a tick passes on the clock, whichever comes first.
+        sleeper = asyncio.ensure_future(self._clock.sleep(self.tick))
+        try:
+            await asyncio.wait({sleeper, *writing}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
 
     async def _encode(self, records: list[Any]) -> Batch:
         rows: list[Any] = []
@@ -392,7 +508,8 @@ class Pipeline:
 
     async def _deliver(self, batch: Batch) -> None:
         self.batches += 1
-        began = time.perf_counter()
+        clock = self._clock
+        began = clock.perf_counter()
         try:
             for lane in self.lanes:
                 await lane.deliver(batch)
@@ -403,19 +520,42 @@ class Pipeline:
             self._unsent.append(batch)
             raise
         self.in_flight -= len(batch)
-        self._latencies.append(time.perf_counter() - began)
+        self._latencies.append(clock.perf_counter() - began)
 
     # ---- control ------------------------------------------------------------------------------
+
+    def drain(self) -> int:
+        """Encode everything buffered and hand the rows to the receiver, here and now; returns
+        how many. Only for a pipeline made with a ``receiver``."""
+        receiver = self._receiver
+        if receiver is None:
+            raise InternalError("drain() needs a pipeline with a receiver")
+        ring = self.ring
+        taken = 0
+        with self._drain_lock:
+            while len(ring):
+                records = ring.drain(len(ring))
+                if not records:
+                    break
+                rows = self.encoder.rows(records)
+                receiver(rows)
+                self._received += len(rows)
+                taken += len(rows)
+        return taken
 
     def request_flush(self) -> concurrent.futures.Future[bool]:
         """Ask for everything buffered now to be written; the future says when it was."""
         fut: concurrent.futures.Future[bool] = concurrent.futures.Future()
+        if self._receiver is not None:
+            self.drain()
+            fut.set_result(True)
+            return fut
         with self._lock:
             self._requests.append(fut)
         self.start()
         self._wake_soon()
         with self._lock:
-            if not self._running and fut in self._requests:
+            if self._state not in _ACTIVE and fut in self._requests:
                 self._requests.remove(fut)
                 fut.set_result(not len(self.ring))
         return fut
@@ -431,51 +571,65 @@ class Pipeline:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return False
-        return self._running and self._task is not None and self._loop is loop
+        return self._state in _ACTIVE and self._task is not None and self._loop is loop
 
     def stop_nowait(self) -> concurrent.futures.Future[bool]:
         """Tell the flusher to write what is buffered and stop; the future says when it has.
 
-        A write still hanging ``shutdown_timeout`` seconds later is cancelled, and what it held
-        is spilled, so that stopping never waits on a dead sink for long.
+        With no flusher running but records buffered, one starts only to write them. A write
+        still hanging ``shutdown_timeout`` seconds later is cancelled, and what it held is
+        spilled, so that stopping never waits on a dead sink for long.
         """
+        if self._receiver is not None:
+            self.drain()
         with self._lock:
-            already = self._stopping
-            self._stopping = True
-            done = self._done
-            running = self._running
-        if running and done is not None:
+            state = self._state
+            if state is PipelineState.RUNNING:
+                self._set_state(PipelineState.STOPPING)
+            elif state is PipelineState.IDLE and self._receiver is None and len(self.ring):
+                self._launch(PipelineState.STOPPING)
+            done = self._done if self._state in _ACTIVE else None
+        if done is None:
+            fut: concurrent.futures.Future[bool] = concurrent.futures.Future()
+            fut.set_result(True)
+            return fut
+        if state is PipelineState.RUNNING:
             self._wake_soon()
             loop = self._loop
-            if not already and loop is not None and not loop.is_closed():
+            if loop is not None and not loop.is_closed():
                 try:
-                    loop.call_soon_threadsafe(self._arm_force_stop)
+                    loop.call_soon_threadsafe(self._arm_force_stop, loop)
                 except RuntimeError:
                     pass
-            return done
-        fut: concurrent.futures.Future[bool] = concurrent.futures.Future()
-        fut.set_result(True)
-        return fut
+        return done
 
-    def _arm_force_stop(self) -> None:
-        assert self._loop is not None
-        self._loop.call_later(self.config.shutdown_timeout, self._force_stop)
+    def _arm_force_stop(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._state is PipelineState.STOPPING and self._loop is loop:
+            self._force_timer = loop.call_later(self.config.shutdown_timeout, self._force_stop)
 
     def _force_stop(self) -> None:
+        self._force_timer = None
         flushing = self._flushing
-        if self._running and flushing is not None and not flushing.done():
-            self._forced = True
-            flushing.cancel()
+        with self._lock:
+            if self._state is not PipelineState.STOPPING or flushing is None or flushing.done():
+                return
+            self._set_state(PipelineState.FORCED)
+        flushing.cancel()
 
     def flush_at_exit(self, timeout: float) -> None:
         """Write what is left when the interpreter exits, whatever happened to the loop."""
-        done = self.stop_nowait()
-        thread = self._thread
-        if thread is not None:
-            try:
-                done.result(timeout)
-            except concurrent.futures.TimeoutError:
-                return
+        if self._receiver is not None:
+            self.drain()
+            return
+        # No new flusher is started here: a thread may not start once the interpreter exits.
+        if self._state in _ACTIVE:
+            done = self.stop_nowait()
+            thread = self._thread
+            if thread is not None:
+                try:
+                    done.result(timeout)
+                except concurrent.futures.TimeoutError:
+                    return
         if len(self.ring) or runtime.open_spans:
             # The flusher's loop is gone (asyncio.run returned): write on a loop of our own.
             try:
@@ -485,9 +639,9 @@ class Pipeline:
 
     async def _exit_flush(self) -> None:
         for lane in self.lanes:
-            lane.is_open = False
+            lane.abandon()
         try:
-            await self._flush(everything=True, announce_all=True)
+            await self._flush(FlushMode.FINAL)
         finally:
             self._spill_everything("not written before exit")
             await self._close_sinks()
@@ -499,10 +653,10 @@ class Pipeline:
         mean = sum(lat) / len(lat) * 1e3 if lat else 0.0
         p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e3 if lat else 0.0
         lanes = tuple(lane.stats() for lane in self.lanes)
-        first = lanes[0]
+        first = lanes[0] if lanes else NO_LANE
         return Metrics(
             accepted=ring.accepted,
-            written=first.written,
+            written=first.written + self._received,
             dropped=ring.dropped + first.dropped_spill + first.dropped_permanent,
             dropped_ring=ring.dropped,
             dropped_spill=first.dropped_spill,
@@ -523,6 +677,6 @@ class Pipeline:
             breaker_state=first.breaker_state,
             breaker_trips=first.breaker_trips,
             implementation=_ring.IMPLEMENTATION,
-            running=self._running,
+            running=self._state in _ACTIVE,
             sinks=lanes,
         )

@@ -1,28 +1,17 @@
-"""Picks the record ring that runs: the compiled one, or its pure-Python twin."""
+"""The record ring that runs: the compiled ``atrace._ring``, or its twin ``atrace._ring_py``."""
 
-import os
 import typing
+
+from .. import _speedups
 
 __all__ = ("IMPLEMENTATION", "POLICIES", "Ring")
 
-# An empty value means unset, and "0" means off, like every other ATRACE_* switch.
-_FORCE_TWIN = os.environ.get("ATRACE_PUREPYTHON", "") not in ("", "0")
-
 if typing.TYPE_CHECKING:
-    # The stub and the twin share one API, so the checker needs only one of them.
+    # The stub and the twin declare one API; the checker reads the twin's.
     from .._ring_py import POLICIES, Ring
 
     IMPLEMENTATION: typing.Literal["cython", "python"]
-elif _FORCE_TWIN:
-    from .._ring_py import POLICIES, Ring
-
-    IMPLEMENTATION = "python"
 else:
-    try:
-        from .._ring import POLICIES, Ring
-
-        IMPLEMENTATION = "cython"
-    except ImportError:
-        from .._ring_py import POLICIES, Ring
-
-        IMPLEMENTATION = "python"
+    _module, IMPLEMENTATION = _speedups.load("atrace._ring", "atrace._ring_py")
+    POLICIES = _module.POLICIES
+    Ring = _module.Ring

@@ -1,4 +1,8 @@
-"""The process-wide pipeline: configure(), flush(), shutdown(), metrics(), and their lifecycle.
+"""The global state department: the pipeline in force, configure/flush/shutdown, exit and fork.
+
+Everything process-wide that atrace holds lives in one object here; the rest of atrace (and
+:mod:`atrace.testing`) changes it only through :func:`swap`, reads it through :func:`current`,
+and picks the clock of new pipelines through :func:`use_clock`.
 
 This module stays light to import: the flusher machinery (asyncio, sinks, encoders) loads on the
 first record or the first call that needs it.
@@ -13,111 +17,98 @@ import threading
 
 from .._emit.runtime import runtime
 from ..config import Config, from_environment
+from .metrics import Metrics
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from .pipeline import Pipeline
+    from .pipeline import Clock, Pipeline
 
 __all__ = (
-    "Metrics",
     "aflush",
     "ashutdown",
     "configure",
+    "current",
     "flush",
     "get_config",
     "get_pipeline",
     "initialize",
     "metrics",
-    "put_waiting",
+    "put",
     "reset",
     "shutdown",
+    "swap",
+    "use_clock",
 )
 
 
-class Metrics:
-    """A frozen snapshot of the pipeline's counters (records unless said otherwise)."""
-
-    __slots__ = (
-        "accepted",  # handed to atrace by emit calls
-        "batches",  # batches handed to the sinks
-        "breaker_state",  # the first sink's circuit breaker: closed, open or half_open
-        "breaker_trips",  # times it opened
-        "capacity",
-        "dropped",  # dropped_ring + dropped_spill + dropped_permanent
-        "dropped_permanent",  # refused by the sink for good (kept apart on disk as rejected)
-        "dropped_ring",  # discarded by the ring's policy when full
-        "dropped_spill",  # could not be spilled: the spill was full or not writable
-        "flush_latency_mean_ms",  # time to deliver one batch to every sink
-        "flush_latency_p99_ms",
-        "high_water",  # most records the ring ever held at once
-        "implementation",  # which ring runs: "cython" or "python"
-        "in_flight",  # drained from the ring, batch not settled yet
-        "open_spans",  # entered and not yet exited
-        "queue_size",  # in the ring now
-        "replayed",  # sent from the spill (also an earlier process's)
-        "retries",  # extra attempts, in batches
-        "running",  # whether a flusher is active
-        "sink_errors",  # failed attempts, in batches, all sinks
-        "sinks",  # per-sink snapshots (atrace._delivery.lane.LaneStats)
-        "spilled",  # written to the spill by this process
-        "spilled_pending",  # of those, not replayed yet
-        "written",  # stored by the sink (directly or replayed from this process's spill)
-    )
-
-    accepted: int
-    batches: int
-    breaker_state: str
-    breaker_trips: int
-    capacity: int
-    dropped: int
-    dropped_permanent: int
-    dropped_ring: int
-    dropped_spill: int
-    flush_latency_mean_ms: float
-    flush_latency_p99_ms: float
-    high_water: int
-    implementation: str
-    in_flight: int
-    open_spans: int
-    queue_size: int
-    replayed: int
-    retries: int
-    running: bool
-    sink_errors: int
-    sinks: tuple[Any, ...]
-    spilled: int
-    spilled_pending: int
-    written: int
-
-    def __init__(self, **values: Any) -> None:
-        missing = set(self.__slots__) - values.keys()
-        if missing:
-            raise TypeError(f"Metrics needs {sorted(missing)}")
-        for key, value in values.items():
-            object.__setattr__(self, key, value)
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError("Metrics is a snapshot; call atrace.metrics() again")
-
-    def as_dict(self) -> dict[str, Any]:
-        """The snapshot as a plain dict."""
-        return {k: getattr(self, k) for k in self.__slots__}
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Metrics) and self.as_dict() == other.as_dict()
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return "Metrics(" + ", ".join(f"{k}={v!r}" for k, v in self.as_dict().items()) + ")"
+# ---- the global state department --------------------------------------------------------------
 
 
-# ---- the process-wide pipeline ----------------------------------------------------------------
+class _Department:
+    """The process-wide state: the pipeline in force, the replaced ones still writing what they
+    held, and the clock new pipelines run on."""
 
-_pipeline: Pipeline | None = None
-_global_lock = threading.RLock()
+    __slots__ = ("clock", "lock", "pipeline", "stopping")
+
+    def __init__(self) -> None:
+        self.pipeline: Pipeline | None = None  # None: unconfigured until the first record
+        # Replaced, and still writing what they held: the exit handler waits for them too.
+        self.stopping: set[Pipeline] = set()
+        self.clock: Clock | None = None  # None: the system clock
+        # Guards replacing the pipeline; reentrant: get_pipeline() swaps while holding it.
+        self.lock = threading.RLock()
+
+
+_STATE = _Department()
+# Compared with ``replacing=`` to tell "no condition" from "only if unconfigured".
+_ANY: Any = object()
+
+
+def current() -> Pipeline | None:
+    """The pipeline in force, or None while atrace is unconfigured."""
+    return _STATE.pipeline
+
+
+def swap(pipeline: Pipeline | None, *, replacing: Pipeline | None = _ANY) -> Pipeline | None:
+    """Put ``pipeline`` in force (None: unconfigured) and return the one it replaces.
+
+    The replaced pipeline is told to stop: it writes what it holds, and starts again if it is put
+    back later. With ``replacing`` the swap happens only if that pipeline is the one in force;
+    the return value says which one was.
+    """
+    with _STATE.lock:
+        old = _STATE.pipeline
+        if replacing is not _ANY and old is not replacing:
+            return old
+        _STATE.pipeline = pipeline
+        if pipeline is None:
+            runtime.push = _autoconfigure_push
+            runtime.block = False
+        else:
+            runtime.push = pipeline.idle_push
+            runtime.block = pipeline.config.policy == "block"
+    if old is not None and old is not pipeline:
+        done = old.stop_nowait()
+        if not done.done():
+            with _STATE.lock:
+                _STATE.stopping.add(old)
+            done.add_done_callback(lambda _: _stopped(old))
+    return old
+
+
+def _stopped(pipeline: Pipeline) -> None:
+    with _STATE.lock:
+        _STATE.stopping.discard(pipeline)
+
+
+def use_clock(clock: Clock | None) -> Clock | None:
+    """Make pipelines built from now on run on ``clock`` (None: the system clock); returns the
+    clock used until now."""
+    with _STATE.lock:
+        old, _STATE.clock = _STATE.clock, clock
+    return old
 
 
 def _autoconfigure_push(record: tuple[Any, ...]) -> bool:
@@ -132,31 +123,20 @@ runtime.push = _autoconfigure_push
 def _new_pipeline(config: Config) -> Pipeline:
     from .pipeline import Pipeline
 
-    return Pipeline(config)
+    return Pipeline(config, clock=_STATE.clock)
 
 
 def get_pipeline() -> Pipeline:
     """The current pipeline, configured from the environment if configure() was never called."""
-    global _pipeline
-    pipeline = _pipeline
+    pipeline = _STATE.pipeline
     if pipeline is not None:
         return pipeline
-    with _global_lock:
-        if _pipeline is None:
-            _install(_new_pipeline(Config(**from_environment())))
-        assert _pipeline is not None
-        return _pipeline
-
-
-def _install(pipeline: Pipeline) -> None:
-    global _pipeline
-    old, _pipeline = _pipeline, pipeline
-    runtime.push = pipeline.push_starting
-    runtime.block = pipeline.config.policy == "block"
-    if old is not None:
-        old.stop_nowait()
-        if len(old.ring):
-            old.start()  # it sees the stop request at once and writes what it holds
+    with _STATE.lock:
+        pipeline = _STATE.pipeline
+        if pipeline is None:
+            pipeline = _new_pipeline(Config(**from_environment()))
+            swap(pipeline)
+        return pipeline
 
 
 def configure(
@@ -214,8 +194,7 @@ def configure(
         if value is not None:
             kwargs[key] = value
     config = Config(**kwargs)
-    with _global_lock:
-        _install(_new_pipeline(config))
+    swap(_new_pipeline(config))
     return config
 
 
@@ -231,13 +210,7 @@ def get_config() -> Config:
 
 def reset() -> None:
     """Forget the configuration; buffered records are still written by the old pipeline."""
-    global _pipeline
-    with _global_lock:
-        old, _pipeline = _pipeline, None
-        runtime.push = _autoconfigure_push
-        runtime.block = False
-    if old is not None:
-        old.stop_nowait()
+    swap(None)
 
 
 def metrics() -> Metrics:
@@ -251,7 +224,7 @@ def flush(timeout: float | None = 10.0) -> bool:
     Called from a coroutine on the loop the flusher runs on, it cannot wait without blocking that
     loop: it then only requests the flush and returns False. Use ``await aflush()`` there.
     """
-    pipeline = _pipeline
+    pipeline = _STATE.pipeline
     if pipeline is None:
         return True
     import concurrent.futures
@@ -269,7 +242,7 @@ async def aflush(timeout: float | None = 10.0) -> bool:
     """Write everything buffered so far; True when it was written within ``timeout`` seconds."""
     import asyncio
 
-    pipeline = _pipeline
+    pipeline = _STATE.pipeline
     if pipeline is None:
         return True
     fut = pipeline.request_flush()
@@ -286,7 +259,7 @@ async def ashutdown(timeout: float | None = None) -> bool:
     """
     import asyncio
 
-    pipeline = _pipeline
+    pipeline = _STATE.pipeline
     if pipeline is None:
         return True
     if timeout is None:
@@ -300,7 +273,7 @@ async def ashutdown(timeout: float | None = None) -> bool:
 
 def shutdown(timeout: float | None = None) -> bool:
     """Blocking form of :func:`ashutdown` for code without a running loop."""
-    pipeline = _pipeline
+    pipeline = _STATE.pipeline
     if pipeline is None:
         return True
     if timeout is None:
@@ -323,8 +296,14 @@ def shutdown(timeout: float | None = None) -> bool:
     return True
 
 
-async def put_waiting(record: tuple[Any, ...]) -> bool:
-    """Buffer a record; under the ``block`` policy wait for room (anyio) instead of dropping."""
+async def put(record: tuple[Any, ...]) -> bool:
+    """Buffer a record; under the ``block`` policy wait for room (anyio) instead of dropping.
+
+    What ``await atrace.amit()`` and ``await Tracer.amit()`` end with. Returns True when the
+    record was buffered (False only when it was dropped by policy).
+    """
+    if not runtime.block:
+        return runtime.push(record)
     pipeline = get_pipeline()
     if pipeline.config.policy != "block":
         return runtime.push(record)
@@ -338,38 +317,41 @@ async def put_waiting(record: tuple[Any, ...]) -> bool:
     while not ring.try_push(record):
         pipeline.request_flush()
         await anyio.sleep(delay)
-        delay = min(delay * 2, pipeline._tick)
+        delay = min(delay * 2, pipeline.tick)
     return True
 
 
 @atexit.register
 def _at_exit() -> None:
-    pipeline = _pipeline
-    if pipeline is not None:
-        pipeline.flush_at_exit(pipeline.config.shutdown_timeout)
+    with _STATE.lock:
+        # One that was replaced and then put back (by a capture) is in both places.
+        pipelines = dict.fromkeys([*_STATE.stopping, _STATE.pipeline])
+    for pipeline in pipelines:
+        if pipeline is not None:
+            pipeline.flush_at_exit(pipeline.config.shutdown_timeout)
 
 
 def _after_fork_in_child() -> None:
-    # The child must not share the parent's buffer, flusher thread, connections or locks.
-    global _pipeline, _global_lock
-    _global_lock = threading.RLock()
+    # The child must not share the parent's buffer, flusher thread, connections or locks: the
+    # parent's pipeline is dropped, not stopped (its flusher does not exist here).
+    _STATE.lock = threading.RLock()
+    _STATE.stopping.clear()
     runtime.open_spans.clear()
-    old = _pipeline
-    _pipeline = None
+    old, _STATE.pipeline = _STATE.pipeline, None
     runtime.push = _autoconfigure_push
+    runtime.block = False
     if old is not None:
         _install_child(old.config)
 
 
 def _install_child(config: Config) -> None:
-    global _pipeline
-    _pipeline = _new_pipeline(config.replace())
-    runtime.push = _pipeline.push_starting
+    pipeline = _new_pipeline(config.replace())
+    swap(pipeline)
     mp_util = sys.modules.get("multiprocessing.util")
     if mp_util is not None:
         # A multiprocessing child ends with os._exit(), past atexit: flush in its finalizers.
         # They are cleared when the child starts, so register once its after-fork hooks run.
-        mp_util.register_after_fork(_pipeline, _finalize_in_mp_child)
+        mp_util.register_after_fork(pipeline, _finalize_in_mp_child)
 
 
 def _finalize_in_mp_child(_pipeline: object) -> None:

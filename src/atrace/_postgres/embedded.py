@@ -16,11 +16,11 @@ from typing import Any
 
 import platformdirs
 
+from ..config import env
 from ..errors import ConfigError, MissingExtraError
 
 __all__ = ("data_dir", "embedded_dsn", "release_embedded")
 
-DATA_DIR_ENV = "ATRACE_DATA_DIR"
 ROOT_DATA_DIR = pathlib.Path("/var/lib/atrace")
 
 # pgserver hands the socket dir (the data dir) to pg_ctl's -o, which goes through /bin/sh
@@ -35,8 +35,8 @@ _lock = threading.Lock()
 
 def data_dir() -> pathlib.Path:
     """Return the directory atrace keeps its own data in (the embedded database lives below it)."""
-    configured = os.environ.get(DATA_DIR_ENV, "")
-    if configured:
+    configured = env("ATRACE_DATA_DIR")
+    if configured is not None:
         return pathlib.Path(configured).expanduser()
     if sys.platform != "win32" and os.geteuid() == 0:
         # As root, pgserver runs PostgreSQL as its own system user and widens the permissions of
@@ -60,12 +60,12 @@ def embedded_dsn(data: pathlib.Path | None = None) -> str:
     """
     pgdata = _pgdata(data)
     if sys.platform != "win32" and _SHELL_UNSAFE.search(str(pgdata)):
-        field = "data" if data is not None else DATA_DIR_ENV
+        field = "data" if data is not None else "ATRACE_DATA_DIR"
         raise ConfigError(
             field,
             str(pgdata.parent),
             "the embedded PostgreSQL cannot start in a path with spaces, quotes or shell"
-            f" characters; set {DATA_DIR_ENV} to a plain path",
+            " characters; set ATRACE_DATA_DIR to a plain path",
         )
     with _lock:
         server = _servers.get(pgdata)

@@ -63,11 +63,11 @@ async def _db_init(dsn: str, schema: str, text_index: bool = False) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``atrace`` console script."""
     args = _parser().parse_args(argv)
-    from ..config import Config
+    from ..config import check_schema
     from ..errors import AtraceError
 
     try:
-        Config(schema=_schema(args))
+        check_schema(_schema(args))
         if args.command == "demo":
             from ._demo import run_demo
 

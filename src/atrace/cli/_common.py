@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import os
+
+from ..config import DEFAULT_SCHEMA, env
 
 
 def _dsn(args: argparse.Namespace) -> str | None:
-    return args.dsn or os.environ.get("ATRACE_DSN") or None
+    return args.dsn or env("ATRACE_DSN")
 
 
 def _schema(args: argparse.Namespace) -> str:
-    from ..config import DEFAULT_SCHEMA
-
-    return str(args.schema or os.environ.get("ATRACE_SCHEMA") or DEFAULT_SCHEMA)
+    return str(args.schema or env("ATRACE_SCHEMA") or DEFAULT_SCHEMA)
 
 
 def _add_db_options(p: argparse.ArgumentParser) -> None:
@@ -21,7 +20,9 @@ def _add_db_options(p: argparse.ArgumentParser) -> None:
         "--dsn", help="PostgreSQL DSN (default: $ATRACE_DSN, else the embedded database)"
     )
     p.add_argument(
-        "--schema", default=os.environ.get("ATRACE_SCHEMA") or "atrace", help="schema name"
+        "--schema",
+        default=env("ATRACE_SCHEMA") or DEFAULT_SCHEMA,
+        help="schema name (default: $ATRACE_SCHEMA, else atrace)",
     )
 
 

@@ -10,9 +10,8 @@ from typing import Any
 
 import atrace
 
-from .._pipeline.encode import COLUMNS
-from ..sinks import Batch
-from ..sinks.postgres import connection_init
+from .._postgres.session import connection_init
+from .._records import COLUMNS, KIND, LEVEL, TRACE_ID, Batch, Kind, Level
 
 __all__ = ("run_demo",)
 
@@ -89,7 +88,7 @@ async def _read_back(dsn: str, schema: str, trace_ids: list[str]) -> list[tuple[
     out = []
     for r in rows:
         values = list(r)
-        values[3] = values[3].hex if values[3] is not None else None
+        values[TRACE_ID] = values[TRACE_ID].hex if values[TRACE_ID] is not None else None
         out.append(tuple(values))
     return out
 
@@ -115,15 +114,16 @@ async def _main(dsn: str, schema: str, requests: int) -> int:
     await console.open()
     await console.write(Batch(rows))
     await console.close()
-    spans = sum(1 for r in rows if r[1] in (2, 3))
-    logs = sum(1 for r in rows if r[1] == 0)
-    errors = sum(1 for r in rows if r[2] >= 40)
+    spans = sum(1 for r in rows if r[KIND] in (Kind.SPAN_END, Kind.SPAN))
+    logs = sum(1 for r in rows if r[KIND] == Kind.LOG)
+    errors = sum(1 for r in rows if r[LEVEL] >= Level.ERROR)
+    traces = len({r[TRACE_ID] for r in rows})
     print(
-        f"{len(set(r[3] for r in rows))} traces, {spans} spans, {logs} logs, {errors} errors "
+        f"{traces} traces, {spans} spans, {logs} logs, {errors} errors "
         f"read back from {schema}.records in {elapsed * 1000:.0f} ms "
         f"(ring: {m.implementation}, {m.written} records written)"
     )
-    failed = next((r[3] for r in rows if r[2] >= 40 and r[3]), None)
+    failed = next((r[TRACE_ID] for r in rows if r[LEVEL] >= Level.ERROR and r[TRACE_ID]), None)
     where = "" if schema == "atrace" else f" --schema {schema}"
     print(
         f"look again: atrace traces{where} · atrace errors{where}"

@@ -90,12 +90,12 @@ def _spill_dir(args: argparse.Namespace) -> Path:
 
 def _destination(args: argparse.Namespace) -> tuple[Sink, str]:
     """The sink that --dsn/--schema name, and its spill key (the flusher's directory name)."""
-    from .._pipeline.pipeline import _spill_key
     from ..sinks import resolve
+    from ..sinks._base import SinkOptions
 
     # Without a DSN the pipeline writes to the embedded database; so does its spill.
     sink = resolve(_dsn(args) or "embedded", schema=_schema(args))
-    return sink, _spill_key(sink)
+    return sink, SinkOptions.of(sink).spill_key
 
 
 def _selected(args: argparse.Namespace) -> list[Path]:

@@ -10,16 +10,31 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from .._records import KIND_NAMES, STATUS_NAMES, Kind, Level, Status, level_name
+from ..config import DEFAULT_SCHEMA, env
+
 __all__ = ("add_view_parsers", "run_view")
 
-LEVEL_NAMES = {10: "DEBUG", 20: "INFO", 30: "WARNING", 40: "ERROR", 50: "CRITICAL"}
-LEVEL_STYLES = {10: "dim", 20: "cyan", 30: "yellow", 40: "red", 50: "bold red"}
+LEVEL_STYLES: dict[int, str] = {
+    Level.DEBUG: "dim",
+    Level.INFO: "cyan",
+    Level.WARNING: "yellow",
+    Level.ERROR: "red",
+    Level.CRITICAL: "bold red",
+}
+STATUS_MARKS: dict[int | None, str] = {
+    Status.UNSET: f"[dim]· {STATUS_NAMES[Status.UNSET]}[/]",
+    Status.OK: f"[green]✓ {STATUS_NAMES[Status.OK]}[/]",
+    Status.ERROR: f"[red]✗ {STATUS_NAMES[Status.ERROR]}[/]",
+}
+# Records arrive as the API's JSON, where kinds are names.
+_LOG = KIND_NAMES[Kind.LOG]
+_SPAN_START = KIND_NAMES[Kind.SPAN_START]
 # Exit codes: 0 done, 1 nothing found (show), 2 bad arguments, 3 source unreachable.
 EXIT_NOT_FOUND = 1
 EXIT_UNREACHABLE = 3
@@ -42,7 +57,7 @@ class _DbSource:
     async def __aenter__(self) -> _DbSource:
         import asyncpg
 
-        from ..sinks.postgres import connection_init
+        from .._postgres.session import connection_init
 
         try:
             self.conn = await asyncpg.connect(self.dsn, timeout=10)
@@ -200,11 +215,11 @@ def _fmt_time(ts: int) -> str:
 
 
 def _status(code: int | None) -> str:
-    return {2: "[red]✗ error[/]", 1: "[green]✓ ok[/]"}.get(code or 0, "[dim]· unset[/]")
+    return STATUS_MARKS.get(code, STATUS_MARKS[Status.UNSET])
 
 
 def _level(level: int) -> str:
-    name = LEVEL_NAMES.get(level, str(level))
+    name = level_name(level).upper()
     return f"[{LEVEL_STYLES.get(level, 'white')}]{name:<8}[/]"
 
 
@@ -257,7 +272,7 @@ async def _traces_view(src: Any, args: argparse.Namespace) -> int:
     for col in ("count", "errors", "last seen", "p50", "p95"):
         table.add_column(col, justify="left" if col == "last seen" else "right", no_wrap=True)
     for s in data["spans"]:
-        mark = "[red]✗[/]" if s["last_status"] == 2 else "[green]✓[/]"
+        mark = "[red]✗[/]" if s["last_status"] == Status.ERROR else "[green]✓[/]"
         table.add_row(
             _escape(s["service"]),
             f"{mark} {_escape(s['name'])}",
@@ -371,12 +386,12 @@ def _print_record(con: Any, rec: dict[str, Any], as_json: bool) -> None:
     if as_json:
         _dump(rec)
         return
-    if rec["kind"] == "log":
+    if rec["kind"] == _LOG:
         what = _escape(rec["message"] or "")
         lvl = _level(rec["level"])
     else:
         what = f"[bold]{_escape(rec['name'] or '')}[/] {_fmt_duration(rec['duration_ns'])}"
-        lvl = _status(rec["status"]) if rec["kind"] != "span_start" else "[yellow]▶ start[/]"
+        lvl = _status(rec["status"]) if rec["kind"] != _SPAN_START else "[yellow]▶ start[/]"
     line = f"[dim]{_fmt_time(rec['ts'])}[/] {lvl} [blue]{_escape(rec['service'])}[/] {what}"
     extra = _attrs_text(rec.get("attrs"), 100)
     if extra:
@@ -448,11 +463,11 @@ def _add_source_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dsn", help="PostgreSQL DSN (default: $ATRACE_DSN, else the embedded database)"
     )
-    p.add_argument("--schema", default=os.environ.get("ATRACE_SCHEMA") or "atrace")
+    p.add_argument("--schema", default=env("ATRACE_SCHEMA") or DEFAULT_SCHEMA)
     p.add_argument("--project", default="default", help="project to read (with --dsn)")
     p.add_argument(
         "--url",
-        default=os.environ.get("ATRACE_URL") or None,
+        default=env("ATRACE_URL"),
         help="a collector's base URL instead of the database ($ATRACE_URL)",
     )
     p.add_argument("--api-key", default=None, help="the collector's API key ($ATRACE_API_KEY)")
@@ -495,7 +510,7 @@ def run_view(args: argparse.Namespace, resolve_dsn: Any) -> int:
     async def main() -> int:
         src: Any
         if args.url:
-            src = _UrlSource(args.url, args.api_key or os.environ.get("ATRACE_API_KEY"))
+            src = _UrlSource(args.url, args.api_key or env("ATRACE_API_KEY"))
         else:
             src = _DbSource(resolve_dsn(args), args.schema, args.project)
         async with src:

@@ -2,28 +2,24 @@
 
 Every route answers for the project of the request's API key (``request[PROJECT]``, set by the
 auth middleware) and nothing else. Errors are JSON ``{"error": ..., "field": ...}``: 400 for a
-parameter atrace cannot accept, 404 for a trace the project does not have, 503 while the
-database cannot be reached.
+parameter atrace cannot accept (:class:`~atrace.errors.QueryError`), 404 for a trace the project
+does not have, 503 while the database cannot be reached; the application's error middleware
+turns the exceptions into those answers.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from ..errors import ConfigError
-from ..sinks.postgres import classify
+from ..errors import TailClosed
 from . import _query as query
 from ._state import POOL, PROJECT, SCHEMA, TAIL
-from ._tail import TailClosed
 
 __all__ = ("add_query_routes",)
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Parameters the live tail ignores rather than refuses: a client may reuse its search filters.
 _TAIL_IGNORED = frozenset(("since", "until", "limit", "cursor"))
@@ -32,13 +28,13 @@ _TAIL_IGNORED = frozenset(("since", "until", "limit", "cursor"))
 def add_query_routes(app: web.Application) -> None:
     """Register ``GET /v1/search``, ``/v1/traces/{trace_id}``, ``/v1/stats``, ``/v1/errors``
     and ``/v1/tail`` on ``app``, and end live tails when the application shuts down."""
-    app.router.add_get("/v1/search", _guard(_search))
-    app.router.add_get("/v1/traces/{trace_id}", _guard(_trace))
-    app.router.add_get("/v1/stats", _guard(_stats))
-    app.router.add_get("/v1/spans", _guard(_spans))
-    app.router.add_get("/v1/errors", _guard(_errors))
+    app.router.add_get("/v1/search", _search)
+    app.router.add_get("/v1/traces/{trace_id}", _trace)
+    app.router.add_get("/v1/stats", _stats)
+    app.router.add_get("/v1/spans", _spans)
+    app.router.add_get("/v1/errors", _errors)
     # No HEAD: it would hold a subscription that can never send anything.
-    app.router.add_get("/v1/tail", _guard(_tail), allow_head=False)
+    app.router.add_get("/v1/tail", _tail, allow_head=False)
     app.on_shutdown.append(_end_tails)
 
 
@@ -50,23 +46,6 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 def _error(status: int, message: str, **extra: Any) -> web.Response:
     return _json({"error": message, **extra}, status)
-
-
-def _guard(handler: Handler) -> Handler:
-    async def guarded(request: web.Request) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except ConfigError as exc:
-            return _error(400, str(exc), field=exc.field)
-        except Exception as exc:
-            # A lost or refused database connection: worth retrying, so 503, not 500.
-            if classify(exc).retryable:
-                response = _error(503, f"database unavailable: {type(exc).__name__}")
-                response.headers["Retry-After"] = "1"
-                return response
-            raise
-
-    return guarded
 
 
 def _where(request: web.Request) -> tuple[Any, str, str]:
@@ -111,10 +90,7 @@ async def _tail(request: web.Request) -> web.StreamResponse:
         return _error(503, "the live tail is not running")
     items = [(k, v) for k, v in request.query.items() if k not in _TAIL_IGNORED]
     filters = query.parse_filters(items, project=request[PROJECT], default_range_ns=None)
-    try:
-        sub = hub.subscribe(filters)
-    except TailClosed:
-        return _error(503, "the collector is stopping")
+    sub = hub.subscribe(filters)  # TailClosed once the collector is stopping: 503
     response = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream",

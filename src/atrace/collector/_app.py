@@ -17,10 +17,13 @@ from typing import Any
 
 from aiohttp import web
 
-from ..errors import ConfigError, WireError
-from ._auth import AuthError, KeyStore, auth_middleware
+from .._delivery.classify import classify
+from .._postgres.session import connection_init
+from ..config import check_schema
+from ..errors import AuthError, ConfigError, QueryError, TailClosed, Unavailable, WireError
+from ._auth import KeyStore, auth_middleware
 from ._ingest import add_ingest_routes
-from ._limits import DEFAULT_LIMITS, Limits, Unavailable
+from ._limits import DEFAULT_LIMITS, Limits
 from ._prometheus import CONTENT_TYPE, Metrics
 from ._state import POOL, SCHEMA, TAIL
 
@@ -38,20 +41,6 @@ _POOL_CLOSE_TIMEOUT = 10.0
 DEFAULT_SHUTDOWN_TIMEOUT = 30.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def _check_schema(schema: object) -> str:
-    if (
-        not isinstance(schema, str)
-        or not schema.isascii()
-        or not schema.isidentifier()
-        or len(schema) > 63
-        or schema != schema.lower()
-    ):
-        raise ConfigError(
-            "schema", schema, "expected a lowercase SQL identifier ([a-z_][a-z0-9_]*, at most 63)"
-        )
-    return schema
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -77,7 +66,10 @@ _REASONS = {400: "bad_request", 408: "timeout", 413: "too_large", 415: "unsuppor
 
 
 def _observe(metrics: Metrics, retry_after: int) -> Any:
-    """Turns every failure into a JSON error body with the right status, and counts requests."""
+    """The one map from exceptions to answers: each class gets its status and JSON error body
+    here, and every request is counted. No answer and no log line carries a secret: messages
+    name a key's fault, never the key, and a database failure by its class or SQLSTATE."""
+    busy = {"Retry-After": str(retry_after)}
 
     @web.middleware
     async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -91,6 +83,10 @@ def _observe(metrics: Metrics, retry_after: int) -> Any:
             metrics.error("unauthorized")
             status = 401
             return _error(401, str(exc), {"WWW-Authenticate": 'Bearer realm="atrace"'})
+        except QueryError as exc:
+            metrics.error("bad_request")
+            status = 400
+            return web.json_response({"error": str(exc), "field": exc.field}, status=400)
         except WireError as exc:
             status = exc.status
             metrics.error(_REASONS.get(status, "bad_request"))
@@ -102,7 +98,11 @@ def _observe(metrics: Metrics, retry_after: int) -> Any:
         except Unavailable as exc:
             metrics.error(f"unavailable_{exc.reason}")
             status = 503
-            return _error(503, str(exc), {"Retry-After": str(retry_after)})
+            return _error(503, str(exc), busy)
+        except TailClosed:
+            metrics.error("unavailable_stopping")
+            status = 503
+            return _error(503, "the collector is stopping")
         except web.HTTPException as exc:
             status = exc.status
             if status < 400:
@@ -112,7 +112,13 @@ def _observe(metrics: Metrics, retry_after: int) -> Any:
             if status in (408, 413):
                 response.force_close()
             return response
-        except Exception:
+        except Exception as exc:
+            verdict = classify(exc)
+            if verdict.retryable:
+                # PostgreSQL lost, restarting or out of connections: the client retries later.
+                metrics.error("unavailable_database")
+                status = 503
+                return _error(503, f"database unavailable: {verdict.reason}", busy)
             _log.exception("atrace collector: %s %s failed", request.method, request.path)
             metrics.error("internal")
             return _error(500, "internal error")
@@ -154,7 +160,6 @@ def _database(dsn: str, schema: str, limits: Limits) -> Any:
         import asyncpg
 
         from .._postgres.schema import ensure_schema
-        from ..sinks.postgres import connection_init
         from ._tail import TailHub
 
         pool = await asyncpg.create_pool(
@@ -204,7 +209,7 @@ def make_app(dsn: str, *, schema: str = "atrace", limits: Limits | None = None) 
     """
     from ._api import add_query_routes
 
-    schema = _check_schema(schema)
+    schema = check_schema(schema)
     limits = limits or DEFAULT_LIMITS
     registry = Metrics()
     keys = KeyStore(schema, ttl=limits.key_cache_ttl, pool_wait=limits.pool_wait)

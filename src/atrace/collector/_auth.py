@@ -9,7 +9,6 @@ it stops at once in this process.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import re
@@ -20,14 +19,12 @@ from typing import Any
 
 from aiohttp import web
 
-from ..errors import ConfigError
-from ._limits import Unavailable
+from ..errors import AuthError, ConfigError
 from ._state import PROJECT
 
 __all__ = (
     "KEY_PREFIX",
     "ApiKey",
-    "AuthError",
     "KeyStore",
     "auth_middleware",
     "check_project",
@@ -45,10 +42,6 @@ _PROJECT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 # Unknown key ids are remembered too (an attacker's guesses must not each cost a query), within
 # a bounded table.
 _MAX_CACHED = 10_000
-
-
-class AuthError(Exception):
-    """A request without a usable API key: answer 401."""
 
 
 class ApiKey:
@@ -160,7 +153,8 @@ class KeyStore:
     async def check(self, pool: Any, key: str | None) -> str:
         """The project of a valid, unrevoked key; else :class:`AuthError`.
 
-        PostgreSQL unreachable while the key is not cached: :class:`Unavailable`.
+        PostgreSQL unreachable while the key is not cached: asyncpg's or the OS's error, which
+        the collector answers 503 (see ``atrace._delivery.classify``).
         """
         if not key:
             raise AuthError("missing API key: send 'Authorization: Bearer KEY' or 'X-API-Key'")
@@ -181,19 +175,12 @@ class KeyStore:
         cached = self._cache.get(key_id)
         if cached is not None and cached[1] > now:
             return cached[0]
-        try:
-            async with pool.acquire(timeout=self.pool_wait) as conn:
-                row = await conn.fetchrow(
-                    f"SELECT project, secret_sha FROM {self.schema}.api_keys "
-                    "WHERE key_id = $1 AND revoked_at IS NULL",
-                    key_id,
-                )
-        except (OSError, asyncio.TimeoutError) as exc:
-            raise Unavailable(f"cannot check the API key: {exc!r}", reason="database") from exc
-        except Exception as exc:
-            if _is_connection_error(exc):
-                raise Unavailable(f"cannot check the API key: {exc!r}", reason="database") from exc
-            raise
+        async with pool.acquire(timeout=self.pool_wait) as conn:
+            row = await conn.fetchrow(
+                f"SELECT project, secret_sha FROM {self.schema}.api_keys "
+                "WHERE key_id = $1 AND revoked_at IS NULL",
+                key_id,
+            )
         entry = None if row is None else (str(row["project"]), bytes(row["secret_sha"]))
         if self.ttl > 0:
             if len(self._cache) >= _MAX_CACHED:
@@ -217,12 +204,6 @@ class KeyStore:
         result = await revoke_key(conn, self.schema, key_id)
         self.forget(parsed[0] if parsed is not None else key_id)
         return result
-
-
-def _is_connection_error(exc: BaseException) -> bool:
-    from ..sinks.postgres import classify
-
-    return classify(exc).retryable
 
 
 def request_key(request: web.Request) -> str | None:

@@ -21,11 +21,12 @@ from typing import Any
 
 from aiohttp import web
 
+from .._delivery.classify import refused_data
 from .._formats.pgcopy import HEADER, TRAILER, encode_rows
-from .._pipeline.encode import COLUMNS, Row
 from .._postgres.schema import ensure_partitions
-from ..errors import WireError
-from ._limits import Admission, Limits, Unavailable
+from .._records import COLUMNS, Row
+from ..errors import Unavailable, WireError
+from ._limits import Admission, Limits
 from ._prometheus import Metrics
 from ._state import POOL, PROJECT, TAIL
 
@@ -158,8 +159,9 @@ class Ingestor:
     async def store(self, pool: Any, project: str, batch_id: uuid.UUID, rows: list[Row]) -> bool:
         """Write ``rows`` for ``project`` once; False if the batch was stored before.
 
-        Raises :class:`Unavailable` when PostgreSQL cannot take it now (retry later) and
-        :class:`WireError` (400) when PostgreSQL refuses the data itself.
+        Raises :class:`WireError` (400) when PostgreSQL refuses the data itself,
+        :class:`Unavailable` when no connection is free within ``pool_wait``, and asyncpg's or
+        the OS's error when PostgreSQL cannot take it now (the collector answers 503 to those).
         """
         n = len(rows)
         self.admission.take(n)
@@ -183,12 +185,10 @@ class Ingestor:
                     )
                 return True
             except Exception as exc:
-                refused = _refused_data(exc)
-                if refused is not None:
-                    raise refused from exc  # rolled back; the session is fine
+                if refused_data(exc):  # rolled back; the session is fine
+                    raise WireError(f"PostgreSQL refused the records: {exc}") from exc
                 # The session is in an unknown state: drop it rather than wait on a reset.
                 _drop(conn)
-                _raise_if_unavailable(exc)
                 raise
             except BaseException:
                 _drop(conn)
@@ -205,9 +205,6 @@ class Ingestor:
             raise Unavailable(
                 f"no database connection free within {self.limits.pool_wait} s", reason="database"
             ) from exc
-        except Exception as exc:
-            _raise_if_unavailable(exc)
-            raise
 
     async def _extend_partitions(self, conn: Any) -> None:
         if self._partition_lock is None:
@@ -237,23 +234,6 @@ def _drop(conn: Any) -> None:
         conn.terminate()
     except Exception:
         pass  # a lost connection was already handed back to the pool by asyncpg
-
-
-def _refused_data(exc: BaseException) -> WireError | None:
-    """A 400 for data PostgreSQL refuses (classes 22 and 23); None for anything else."""
-    sqlstate = getattr(exc, "sqlstate", None)
-    if isinstance(sqlstate, str) and sqlstate[:2] in ("22", "23"):
-        return WireError(f"PostgreSQL refused the records: {exc}")
-    return None
-
-
-def _raise_if_unavailable(exc: BaseException) -> None:
-    """:class:`Unavailable` from ``exc`` when PostgreSQL is unreachable or overloaded."""
-    from ..sinks.postgres import classify
-
-    verdict = classify(exc)
-    if verdict.retryable:
-        raise Unavailable(f"database unavailable: {verdict.reason}", reason="database") from exc
 
 
 INGEST: web.AppKey[Ingestor] = web.AppKey("atrace_ingestor", Ingestor)

@@ -33,8 +33,26 @@ from typing import Any
 
 import orjson
 
-from .._pipeline.encode import COLUMNS
 from .._postgres.schema import tail_channel
+from .._postgres.session import connection_init
+from .._records import (
+    ATTRS,
+    COLUMNS,
+    DURATION_NS,
+    ERROR_MESSAGE,
+    ERROR_TYPE,
+    KIND,
+    LEVEL,
+    MESSAGE,
+    NAME,
+    PARENT_ID,
+    SERVICE,
+    SPAN_ID,
+    STATUS,
+    TRACE_ID,
+    TS,
+)
+from ..errors import TailClosed
 from ._query import Filters, _ns
 
 __all__ = (
@@ -61,10 +79,6 @@ _RECENT_BATCH_SECONDS = 60.0
 _MAX_PENDING = 10_000
 _MAX_FETCH = 100_000
 _RECONNECT_MAX = 30.0
-
-
-class TailClosed(Exception):
-    """The hub stopped: the subscription ends."""
 
 
 class Subscription:
@@ -208,8 +222,6 @@ class TailHub:
         if self._dsn is not None:
             import asyncpg
 
-            from ..sinks.postgres import connection_init
-
             conn = await asyncpg.connect(
                 self._dsn, server_settings={"application_name": "atrace-tail"}
             )
@@ -310,8 +322,8 @@ class TailHub:
             return
         self._counts["published_rows"] += len(rows)
         try:
-            lo = min(r[0] for r in rows) // 1000
-            hi = max(r[0] for r in rows) // 1000
+            lo = min(r[TS] for r in rows) // 1000
+            hi = max(r[TS] for r in rows) // 1000
         except TypeError:
             pass  # not integer ns: no notice will match, the row keys still deduplicate
         else:
@@ -334,7 +346,7 @@ class TailHub:
         if not subs:
             return
         for row in rows:
-            attrs = _attrs(row[14])
+            attrs = _attrs(row[ATTRS])
             # A 64-bit hash, not the key itself: 50 000 keys with their messages would be big.
             key = hash((project, *_row_key(row, attrs)))
             if key in self._recent_keys:
@@ -460,25 +472,25 @@ def _row_key(row: Sequence[Any], attrs: Any) -> tuple[Any, ...]:
     # What identifies a row on both paths: the stored microsecond and everything else a caller
     # sets. Emitting is fast enough for two records of a loop to share a microsecond and differ
     # only in their attributes, so those count too, in one form for orjson's and jsonb's text.
-    trace_id = row[3]
+    trace_id = row[TRACE_ID]
     if isinstance(trace_id, uuid.UUID):
         trace_id = trace_id.hex
     canonical = orjson.dumps(attrs, option=orjson.OPT_SORT_KEYS) if attrs else None
     return (
-        _ts_us(row[0]),
-        row[1],
-        row[2],
+        _ts_us(row[TS]),
+        row[KIND],
+        row[LEVEL],
         trace_id,
-        row[4],
-        row[5],
-        row[6],
-        row[7],
-        row[8],
-        row[12],
-        row[13],
+        row[SPAN_ID],
+        row[PARENT_ID],
+        row[DURATION_NS],
+        row[STATUS],
+        row[SERVICE],
+        row[NAME],
+        row[MESSAGE],
         canonical,
-        row[15],
-        row[16],
+        row[ERROR_TYPE],
+        row[ERROR_MESSAGE],
     )
 
 

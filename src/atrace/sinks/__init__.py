@@ -1,44 +1,15 @@
-"""Sinks: where batches go. One small protocol; ``resolve`` turns a configured spec into a sink."""
+"""Sinks: where batches go. The contract is :class:`Sink`; ``resolve`` turns a spec into a sink."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
-from .._pipeline.encode import COLUMNS, Row
+from .._records import COLUMNS, Batch
 from ..errors import ConfigError
+from ._base import Sink
 
 __all__ = ("COLUMNS", "Batch", "Sink", "resolve", "resolve_all")
-
-
-class Batch:
-    """Rows to write together, under one id: a sink that stores the id stores the batch once."""
-
-    __slots__ = ("id", "rows")
-
-    def __init__(self, rows: list[Row], batch_id: uuid.UUID | None = None) -> None:
-        self.rows = rows
-        self.id = batch_id or uuid.uuid4()
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __repr__(self) -> str:
-        return f"<Batch {self.id} of {len(self.rows)}>"
-
-
-@runtime_checkable
-class Sink(Protocol):
-    """What the flusher needs of a destination. ``open`` may be called again after ``close``."""
-
-    name: str
-
-    async def open(self) -> None: ...
-
-    async def write(self, batch: Batch) -> None: ...
-
-    async def close(self) -> None: ...
 
 
 def resolve(spec: Any, *, schema: str = "atrace") -> Sink:

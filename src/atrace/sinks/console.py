@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-import logging
 import re
 import sys
 from collections.abc import Iterable, Mapping
@@ -13,19 +12,41 @@ from typing import Any, TextIO
 import orjson
 
 from .._emit.ids import format_span_id
-from .._pipeline.encode import COLUMNS, sanitize_text, sanitize_value
+from .._pipeline.sanitize import sanitize_text, sanitize_value
+from .._records import (
+    ATTRS,
+    COLUMNS,
+    DURATION_NS,
+    ERROR_MESSAGE,
+    ERROR_TYPE,
+    KIND,
+    KIND_NAMES,
+    LEVEL,
+    MESSAGE,
+    NAME,
+    PARENT_ID,
+    SERVICE,
+    SPAN_ID,
+    STACK_TRACE,
+    STATUS,
+    TRACE_ID,
+    TS,
+    Batch,
+    Kind,
+    Level,
+    Status,
+    level_name,
+)
 from ..errors import ConfigError, MissingExtraError
-from . import Batch
 
 __all__ = ("ConsoleSink", "format_duration", "json_line")
 
 _MODES = ("auto", "tree", "json")
 _NCOLS = len(COLUMNS)
-# Positions in a row: COLUMNS fixes the order, and indexing a tuple is cheaper than a dict per row.
-_TS, _KIND, _LEVEL, _TRACE_ID, _SPAN_ID, _PARENT_ID, _DURATION, _STATUS, _SERVICE = range(9)
-_NAME, _MESSAGE, _ATTRS, _ERROR_TYPE, _ERROR_MESSAGE, _STACK_TRACE = range(12, 18)
-
-_KIND_NAMES = {0: "log", 1: "span_start", 2: "span_end", 3: "span"}
+# A tuple, not a set: a broken row's kind may be unhashable, and printing it must not fail.
+_SPAN_KINDS = (Kind.SPAN_START, Kind.SPAN_END, Kind.SPAN)
+# A span announced at its start and ended in the same batch: the two rows make one node.
+_START_AND_END = {Kind.SPAN_START, Kind.SPAN_END}
 _EPOCH = dt.datetime(1970, 1, 1)
 _I64_MIN = -(1 << 63)
 _U64_MAX = (1 << 64) - 1
@@ -34,7 +55,13 @@ _TEXT_LIMIT = 4_096
 _VALUE_LIMIT = 200
 # C0/C1 controls other than tab and newline could move the cursor or recolour the terminal.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-_LEVEL_STYLES = {10: "blue", 20: "green", 30: "yellow", 40: "red", 50: "bold red"}
+_LEVEL_STYLES: dict[int, str] = {
+    Level.DEBUG: "blue",
+    Level.INFO: "green",
+    Level.WARNING: "yellow",
+    Level.ERROR: "red",
+    Level.CRITICAL: "bold red",
+}
 
 
 def format_duration(ns: Any) -> str:
@@ -102,8 +129,7 @@ def _span_hex(value: Any) -> str | None:
 
 def _level_name(level: Any) -> str:
     if isinstance(level, int) and not isinstance(level, bool):
-        # logging's table, so that levels registered with logging.addLevelName get their names.
-        return _safe_str(logging.getLevelName(level)).lower()
+        return level_name(level)
     return _safe_str(level).lower()
 
 
@@ -123,7 +149,7 @@ def _decode_attrs(attrs: Any) -> Any:
 
 def _json_object(row: tuple[Any, ...]) -> dict[str, Any]:
     obj: dict[str, Any] = {}
-    ts = row[_TS]
+    ts = row[TS]
     text_ts = _rfc3339(ts)
     if text_ts is not None:
         obj["ts"] = text_ts
@@ -133,16 +159,16 @@ def _json_object(row: tuple[Any, ...]) -> dict[str, Any]:
         value = row[i]
         if value is None:
             continue
-        if i == _KIND:
-            value = _KIND_NAMES.get(value, value) if isinstance(value, int) else value
-        elif i == _TRACE_ID:
+        if i == KIND:
+            value = KIND_NAMES.get(value, value) if isinstance(value, int) else value
+        elif i == TRACE_ID:
             value = _trace_hex(value)
-        elif i in (_SPAN_ID, _PARENT_ID):
+        elif i in (SPAN_ID, PARENT_ID):
             value = _span_hex(value)
-        elif i == _ATTRS:
+        elif i == ATTRS:
             value = _decode_attrs(value)
         obj[COLUMNS[i]] = value
-        if i == _LEVEL:
+        if i == LEVEL:
             obj["level_name"] = _level_name(value)
     return obj
 
@@ -217,7 +243,7 @@ class _Node:
 
     def __init__(self, row: tuple[Any, ...]) -> None:
         self.row = row
-        self.ts = _sort_key(row[_TS])
+        self.ts = _sort_key(row[TS])
         self.children: list[_Node] = []
 
 
@@ -226,13 +252,13 @@ def _forest(rows: list[tuple[Any, ...]]) -> list[_Node]:
     nodes: list[_Node] = []
     spans: dict[Any, _Node] = {}
     for row in rows:
-        kind = row[_KIND]
-        sid = _hashable(row[_SPAN_ID])
-        if kind in (1, 2, 3) and sid is not None:
+        kind = row[KIND]
+        sid = _hashable(row[SPAN_ID])
+        if kind in _SPAN_KINDS and sid is not None:
             known = spans.get(sid)
-            if known is not None and {known.row[_KIND], kind} == {1, 2}:
+            if known is not None and {known.row[KIND], kind} == _START_AND_END:
                 # The end row carries the duration and outcome; the start row adds nothing.
-                if kind == 2:
+                if kind == Kind.SPAN_END:
                     known.row = row
                 continue
             node = _Node(row)
@@ -244,10 +270,10 @@ def _forest(rows: list[tuple[Any, ...]]) -> list[_Node]:
     roots: list[_Node] = []
     for node in nodes:
         row = node.row
-        if row[_KIND] == 0:
-            parent = spans.get(_hashable(row[_SPAN_ID]))
+        if row[KIND] == Kind.LOG:
+            parent = spans.get(_hashable(row[SPAN_ID]))
         else:
-            parent = spans.get(_hashable(row[_PARENT_ID]))
+            parent = spans.get(_hashable(row[PARENT_ID]))
         if parent is None or parent is node:
             roots.append(node)
         else:
@@ -403,22 +429,22 @@ class ConsoleSink:
         traces: dict[Any, list[tuple[Any, ...]]] = {}
         for raw in rows:
             row = _fields(raw)
-            trace = _hashable(_trace_hex(row[_TRACE_ID]))
+            trace = _hashable(_trace_hex(row[TRACE_ID]))
             if trace is None:
                 untraced.append(row)
             else:
                 traces.setdefault(trace, []).append(row)
-        for row in sorted(untraced, key=lambda r: _sort_key(r[_TS])):
+        for row in sorted(untraced, key=lambda r: _sort_key(r[TS])):
             self._render(Text, lines, _Node(row), None, with_time=True)
-        ordered = sorted(traces.items(), key=lambda kv: min(_sort_key(r[_TS]) for r in kv[1]))
+        ordered = sorted(traces.items(), key=lambda kv: min(_sort_key(r[TS]) for r in kv[1]))
         for trace_id, trace_rows in ordered:
-            first = min(trace_rows, key=lambda r: _sort_key(r[_TS]))
+            first = min(trace_rows, key=lambda r: _sort_key(r[TS]))
             header = Text()
             header.append("trace ", style="dim")
             header.append(_clean(trace_id), style="bold")
-            if first[_SERVICE] is not None:
-                header.append(f" {_clean(first[_SERVICE], 256)}", style="cyan")
-            clock = _clock(first[_TS])
+            if first[SERVICE] is not None:
+                header.append(f" {_clean(first[SERVICE], 256)}", style="cyan")
+            clock = _clock(first[TS])
             if clock:
                 header.append(f" {clock}", style="dim")
             lines.append(header)
@@ -469,47 +495,47 @@ class ConsoleSink:
             )
 
     def _line(self, Text: Any, row: tuple[Any, ...], with_time: bool) -> tuple[Any, list[str]]:
-        kind = row[_KIND]
+        kind = row[KIND]
         line = Text()
-        if kind in (1, 2, 3):
-            line.append(_clean(row[_NAME] if row[_NAME] is not None else "?", 1024), style="bold")
-            if kind == 1:
+        if kind in _SPAN_KINDS:
+            line.append(_clean(row[NAME] if row[NAME] is not None else "?", 1024), style="bold")
+            if kind == Kind.SPAN_START:
                 line.append(" … running", style="yellow")
             else:
-                if row[_DURATION] is not None:
-                    line.append(f" {format_duration(row[_DURATION])}", style="cyan")
-                status = row[_STATUS]
-                if status == 1:
+                if row[DURATION_NS] is not None:
+                    line.append(f" {format_duration(row[DURATION_NS])}", style="cyan")
+                status = row[STATUS]
+                if status == Status.OK:
                     line.append(" ✓", style="green")
-                elif status == 2:
+                elif status == Status.ERROR:
                     line.append(" ✗", style="bold red")
         else:
             if with_time:
-                clock = _clock(row[_TS])
+                clock = _clock(row[TS])
                 if clock:
                     line.append(f"{clock} ", style="dim")
-            level = row[_LEVEL]
+            level = row[LEVEL]
             style = _LEVEL_STYLES.get(level, "") if isinstance(level, int) else ""
             line.append(_level_name(level).upper(), style=style)
-            if row[_NAME] is not None:
-                line.append(f" {_clean(row[_NAME], 256)}", style="dim")
+            if row[NAME] is not None:
+                line.append(f" {_clean(row[NAME], 256)}", style="dim")
         # Multi-line text keeps its first line here; the rest goes under it, indented.
-        message = _clean(row[_MESSAGE]).split("\n") if row[_MESSAGE] is not None else [""]
+        message = _clean(row[MESSAGE]).split("\n") if row[MESSAGE] is not None else [""]
         if message[0]:
             line.append(f" {message[0]}")
         extra = message[1:]
-        if row[_ERROR_TYPE] is not None or row[_ERROR_MESSAGE] is not None:
-            parts = [_clean(v) for v in (row[_ERROR_TYPE], row[_ERROR_MESSAGE]) if v is not None]
+        if row[ERROR_TYPE] is not None or row[ERROR_MESSAGE] is not None:
+            parts = [_clean(v) for v in (row[ERROR_TYPE], row[ERROR_MESSAGE]) if v is not None]
             error = ": ".join(parts).split("\n")
             line.append(f" {error[0]}", style="red")
             extra.extend(error[1:])
-        if self.show_attrs and row[_ATTRS] is not None:
-            pairs = _attr_pairs(row[_ATTRS])
+        if self.show_attrs and row[ATTRS] is not None:
+            pairs = _attr_pairs(row[ATTRS])
             if pairs:
                 line.append(" " + " ".join(pairs).replace("\n", " "), style="dim")
         # A failed span's stack repeats in every span it unwound through; a log shows it once.
-        if kind == 0 and row[_STACK_TRACE] is not None:
-            extra.extend(_clean(row[_STACK_TRACE], _TEXT_LIMIT * 4).rstrip("\n").split("\n"))
+        if kind == Kind.LOG and row[STACK_TRACE] is not None:
+            extra.extend(_clean(row[STACK_TRACE], _TEXT_LIMIT * 4).rstrip("\n").split("\n"))
         return line, extra
 
 

@@ -7,27 +7,27 @@ specification says; the constructor's ``timeout`` is seconds, as everywhere else
 
 Only 429, 502, 503 and 504 answers, connection failures and time-outs are retried (after the
 server's ``Retry-After`` when it sends one); every other status is permanent, as the OTLP
-specification requires. A partial success is counted and logged, never retried.
+specification requires. A partial success is counted and logged, never retried. Failures raise
+:class:`~atrace.errors.SinkHTTPError`, also known here as :data:`OtlpExportError`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import collections
-import gzip
 import hashlib
 import logging
-import os
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import orjson
 
-from .._delivery.retry import Verdict, parse_retry_after
-from .._version import __version__
-from ..errors import ConfigError, MissingExtraError, SinkClosedError, SinkHTTPError
-from . import Batch
+from .._delivery.classify import classify
+from .._delivery.retry import Verdict
+from .._records import Batch
+from ..config import env
+from ..errors import ConfigError, SinkClosedError, SinkHTTPError
+from ._http import gzip_body, off_loop, open_session, post
 
 __all__ = ("OtlpExportError", "OtlpSink", "classify", "parse_headers")
 
@@ -37,6 +37,8 @@ DEFAULT_ENDPOINT = "http://localhost:4318"
 DEFAULT_TIMEOUT = 10.0  # seconds; the specification's default of 10000 ms
 PROTOCOLS = ("http/protobuf", "http/json")
 COMPRESSIONS = ("gzip", "none")
+# The OTLP specification's retryable statuses; all others MUST NOT be retried (408 included,
+# which the HTTP sink retries: see sinks.http.RETRYABLE_STATUSES).
 RETRYABLE_STATUSES = frozenset((429, 502, 503, 504))
 _SIGNALS = {"traces": "v1/traces", "logs": "v1/logs"}
 _CONTENT_TYPES = {"http/protobuf": "application/x-protobuf", "http/json": "application/json"}
@@ -49,34 +51,12 @@ OFF_LOOP_ROWS = 500
 # traces went through but whose logs did not sends only the logs. Bounded: ids of batches that
 # were given up on are forgotten, oldest first.
 _MAX_PROGRESS = 256
-# Error bodies are shown in messages; a proxy's HTML page need not be shown whole.
-_MAX_ERROR_TEXT = 300
 
 
-class OtlpExportError(SinkHTTPError):
-    """An OTLP endpoint refused a request, or could not be reached in time.
-
-    ``status`` is the HTTP status (None when no answer came); ``retryable`` and
-    ``retry_after`` are what :func:`classify` reports to the retry loop.
-    """
-
-
-def classify(exc: BaseException) -> Verdict:
-    """Retry 429/502/503/504 (after ``Retry-After``), lost connections and time-outs only."""
-    if isinstance(exc, OtlpExportError):
-        reason = f"HTTP {exc.status}" if exc.status is not None else "no answer"
-        return Verdict(exc.retryable, exc.retry_after, reason=reason)
-    if isinstance(exc, SinkClosedError):
-        return Verdict(False, reason=type(exc).__name__)
-    if isinstance(exc, (TimeoutError, asyncio.TimeoutError, ConnectionError, OSError)):
-        return Verdict(True, reason=type(exc).__name__)
-    try:
-        import aiohttp
-    except ImportError:  # pragma: no cover - the sink cannot run without it
-        return Verdict(False, reason=type(exc).__name__)
-    if isinstance(exc, (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)):
-        return Verdict(True, reason=type(exc).__name__)
-    return Verdict(False, reason=type(exc).__name__)
+# What a request the endpoint refused, or that got no answer in time, raises: the one class
+# :class:`~atrace.errors.SinkHTTPError` (its ``status``, ``retryable`` and ``retry_after`` are
+# what :func:`classify` reports), under the name this module has always given it.
+OtlpExportError = SinkHTTPError
 
 
 def parse_headers(raw: str, field: str = "headers") -> dict[str, str]:
@@ -95,17 +75,10 @@ def parse_headers(raw: str, field: str = "headers") -> dict[str, str]:
     return out
 
 
-def _env(name: str) -> str | None:
-    value = os.environ.get(name)
-    if value is None or not value.strip():
-        return None
-    return value.strip()
-
-
 def _signal_env(signal: str, setting: str) -> tuple[str, str] | None:
     """The per-signal variable if set, else the general one: ``(name, value)``."""
     for name in (f"OTEL_EXPORTER_OTLP_{signal.upper()}_{setting}", f"OTEL_EXPORTER_OTLP_{setting}"):
-        value = _env(name)
+        value = env(name)
         if value is not None:
             return name, value
     return None
@@ -160,11 +133,11 @@ def _resolve_target(
         url = _signal_url(_check_url("endpoint", endpoint), signal)
     else:
         own = f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT"
-        given = _env(own)
+        given = env(own)
         if given is not None:
             url = _check_url(own, given)  # used as given, path and all
         else:
-            base = _env("OTEL_EXPORTER_OTLP_ENDPOINT")
+            base = env("OTEL_EXPORTER_OTLP_ENDPOINT")
             field = "OTEL_EXPORTER_OTLP_ENDPOINT"
             url = _signal_url(_check_url(field, base) if base else DEFAULT_ENDPOINT, signal)
 
@@ -229,8 +202,7 @@ def _encode(protocol: str, compression: str, signal: str, rows: list[Any]) -> by
         request = otlp.traces_request(rows) if signal == "traces" else otlp.logs_request(rows)
         body = request.SerializeToString()
     if compression == "gzip":
-        # Level 6, zlib's default: most of level 9's ratio at a fraction of its time.
-        body = gzip.compress(body, compresslevel=6, mtime=0)
+        body = gzip_body(body)
     return body
 
 
@@ -273,31 +245,6 @@ def _rejected(signal: str, content_type: str, body: bytes) -> tuple[int, str] | 
     if count <= 0 and not message:
         return None
     return count, message
-
-
-def _error_text(content_type: str, body: bytes) -> str:
-    """The message of an error answer: a ``google.rpc.Status`` (protobuf or JSON), or its text."""
-    if not body:
-        return ""
-    text: str | None = None
-    if "json" in content_type:
-        try:
-            document = orjson.loads(body)
-            if isinstance(document, dict) and isinstance(document.get("message"), str):
-                text = document["message"]
-        except orjson.JSONDecodeError:
-            pass
-    elif "protobuf" in content_type:
-        try:
-            from google.rpc.status_pb2 import Status  # type: ignore[import-untyped]
-
-            text = Status.FromString(body).message or None
-        except Exception:
-            text = None
-    if text is None:
-        text = body.decode("utf-8", "replace")
-    text = " ".join(text.split())
-    return text[:_MAX_ERROR_TEXT] + ("…" if len(text) > _MAX_ERROR_TEXT else "")
 
 
 class OtlpSink:
@@ -371,17 +318,11 @@ class OtlpSink:
         """Open one keep-alive HTTP session for both signals."""
         if self._session is not None:
             return
-        try:
-            import aiohttp
-        except ImportError:
-            raise MissingExtraError("aiohttp", "otlp") from None
         # The protobuf classes: a missing extra shows at open, not at the first batch.
         from .._formats import otlp  # noqa: F401
 
-        self._session = aiohttp.ClientSession(
-            headers={"User-Agent": f"atrace/{__version__}"},
-            timeout=aiohttp.ClientTimeout(total=None),
-        )
+        # Signals are posted one after the other; their endpoints may be two different hosts.
+        self._session = open_session("otlp", headers={}, connections=2)
 
     async def close(self) -> None:
         """Close the HTTP session; ``open`` may be called again."""
@@ -407,9 +348,7 @@ class OtlpSink:
         for signal, rows in (("traces", parts.spans), ("logs", parts.logs)):
             if not rows or signal in done:
                 continue
-            target = self.targets[signal]
-            body = await self._encode(target, signal, rows)
-            await self._post(session, target, signal, body, len(batch))
+            await self._post(session, self.targets[signal], signal, rows, len(batch))
             done.add(signal)
             if signal == "traces":
                 self.spans_sent += len(rows)
@@ -417,73 +356,43 @@ class OtlpSink:
                 self.logs_sent += len(rows)
         self._progress.pop(batch.id, None)
 
-    async def _encode(self, target: _Target, signal: str, rows: list[Any]) -> bytes:
-        args = (target.protocol, target.compression, signal, rows)
-        if len(rows) <= OFF_LOOP_ROWS:
-            return _encode(*args)
-        try:
-            return await asyncio.to_thread(_encode, *args)
-        except RuntimeError:
-            # At interpreter exit the default executor refuses new work: encode here instead.
-            return _encode(*args)
-
     async def _post(
-        self, session: Any, target: _Target, signal: str, body: bytes, batch_size: int
+        self, session: Any, target: _Target, signal: str, rows: list[Any], batch_size: int
     ) -> None:
+        body = await off_loop(
+            _encode,
+            target.protocol,
+            target.compression,
+            signal,
+            rows,
+            offload=len(rows) > OFF_LOOP_ROWS,
+        )
         headers = {"Content-Type": target.content_type, **target.headers}
         if target.compression == "gzip":
             headers["Content-Encoding"] = "gzip"
-
-        async def exchange() -> tuple[int, str, bytes, str | None]:
-            async with session.post(target.url, data=body, headers=headers) as resp:
-                payload = await resp.read()
-                return (
-                    resp.status,
-                    resp.headers.get("Content-Type", ""),
-                    payload,
-                    resp.headers.get("Retry-After"),
-                )
-
-        def failure(message: str, **kwargs: Any) -> OtlpExportError:
-            return OtlpExportError(
-                f"{signal} to {target.url}: {message}",
-                sink=self.name,
-                batch_size=batch_size,
-                **kwargs,
+        answer = await post(
+            session,
+            target.url,
+            body,
+            headers=headers,
+            timeout=target.timeout,
+            sink=self.name,
+            batch_size=batch_size,
+            retryable_statuses=RETRYABLE_STATUSES,
+            # As OpenTelemetry's own exporters do: an endpoint behind a proxy may redirect.
+            follow_redirects=True,
+        )
+        partial = _rejected(signal, answer.content_type, answer.body)
+        if partial is not None:
+            count, message = partial
+            if signal == "traces":
+                self.rejected_spans += count
+            else:
+                self.rejected_logs += count
+            _log.warning(
+                "atrace: %s rejected %d %s of a batch: %s",
+                target.url,
+                count,
+                "spans" if signal == "traces" else "log records",
+                message or "(no message)",
             )
-
-        try:
-            # One deadline for connecting, sending and reading the whole answer.
-            status, content_type, payload, retry_after = await asyncio.wait_for(
-                exchange(), target.timeout
-            )
-        except asyncio.TimeoutError:
-            raise failure(f"no answer within {target.timeout:g} s", retryable=True) from None
-        except Exception as exc:
-            verdict = classify(exc)
-            if verdict.retryable:
-                raise failure(f"{type(exc).__name__}: {exc}", retryable=True) from exc
-            raise
-        if 200 <= status < 300:
-            partial = _rejected(signal, content_type, payload)
-            if partial is not None:
-                count, message = partial
-                if signal == "traces":
-                    self.rejected_spans += count
-                else:
-                    self.rejected_logs += count
-                _log.warning(
-                    "atrace: %s rejected %d %s of a batch: %s",
-                    target.url,
-                    count,
-                    "spans" if signal == "traces" else "log records",
-                    message or "(no message)",
-                )
-            return
-        text = _error_text(content_type, payload)
-        detail = f"HTTP {status}" + (f": {text}" if text else "")
-        if status in RETRYABLE_STATUSES:
-            raise failure(
-                detail, status=status, retryable=True, retry_after=parse_retry_after(retry_after)
-            )
-        raise failure(detail, status=status)

@@ -8,50 +8,22 @@ import hashlib
 import importlib
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
+from .._delivery.classify import classify
 from .._delivery.retry import Verdict
-from .._formats.pgcopy import HEADER, TRAILER, encode_rows
-from .._pipeline.encode import COLUMNS, Row, sanitize_text
+from .._pipeline.sanitize import sanitize_text
+from .._postgres import session
 from .._postgres.schema import ensure_partitions, ensure_schema
+from .._postgres.session import COPY_SLICE, connection_init
+from .._records import SERVICE, TS, Batch, Row
+from .._records import broken_row as error_row
 from ..errors import MissingExtraError, SinkClosedError
-from . import Batch
 
 __all__ = ("COPY_SLICE", "PostgresSink", "broken_row", "classify", "connection_init", "copy_rows")
 
-# PostgreSQL's timestamps count microseconds from 2000-01-01 UTC.
-_PG_EPOCH_US = 946_684_800_000_000
 _NS_PER_DAY = 86_400 * 1_000_000_000
-
-
-def _ts_encode(ns: int) -> tuple[int]:
-    return (ns // 1000 - _PG_EPOCH_US,)
-
-
-def _ts_decode(value: tuple[int]) -> int:
-    return (value[0] + _PG_EPOCH_US) * 1000
-
-
-def _jsonb_encode(data: bytes) -> bytes:
-    return b"\x01" + data
-
-
-def _jsonb_decode(data: bytes) -> bytes:
-    return data[1:]
-
-
-async def connection_init(conn: Any) -> None:
-    """Codecs for the sink's own connections: ts as integer nanoseconds, jsonb as JSON bytes.
-
-    Rows then go to COPY exactly as the encoder built them, without a datetime or str per value.
-    """
-    await conn.set_type_codec(
-        "timestamptz", schema="pg_catalog", encoder=_ts_encode, decoder=_ts_decode, format="tuple"
-    )
-    await conn.set_type_codec(
-        "jsonb", schema="pg_catalog", encoder=_jsonb_encode, decoder=_jsonb_decode, format="binary"
-    )
 
 
 async def _off_loop(fn: Any, *args: Any) -> Any:
@@ -64,63 +36,21 @@ async def _off_loop(fn: Any, *args: Any) -> Any:
         return fn(*args)
 
 
-# SQLSTATE classes worth retrying: connection exceptions (08), insufficient resources such as
-# too_many_connections (53), operator intervention such as admin_shutdown (57), system errors
-# (58), and transaction rollbacks such as serialization_failure or deadlock (40). Everything else
-# (bad data 22, constraint 23, syntax or missing objects 42, authorisation 28) fails the same way
-# every time.
-_RETRYABLE_CLASSES = ("08", "40", "53", "57", "58")
-
-
-def classify(exc: BaseException) -> Verdict:
-    """Whether a failed write is worth retrying."""
-    sqlstate = getattr(exc, "sqlstate", None)
-    if isinstance(sqlstate, str) and sqlstate:
-        return Verdict(sqlstate[:2] in _RETRYABLE_CLASSES, reason=f"SQLSTATE {sqlstate}")
-    name = type(exc).__name__
-    # asyncpg's client-side errors for a lost connection carry no SQLSTATE.
-    # InternalClientError: a connection left mid-operation by an earlier failure; a new one works.
-    if name in (
-        "ConnectionDoesNotExistError",
-        "ConnectionFailureError",
-        "InterfaceError",
-        "InternalClientError",
-    ):
-        return Verdict(True, reason=name)
-    if isinstance(exc, (OSError, TimeoutError, asyncio.TimeoutError, EOFError)):
-        return Verdict(True, reason=name)
-    return Verdict(False, reason=name)
-
-
-# Rows encoded per COPY data slice before the event loop gets a turn (~0.3-0.5 us a row).
-COPY_SLICE = 500
-
-
 def broken_row(row: Any, exc: Exception) -> Row:
     """A row that could not be COPYed, replaced by one saying why (the rest of the batch lands)."""
-    ts = row[0] if isinstance(row, tuple) and row and type(row[0]) is int else time.time_ns()
-    service = row[8] if isinstance(row, tuple) and len(row) > 8 and type(row[8]) is str else None
-    detail = sanitize_text(str(exc), 4096)
-    return (
+    ts = row[TS] if isinstance(row, tuple) and row and type(row[TS]) is int else None
+    service = (
+        row[SERVICE]
+        if isinstance(row, tuple) and len(row) > SERVICE and type(row[SERVICE]) is str
+        else None
+    )
+    return error_row(
         ts,
-        0,
-        40,
-        None,
-        None,
-        None,
-        None,
-        0,
-        service or "unknown",
-        None,
-        None,
-        None,
-        "atrace",
-        "atrace: a row could not be written",
-        None,
         type(exc).__name__,
-        detail,
-        None,
-        None,
+        sanitize_text(str(exc), 4096),
+        name="atrace",
+        message="atrace: a row could not be written",
+        service=service or "unknown",
     )
 
 
@@ -133,27 +63,16 @@ async def copy_rows(
     extra_values: tuple[Any, ...] = (),
     step: int = COPY_SLICE,
 ) -> None:
-    """COPY ``rows`` (COLUMNS order, then ``extra_values`` for ``extra_columns`` on every row)
-    into ``<schema>.records`` in binary, encoded and sent ``step`` rows at a time.
-
-    The loop gets a turn between slices, so a large batch never holds it for long, and the
-    connection sends one slice while the next is encoded.
-    """
-
-    async def source() -> AsyncIterator[bytes]:
-        yield HEADER
-        for start in range(0, len(rows), step):
-            if start:
-                await asyncio.sleep(0)
-            yield encode_rows(rows, start, start + step, extra_values, broken_row)
-        yield TRAILER
-
-    await conn.copy_to_table(
-        "records",
-        schema_name=schema,
-        columns=COLUMNS + extra_columns,
-        source=source(),
-        format="binary",
+    """COPY ``rows`` into ``<schema>.records`` as the sink does: in binary, ``step`` rows at a
+    time, each row that cannot be encoded written as a :func:`broken_row` in its place."""
+    await session.copy_rows(
+        conn,
+        schema,
+        rows,
+        extra_columns=extra_columns,
+        extra_values=extra_values,
+        step=step,
+        on_error=broken_row,
     )
 
 
@@ -276,7 +195,7 @@ class PostgresSink:
         conn = await pool.acquire()
         try:
             # Rows come roughly in time order; a late outlier lands in the default partition.
-            if rows[-1][0] >= self._covered_until_ns - _NS_PER_DAY:
+            if rows[-1][TS] >= self._covered_until_ns - _NS_PER_DAY:
                 await self._extend_partitions(conn)
             # BEGIN with the ledger entry, COPY, COMMIT. The id is a UUID atrace made (str() of
             # uuid.UUID), so inlining it in the SQL is safe.

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..._pipeline.encode import Row
 from ..._postgres.embedded import data_dir
-from ...errors import ConfigError
+from ..._records import Row
+from ...config import check_int, env
 from .frames import _MAX_PAYLOAD, _frame, _parse
 from .payload import _decode, _encode
 from .segments import (
@@ -36,7 +36,6 @@ from .segments import (
 __all__ = (
     "DEFAULT_MAX_BYTES",
     "DEFAULT_SEGMENT_BYTES",
-    "SPILL_DIR_ENV",
     "Spill",
     "SpillStats",
     "SpilledBatch",
@@ -45,12 +44,27 @@ __all__ = (
 
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 DEFAULT_SEGMENT_BYTES = 8 * 1024 * 1024
-SPILL_DIR_ENV = "ATRACE_SPILL_DIR"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SpillStats:
-    """A snapshot of a spill directory and of what this process did with it since it started."""
+    """A snapshot of a spill directory and of what this process did with it since it started.
+
+    :ivar pending_batches: batches waiting to be replayed (from every process).
+    :ivar pending_records: records in them.
+    :ivar pending_bytes: bytes they take on disk.
+    :ivar rejected_batches: batches a sink refused for good, kept apart.
+    :ivar rejected_records: records in them.
+    :ivar rejected_bytes: bytes they take on disk.
+    :ivar spilled_batches: batches this process appended.
+    :ivar spilled_records: records in them.
+    :ivar replayed_batches: batches this process acked after a replay.
+    :ivar replayed_records: records in them.
+    :ivar dropped_full: records refused because the spill was full.
+    :ivar dropped_unwritable: records refused because they could not be written.
+    :ivar corrupt_skipped: damaged or unreadable batches stepped over.
+    :ivar segments: segment files holding pending batches.
+    """
 
     pending_batches: int
     pending_records: int
@@ -86,8 +100,8 @@ class SpilledBatch:
 
 def default_spill_dir() -> Path:
     """``ATRACE_SPILL_DIR`` if set, else ``spill`` in atrace's data directory."""
-    configured = os.environ.get(SPILL_DIR_ENV, "")
-    if configured:
+    configured = env("ATRACE_SPILL_DIR")
+    if configured is not None:
         return Path(configured).expanduser()
     return data_dir() / "spill"
 
@@ -131,17 +145,9 @@ class Spill:
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         fsync: bool = False,
     ) -> None:
-        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
-            raise ConfigError("max_bytes", max_bytes, "expected an integer of 0 or more")
-        if (
-            isinstance(segment_bytes, bool)
-            or not isinstance(segment_bytes, int)
-            or segment_bytes < 1
-        ):
-            raise ConfigError("segment_bytes", segment_bytes, "expected a positive integer")
+        self._max_bytes = check_int("max_bytes", max_bytes, 0)
+        self._segment_bytes = check_int("segment_bytes", segment_bytes, 1)
         self.directory = Path(directory).expanduser()
-        self._max_bytes = max_bytes
-        self._segment_bytes = segment_bytes
         self._fsync = bool(fsync)
         self._pending = _Area(self.directory / "pending")
         self._rejected = _Area(self.directory / "rejected")

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from ..._pipeline.encode import Row
+from ..._records import Row
 
 # Column codes in a payload's "enc": "." JSON as is, "u" bytes held as their UTF-8 text,
 # "x" bytes held as base64, "t" values that need a tag (see _tag).

@@ -25,13 +25,13 @@ Choices where OTLP and atrace differ:
 
 from __future__ import annotations
 
-from ..._pipeline.encode import Row
+from ..._records import Row
 from ...errors import WireError
 from .common import SCOPE_NAME, level_from_severity, severity_number
-from .decode import IMPLEMENTATION, _decode_logs_pb, _decode_traces_pb
 from .encode import Partition, logs_request, partition, traces_request
 from .json_decode import _decode_logs_json, _decode_traces_json
 from .json_encode import logs_json, traces_json
+from .pb import IMPLEMENTATION, decode_logs_pb, decode_traces_pb
 
 __all__ = (
     "IMPLEMENTATION",
@@ -86,7 +86,7 @@ def decode_traces(body: bytes, content_type: str, *, max_records: int = 100_000)
     """
     if _format(content_type) == "json":
         return _decode_traces_json(body, max_records)
-    return _decode_traces_pb(body, max_records)
+    return decode_traces_pb(body, max_records)
 
 
 def decode_logs(body: bytes, content_type: str, *, max_records: int = 100_000) -> list[Row]:
@@ -96,4 +96,4 @@ def decode_logs(body: bytes, content_type: str, *, max_records: int = 100_000) -
     """
     if _format(content_type) == "json":
         return _decode_logs_json(body, max_records)
-    return _decode_logs_pb(body, max_records)
+    return decode_logs_pb(body, max_records)

@@ -1,6 +1,6 @@
-"""Type stub of the compiled OTLP protobuf decoder; its twin is the upb path of ``_otlp_decode``."""
+"""Type stub of the compiled OTLP protobuf decoder; its API is the twin's in ``_pb_py``."""
 
-from ..._pipeline.encode import Row
+from ..._records import Row
 
 __all__ = ("decode_logs_pb", "decode_traces_pb")
 

@@ -1,13 +1,14 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
-"""OTLP protobuf requests as atrace rows, read straight off the wire (compiled; the twin is the
-upb path of ``_otlp_decode``).
+"""OTLP protobuf requests as atrace rows, read straight off the wire (compiled; the twin is
+``_pb_py``, which reads them through the official upb classes).
 
 A body is read twice. The first pass checks it as upb's parser does (every length against its
 message, tags and varints, UTF-8 of string fields, nesting depth, unknown fields of every wire
 type) and counts the records, so a bad body is refused with the twin's message before any row
 exists. The second pass builds the rows from the checked bytes without message objects. Values
 the protobuf rules merge (a KeyValue's value or an AnyValue's array sent twice) are rare enough
-to go through the official classes and the twin's helpers, which keeps them identical.
+to go through the official classes and the value walkers the twin uses (``pb_values``), which
+keeps them identical.
 
 Both passes take the messages' layout from one table (``_SCHEMA``), and both requests share
 the walk from resource to scope to item (``_Walk``); only a span and a log record are read
@@ -43,8 +44,12 @@ from .rows import (
     _text,
     _too_many,
 )
-from ..._pipeline.encode import sanitize_text
+from ..._pipeline.sanitize import sanitize_text
 from ...errors import WireError
+from .pb_values import pb_any, pb_body, pb_into
+
+# After .common, which turns a missing opentelemetry-proto into a one-line MissingExtraError.
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
 __all__ = ("decode_logs_pb", "decode_traces_pb")
 
@@ -643,34 +648,16 @@ cdef inline bytes _bytes(cptr p, Py_ssize_t n):
     return PyBytes_FromStringAndSize(<char*>p, n)
 
 
-# ---- the twin, for the rare values that protobuf merges ---------------------------------------
-
-cdef object _twin = None
-cdef object _KeyValue = None
-cdef object _AnyValue = None
+# ---- the upb walkers, for the rare values that protobuf merges ------------------------------
 
 
-cdef object _twin_module():
-    # Imported on first use: the twin module imports this one when it loads.
-    global _twin, _KeyValue, _AnyValue
-    if _twin is None:
-        from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-
-        from . import decode as _otlp_decode
-
-        _KeyValue, _AnyValue, _twin = KeyValue, AnyValue, _otlp_decode
-    return _twin
-
-
-cdef int _kv_by_twin(dict out, cptr p, cptr end, int depth) except -1:
-    twin = _twin_module()
-    twin._pb_into(out, [_KeyValue.FromString(_bytes(p, end - p))], depth)
+cdef int _kv_by_upb(dict out, cptr p, cptr end, int depth) except -1:
+    pb_into(out, [KeyValue.FromString(_bytes(p, end - p))], depth)
     return 0
 
 
-cdef object _any_by_twin(bytes raw, int depth):
-    twin = _twin_module()
-    return twin._pb_any(_AnyValue.FromString(raw), depth)
+cdef object _any_by_upb(bytes raw, int depth):
+    return pb_any(AnyValue.FromString(raw), depth)
 
 
 # ---- attribute values -----------------------------------------------------------------------
@@ -752,11 +739,11 @@ cdef object _nested(AnyCase* a, int depth):
 
 
 cdef object _any(cptr p, cptr end, int depth):
-    # ``_pb_any(av, depth)`` of the twin, for one AnyValue.
+    # ``pb_any(av, depth)`` of the twin, for one AnyValue.
     cdef AnyCase a
     _scan_any(p, end, &a)
     if _merged(&a):
-        return _any_by_twin(_bytes(p, end - p), depth)
+        return _any_by_upb(_bytes(p, end - p), depth)
     if a.case == 1:
         return _limited(a.data, a.size, VALUE_LIMIT)
     if a.case == 3:
@@ -809,14 +796,14 @@ cdef inline int _kv(cptr p, cptr end, cptr* key, Py_ssize_t* key_n, AnyCase* a) 
 
 
 cdef inline str _value_text(AnyCase* a, str key):
-    # A string value as ``_pb_into`` of the twin keeps it (some keys allow longer ones).
+    # A string value as ``pb_into`` of the twin keeps it (some keys allow longer ones).
     if _plain(a.data, a.size, VALUE_LIMIT):
         return _ascii(a.data, a.size)
     return sanitize_text(_str(a.data, a.size), LONG_VALUES.get(key, _VALUE_LIMIT))
 
 
 cdef int _add_kv(dict out, cptr p, cptr end, int depth) except -1:
-    # One KeyValue into ``out``, as the twin's ``_pb_into`` puts it there.
+    # One KeyValue into ``out``, as the twin's ``pb_into`` puts it there.
     cdef cptr kp
     cdef Py_ssize_t kn
     cdef AnyCase a
@@ -824,7 +811,7 @@ cdef int _add_kv(dict out, cptr p, cptr end, int depth) except -1:
     if got == KV_ABSENT:
         return 0
     if got == KV_MERGED:
-        return _kv_by_twin(out, p, end, depth)
+        return _kv_by_upb(out, p, end, depth)
     if _plain(kp, kn, KEY_LIMIT):
         key = _ascii(kp, kn)
     else:
@@ -1026,15 +1013,13 @@ cdef uint64_t _SPAN_KIND_HASH = _hash(<cptr>PyBytes_AS_STRING(_SPAN_KIND_KEY), l
 # ---- the walk both requests share -----------------------------------------------------------
 
 # Of each request: its message type, the type its records are, its full name, its repeated
-# fields from resource to record (for messages about a record), what its records are called,
-# and the twin's decoder (for a body that is not bytes).
+# fields from resource to record (for messages about a record), and what its records are called.
 cdef tuple _TRACES = (
     M_TRACES,
     M_SPAN,
     "opentelemetry.proto.collector.trace.v1.ExportTraceServiceRequest",
     ("resource_spans", "scope_spans", "spans"),
     "spans",
-    "_decode_traces_upb",
 )
 cdef tuple _LOGS = (
     M_LOGS,
@@ -1042,8 +1027,18 @@ cdef tuple _LOGS = (
     "opentelemetry.proto.collector.logs.v1.ExportLogsServiceRequest",
     ("resource_logs", "scope_logs", "log_records"),
     "log records",
-    "_decode_logs_upb",
 )
+
+
+cdef bytes _as_bytes(object body, str type_name):
+    # Any bytes-like body decodes as its bytes do; anything else is refused as upb refuses it.
+    try:
+        return bytes(memoryview(body))
+    except TypeError:
+        raise WireError(
+            f"invalid protobuf {type_name.rpartition('.')[2]}: expected bytes, "
+            f"{type(body).__name__} found"
+        ) from None
 
 
 cdef class _Walk:
@@ -1068,9 +1063,9 @@ cdef class _Walk:
         cdef Field f
         cdef Field g
         cdef Field h
-        top, item, type_name, self.names, noun, twin_decode = request
+        top, item, type_name, self.names, noun = request
         if type(body) is not bytes:
-            return getattr(_twin_module(), twin_decode)(body, max_records)
+            body = _as_bytes(body, type_name)
         count = _checked(body, top, item, type_name)
         if count > max_records:
             raise _too_many(count, max_records, noun)
@@ -1428,19 +1423,17 @@ def decode_traces_pb(body, max_records):
 
 
 cdef object _body(cptr p, Py_ssize_t n, list parts):
-    # ``_pb_body`` of the twin: a string as text, anything else as its JSON.
+    # ``pb_body`` of the twin: a string as text, anything else as its JSON.
     cdef AnyCase a
     cdef cptr end
     if parts is not None:
-        twin = _twin_module()
-        return twin._pb_body(_AnyValue.FromString(b"".join(parts)))
+        return pb_body(AnyValue.FromString(b"".join(parts)))
     if p == NULL:
         return None
     end = p + n
     _scan_any(p, end, &a)
     if _merged(&a):
-        twin = _twin_module()
-        return twin._pb_body(_AnyValue.FromString(_bytes(p, n)))
+        return pb_body(AnyValue.FromString(_bytes(p, n)))
     if a.case == 0:
         return None
     if a.case == 1:

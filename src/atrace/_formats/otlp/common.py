@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from ..._records import Level
 from ...errors import MissingExtraError
 
 try:
@@ -38,7 +39,10 @@ _DEFAULT_SERVICE = "unknown_service"
 _KIND_KEY = "span.kind"
 _KIND_NAMES = {2: "server", 3: "client", 4: "producer", 5: "consumer"}
 _KIND_NUMBERS = {v: k for k, v in _KIND_NAMES.items()}
+_SPAN_KIND_UNSPECIFIED = 0
 _SPAN_KIND_INTERNAL = 1
+# OTLP's status codes (they happen to match atrace's Status; each side names its own).
+_STATUS_OK = 1
 _STATUS_ERROR = 2
 
 _LOGGER_KEY = "logger.name"
@@ -47,15 +51,22 @@ _FILE_KEYS = ("code.filepath", "code.file.path")
 _LINE_KEYS = ("code.lineno", "code.line.number")
 
 # atrace levels and OTLP severity numbers (the first of each range: DEBUG 5, INFO 9, ...).
-_SEVERITIES = ((10, 5), (20, 9), (30, 13), (40, 17), (50, 21))
+_SEVERITIES = (
+    (Level.DEBUG.value, 5),
+    (Level.INFO.value, 9),
+    (Level.WARNING.value, 13),
+    (Level.ERROR.value, 17),
+    (Level.CRITICAL.value, 21),
+)
+# Severity texts by prefix, for a record whose number is unspecified.
 _TEXT_LEVELS = (
-    ("TRACE", 10),
-    ("DEBUG", 10),
-    ("INFO", 20),
-    ("WARN", 30),
-    ("ERR", 40),
-    ("FATAL", 50),
-    ("CRIT", 50),
+    ("TRACE", Level.DEBUG.value),
+    ("DEBUG", Level.DEBUG.value),
+    ("INFO", Level.INFO.value),
+    ("WARN", Level.WARNING.value),
+    ("ERR", Level.ERROR.value),
+    ("FATAL", Level.CRITICAL.value),
+    ("CRIT", Level.CRITICAL.value),
 )
 
 
@@ -80,14 +91,16 @@ def level_from_severity(number: int, text: str = "") -> int:
         for prefix, level in _TEXT_LEVELS:
             if upper.startswith(prefix):
                 return level
-        return 20
+        return Level.INFO.value
     if number <= 8:
-        return 10  # TRACE and DEBUG: atrace has nothing below debug
+        return Level.DEBUG.value  # TRACE and DEBUG: atrace has nothing below debug
     if number >= 21:
-        return 50
+        return Level.CRITICAL.value
     return (number - 1) // 4 * 10  # 9-12 → 20, 13-16 → 30, 17-20 → 40
 
 
 def _severity_text(level: Any) -> str:
+    # logging's own text ("Level 25" for an unnamed number), as Python's OpenTelemetry logging
+    # handler sends it: the severity text is the source's name, not atrace's.
     name = logging.getLevelName(level) if isinstance(level, int) else None
     return name if isinstance(name, str) else "INFO"

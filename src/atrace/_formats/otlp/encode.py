@@ -9,7 +9,30 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from ..._pipeline.encode import Row
+from ..._records import (
+    ATTRS,
+    DURATION_NS,
+    ENVIRONMENT,
+    ERROR_MESSAGE,
+    ERROR_TYPE,
+    HOST,
+    KIND,
+    LEVEL,
+    LOCATION,
+    MESSAGE,
+    NAME,
+    PARENT_ID,
+    PID,
+    SERVICE,
+    SPAN_ID,
+    STACK_TRACE,
+    STATUS,
+    TRACE_ID,
+    TS,
+    Kind,
+    Row,
+    Status,
+)
 from ..._version import __version__
 from .common import (
     _DEFAULT_SERVICE,
@@ -30,6 +53,7 @@ from .common import (
     _SERVICE_KEY,
     _SPAN_KIND_INTERNAL,
     _STATUS_ERROR,
+    _STATUS_OK,
     _UINT64_MAX,
     SCOPE_NAME,
     ExportLogsServiceRequest,
@@ -37,11 +61,6 @@ from .common import (
     _severity_text,
     severity_number,
 )
-
-# Positions in a row (COLUMNS order).
-_TS, _KIND, _LEVEL, _TRACE_ID, _SPAN_ID, _PARENT_ID, _DURATION, _STATUS = range(8)
-_SERVICE, _ENVIRONMENT, _HOST, _PID, _NAME, _MESSAGE, _ATTRS = range(8, 15)
-_ERROR_TYPE, _ERROR_MESSAGE, _STACK_TRACE, _LOCATION = range(15, 19)
 
 _pack_q = struct.Struct(">q").pack
 
@@ -83,20 +102,20 @@ def _span_bytes(value: Any) -> bytes | None:
 def partition(rows: Iterable[Row]) -> Partition:
     """Split rows into those that become spans and those that become log records.
 
-    Start rows (kind 1), and span rows without a valid trace or span id, have no OTLP form and
-    are only counted.
+    Start rows, and span rows without a valid trace or span id, have no OTLP form and are only
+    counted.
     """
     spans: list[Row] = []
     logs: list[Row] = []
     skipped = 0
     for row in rows:
-        kind = row[_KIND]
-        if kind == 0:
+        kind = row[KIND]
+        if kind == Kind.LOG:
             logs.append(row)
         elif (
-            (kind == 3 or kind == 2)
-            and _trace_bytes(row[_TRACE_ID]) is not None
-            and _span_bytes(row[_SPAN_ID]) is not None
+            (kind == Kind.SPAN or kind == Kind.SPAN_END)
+            and _trace_bytes(row[TRACE_ID]) is not None
+            and _span_bytes(row[SPAN_ID]) is not None
         ):
             spans.append(row)
         else:
@@ -127,7 +146,7 @@ def _split_location(location: Any) -> tuple[str | None, int | None]:
 
 
 def _resource_key(row: Row) -> tuple[Any, Any, Any, Any]:
-    return (row[_SERVICE], row[_ENVIRONMENT], row[_HOST], row[_PID])
+    return (row[SERVICE], row[ENVIRONMENT], row[HOST], row[PID])
 
 
 def _resource_items(key: tuple[Any, Any, Any, Any]) -> list[tuple[str, Any]]:
@@ -146,13 +165,13 @@ def _resource_items(key: tuple[Any, Any, Any, Any]) -> list[tuple[str, Any]]:
 
 def _span_attrs(row: Row) -> tuple[dict[str, Any], int]:
     """A span's attributes for OTLP, and its span kind (taken out of ``span.kind``)."""
-    attrs = _row_attrs(row[_ATTRS])
+    attrs = _row_attrs(row[ATTRS])
     kind = _SPAN_KIND_INTERNAL
     named = attrs.get(_KIND_KEY)
     if isinstance(named, str) and named in _KIND_NUMBERS:
         kind = _KIND_NUMBERS[named]
         del attrs[_KIND_KEY]
-    path, line = _split_location(row[_LOCATION])
+    path, line = _split_location(row[LOCATION])
     if path is not None:
         attrs[_FILE_KEYS[0]] = path
     if line is not None:
@@ -161,15 +180,15 @@ def _span_attrs(row: Row) -> tuple[dict[str, Any], int]:
 
 
 def _log_attrs(row: Row) -> dict[str, Any]:
-    attrs = _row_attrs(row[_ATTRS])
-    if row[_NAME] is not None:
-        attrs[_LOGGER_KEY] = row[_NAME]
-    for key, col in ((_EXC_TYPE, _ERROR_TYPE), (_EXC_MESSAGE, _ERROR_MESSAGE)):
+    attrs = _row_attrs(row[ATTRS])
+    if row[NAME] is not None:
+        attrs[_LOGGER_KEY] = row[NAME]
+    for key, col in ((_EXC_TYPE, ERROR_TYPE), (_EXC_MESSAGE, ERROR_MESSAGE)):
         if row[col] is not None:
             attrs[key] = row[col]
-    if row[_STACK_TRACE] is not None:
-        attrs[_EXC_STACK] = row[_STACK_TRACE]
-    path, line = _split_location(row[_LOCATION])
+    if row[STACK_TRACE] is not None:
+        attrs[_EXC_STACK] = row[STACK_TRACE]
+    path, line = _split_location(row[LOCATION])
     if path is not None:
         attrs[_FILE_KEYS[0]] = path
     if line is not None:
@@ -178,21 +197,21 @@ def _log_attrs(row: Row) -> dict[str, Any]:
 
 
 def _exception_attrs(row: Row) -> dict[str, Any] | None:
-    if row[_ERROR_TYPE] is None and row[_ERROR_MESSAGE] is None and row[_STACK_TRACE] is None:
+    if row[ERROR_TYPE] is None and row[ERROR_MESSAGE] is None and row[STACK_TRACE] is None:
         return None
     out: dict[str, Any] = {}
-    if row[_ERROR_TYPE] is not None:
-        out[_EXC_TYPE] = row[_ERROR_TYPE]
-    if row[_ERROR_MESSAGE] is not None:
-        out[_EXC_MESSAGE] = row[_ERROR_MESSAGE]
-    if row[_STACK_TRACE] is not None:
-        out[_EXC_STACK] = row[_STACK_TRACE]
+    if row[ERROR_TYPE] is not None:
+        out[_EXC_TYPE] = row[ERROR_TYPE]
+    if row[ERROR_MESSAGE] is not None:
+        out[_EXC_MESSAGE] = row[ERROR_MESSAGE]
+    if row[STACK_TRACE] is not None:
+        out[_EXC_STACK] = row[STACK_TRACE]
     return out
 
 
 def _end_ns(row: Row) -> int:
-    duration = row[_DURATION]
-    return int(row[_TS]) + (duration if type(duration) is int and duration > 0 else 0)
+    duration = row[DURATION_NS]
+    return int(row[TS]) + (duration if type(duration) is int and duration > 0 else 0)
 
 
 # ---- the protobuf requests ------------------------------------------------------------------
@@ -243,18 +262,18 @@ def _pb_resource(resource: Any, key: tuple[Any, Any, Any, Any]) -> None:
 
 
 def traces_request(rows: Iterable[Row]) -> ExportTraceServiceRequest:
-    """An ``ExportTraceServiceRequest`` with a ``Span`` for every kind 2 and 3 row.
+    """An ``ExportTraceServiceRequest`` with a ``Span`` for every ended span row (SPAN, SPAN_END).
 
     Other rows (logs, start rows, spans without valid ids) are left out; see :func:`partition`.
     """
     request = ExportTraceServiceRequest()
     groups: dict[tuple[Any, Any, Any, Any], Any] = {}
     for row in rows:
-        kind = row[_KIND]
-        if kind != 3 and kind != 2:
+        kind = row[KIND]
+        if kind != Kind.SPAN and kind != Kind.SPAN_END:
             continue
-        trace_id = _trace_bytes(row[_TRACE_ID])
-        span_id = _span_bytes(row[_SPAN_ID])
+        trace_id = _trace_bytes(row[TRACE_ID])
+        span_id = _span_bytes(row[SPAN_ID])
         if trace_id is None or span_id is None:
             continue
         key = _resource_key(row)
@@ -269,25 +288,25 @@ def traces_request(rows: Iterable[Row]) -> ExportTraceServiceRequest:
         sp = spans.add()
         sp.trace_id = trace_id
         sp.span_id = span_id
-        parent = _span_bytes(row[_PARENT_ID])
+        parent = _span_bytes(row[PARENT_ID])
         if parent is not None:
             sp.parent_span_id = parent
-        if row[_NAME] is not None:
-            sp.name = row[_NAME]
+        if row[NAME] is not None:
+            sp.name = row[NAME]
         attrs, span_kind = _span_attrs(row)
         sp.kind = span_kind
-        sp.start_time_unix_nano = row[_TS]
+        sp.start_time_unix_nano = row[TS]
         end = _end_ns(row)
         sp.end_time_unix_nano = end
         if attrs:
             _pb_attrs(sp.attributes, attrs)
-        status = row[_STATUS]
-        if status == 2:
+        status = row[STATUS]
+        if status == Status.ERROR:
             sp.status.code = _STATUS_ERROR
-            if row[_ERROR_MESSAGE] is not None:
-                sp.status.message = row[_ERROR_MESSAGE]
-        elif status == 1:
-            sp.status.code = 1
+            if row[ERROR_MESSAGE] is not None:
+                sp.status.message = row[ERROR_MESSAGE]
+        elif status == Status.OK:
+            sp.status.code = _STATUS_OK
         exc = _exception_attrs(row)
         if exc is not None:
             event = sp.events.add()
@@ -298,11 +317,11 @@ def traces_request(rows: Iterable[Row]) -> ExportTraceServiceRequest:
 
 
 def logs_request(rows: Iterable[Row]) -> ExportLogsServiceRequest:
-    """An ``ExportLogsServiceRequest`` with a ``LogRecord`` for every kind 0 row."""
+    """An ``ExportLogsServiceRequest`` with a ``LogRecord`` for every log row."""
     request = ExportLogsServiceRequest()
     groups: dict[tuple[Any, Any, Any, Any], Any] = {}
     for row in rows:
-        if row[_KIND] != 0:
+        if row[KIND] != Kind.LOG:
             continue
         key = _resource_key(row)
         records = groups.get(key)
@@ -314,20 +333,20 @@ def logs_request(rows: Iterable[Row]) -> ExportLogsServiceRequest:
             sl.scope.version = __version__
             records = groups[key] = sl.log_records
         rec = records.add()
-        rec.time_unix_nano = row[_TS]
-        rec.observed_time_unix_nano = row[_TS]
-        level = row[_LEVEL]
+        rec.time_unix_nano = row[TS]
+        rec.observed_time_unix_nano = row[TS]
+        level = row[LEVEL]
         rec.severity_number = severity_number(level)
         rec.severity_text = _severity_text(level)
-        if row[_MESSAGE] is not None:
-            rec.body.string_value = row[_MESSAGE]
+        if row[MESSAGE] is not None:
+            rec.body.string_value = row[MESSAGE]
         attrs = _log_attrs(row)
         if attrs:
             _pb_attrs(rec.attributes, attrs)
-        trace_id = _trace_bytes(row[_TRACE_ID])
+        trace_id = _trace_bytes(row[TRACE_ID])
         if trace_id is not None:
             rec.trace_id = trace_id
-            span_id = _span_bytes(row[_SPAN_ID])
+            span_id = _span_bytes(row[SPAN_ID])
             if span_id is not None:
                 rec.span_id = span_id
     return request

@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from ..._pipeline.encode import Row
+from ..._records import Row
 from ...errors import WireError
 from .common import (
     _INT64_MAX,

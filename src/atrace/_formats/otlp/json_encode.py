@@ -8,28 +8,34 @@ from typing import Any
 
 import orjson
 
-from ..._pipeline.encode import Row, sanitize_value
+from ..._pipeline.sanitize import sanitize_value
+from ..._records import (
+    ERROR_MESSAGE,
+    KIND,
+    LEVEL,
+    MESSAGE,
+    NAME,
+    PARENT_ID,
+    SPAN_ID,
+    STATUS,
+    TRACE_ID,
+    TS,
+    Kind,
+    Row,
+    Status,
+)
 from ..._version import __version__
 from .common import (
     _INT64_MAX,
     _INT64_MIN,
     _MAX_DEPTH,
     _STATUS_ERROR,
+    _STATUS_OK,
     SCOPE_NAME,
     _severity_text,
     severity_number,
 )
 from .encode import (
-    _ERROR_MESSAGE,
-    _KIND,
-    _LEVEL,
-    _MESSAGE,
-    _NAME,
-    _PARENT_ID,
-    _SPAN_ID,
-    _STATUS,
-    _TRACE_ID,
-    _TS,
     _end_ns,
     _exception_attrs,
     _log_attrs,
@@ -100,24 +106,24 @@ def traces_json(rows: Iterable[Row]) -> bytes:
     """The OTLP/JSON form of :func:`traces_request`."""
     groups: dict[tuple[Any, Any, Any, Any], list[dict[str, Any]]] = {}
     for row in rows:
-        kind = row[_KIND]
-        if kind != 3 and kind != 2:
+        kind = row[KIND]
+        if kind != Kind.SPAN and kind != Kind.SPAN_END:
             continue
-        trace_id = _trace_bytes(row[_TRACE_ID])
-        span_id = _span_bytes(row[_SPAN_ID])
+        trace_id = _trace_bytes(row[TRACE_ID])
+        span_id = _span_bytes(row[SPAN_ID])
         if trace_id is None or span_id is None:
             continue
         attrs, span_kind = _span_attrs(row)
         end = _end_ns(row)
         span: dict[str, Any] = {"traceId": trace_id.hex(), "spanId": span_id.hex()}
-        parent = _span_bytes(row[_PARENT_ID])
+        parent = _span_bytes(row[PARENT_ID])
         if parent is not None:
             span["parentSpanId"] = parent.hex()
-        if row[_NAME]:
-            span["name"] = row[_NAME]
+        if row[NAME]:
+            span["name"] = row[NAME]
         span["kind"] = span_kind
-        if row[_TS]:
-            span["startTimeUnixNano"] = str(row[_TS])
+        if row[TS]:
+            span["startTimeUnixNano"] = str(row[TS])
         if end:
             span["endTimeUnixNano"] = str(end)
         if attrs:
@@ -127,13 +133,13 @@ def traces_json(rows: Iterable[Row]) -> bytes:
             span["events"] = [
                 {"timeUnixNano": str(end), "name": "exception", "attributes": _json_attrs(exc)}
             ]
-        status = row[_STATUS]
-        if status == 2:
+        status = row[STATUS]
+        if status == Status.ERROR:
             span["status"] = {"code": _STATUS_ERROR}
-            if row[_ERROR_MESSAGE]:
-                span["status"]["message"] = row[_ERROR_MESSAGE]
-        elif status == 1:
-            span["status"] = {"code": 1}
+            if row[ERROR_MESSAGE]:
+                span["status"]["message"] = row[ERROR_MESSAGE]
+        elif status == Status.OK:
+            span["status"] = {"code": _STATUS_OK}
         groups.setdefault(_resource_key(row), []).append(span)
     return _dumps(
         {
@@ -152,24 +158,24 @@ def logs_json(rows: Iterable[Row]) -> bytes:
     """The OTLP/JSON form of :func:`logs_request`."""
     groups: dict[tuple[Any, Any, Any, Any], list[dict[str, Any]]] = {}
     for row in rows:
-        if row[_KIND] != 0:
+        if row[KIND] != Kind.LOG:
             continue
-        level = row[_LEVEL]
+        level = row[LEVEL]
         rec: dict[str, Any] = {}
-        if row[_TS]:
-            rec["timeUnixNano"] = str(row[_TS])
-            rec["observedTimeUnixNano"] = str(row[_TS])
+        if row[TS]:
+            rec["timeUnixNano"] = str(row[TS])
+            rec["observedTimeUnixNano"] = str(row[TS])
         rec["severityNumber"] = severity_number(level)
         rec["severityText"] = _severity_text(level)
-        if row[_MESSAGE] is not None:
-            rec["body"] = {"stringValue": row[_MESSAGE]}
+        if row[MESSAGE] is not None:
+            rec["body"] = {"stringValue": row[MESSAGE]}
         attrs = _log_attrs(row)
         if attrs:
             rec["attributes"] = _json_attrs(attrs)
-        trace_id = _trace_bytes(row[_TRACE_ID])
+        trace_id = _trace_bytes(row[TRACE_ID])
         if trace_id is not None:
             rec["traceId"] = trace_id.hex()
-            span_id = _span_bytes(row[_SPAN_ID])
+            span_id = _span_bytes(row[SPAN_ID])
             if span_id is not None:
                 rec["spanId"] = span_id.hex()
         groups.setdefault(_resource_key(row), []).append(rec)

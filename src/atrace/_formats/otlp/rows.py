@@ -8,7 +8,8 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from ..._pipeline.encode import Row, sanitize_text, sanitize_value
+from ..._pipeline.sanitize import sanitize_text, sanitize_value
+from ..._records import Kind, Level, Row, Status
 from ...errors import WireError
 from .common import (
     _DEFAULT_SERVICE,
@@ -27,7 +28,9 @@ from .common import (
     _PID_KEY,
     _SERVICE_KEY,
     _SPAN_KIND_INTERNAL,
+    _SPAN_KIND_UNSPECIFIED,
     _STATUS_ERROR,
+    _STATUS_OK,
     SCOPE_NAME,
     level_from_severity,
 )
@@ -44,6 +47,15 @@ _LOCATION_LIMIT = 4096
 _LONG_VALUES = {_EXC_MESSAGE: _MESSAGE_LIMIT, _EXC_STACK: _STACK_LIMIT}
 
 _unpack_q = struct.Struct(">q").unpack
+
+# The stored numbers as plain ints: both decoders build every row here, one span or log at a time.
+_LOG = Kind.LOG.value
+_SPAN = Kind.SPAN.value
+_INFO = Level.INFO.value
+_ERROR = Level.ERROR.value
+_UNSET = Status.UNSET.value
+# OTLP status code → atrace status; an unknown code reads as unset.
+_STATUSES = {_STATUS_OK: Status.OK.value, _STATUS_ERROR: Status.ERROR.value}
 
 
 def _text(value: str, limit: int) -> str:
@@ -155,7 +167,7 @@ def _span_rows(
     events: list[_Event],
 ) -> None:
     """The span's row, then a log row for each of its events (shared by both decoders)."""
-    if kind != _SPAN_KIND_INTERNAL and kind != 0:
+    if kind != _SPAN_KIND_INTERNAL and kind != _SPAN_KIND_UNSPECIFIED:
         attrs[_KIND_KEY] = _KIND_NAMES.get(kind, kind)
     location = _pop_location(attrs) if attrs else None
     etype = emsg = stack = None
@@ -170,13 +182,13 @@ def _span_rows(
     out.append(
         (
             start,
-            3,
-            40 if failed else 20,
+            _SPAN,
+            _ERROR if failed else _INFO,
             trace_id,
             span_id,
             parent_id,
             end - start if end > start else 0,
-            code if code == 1 or code == 2 else 0,
+            _STATUSES.get(code, _UNSET),
             res.service,
             res.environment,
             res.host,
@@ -201,13 +213,13 @@ def _span_rows(
         out.append(
             (
                 event.ts or start,
-                0,
-                40 if is_exception else 20,
+                _LOG,
+                _ERROR if is_exception else _INFO,
                 trace_id,
                 span_id,
                 None,
                 None,
-                0,
+                _UNSET,
                 res.service,
                 res.environment,
                 res.host,
@@ -249,18 +261,18 @@ def _log_row(
     location = _pop_location(attrs) if attrs else None
     etype, emsg, stack = _pop_error(attrs) if attrs else (None, None, None)
     if number <= 0 and not severity_text and (etype is not None or emsg is not None):
-        level = 40
+        level = _ERROR
     else:
         level = level_from_severity(number, severity_text)
     return (
         ts or time.time_ns(),
-        0,
+        _LOG,
         level,
         trace_id,
         span_id if trace_id is not None else None,
         None,
         None,
-        0,
+        _UNSET,
         res.service,
         res.environment,
         res.host,

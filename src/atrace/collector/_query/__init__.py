@@ -17,9 +17,32 @@ from typing import Any
 import orjson
 
 from ..._emit.ids import format_span_id
-from ..._pipeline.encode import COLUMNS
 from ..._postgres.schema import TEXT_VECTOR
-from ...errors import ConfigError
+from ..._records import (
+    ATTRS,
+    COLUMNS,
+    DURATION_NS,
+    ENVIRONMENT,
+    ERROR_MESSAGE,
+    ERROR_TYPE,
+    HOST,
+    KIND,
+    KIND_NAMES,
+    LEVEL,
+    LOCATION,
+    MESSAGE,
+    NAME,
+    PARENT_ID,
+    PID,
+    SERVICE,
+    SPAN_ID,
+    STACK_TRACE,
+    STATUS,
+    TRACE_ID,
+    TS,
+    Level,
+)
+from ...errors import QueryError
 from .error_groups import errors, group_errors
 from .params import (
     _NS,
@@ -41,10 +64,9 @@ from .params import (
 )
 
 # Used only where they now live, but public here before and still importable from here.
-from .params import LEVELS as LEVELS
 from .params import MAX_ATTR_FILTERS as MAX_ATTR_FILTERS
 from .params import MAX_ERROR_SCAN as MAX_ERROR_SCAN
-from .sql import _Args, _ts_sql, time_range
+from .sql import ENDED_SPANS, ERROR_ROWS, FAILED, _Args, _ts_sql, time_range
 from .sql import _ns as _ns  # also imported from here by tail.py
 from .tree import MAX_DEPTH as MAX_DEPTH
 from .tree import build_tree
@@ -54,7 +76,6 @@ __all__ = (
     "DEFAULT_LIMIT",
     "DEFAULT_RANGE_NS",
     "INTERVALS",
-    "KIND_NAMES",
     "MAX_LIMIT",
     "MAX_TRACE_ROWS",
     "Filters",
@@ -95,7 +116,6 @@ del _value
 MAX_TRACE_ROWS = 10_000
 MAX_BUCKETS = 10_000
 INTERVALS = {"1m": 60, "5m": 300, "15m": 900, "1h": 3600, "1d": 86400}
-KIND_NAMES = ("log", "span_start", "span_end", "span")
 _SELECT = ", ".join(COLUMNS)
 
 
@@ -104,27 +124,27 @@ _SELECT = ", ".join(COLUMNS)
 
 def record_json(row: Sequence[Any]) -> dict[str, Any]:
     """One row (COLUMNS order, as stored or as published) as the API's JSON object."""
-    kind = row[1]
+    kind = row[KIND]
     return {
-        "ts": _ns(row[0]),
-        "kind": KIND_NAMES[kind] if 0 <= kind < len(KIND_NAMES) else str(kind),
-        "level": row[2],
-        "trace_id": _trace_hex(row[3]),
-        "span_id": None if row[4] is None else format_span_id(row[4]),
-        "parent_id": None if row[5] is None else format_span_id(row[5]),
-        "duration_ns": row[6],
-        "status": row[7],
-        "service": row[8],
-        "environment": row[9],
-        "host": row[10],
-        "pid": row[11],
-        "name": row[12],
-        "message": row[13],
-        "attrs": _json(row[14]) or {},
-        "error_type": row[15],
-        "error_message": row[16],
-        "stack_trace": row[17],
-        "location": row[18],
+        "ts": _ns(row[TS]),
+        "kind": KIND_NAMES.get(kind, str(kind)),
+        "level": row[LEVEL],
+        "trace_id": _trace_hex(row[TRACE_ID]),
+        "span_id": None if row[SPAN_ID] is None else format_span_id(row[SPAN_ID]),
+        "parent_id": None if row[PARENT_ID] is None else format_span_id(row[PARENT_ID]),
+        "duration_ns": row[DURATION_NS],
+        "status": row[STATUS],
+        "service": row[SERVICE],
+        "environment": row[ENVIRONMENT],
+        "host": row[HOST],
+        "pid": row[PID],
+        "name": row[NAME],
+        "message": row[MESSAGE],
+        "attrs": _json(row[ATTRS]) or {},
+        "error_type": row[ERROR_TYPE],
+        "error_message": row[ERROR_MESSAGE],
+        "stack_trace": row[STACK_TRACE],
+        "location": row[LOCATION],
     }
 
 
@@ -142,9 +162,9 @@ def _search_sql(schema: str, f: Filters) -> tuple[str, list[Any]]:
         where.append(f"service = {a.add(f.service)}")
     if f.min_level is not None:
         where.append(f"level >= {a.add(f.min_level)}::smallint")
-        if f.min_level >= 40:
+        if f.min_level >= Level.ERROR:
             # Written out as the partial index's predicate, so the planner may use that index.
-            where.append("(level >= 40 OR status = 2)")
+            where.append(ERROR_ROWS)
     if f.kinds is not None:
         where.append(f"kind = ANY({a.add(list(f.kinds))}::smallint[])")
     if f.q:
@@ -192,7 +212,7 @@ async def trace(
 ) -> dict[str, Any] | None:
     """The trace as a tree (see :func:`build_tree`), or None when the project has no such trace.
 
-    ``trace_id`` that is not 32 hex digits raises :class:`ConfigError`.
+    ``trace_id`` that is not 32 hex digits raises :class:`QueryError`.
     """
     tid = _parse_trace_id(trace_id)
     rows = await conn.fetch(_trace_sql(schema), project, uuid.UUID(tid), MAX_TRACE_ROWS + 1)
@@ -211,7 +231,7 @@ def _interval_seconds(value: str | int | None) -> int:
         return 300
     if isinstance(value, str) and value in INTERVALS:
         return INTERVALS[value]
-    raise ConfigError("interval", value, f"expected one of {', '.join(INTERVALS)}")
+    raise QueryError("interval", value, f"expected one of {', '.join(INTERVALS)}")
 
 
 def _stats_sql(schema: str, service: bool) -> str:
@@ -226,7 +246,7 @@ def _stats_sql(schema: str, service: bool) -> str:
 
 
 def _durations_sql(schema: str, service: bool) -> str:
-    where = f"project = $1 AND ts >= {_ts_sql(2)} AND ts < {_ts_sql(3)} AND kind IN (2, 3)"
+    where = f"project = $1 AND ts >= {_ts_sql(2)} AND ts < {_ts_sql(3)} AND {ENDED_SPANS}"
     if service:
         where += " AND service = $4"
     return (
@@ -256,7 +276,7 @@ async def stats(
     step = _interval_seconds(interval)
     since, until = time_range(since, until, now)
     if (until - since) // (step * _NS) > MAX_BUCKETS:
-        raise ConfigError("interval", interval, f"more than {MAX_BUCKETS} buckets in the range")
+        raise QueryError("interval", interval, f"more than {MAX_BUCKETS} buckets in the range")
     args: list[Any] = [project, f"{step} seconds", since // 1000, until // 1000]
     if service:
         args.append(service)
@@ -290,21 +310,28 @@ async def stats(
 
 
 def _spans_sql(
-    schema: str, project: str, since: int, until: int, service: str | None, slow_ns: int | None
+    schema: str,
+    project: str,
+    since: int,
+    until: int,
+    service: str | None,
+    slow_ns: int | None,
+    errors_only: bool = False,
 ) -> tuple[str, list[Any]]:
     a = _Args(project)
-    where = [f"project = $1 AND ts >= {a.ts(since)} AND ts < {a.ts(until)} AND kind IN (2, 3)"]
+    where = [f"project = $1 AND ts >= {a.ts(since)} AND ts < {a.ts(until)} AND {ENDED_SPANS}"]
     if service:
         where.append(f"service = {a.add(service)}")
     if slow_ns is not None:
         where.append(f"duration_ns >= {a.add(int(slow_ns))}")
+    having = f"HAVING count(*) FILTER (WHERE {FAILED}) > 0 " if errors_only else ""
     sql = (
-        "SELECT service, name, count(*) AS n, count(*) FILTER (WHERE status = 2) AS failed, "
+        f"SELECT service, name, count(*) AS n, count(*) FILTER (WHERE {FAILED}) AS failed, "
         "max(ts) AS last_ts, (array_agg(status ORDER BY ts DESC))[1] AS last_status, "
         "percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ns) AS p50, "
         "percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ns) AS p95 "
         f"FROM {schema}.records WHERE {' AND '.join(where)} "
-        "GROUP BY service, name ORDER BY n DESC, service, name"
+        f"GROUP BY service, name {having}ORDER BY n DESC, service, name"
     )
     return sql, a.values
 
@@ -327,11 +354,7 @@ async def spans(
     at least that long; ``errors_only`` only names with a failed span."""
     now = time.time_ns() if now is None else now
     since, until = time_range(since, until, now)
-    sql, args = _spans_sql(schema, project, since, until, service, slow_ns)
-    if errors_only:
-        sql = sql.replace(
-            "ORDER BY n DESC", "HAVING count(*) FILTER (WHERE status = 2) > 0 ORDER BY n DESC"
-        )
+    sql, args = _spans_sql(schema, project, since, until, service, slow_ns, errors_only)
     sql += f" LIMIT {int(limit):d}"
     rows = await conn.fetch(sql, *args)
     out = [

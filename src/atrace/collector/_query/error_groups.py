@@ -7,10 +7,10 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ...errors import ConfigError
+from ...errors import QueryError
 from .fingerprint import fingerprint
 from .params import DEFAULT_ERROR_SCAN, DEFAULT_RANGE_NS, MAX_ERROR_SCAN, _trace_hex
-from .sql import _Args, _ns
+from .sql import ERROR_ROWS, _Args, _ns
 
 # Stack traces are read cut to their two ends: Python's top frames are at the end, Java's and
 # JavaScript's at the start; the middle never decides a fingerprint.
@@ -26,7 +26,7 @@ def _errors_sql(
 ) -> tuple[str, list[Any]]:
     a = _Args(project)
     # The partial index's predicate, written out as in its definition.
-    where = ["project = $1", "(level >= 40 OR status = 2)", f"ts >= {a.ts(since)}"]
+    where = ["project = $1", ERROR_ROWS, f"ts >= {a.ts(since)}"]
     if until is not None:
         where.append(f"ts < {a.ts(until)}")
     if service:
@@ -92,7 +92,7 @@ async def errors(
     if since is None:
         since = (now if until is None else until) - DEFAULT_RANGE_NS
     if not 1 <= scan <= MAX_ERROR_SCAN:
-        raise ConfigError("scan", scan, f"expected 1 to {MAX_ERROR_SCAN}")
+        raise QueryError("scan", scan, f"expected 1 to {MAX_ERROR_SCAN}")
     sql, args = _errors_sql(schema, project, since, until, service, scan)
     rows = await conn.fetch(sql, *args)
     truncated = len(rows) > scan

@@ -14,7 +14,20 @@ from typing import Any
 import orjson
 
 from ..._emit.ids import parse_trace_id
-from ...errors import ConfigError
+from ..._records import (
+    ATTRS,
+    KIND,
+    KIND_NAMES,
+    LEVEL,
+    LEVELS,
+    MAX_LEVEL,
+    MESSAGE,
+    NAME,
+    SERVICE,
+    TRACE_ID,
+    Kind,
+)
+from ...errors import QueryError
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -24,24 +37,11 @@ DEFAULT_RANGE_NS = 24 * 3600 * 1_000_000_000
 DEFAULT_ERROR_SCAN = 10_000
 MAX_ERROR_SCAN = 100_000
 MAX_ATTR_FILTERS = 20
-_KIND_FILTERS = {
-    "log": (0,),
-    "span": (1, 2, 3),
-    "span_start": (1,),
-    "span_end": (2,),
-    "0": (0,),
-    "1": (1,),
-    "2": (2,),
-    "3": (3,),
-}
-LEVELS = {
-    "debug": 10,
-    "info": 20,
-    "warning": 30,
-    "warn": 30,
-    "error": 40,
-    "critical": 50,
-    "fatal": 50,
+# A kind filter by name or number; "span" means every span row, whichever way it was written.
+_KIND_FILTERS: dict[str, tuple[int, ...]] = {
+    **{name: (kind,) for kind, name in KIND_NAMES.items()},
+    **{str(kind): (kind,) for kind in KIND_NAMES},
+    KIND_NAMES[Kind.SPAN]: (Kind.SPAN_START.value, Kind.SPAN_END.value, Kind.SPAN.value),
 }
 _NS = 1_000_000_000
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -76,7 +76,7 @@ def parse_time(value: str | int | dt.datetime, *, now: int, field: str = "time")
             return _iso_ns(m)
         except ValueError:
             pass
-    raise ConfigError(
+    raise QueryError(
         field, value, "expected ISO 8601, a relative age like 15m, 2h or 1d, or integer ns"
     )
 
@@ -107,9 +107,9 @@ def parse_level(value: str | int) -> int:
     text = str(value).strip().lower()
     if text in LEVELS:
         return LEVELS[text]
-    if text.isdigit() and int(text) <= 100:
+    if text.isdigit() and int(text) <= MAX_LEVEL:
         return int(text)
-    raise ConfigError("level", value, "expected debug, info, warning, error, critical or 0-100")
+    raise QueryError("level", value, "expected debug, info, warning, error, critical or 0-100")
 
 
 def _parse_limit(value: str | int | None, default: int, maximum: int, name: str) -> int:
@@ -118,16 +118,16 @@ def _parse_limit(value: str | int | None, default: int, maximum: int, name: str)
     try:
         limit = int(value)
     except (TypeError, ValueError):
-        raise ConfigError(name, value, "expected an integer") from None
+        raise QueryError(name, value, "expected an integer") from None
     if not 1 <= limit <= maximum:
-        raise ConfigError(name, value, f"expected 1 to {maximum}")
+        raise QueryError(name, value, f"expected 1 to {maximum}")
     return limit
 
 
 def _parse_trace_id(value: str) -> str:
     trace_id = parse_trace_id(value.strip())
     if trace_id is None:
-        raise ConfigError("trace_id", value, "expected 32 hex digits (not all zero)")
+        raise QueryError("trace_id", value, "expected 32 hex digits (not all zero)")
     return trace_id
 
 
@@ -160,20 +160,20 @@ class Filters:
         ``q`` is a case-insensitive substring of the name and message here; ``attrs`` is the
         row's decoded attributes when the caller already has them.
         """
-        if self.service is not None and row[8] != self.service:
+        if self.service is not None and row[SERVICE] != self.service:
             return False
-        if self.min_level is not None and row[2] < self.min_level:
+        if self.min_level is not None and row[LEVEL] < self.min_level:
             return False
-        if self.kinds is not None and row[1] not in self.kinds:
+        if self.kinds is not None and row[KIND] not in self.kinds:
             return False
-        if self.trace_id is not None and _trace_hex(row[3]) != self.trace_id:
+        if self.trace_id is not None and _trace_hex(row[TRACE_ID]) != self.trace_id:
             return False
         if self.q:
-            text = f"{row[12] or ''} {row[13] or ''}".lower()
+            text = f"{row[NAME] or ''} {row[MESSAGE] or ''}".lower()
             if self.q.lower() not in text:
                 return False
         if self.attrs:
-            have = attrs if attrs is not None else _json(row[14])
+            have = attrs if attrs is not None else _json(row[ATTRS])
             if not isinstance(have, dict) or not _contains(have, self.attrs):
                 return False
         return True
@@ -230,19 +230,19 @@ def parse_filters(
         if key.startswith("attr."):
             name = key[5:]
             if not name:
-                raise ConfigError(key, value, "an attribute filter needs a key: attr.KEY=VALUE")
+                raise QueryError(key, value, "an attribute filter needs a key: attr.KEY=VALUE")
             attrs[name] = _attr_value(value)
         elif key in _FILTER_KEYS:
             seen[key] = value
         else:
-            raise ConfigError(key, value, f"unknown parameter; expected one of {_FILTER_NAMES}")
+            raise QueryError(key, value, f"unknown parameter; expected one of {_FILTER_NAMES}")
     if len(attrs) > MAX_ATTR_FILTERS:
-        raise ConfigError("attr", len(attrs), f"at most {MAX_ATTR_FILTERS} attribute filters")
+        raise QueryError("attr", len(attrs), f"at most {MAX_ATTR_FILTERS} attribute filters")
     since = seen.get("since")
     until = seen.get("until")
     kind = seen.get("kind")
     if kind is not None and kind.strip().lower() not in _KIND_FILTERS:
-        raise ConfigError("kind", kind, "expected log, span, span_start or span_end")
+        raise QueryError("kind", kind, "expected log, span, span_start or span_end")
     q = (seen.get("q") or "").strip()
     level = seen.get("level")
     service = seen.get("service")
@@ -290,7 +290,7 @@ def _decode_cursor(text: str) -> tuple[int, str]:
             return ts_us, rid
     except (ValueError, TypeError):
         pass
-    raise ConfigError("cursor", text, "not a cursor this API returned")
+    raise QueryError("cursor", text, "not a cursor this API returned")
 
 
 # -- query parameters as keyword arguments ----------------------------------------------------
@@ -301,12 +301,12 @@ def spans_params(params: Mapping[str, str], *, now: int) -> dict[str, Any]:
     _only(params, ("since", "until", "service", "slow_ms", "errors", "limit"))
     flag = params.get("errors", "").strip().lower()
     if flag not in ("", "0", "1", "true", "false", "yes", "no"):
-        raise ConfigError("errors", flag, "expected true or false")
+        raise QueryError("errors", flag, "expected true or false")
     slow = params.get("slow_ms")
     try:
         slow_ns = None if slow in (None, "") else int(float(slow) * 1_000_000)
     except ValueError:
-        raise ConfigError("slow_ms", slow, "expected a number of milliseconds") from None
+        raise QueryError("slow_ms", slow, "expected a number of milliseconds") from None
     return {
         "since": parse_time(params["since"], now=now, field="since") if "since" in params else None,
         "until": parse_time(params["until"], now=now, field="until") if "until" in params else None,
@@ -336,7 +336,7 @@ def stats_params(params: Mapping[str, str], *, now: int) -> dict[str, Any]:
     _only(params, ("since", "until", "service", "interval", "durations"))
     flag = params.get("durations", "").strip().lower()
     if flag not in ("", "0", "1", "true", "false", "yes", "no"):
-        raise ConfigError("durations", flag, "expected true or false")
+        raise QueryError("durations", flag, "expected true or false")
     return {
         "interval": params.get("interval") or None,
         "since": parse_time(params["since"], now=now, field="since") if "since" in params else None,
@@ -350,4 +350,4 @@ def stats_params(params: Mapping[str, str], *, now: int) -> dict[str, Any]:
 def _only(params: Mapping[str, str], allowed: tuple[str, ...]) -> None:
     for key in params:
         if key not in allowed:
-            raise ConfigError(key, params[key], f"unknown parameter; expected {', '.join(allowed)}")
+            raise QueryError(key, params[key], f"unknown parameter; expected {', '.join(allowed)}")

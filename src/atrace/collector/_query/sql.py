@@ -5,8 +5,15 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from ...errors import ConfigError
+from ..._records import Kind, Level, Status
+from ...errors import QueryError
 from .params import DEFAULT_RANGE_NS, _datetime_ns
+
+# Conditions on the stored numbers, named once. ERROR_ROWS is word for word the predicate of the
+# partial index records_errors_idx (schema.py), so that the planner may use that index.
+ENDED_SPANS = f"kind IN ({Kind.SPAN_END:d}, {Kind.SPAN:d})"
+FAILED = f"status = {Status.ERROR:d}"
+ERROR_ROWS = f"(level >= {Level.ERROR:d} OR {FAILED})"
 
 
 def _ts_sql(n: int) -> str:
@@ -42,5 +49,5 @@ def time_range(since: int | None, until: int | None, now: int) -> tuple[int, int
     until = now if until is None else until
     since = until - DEFAULT_RANGE_NS if since is None else since
     if until <= since:
-        raise ConfigError("until", until, "must be after since")
+        raise QueryError("until", until, "must be after since")
     return since, until

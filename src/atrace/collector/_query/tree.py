@@ -5,6 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from ..._records import KIND_NAMES, Kind, Level, Status
+
+# Records come as record_json gives them, kinds by name.
+_LOG = KIND_NAMES[Kind.LOG]
+_SPAN_START = KIND_NAMES[Kind.SPAN_START]
 # Deeper spans hang from the root (marked): JSON encoders refuse very deep nesting, and no
 # reader follows a tree 100 levels down.
 MAX_DEPTH = 100
@@ -44,8 +49,7 @@ def _span_node(rec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _close_span(node: dict[str, Any], rec: dict[str, Any]) -> None:
-    # The end row (kind 2) or a complete span (kind 3) carries the final status, attributes,
-    # error and duration.
+    # The end row or a complete span carries the final status, attributes, error and duration.
     for k in _SPAN_FIELDS:
         if rec[k] is not None and rec[k] != {}:
             node[k] = rec[k]
@@ -63,7 +67,7 @@ def _close_span(node: dict[str, Any], rec: dict[str, Any]) -> None:
 def build_tree(records: Sequence[dict[str, Any]], *, now: int) -> dict[str, Any]:
     """A trace's records (as :func:`record_json` gives them, oldest first) as a tree.
 
-    A span start (kind 1) and its end (kind 2) become one span; a start without its end is
+    A span start and its end row become one span; a start without its end is
     ``in_flight``, with ``elapsed_ns`` up to ``now``. Logs hang under their span (``logs``),
     spans under their parent (``children``), both oldest first. A span whose parent is not in
     the data, a log whose span is not, and a span in a parent cycle sit at the root with
@@ -73,14 +77,14 @@ def build_tree(records: Sequence[dict[str, Any]], *, now: int) -> dict[str, Any]
     logs: list[dict[str, Any]] = []
     for i, rec in enumerate(records):
         kind = rec["kind"]
-        if kind == "log":
+        if kind == _LOG:
             log = dict(rec)
             log.update(type="log", orphan=False)
             logs.append(log)
             continue
         key = rec["span_id"] or f"row{i}"
         node = spans.get(key)
-        if kind == "span_start":
+        if kind == _SPAN_START:
             if node is None:
                 spans[key] = _span_node(rec)
             continue
@@ -186,9 +190,9 @@ def _summary(
         "duration_ns": end - start,
         "in_flight": in_flight,
         "span_count": len(spans),
-        "log_count": sum(1 for r in records if r["kind"] == "log"),
-        "error_count": sum(1 for n in spans.values() if n["status"] == 2)
-        + sum(1 for r in records if r["kind"] == "log" and r["level"] >= 40),
+        "log_count": sum(1 for r in records if r["kind"] == _LOG),
+        "error_count": sum(1 for n in spans.values() if n["status"] == Status.ERROR)
+        + sum(1 for r in records if r["kind"] == _LOG and r["level"] >= Level.ERROR),
         "services": sorted({r["service"] for r in records}),
         "spans": roots,
         "logs": root_logs,

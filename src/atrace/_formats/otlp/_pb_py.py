@@ -1,40 +1,29 @@
-"""OTLP protobuf requests as atrace rows (what the collector runs for protobuf bodies).
+"""OTLP protobuf requests as rows through the official (upb) classes: the twin of ``_pb``.
 
-The functions here walk the official (upb) message objects; they are the twin of the compiled
-``_otlp_pb``, which reads the wire format itself and runs instead when it is built.
-``ATRACE_PUREPYTHON=1`` forces the twin, and ``IMPLEMENTATION`` says which one runs.
+The compiled ``_pb`` reads the wire format itself and gives the same rows and the same refusals;
+``pb`` picks the one that runs.
 """
 
 from __future__ import annotations
 
-import base64
-import os
-from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
-import orjson
-
-from ..._pipeline.encode import Row, sanitize_text
+from ..._records import Row
 from ...errors import WireError
 from .common import (
     _FILE_KEYS,
     _KIND_KEY,
     _KIND_NAMES,
-    _MAX_DEPTH,
     _STATUS_ERROR,
     DecodeError,
     ExportLogsServiceRequest,
     ExportTraceServiceRequest,
 )
+from .pb_values import pb_body, pb_into
 from .rows import (
-    _KEY_LIMIT,
-    _LONG_VALUES,
-    _MESSAGE_LIMIT,
     _NAME_LIMIT,
-    _VALUE_LIMIT,
     _attrs_json,
     _Event,
-    _key,
     _log_row,
     _pop_location,
     _Resource,
@@ -44,65 +33,19 @@ from .rows import (
     _unpack_q,
 )
 
+__all__ = ("decode_logs_pb", "decode_traces_pb")
+
 _ZERO16 = bytes(16)
 _ZERO8 = bytes(8)
 
 
-def _pb_any(av: Any, depth: int) -> Any:
-    which = av.WhichOneof("value")
-    if which == "string_value":
-        return _text(av.string_value, _VALUE_LIMIT)
-    if which == "int_value":
-        return av.int_value
-    if which == "bool_value":
-        return av.bool_value
-    if which == "double_value":
-        return av.double_value
-    if which is None:
-        return None
-    if depth >= _MAX_DEPTH:
-        return "<too deep>"
-    if which == "array_value":
-        return [_pb_any(item, depth + 1) for item in av.array_value.values]
-    if which == "kvlist_value":
-        out: dict[str, Any] = {}
-        _pb_into(out, av.kvlist_value.values, depth + 1)
-        return out
-    if which == "bytes_value":
-        return base64.b64encode(av.bytes_value).decode("ascii")
-    return None
-
-
-def _pb_into(out: dict[str, Any], kvs: Any, depth: int = 0) -> None:
-    # The hot loop of decoding. Most attribute values are strings, and a non-empty
-    # ``string_value`` answers in one call what WhichOneof and getattr answer in two.
-    for kv in kvs:
-        key = kv.key
-        if not key.isascii() or len(key) > _KEY_LIMIT or "\x00" in key:
-            key = _key(key)
-        av = kv.value
-        value = av.string_value
-        if value:
-            if not value.isascii() or len(value) > _VALUE_LIMIT or "\x00" in value:
-                value = sanitize_text(value, _LONG_VALUES.get(key, _VALUE_LIMIT))
-        else:
-            which = av.WhichOneof("value")
-            if which is None:
-                continue
-            value = getattr(av, which)
-            t = type(value)
-            if t is not int and t is not bool and t is not float and t is not str:
-                value = _pb_any(av, depth)
-        out[key] = value
-
-
-def _pb_resource_of(resource: Any) -> _Resource:
+def _resource_of(resource: Any) -> _Resource:
     attrs: dict[str, Any] = {}
-    _pb_into(attrs, resource.attributes)
+    pb_into(attrs, resource.attributes)
     return _Resource(attrs)
 
 
-def _pb_trace_id(raw: bytes, where: str) -> str | None:
+def _trace_id(raw: bytes, where: str) -> str | None:
     """A log's optional trace id: absent, or 16 bytes (all zero counts as absent)."""
     if not raw:
         return None
@@ -111,7 +54,7 @@ def _pb_trace_id(raw: bytes, where: str) -> str | None:
     return None if raw == _ZERO16 else raw.hex()
 
 
-def _pb_span_id(raw: bytes, where: str, field: str) -> int | None:
+def _span_id(raw: bytes, where: str, field: str) -> int | None:
     """An optional span id: absent, or 8 bytes (all zero counts as absent)."""
     if not raw:
         return None
@@ -121,7 +64,7 @@ def _pb_span_id(raw: bytes, where: str, field: str) -> int | None:
     return value or None
 
 
-def _pb_required(raw: bytes, where: str, field: str, size: int) -> WireError:
+def _required(raw: bytes, where: str, field: str, size: int) -> WireError:
     if len(raw) != size:
         return WireError(f"{where}.{field}: expected {size} bytes, got {len(raw)}")
     return WireError(f"{where}.{field}: all zero (not a valid id)")
@@ -134,7 +77,8 @@ def _parse(message: Any, body: bytes, what: str) -> None:
         raise WireError(f"invalid protobuf {what}: {exc or 'cannot parse'}") from None
 
 
-def _decode_traces_upb(body: bytes, max_records: int) -> list[Row]:
+def decode_traces_pb(body: bytes, max_records: int) -> list[Row]:
+    """Rows for a protobuf ``ExportTraceServiceRequest``, read through the official classes."""
     request = ExportTraceServiceRequest()
     _parse(request, body, "ExportTraceServiceRequest")
     count = 0
@@ -149,7 +93,7 @@ def _decode_traces_upb(body: bytes, max_records: int) -> list[Row]:
     last_raw: bytes | None = None  # None never equals a trace id, not even an empty one
     trace_id = ""
     for i, rs in enumerate(request.resource_spans):
-        res = _pb_resource_of(rs.resource)
+        res = _resource_of(rs.resource)
         extra = res.extra
         service, environment, host, pid = res.service, res.environment, res.host, res.pid
         for j, ss in enumerate(rs.scope_spans):
@@ -158,11 +102,11 @@ def _decode_traces_upb(body: bytes, max_records: int) -> list[Row]:
                 if raw != last_raw:
                     # Spans of one trace travel together: their hex text is made once, shared.
                     if len(raw) != 16 or raw == _ZERO16:
-                        raise _pb_required(raw, _pb_where(i, j, k), "trace_id", 16)
+                        raise _required(raw, _where(i, j, k), "trace_id", 16)
                     last_raw, trace_id = raw, raw.hex()
                 raw = sp.span_id
                 if len(raw) != 8 or raw == _ZERO8:
-                    raise _pb_required(raw, _pb_where(i, j, k), "span_id", 8)
+                    raise _required(raw, _where(i, j, k), "span_id", 8)
                 span_id: int = _unpack_q(raw)[0]
                 raw = sp.parent_span_id
                 if not raw:
@@ -170,12 +114,12 @@ def _decode_traces_upb(body: bytes, max_records: int) -> list[Row]:
                 elif len(raw) == 8:
                     parent_id = _unpack_q(raw)[0] or None
                 else:
-                    parent_id = _pb_span_id(raw, _pb_where(i, j, k), "parent_span_id")
+                    parent_id = _span_id(raw, _where(i, j, k), "parent_span_id")
                 start = sp.start_time_unix_nano
                 if not start:
-                    raise WireError(f"{_pb_where(i, j, k)}.start_time_unix_nano: missing")
+                    raise WireError(f"{_where(i, j, k)}.start_time_unix_nano: missing")
                 attrs: dict[str, Any] = dict(extra) if extra else {}
-                _pb_into(attrs, sp.attributes)
+                pb_into(attrs, sp.attributes)
                 code = sp.status.code
                 n_events = len(sp.events)
                 if n_events or code == _STATUS_ERROR:
@@ -185,7 +129,7 @@ def _decode_traces_upb(body: bytes, max_records: int) -> list[Row]:
                         raise _too_many(max_records - budget, max_records, "spans and events")
                     for ev in sp.events:
                         ev_attrs: dict[str, Any] = {}
-                        _pb_into(ev_attrs, ev.attributes)
+                        pb_into(ev_attrs, ev.attributes)
                         events.append(_Event(ev.time_unix_nano, ev.name, ev_attrs))
                     _span_rows(
                         out,
@@ -242,22 +186,12 @@ def _decode_traces_upb(body: bytes, max_records: int) -> list[Row]:
     return out
 
 
-def _pb_where(i: int, j: int, k: int) -> str:
+def _where(i: int, j: int, k: int) -> str:
     return f"resource_spans[{i}].scope_spans[{j}].spans[{k}]"
 
 
-def _pb_body(av: Any) -> str | None:
-    which = av.WhichOneof("value")
-    if which is None:
-        return None
-    if which == "string_value":
-        return _text(av.string_value, _MESSAGE_LIMIT)
-    value = _pb_any(av, 0)
-    text = orjson.dumps(value).decode("utf-8")
-    return _text(text, _MESSAGE_LIMIT)
-
-
-def _decode_logs_upb(body: bytes, max_records: int) -> list[Row]:
+def decode_logs_pb(body: bytes, max_records: int) -> list[Row]:
+    """Rows for a protobuf ``ExportLogsServiceRequest``, read through the official classes."""
     request = ExportLogsServiceRequest()
     _parse(request, body, "ExportLogsServiceRequest")
     count = 0
@@ -268,16 +202,16 @@ def _decode_logs_upb(body: bytes, max_records: int) -> list[Row]:
         raise _too_many(count, max_records, "log records")
     out: list[Row] = []
     for i, rl in enumerate(request.resource_logs):
-        res = _pb_resource_of(rl.resource)
+        res = _resource_of(rl.resource)
         extra = res.extra
         for j, sl in enumerate(rl.scope_logs):
             scope_name = sl.scope.name
             for k, rec in enumerate(sl.log_records):
                 where = f"resource_logs[{i}].scope_logs[{j}].log_records[{k}]"
-                trace_id = _pb_trace_id(rec.trace_id, where)
-                span_id = _pb_span_id(rec.span_id, where, "span_id")
+                trace_id = _trace_id(rec.trace_id, where)
+                span_id = _span_id(rec.span_id, where, "span_id")
                 attrs: dict[str, Any] = dict(extra) if extra else {}
-                _pb_into(attrs, rec.attributes)
+                pb_into(attrs, rec.attributes)
                 out.append(
                     _log_row(
                         res,
@@ -285,7 +219,7 @@ def _decode_logs_upb(body: bytes, max_records: int) -> list[Row]:
                         rec.time_unix_nano or rec.observed_time_unix_nano,
                         rec.severity_number,
                         rec.severity_text,
-                        _pb_body(rec.body),
+                        pb_body(rec.body),
                         attrs,
                         trace_id,
                         span_id,
@@ -293,20 +227,3 @@ def _decode_logs_upb(body: bytes, max_records: int) -> list[Row]:
                     )
                 )
     return out
-
-
-_Decoder = Callable[[bytes, int], list[Row]]
-
-
-def _select() -> tuple[Literal["cython", "python"], _Decoder, _Decoder]:
-    # An empty value means unset, and "0" means off, like every other ATRACE_* switch.
-    if os.environ.get("ATRACE_PUREPYTHON", "") not in ("", "0"):
-        return "python", _decode_traces_upb, _decode_logs_upb
-    try:
-        from ._pb import decode_logs_pb, decode_traces_pb
-    except ImportError:
-        return "python", _decode_traces_upb, _decode_logs_upb
-    return "cython", decode_traces_pb, decode_logs_pb
-
-
-IMPLEMENTATION, _decode_traces_pb, _decode_logs_pb = _select()

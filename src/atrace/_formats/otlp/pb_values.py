@@ -1,0 +1,81 @@
+"""OTLP attribute values read off protobuf (upb) message objects: AnyValue, KeyValue, log bodies.
+
+The twin decoder reads every value here. The compiled one reads values off the wire itself and
+comes here only for the values protobuf merges (a value, an array or a kvlist sent twice), so
+that both give the same result.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import orjson
+
+from ..._pipeline.sanitize import sanitize_text
+from .common import _MAX_DEPTH
+from .rows import _KEY_LIMIT, _LONG_VALUES, _MESSAGE_LIMIT, _VALUE_LIMIT, _key, _text
+
+__all__ = ("pb_any", "pb_body", "pb_into")
+
+
+def pb_any(av: Any, depth: int) -> Any:
+    """An ``AnyValue`` as a JSON-ready value (arrays and kvlists nested up to the limit)."""
+    which = av.WhichOneof("value")
+    if which == "string_value":
+        return _text(av.string_value, _VALUE_LIMIT)
+    if which == "int_value":
+        return av.int_value
+    if which == "bool_value":
+        return av.bool_value
+    if which == "double_value":
+        return av.double_value
+    if which is None:
+        return None
+    if depth >= _MAX_DEPTH:
+        return "<too deep>"
+    if which == "array_value":
+        return [pb_any(item, depth + 1) for item in av.array_value.values]
+    if which == "kvlist_value":
+        out: dict[str, Any] = {}
+        pb_into(out, av.kvlist_value.values, depth + 1)
+        return out
+    if which == "bytes_value":
+        return base64.b64encode(av.bytes_value).decode("ascii")
+    return None
+
+
+def pb_into(out: dict[str, Any], kvs: Any, depth: int = 0) -> None:
+    """Each ``KeyValue`` of ``kvs`` into ``out``; a key without a value is left out."""
+    # The hot loop of decoding. Most attribute values are strings, and a non-empty
+    # ``string_value`` answers in one call what WhichOneof and getattr answer in two.
+    for kv in kvs:
+        key = kv.key
+        if not key.isascii() or len(key) > _KEY_LIMIT or "\x00" in key:
+            key = _key(key)
+        av = kv.value
+        value = av.string_value
+        if value:
+            if not value.isascii() or len(value) > _VALUE_LIMIT or "\x00" in value:
+                value = sanitize_text(value, _LONG_VALUES.get(key, _VALUE_LIMIT))
+        else:
+            which = av.WhichOneof("value")
+            if which is None:
+                continue
+            value = getattr(av, which)
+            t = type(value)
+            if t is not int and t is not bool and t is not float and t is not str:
+                value = pb_any(av, depth)
+        out[key] = value
+
+
+def pb_body(av: Any) -> str | None:
+    """A log record's body as its message: a string as it is, any other value as its JSON."""
+    which = av.WhichOneof("value")
+    if which is None:
+        return None
+    if which == "string_value":
+        return _text(av.string_value, _MESSAGE_LIMIT)
+    value = pb_any(av, 0)
+    text = orjson.dumps(value).decode("utf-8")
+    return _text(text, _MESSAGE_LIMIT)

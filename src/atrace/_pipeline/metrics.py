@@ -1,0 +1,122 @@
+"""Snapshots of the counters: the pipeline's (``atrace.metrics()``) and each sink lane's.
+
+A leaf module: the pipeline and the delivery lanes both build these, and neither imports the
+other for them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+__all__ = ("LaneStats", "Metrics")
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class LaneStats:
+    """A frozen snapshot of one lane's counters (records unless said otherwise).
+
+    :ivar name: the sink's name.
+    :ivar written: stored by the sink, directly or by replay of this process's spill.
+    :ivar spilled: appended to the spill by this process.
+    :ivar spilled_pending: of those, not replayed yet.
+    :ivar replayed: replayed from the spill (this process's or an earlier one's).
+    :ivar dropped_spill: could not be spilled: the spill was full or not writable.
+    :ivar dropped_permanent: refused by the sink with a permanent error (kept apart on disk).
+    :ivar retries: extra attempts (batches).
+    :ivar errors: failed attempts (batches).
+    :ivar breaker_state: the sink's circuit breaker: ``closed``, ``open`` or ``half_open``.
+    :ivar breaker_trips: times it opened.
+    """
+
+    name: str
+    written: int
+    spilled: int
+    spilled_pending: int
+    replayed: int
+    dropped_spill: int
+    dropped_permanent: int
+    retries: int
+    errors: int
+    breaker_state: str
+    breaker_trips: int
+
+
+# The figures of a pipeline without sink lanes (one that hands its rows to a receiver).
+NO_LANE = LaneStats(
+    name="",
+    written=0,
+    spilled=0,
+    spilled_pending=0,
+    replayed=0,
+    dropped_spill=0,
+    dropped_permanent=0,
+    retries=0,
+    errors=0,
+    breaker_state="closed",
+    breaker_trips=0,
+)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Metrics:
+    """A frozen snapshot of the pipeline's counters (records unless said otherwise); call
+    :func:`atrace.metrics` again for fresh figures.
+
+    :ivar accepted: handed to atrace by emit calls.
+    :ivar batches: batches handed to the sinks.
+    :ivar breaker_state: the first sink's circuit breaker: ``closed``, ``open`` or ``half_open``.
+    :ivar breaker_trips: times it opened.
+    :ivar capacity: records the ring holds.
+    :ivar dropped: ``dropped_ring + dropped_spill + dropped_permanent``.
+    :ivar dropped_permanent: refused by the sink for good (kept apart on disk as rejected).
+    :ivar dropped_ring: discarded by the ring's policy when full.
+    :ivar dropped_spill: could not be spilled: the spill was full or not writable.
+    :ivar flush_latency_mean_ms: time to deliver one batch to every sink.
+    :ivar flush_latency_p99_ms: its 99th percentile.
+    :ivar high_water: most records the ring ever held at once.
+    :ivar implementation: which ring runs: ``"cython"`` or ``"python"``.
+    :ivar in_flight: drained from the ring, batch not settled yet.
+    :ivar open_spans: entered and not yet exited.
+    :ivar queue_size: in the ring now.
+    :ivar replayed: sent from the spill (also an earlier process's).
+    :ivar retries: extra attempts, in batches.
+    :ivar running: whether a flusher is active.
+    :ivar sink_errors: failed attempts, in batches, all sinks.
+    :ivar sinks: per-sink snapshots.
+    :ivar spilled: written to the spill by this process.
+    :ivar spilled_pending: of those, not replayed yet.
+    :ivar written: stored by the sink (directly or replayed from this process's spill).
+    """
+
+    accepted: int
+    batches: int
+    breaker_state: str
+    breaker_trips: int
+    capacity: int
+    dropped: int
+    dropped_permanent: int
+    dropped_ring: int
+    dropped_spill: int
+    flush_latency_mean_ms: float
+    flush_latency_p99_ms: float
+    high_water: int
+    implementation: str
+    in_flight: int
+    open_spans: int
+    queue_size: int
+    replayed: int
+    retries: int
+    running: bool
+    sink_errors: int
+    sinks: tuple[LaneStats, ...]
+    spilled: int
+    spilled_pending: int
+    written: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """The snapshot as a plain dict (``sinks`` keeps its :class:`LaneStats`)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
