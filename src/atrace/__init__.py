@@ -1,6 +1,6 @@
 """atrace: asyncio-first tracing and structured logging that lands in PostgreSQL."""
 
-from typing import TYPE_CHECKING, Any
+from __future__ import annotations
 
 from ._emit.context import SpanContext as SpanContext
 from ._emit.context import Thread as Thread
@@ -97,7 +97,10 @@ __all__ = (
     "wrap",
 )
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from .client import AsyncClient as AsyncClient
     from .client import Client as Client
     from .client import CollectorError as CollectorError

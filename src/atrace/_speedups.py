@@ -11,13 +11,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from importlib import import_module
 from types import MappingProxyType, ModuleType
-from typing import Final, Literal
 
 from .config import purepython
 
-__all__ = ("FORCE_TWINS", "PAIRS", "Implementation", "implementations", "load")
+# typing stays off `import atrace` (this module is on that path); only the checker reads these.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final, Literal
 
-Implementation = Literal["cython", "python"]
+    Implementation = Literal["cython", "python"]
+
+__all__ = ("FORCE_TWINS", "PAIRS", "implementations", "load")
 
 # Read once: a façade picks its module when it is imported, for the life of the process.
 FORCE_TWINS: Final = purepython()

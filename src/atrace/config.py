@@ -9,13 +9,12 @@ import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
-from typing import Final
 
 from .errors import ConfigError, InternalError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, Final
 
 __all__ = (
     "DEFAULT_BATCH_SIZE",

@@ -107,7 +107,7 @@ class trace_context:
             if parsed is None:
                 raise ConfigError("trace_id", trace_id, "expected 32 hex digits, not all zero")
             tid = parsed
-        self._ctx = SpanContext(tid, _coerce_span_id(parent_id))
+        self._ctx = SpanContext(tid, coerce_span_id(parent_id))
 
     def __enter__(self) -> SpanContext:
         self._prev = _current.get()
@@ -134,7 +134,7 @@ class trace_context:
         self.__exit__(exc_type, exc, tb)
 
 
-def _coerce_span_id(value: str | int | None) -> int | None:
+def coerce_span_id(value: str | int | None) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool):

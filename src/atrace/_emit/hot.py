@@ -1,8 +1,8 @@
 """The emit hot path that runs: the compiled ``_hot``, or its pure-Python twin ``_hot_py``."""
 
-import typing
-
 from .. import _speedups
+
+TYPE_CHECKING = False
 
 __all__ = (
     "IMPLEMENTATION",
@@ -21,8 +21,10 @@ __all__ = (
     "warning",
 )
 
-if typing.TYPE_CHECKING:
+if TYPE_CHECKING:
     # The stub and the twin declare one API; the checker reads the twin's.
+    from typing import Literal
+
     from ._hot_py import (
         Span,
         critical,
@@ -39,7 +41,7 @@ if typing.TYPE_CHECKING:
         warning,
     )
 
-    IMPLEMENTATION: typing.Literal["cython", "python"]
+    IMPLEMENTATION: Literal["cython", "python"]
 else:
     _module, IMPLEMENTATION = _speedups.load("atrace._emit._hot", "atrace._emit._hot_py")
     # The names the checker reads from the twin above, taken from the module that runs.

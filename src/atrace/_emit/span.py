@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-from typing import overload
 
 from ..errors import ConfigError
 from .hot import Span, get_current, reset_current, set_current, span
@@ -11,9 +10,15 @@ from .hot import Span, get_current, reset_current, set_current, span
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Callable, Generator
-    from typing import Any, TypeVar
+    from typing import Any, TypeVar, overload
 
     F = TypeVar("F", bound=Callable[..., Any])
+else:
+    # At run time the last definition of ``traced`` wins anyway, so the overloads need no
+    # typing.overload (typing stays off `import atrace`); ruff cannot tell, hence the noqa.
+    def overload(fn):
+        return fn
+
 
 __all__ = ("Span", "span", "traced")
 
@@ -24,23 +29,23 @@ __all__ = ("Span", "span", "traced")
 @overload
 def traced(fn: F, /) -> F: ...
 @overload
-def traced(name: str | None = None, /, **attrs: Any) -> Callable[[F], F]: ...
+def traced(name: str | None = None, /, **attrs: Any) -> Callable[[F], F]: ...  # noqa: F811
 
 
-def traced(arg: Any = None, /, **attrs: Any) -> Any:
+def traced(arg: Any = None, /, **attrs: Any) -> Any:  # noqa: F811
     """Wrap a function in a span named after its qualified name (or the name given).
 
     Works on sync and async functions, and on sync and async generators, where the span covers
     the whole iteration and is current only while the generator body runs.
     """
     if callable(arg):
-        return _decorate(arg, None, attrs, None)
+        return decorate(arg, None, attrs, None)
     if arg is not None and not isinstance(arg, str):
         raise ConfigError("name", arg, "expected a span name (str) or a function")
-    return functools.partial(_decorate, name=arg, attrs=attrs, service=None)
+    return functools.partial(decorate, name=arg, attrs=attrs, service=None)
 
 
-def _decorate(fn: F, name: str | None, attrs: dict[str, Any], service: str | None) -> F:
+def decorate(fn: F, name: str | None, attrs: dict[str, Any], service: str | None) -> F:
     import inspect
 
     target = inspect.unwrap(fn)

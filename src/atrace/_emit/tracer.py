@@ -7,11 +7,11 @@ from collections.abc import Mapping
 
 from .._pipeline.state import put
 from ..errors import ConfigError
-from .context import SpanContext, _coerce_span_id
+from .context import SpanContext, coerce_span_id
 from .log import level_number
 from .runtime import runtime
 from .slow import build
-from .span import Span, _decorate
+from .span import Span, decorate
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -51,7 +51,7 @@ class Tracer:
             tid = new_trace_id() if trace_id is None else parse_trace_id(trace_id)
             if tid is None:
                 raise ConfigError("trace_id", trace_id, "expected 32 hex digits, not all zero")
-            self._parent = SpanContext(tid, _coerce_span_id(parent_id))
+            self._parent = SpanContext(tid, coerce_span_id(parent_id))
 
     def __repr__(self) -> str:
         return f"Tracer(service={self.service!r}, bound={self._bound!r})"
@@ -92,8 +92,8 @@ class Tracer:
         """Like :func:`atrace.traced`, for this tracer's service and bound attributes."""
         merged = {**self._bound, **attrs}
         if callable(arg):
-            return _decorate(arg, None, merged, self.service)
-        return lambda fn: _decorate(fn, arg, merged, self.service)
+            return decorate(arg, None, merged, self.service)
+        return lambda fn: decorate(fn, arg, merged, self.service)
 
     def _record(
         self, level: int, msg: Any, attrs: dict[str, Any], kw: dict[str, Any]

@@ -7,9 +7,9 @@ import argparse
 import asyncio
 import sys
 
-from ._common import _add_db_options, _dsn, _resolve_dsn, _schema
-from ._serve import _add_keys_parser, _add_serve_parser, _keys, _serve
-from ._spill import _SPILL_COMMANDS, _add_spill_parser
+from ._common import _dsn, _schema, add_db_options, resolve_dsn
+from ._serve import _keys, _serve, add_keys_parser, add_serve_parser
+from ._spill import SPILL_COMMANDS, add_spill_parser
 
 __all__ = ("main",)
 
@@ -21,20 +21,20 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"atrace {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run a small traced workload and show what was stored")
-    _add_db_options(demo)
+    add_db_options(demo)
     demo.add_argument("--requests", type=int, default=5, help="concurrent requests to simulate")
     db = sub.add_parser("db", help="database administration")
     dbsub = db.add_subparsers(dest="db_command", required=True)
     init = dbsub.add_parser("init", help="create or migrate atrace's schema")
-    _add_db_options(init)
+    add_db_options(init)
     init.add_argument(
         "--text-index",
         action="store_true",
         help="also index full text (faster q searches, about half the ingest rate)",
     )
-    _add_spill_parser(sub)
-    _add_serve_parser(sub)
-    _add_keys_parser(sub)
+    add_spill_parser(sub)
+    add_serve_parser(sub)
+    add_keys_parser(sub)
     from ._views import add_view_parsers
 
     add_view_parsers(sub)
@@ -73,17 +73,17 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_demo(_dsn(args), args.schema, args.requests)
         if args.command == "db" and args.db_command == "init":
-            return asyncio.run(_db_init(_resolve_dsn(args), args.schema, args.text_index))
+            return asyncio.run(_db_init(resolve_dsn(args), args.schema, args.text_index))
         if args.command == "spill":
-            return _SPILL_COMMANDS[args.spill_command](args)
+            return SPILL_COMMANDS[args.spill_command](args)
         if args.command == "serve":
             return _serve(args)
         if args.command == "keys":
-            return asyncio.run(_keys(args, _resolve_dsn(args)))
+            return asyncio.run(_keys(args, resolve_dsn(args)))
         if args.command in ("traces", "show", "tail", "errors"):
             from ._views import run_view
 
-            return run_view(args, _resolve_dsn)
+            return run_view(args, resolve_dsn)
     except AtraceError as exc:
         print(f"atrace: {exc}", file=sys.stderr)
         return 2

@@ -15,7 +15,7 @@ def _schema(args: argparse.Namespace) -> str:
     return str(args.schema or env("ATRACE_SCHEMA") or DEFAULT_SCHEMA)
 
 
-def _add_db_options(p: argparse.ArgumentParser) -> None:
+def add_db_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dsn", help="PostgreSQL DSN (default: $ATRACE_DSN, else the embedded database)"
     )
@@ -26,7 +26,7 @@ def _add_db_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _resolve_dsn(args: argparse.Namespace) -> str:
+def resolve_dsn(args: argparse.Namespace) -> str:
     dsn = _dsn(args)
     if dsn is None:
         from .._postgres.embedded import embedded_dsn

@@ -6,14 +6,14 @@ import argparse
 import asyncio
 import sys
 
-from ._common import _add_db_options, _resolve_dsn
+from ._common import add_db_options, resolve_dsn
 
 
-def _add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from ..collector._limits import DEFAULT_LIMITS as limits
 
     serve = sub.add_parser("serve", help="run the collector (HTTP ingest, OTLP, queries)")
-    _add_db_options(serve)
+    add_db_options(serve)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=int, default=4319, help="port to listen on (0: any free)")
     serve.add_argument(
@@ -39,18 +39,18 @@ def _add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
 
 
-def _add_keys_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_keys_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     keys = sub.add_parser("keys", help="API keys of the collector, one project each")
     ksub = keys.add_subparsers(dest="keys_command", required=True)
     create = ksub.add_parser("create", help="create a key (printed once, never again)")
-    _add_db_options(create)
+    add_db_options(create)
     create.add_argument("--project", required=True, help="the project the key writes and reads")
     create.add_argument("--name", help="a label to recognise the key by")
     listing = ksub.add_parser("list", help="list keys (never their secrets)")
-    _add_db_options(listing)
+    add_db_options(listing)
     listing.add_argument("--project", help="only this project's keys")
     revoke = ksub.add_parser("revoke", help="revoke a key")
-    _add_db_options(revoke)
+    add_db_options(revoke)
     revoke.add_argument("key_id", help="the key's id (the part after atk_), or the whole key")
 
 
@@ -66,7 +66,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_records=args.max_records,
         pool_size=args.pool_size,
     )
-    dsn = _resolve_dsn(args)
+    dsn = resolve_dsn(args)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
 
     def ready(url: str) -> None:

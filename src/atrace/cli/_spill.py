@@ -61,7 +61,7 @@ def _add_spill_options(p: argparse.ArgumentParser, *, one_destination: bool) -> 
     p.add_argument("--schema", help=f"{scope}: schema name (default: $ATRACE_SCHEMA, else atrace)")
 
 
-def _add_spill_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_spill_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     spill = sub.add_parser("spill", help="inspect, replay or purge batches spilled to disk")
     spsub = spill.add_subparsers(dest="spill_command", required=True)
     status = spsub.add_parser(
@@ -373,7 +373,7 @@ def _spill_purge(args: argparse.Namespace) -> int:
     return 0
 
 
-_SPILL_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+SPILL_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "status": _spill_status,
     "replay": _spill_replay,
     "purge": _spill_purge,

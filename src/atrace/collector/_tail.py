@@ -53,7 +53,8 @@ from .._records import (
     TS,
 )
 from ..errors import TailClosed
-from ._query import Filters, _ns
+from ._query import Filters
+from ._query.sql import as_ns
 
 __all__ = (
     "DEFAULT_HEARTBEAT",
@@ -465,7 +466,7 @@ def _unique(notices: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _ts_us(value: Any) -> int:
     # int ns (atrace's codec, and published rows), or a datetime from a plain connection.
-    return value // 1000 if isinstance(value, int) else _ns(value) // 1000
+    return value // 1000 if isinstance(value, int) else as_ns(value) // 1000
 
 
 def _row_key(row: Sequence[Any], attrs: Any) -> tuple[Any, ...]:

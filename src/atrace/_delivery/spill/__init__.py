@@ -18,19 +18,19 @@ from typing import Any
 from ..._postgres.embedded import data_dir
 from ..._records import Row
 from ...config import check_int, env
-from .frames import _MAX_PAYLOAD, _frame, _parse
+from .frames import MAX_PAYLOAD, _frame, parse
 from .payload import _decode, _encode
 from .segments import (
-    _ACKED_SUFFIX,
-    _O_BINARY,
-    _SEGMENT_SUFFIX,
-    _Area,
-    _fsync_dir,
-    _read_acked,
-    _record_ack,
-    _Segment,
-    _try_lock,
-    _write_all,
+    ACKED_SUFFIX,
+    O_BINARY,
+    SEGMENT_SUFFIX,
+    Area,
+    Segment,
+    fsync_dir,
+    read_acked,
+    record_ack,
+    try_lock,
+    write_all,
 )
 
 __all__ = (
@@ -149,8 +149,8 @@ class Spill:
         self._segment_bytes = check_int("segment_bytes", segment_bytes, 1)
         self.directory = Path(directory).expanduser()
         self._fsync = bool(fsync)
-        self._pending = _Area(self.directory / "pending")
-        self._rejected = _Area(self.directory / "rejected")
+        self._pending = Area(self.directory / "pending")
+        self._rejected = Area(self.directory / "rejected")
         self._reset_process_state()
         _instances.add(self)
 
@@ -197,7 +197,7 @@ class Spill:
         with self._lock:
             self._ensure_scanned()
             used = self._pending.bytes + self._rejected.bytes
-            if used + len(frame) > self._max_bytes or len(payload) > _MAX_PAYLOAD:
+            if used + len(frame) > self._max_bytes or len(payload) > MAX_PAYLOAD:
                 self._dropped_full += records
                 return False
             try:
@@ -238,7 +238,7 @@ class Spill:
                     break
             else:
                 if os.path.exists(batch.segment):
-                    _record_ack(batch.segment, bid, self._fsync)
+                    record_ack(batch.segment, bid, self._fsync)
                 return
             if bid in seg.acked:
                 return
@@ -247,7 +247,7 @@ class Spill:
             last = seg.parsed and not seg.owned and seg.frames.keys() <= {bid}
             # The last ack of a segment is its deletion; a sidecar line would be deleted with it.
             if not (last and area.delete(seg)):
-                _record_ack(seg.path, bid, self._fsync)
+                record_ack(seg.path, bid, self._fsync)
                 seg.acked.add(bid)
                 area.drop_frame(seg, bid)
 
@@ -266,14 +266,14 @@ class Spill:
             for path in sorted(area.segments):
                 seg = area.segments[path]
                 try:
-                    fd = os.open(path, os.O_RDONLY | _O_BINARY)
+                    fd = os.open(path, os.O_RDONLY | O_BINARY)
                 except FileNotFoundError:
                     area.forget(seg)
                     continue
                 except OSError:
                     continue
                 try:
-                    if not _try_lock(fd):
+                    if not try_lock(fd):
                         continue
                     records = sum(seg.frames.values())
                     if area.delete(seg):
@@ -344,7 +344,7 @@ class Spill:
             self._pending.refresh()
             self._rejected.refresh()
 
-    def _write(self, area: _Area, batch_id: uuid.UUID, records: int, frame: bytes) -> None:
+    def _write(self, area: Area, batch_id: uuid.UUID, records: int, frame: bytes) -> None:
         seg = area.current
         if seg is not None and seg.size and seg.size + len(frame) > self._segment_bytes:
             area.seal()
@@ -353,7 +353,7 @@ class Spill:
             seg = self._open_segment(area)
         fd = area.fd
         try:
-            _write_all(fd, frame)
+            write_all(fd, frame)
             if self._fsync:
                 os.fsync(fd)
         except OSError:
@@ -378,39 +378,39 @@ class Spill:
         area.records += records
         area.bytes += len(frame)
 
-    def _open_segment(self, area: _Area) -> _Segment:
+    def _open_segment(self, area: Area) -> Segment:
         os.makedirs(area.directory, mode=0o700, exist_ok=True)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | _O_BINARY
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | O_BINARY
         for _attempt in range(3):
             # Names sort in time order; the pid and a random part keep processes apart.
             ts = max(time.time_ns(), self._last_ts + 1)
             self._last_ts = ts
-            name = f"{ts:020d}-{self._pid}-{secrets.token_hex(4)}{_SEGMENT_SUFFIX}"
+            name = f"{ts:020d}-{self._pid}-{secrets.token_hex(4)}{SEGMENT_SUFFIX}"
             path = os.path.join(str(area.directory), name)
             fd = os.open(path, flags, 0o600)
             # Held while this process writes, so a replay elsewhere skips a half-written segment.
             # A replay can lock the new, empty file first and delete it as spent: start another.
-            if _try_lock(fd) and os.fstat(fd).st_nlink > 0:
+            if try_lock(fd) and os.fstat(fd).st_nlink > 0:
                 break
             os.close(fd)
         else:
             raise OSError(errno.EAGAIN, "no segment could be created and locked", path)
         if self._fsync:
-            _fsync_dir(area.directory)
-        seg = _Segment(path, 0, {}, set())
+            fsync_dir(area.directory)
+        seg = Segment(path, 0, {}, set())
         seg.owned = True
         area.segments[path] = seg
         area.current = seg
         area.fd = fd
         return seg
 
-    def _replay_segment(self, area: _Area, path: str) -> Generator[SpilledBatch, None, None]:
+    def _replay_segment(self, area: Area, path: str) -> Generator[SpilledBatch, None, None]:
         with self._lock:
             seg = area.segments.get(path)
             if seg is None or seg.owned:
                 return
         try:
-            fd = os.open(path, os.O_RDONLY | _O_BINARY)
+            fd = os.open(path, os.O_RDONLY | O_BINARY)
         except FileNotFoundError:
             with self._lock:
                 if area.segments.get(path) is seg:
@@ -421,14 +421,14 @@ class Spill:
         try:
             # Locked while this replay reads it, so two replays never hand out one batch twice.
             try:
-                if not _try_lock(fd) or os.fstat(fd).st_nlink == 0:
+                if not try_lock(fd) or os.fstat(fd).st_nlink == 0:
                     return  # held elsewhere, or deleted (fully acked) since it was listed
                 with open(fd, "rb", closefd=False) as f:
                     data = f.read()
             except OSError:
                 return  # unreadable now; a later replay tries again
-            frames, damaged = _parse(data)
-            acked = _read_acked(path + _ACKED_SUFFIX)
+            frames, damaged = parse(data)
+            acked = read_acked(path + ACKED_SUFFIX)
             with self._lock:
                 if area.segments.get(path) is not seg:
                     return

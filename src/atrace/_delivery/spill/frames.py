@@ -15,7 +15,7 @@ _VERSION = 1
 _HEAD = struct.Struct(">BBII16s")
 _CRC = struct.Struct(">I")
 _HEADER_SIZE = len(_MAGIC) + _HEAD.size + _CRC.size
-_MAX_PAYLOAD = 0xFFFFFFFF
+MAX_PAYLOAD = 0xFFFFFFFF
 
 
 def _frame(batch_id: uuid.UUID, records: int, payload: bytes) -> bytes:
@@ -24,7 +24,7 @@ def _frame(batch_id: uuid.UUID, records: int, payload: bytes) -> bytes:
     return b"".join((_MAGIC, head, _CRC.pack(crc), payload))
 
 
-def _parse(data: bytes) -> tuple[list[tuple[uuid.UUID, int, int, int]], int]:
+def parse(data: bytes) -> tuple[list[tuple[uuid.UUID, int, int, int]], int]:
     """The sound frames of a segment as (batch id, records, payload start, payload end), and
     how many damaged stretches were skipped to find them."""
     frames: list[tuple[uuid.UUID, int, int, int]] = []
@@ -58,7 +58,7 @@ def _parse(data: bytes) -> tuple[list[tuple[uuid.UUID, int, int, int]], int]:
     return frames, damaged
 
 
-def _scan_headers(path: str) -> tuple[int, dict[uuid.UUID, int]]:
+def scan_headers(path: str) -> tuple[int, dict[uuid.UUID, int]]:
     # Headers only, seeking over payloads: enough to count a directory at startup without
     # reading every byte of it. A damaged frame ends the count; replay finds what follows.
     frames: dict[uuid.UUID, int] = {}

@@ -8,17 +8,17 @@ import sys
 import uuid
 from pathlib import Path
 
-from .frames import _scan_headers
+from .frames import scan_headers
 
 if sys.platform != "win32":
     import fcntl
 
-_SEGMENT_SUFFIX = ".seg"
-_ACKED_SUFFIX = ".acked"
-_O_BINARY = getattr(os, "O_BINARY", 0)
+SEGMENT_SUFFIX = ".seg"
+ACKED_SUFFIX = ".acked"
+O_BINARY = getattr(os, "O_BINARY", 0)
 
 
-def _read_acked(path: str) -> set[uuid.UUID]:
+def read_acked(path: str) -> set[uuid.UUID]:
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -34,7 +34,7 @@ def _read_acked(path: str) -> set[uuid.UUID]:
     return acked
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         written = os.write(fd, view)
@@ -43,7 +43,7 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def _try_lock(fd: int) -> bool:
+def try_lock(fd: int) -> bool:
     """Take an exclusive lock without waiting; False if another holder has it."""
     if sys.platform == "win32":
         return True
@@ -56,7 +56,7 @@ def _try_lock(fd: int) -> bool:
     return True
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     if sys.platform == "win32":
         return
     try:
@@ -81,16 +81,14 @@ def _unlink(path: str) -> bool:
     return True
 
 
-def _record_ack(path: str, batch_id: uuid.UUID, fsync: bool) -> None:
+def record_ack(path: str, batch_id: uuid.UUID, fsync: bool) -> None:
     # A line per ack, led by a newline so a line torn by a crash cannot swallow the next.
     try:
-        fd = os.open(
-            path + _ACKED_SUFFIX, os.O_WRONLY | os.O_CREAT | os.O_APPEND | _O_BINARY, 0o600
-        )
+        fd = os.open(path + ACKED_SUFFIX, os.O_WRONLY | os.O_CREAT | os.O_APPEND | O_BINARY, 0o600)
     except OSError:
         return  # unrecorded: at worst the batch is replayed again, and sinks dedupe by id
     try:
-        _write_all(fd, b"\n" + batch_id.hex.encode("ascii"))
+        write_all(fd, b"\n" + batch_id.hex.encode("ascii"))
         if fsync:
             os.fsync(fd)
     except OSError:
@@ -99,7 +97,7 @@ def _record_ack(path: str, batch_id: uuid.UUID, fsync: bool) -> None:
         os.close(fd)
 
 
-class _Segment:
+class Segment:
     __slots__ = ("acked", "frames", "owned", "parsed", "path", "size")
 
     def __init__(
@@ -114,21 +112,21 @@ class _Segment:
         self.parsed = False
 
 
-class _Area:
+class Area:
     """One directory of segments: pending (replayed) or rejected (kept aside)."""
 
     __slots__ = ("batches", "bytes", "current", "directory", "fd", "records", "segments")
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.segments: dict[str, _Segment] = {}
-        self.current: _Segment | None = None
+        self.segments: dict[str, Segment] = {}
+        self.current: Segment | None = None
         self.fd = -1
         self.batches = 0
         self.records = 0
         self.bytes = 0
 
-    def count(self, seg: _Segment, sign: int) -> None:
+    def count(self, seg: Segment, sign: int) -> None:
         self.batches += sign * len(seg.frames)
         self.records += sign * sum(seg.frames.values())
         self.bytes += sign * seg.size
@@ -142,24 +140,24 @@ class _Area:
         except OSError:
             names = []
         directory = str(self.directory)
-        present = {os.path.join(directory, n) for n in names if n.endswith(_SEGMENT_SUFFIX)}
+        present = {os.path.join(directory, n) for n in names if n.endswith(SEGMENT_SUFFIX)}
         for name in names:
-            if name.endswith(_SEGMENT_SUFFIX + _ACKED_SUFFIX):
+            if name.endswith(SEGMENT_SUFFIX + ACKED_SUFFIX):
                 path = os.path.join(directory, name)
-                if path[: -len(_ACKED_SUFFIX)] not in present:
+                if path[: -len(ACKED_SUFFIX)] not in present:
                     _unlink(path)  # left by a crash between deleting a segment and its sidecar
         for path, seg in list(self.segments.items()):
             if path not in present and not seg.owned:
                 self.forget(seg)
         for path in sorted(present - self.segments.keys()):
             try:
-                size, frames = _scan_headers(path)
+                size, frames = scan_headers(path)
             except OSError:
                 continue
-            acked = _read_acked(path + _ACKED_SUFFIX)
+            acked = read_acked(path + ACKED_SUFFIX)
             for bid in acked:
                 frames.pop(bid, None)
-            seg = _Segment(path, size, frames, acked)
+            seg = Segment(path, size, frames, acked)
             self.segments[path] = seg
             self.count(seg, 1)
 
@@ -177,7 +175,7 @@ class _Area:
         if seg.size == 0:
             self.delete(seg)
 
-    def drop_frame(self, seg: _Segment, batch_id: uuid.UUID) -> None:
+    def drop_frame(self, seg: Segment, batch_id: uuid.UUID) -> None:
         records = seg.frames.pop(batch_id, None)
         if records is not None:
             self.batches -= 1
@@ -185,14 +183,14 @@ class _Area:
         if not seg.frames and seg.parsed and not seg.owned:
             self.delete(seg)
 
-    def delete(self, seg: _Segment) -> bool:
+    def delete(self, seg: Segment) -> bool:
         # The segment goes first: a crash before its sidecar goes leaves only an orphan sidecar.
         if not _unlink(seg.path):
             return False
-        _unlink(seg.path + _ACKED_SUFFIX)
+        _unlink(seg.path + ACKED_SUFFIX)
         self.forget(seg)
         return True
 
-    def forget(self, seg: _Segment) -> None:
+    def forget(self, seg: Segment) -> None:
         if self.segments.pop(seg.path, None) is seg:
             self.count(seg, -1)

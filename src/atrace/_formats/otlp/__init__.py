@@ -29,7 +29,7 @@ from ..._records import Row
 from ...errors import WireError
 from .common import SCOPE_NAME, level_from_severity, severity_number
 from .encode import Partition, logs_request, partition, traces_request
-from .json_decode import _decode_logs_json, _decode_traces_json
+from .json_decode import decode_logs_json, decode_traces_json
 from .json_encode import logs_json, traces_json
 from .pb import IMPLEMENTATION, decode_logs_pb, decode_traces_pb
 
@@ -85,7 +85,7 @@ def decode_traces(body: bytes, content_type: str, *, max_records: int = 100_000)
     spans and events (413), or another content type (415); never returns part of a body.
     """
     if _format(content_type) == "json":
-        return _decode_traces_json(body, max_records)
+        return decode_traces_json(body, max_records)
     return decode_traces_pb(body, max_records)
 
 
@@ -95,5 +95,5 @@ def decode_logs(body: bytes, content_type: str, *, max_records: int = 100_000) -
     Each log record is a kind 0 row. Errors as for :func:`decode_traces`.
     """
     if _format(content_type) == "json":
-        return _decode_logs_json(body, max_records)
+        return decode_logs_json(body, max_records)
     return decode_logs_pb(body, max_records)

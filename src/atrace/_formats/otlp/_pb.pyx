@@ -27,7 +27,7 @@ import binascii
 
 import orjson
 
-from .common import _FILE_KEYS, _KIND_KEY, _KIND_NAMES, _MAX_DEPTH, _STATUS_ERROR
+from .common import FILE_KEYS, KIND_KEY, _KIND_NAMES, _MAX_DEPTH, _STATUS_ERROR
 from .rows import (
     _KEY_LIMIT,
     _LONG_VALUES,
@@ -35,14 +35,14 @@ from .rows import (
     _NAME_LIMIT,
     _VALUE_LIMIT,
     _attrs_json,
-    _Event,
+    Event,
     _key,
-    _log_row,
-    _pop_location,
-    _Resource,
-    _span_rows,
+    log_row,
+    pop_location,
+    Resource,
+    span_rows,
     _text,
-    _too_many,
+    too_many,
 )
 from ..._pipeline.sanitize import sanitize_text
 from ...errors import WireError
@@ -64,7 +64,7 @@ cdef int32_t STATUS_ERROR = _STATUS_ERROR
 cdef dict KIND_NAMES = _KIND_NAMES
 cdef dict LONG_VALUES = _LONG_VALUES
 cdef object FILE_KEY, FILE_KEY_NEW
-FILE_KEY, FILE_KEY_NEW = _FILE_KEYS
+FILE_KEY, FILE_KEY_NEW = FILE_KEYS
 cdef object _dumps = orjson.dumps
 cdef object _b2a = binascii.b2a_base64
 cdef str TOO_DEEP_TEXT = "<too deep>"
@@ -857,7 +857,7 @@ cdef object _resource(cptr p, cptr end):
     while _field(&p, end, &f):
         if f.num == ENVELOPE_RESOURCE and f.wt == 2:
             _into(attrs, f.data, f.data + f.size, RESOURCE_ATTRS, 0)
-    return _Resource(attrs)
+    return Resource(attrs)
 
 
 cdef object _dumps_attrs(dict attrs):
@@ -1004,7 +1004,7 @@ cdef inline bint _is(cptr p, Py_ssize_t n, bytes key) noexcept:
     return n == PyBytes_GET_SIZE(key) and memcmp(p, PyBytes_AS_STRING(key), n) == 0
 
 
-cdef bytes _SPAN_KIND_KEY = _KIND_KEY.encode()
+cdef bytes _SPAN_KIND_KEY = KIND_KEY.encode()
 cdef bytes _FILE_KEY_BYTES = FILE_KEY.encode()
 cdef bytes _FILE_KEY_NEW_BYTES = FILE_KEY_NEW.encode()
 cdef uint64_t _SPAN_KIND_HASH = _hash(<cptr>PyBytes_AS_STRING(_SPAN_KIND_KEY), len(_SPAN_KIND_KEY))
@@ -1068,7 +1068,7 @@ cdef class _Walk:
             body = _as_bytes(body, type_name)
         count = _checked(body, top, item, type_name)
         if count > max_records:
-            raise _too_many(count, max_records, noun)
+            raise too_many(count, max_records, noun)
         p = <cptr>PyBytes_AS_STRING(body)
         end = p + PyBytes_GET_SIZE(body)
         self.out = []
@@ -1335,9 +1335,9 @@ cdef class _Traces(_Walk):
             else:
                 attrs = _attrs(self.extra, s, p, end, SPAN_ATTRS)
                 if kind > 1:
-                    attrs[_KIND_KEY] = KIND_NAMES.get(kind, kind)
+                    attrs[KIND_KEY] = KIND_NAMES.get(kind, kind)
                 if FILE_KEY in attrs or FILE_KEY_NEW in attrs:
-                    location = _pop_location(attrs)
+                    location = pop_location(attrs)
                 else:
                     location = None
                 attrs_json = _dumps_attrs(attrs)
@@ -1368,7 +1368,7 @@ cdef class _Traces(_Walk):
         attrs = _attrs(self.extra, s, p, end, SPAN_ATTRS)
         self.budget -= n_events
         if self.budget < 0:
-            raise _too_many(
+            raise too_many(
                 self.max_records - self.budget, self.max_records, "spans and events"
             )
         events = []
@@ -1376,7 +1376,7 @@ cdef class _Traces(_Walk):
         while _field(&q, end, &f):
             if f.num == SPAN_EVENTS and f.wt == 2:
                 events.append(_event(f.data, f.data + f.size))
-        _span_rows(
+        span_rows(
             self.out,
             self.res,
             self.trace_id,
@@ -1410,7 +1410,7 @@ cdef object _event(cptr p, cptr end):
     cdef Slot s[EVENT_SLOTS]
     _read(p, end, M_EVENT, EVENT_SLOTS, s)
     attrs = _attrs(None, s, p, end, EVENT_ATTRS)
-    return _Event(s[EVENT_TIME].val, _str(s[EVENT_NAME].data, s[EVENT_NAME].size), attrs)
+    return Event(s[EVENT_TIME].val, _str(s[EVENT_NAME].data, s[EVENT_NAME].size), attrs)
 
 
 def decode_traces_pb(body, max_records):
@@ -1481,7 +1481,7 @@ cdef class _Logs(_Walk):
                 if f.num == LOG_BODY and f.wt == 2:
                     parts.append(_bytes(f.data, f.size))
         self.out.append(
-            _log_row(
+            log_row(
                 self.res,
                 self.scope_name,
                 s[LOG_TIME].val or s[LOG_OBSERVED].val,

@@ -11,10 +11,10 @@ from typing import Any
 from ..._records import Row
 from ...errors import WireError
 from .common import (
-    _FILE_KEYS,
-    _KIND_KEY,
     _KIND_NAMES,
     _STATUS_ERROR,
+    FILE_KEYS,
+    KIND_KEY,
     DecodeError,
     ExportLogsServiceRequest,
     ExportTraceServiceRequest,
@@ -22,15 +22,15 @@ from .common import (
 from .pb_values import pb_body, pb_into
 from .rows import (
     _NAME_LIMIT,
+    Event,
+    Resource,
     _attrs_json,
-    _Event,
-    _log_row,
-    _pop_location,
-    _Resource,
-    _span_rows,
     _text,
-    _too_many,
-    _unpack_q,
+    log_row,
+    pop_location,
+    span_rows,
+    too_many,
+    unpack_q,
 )
 
 __all__ = ("decode_logs_pb", "decode_traces_pb")
@@ -39,10 +39,10 @@ _ZERO16 = bytes(16)
 _ZERO8 = bytes(8)
 
 
-def _resource_of(resource: Any) -> _Resource:
+def _resource_of(resource: Any) -> Resource:
     attrs: dict[str, Any] = {}
     pb_into(attrs, resource.attributes)
-    return _Resource(attrs)
+    return Resource(attrs)
 
 
 def _trace_id(raw: bytes, where: str) -> str | None:
@@ -60,7 +60,7 @@ def _span_id(raw: bytes, where: str, field: str) -> int | None:
         return None
     if len(raw) != 8:
         raise WireError(f"{where}.{field}: expected 8 bytes, got {len(raw)}")
-    value: int = _unpack_q(raw)[0]
+    value: int = unpack_q(raw)[0]
     return value or None
 
 
@@ -86,7 +86,7 @@ def decode_traces_pb(body: bytes, max_records: int) -> list[Row]:
         for ss in rs.scope_spans:
             count += len(ss.spans)
     if count > max_records:
-        raise _too_many(count, max_records, "spans")
+        raise too_many(count, max_records, "spans")
     out: list[Row] = []
     append = out.append
     budget = max_records - count  # rows beyond one per span: span events
@@ -107,12 +107,12 @@ def decode_traces_pb(body: bytes, max_records: int) -> list[Row]:
                 raw = sp.span_id
                 if len(raw) != 8 or raw == _ZERO8:
                     raise _required(raw, _where(i, j, k), "span_id", 8)
-                span_id: int = _unpack_q(raw)[0]
+                span_id: int = unpack_q(raw)[0]
                 raw = sp.parent_span_id
                 if not raw:
                     parent_id = None
                 elif len(raw) == 8:
-                    parent_id = _unpack_q(raw)[0] or None
+                    parent_id = unpack_q(raw)[0] or None
                 else:
                     parent_id = _span_id(raw, _where(i, j, k), "parent_span_id")
                 start = sp.start_time_unix_nano
@@ -123,15 +123,15 @@ def decode_traces_pb(body: bytes, max_records: int) -> list[Row]:
                 code = sp.status.code
                 n_events = len(sp.events)
                 if n_events or code == _STATUS_ERROR:
-                    events: list[_Event] = []
+                    events: list[Event] = []
                     budget -= n_events
                     if budget < 0:
-                        raise _too_many(max_records - budget, max_records, "spans and events")
+                        raise too_many(max_records - budget, max_records, "spans and events")
                     for ev in sp.events:
                         ev_attrs: dict[str, Any] = {}
                         pb_into(ev_attrs, ev.attributes)
-                        events.append(_Event(ev.time_unix_nano, ev.name, ev_attrs))
-                    _span_rows(
+                        events.append(Event(ev.time_unix_nano, ev.name, ev_attrs))
+                    span_rows(
                         out,
                         res,
                         trace_id,
@@ -150,11 +150,9 @@ def decode_traces_pb(body: bytes, max_records: int) -> list[Row]:
                 # The common span, no events and no failure: its row is built right here.
                 kind = sp.kind
                 if kind > 1:
-                    attrs[_KIND_KEY] = _KIND_NAMES.get(kind, kind)
+                    attrs[KIND_KEY] = _KIND_NAMES.get(kind, kind)
                 location = (
-                    _pop_location(attrs)
-                    if _FILE_KEYS[0] in attrs or _FILE_KEYS[1] in attrs
-                    else None
+                    pop_location(attrs) if FILE_KEYS[0] in attrs or FILE_KEYS[1] in attrs else None
                 )
                 name = sp.name
                 if not name.isascii() or len(name) > _NAME_LIMIT or "\x00" in name:
@@ -199,7 +197,7 @@ def decode_logs_pb(body: bytes, max_records: int) -> list[Row]:
         for sl in rl.scope_logs:
             count += len(sl.log_records)
     if count > max_records:
-        raise _too_many(count, max_records, "log records")
+        raise too_many(count, max_records, "log records")
     out: list[Row] = []
     for i, rl in enumerate(request.resource_logs):
         res = _resource_of(rl.resource)
@@ -213,7 +211,7 @@ def decode_logs_pb(body: bytes, max_records: int) -> list[Row]:
                 attrs: dict[str, Any] = dict(extra) if extra else {}
                 pb_into(attrs, rec.attributes)
                 out.append(
-                    _log_row(
+                    log_row(
                         res,
                         scope_name,
                         rec.time_unix_nano or rec.observed_time_unix_nano,

@@ -22,33 +22,33 @@ except ImportError:  # pragma: no cover - depends on the installed extras
 
 SCOPE_NAME = "atrace"
 
-_INT64_MIN = -(1 << 63)
-_INT64_MAX = (1 << 63) - 1
-_UINT64_MAX = (1 << 64) - 1
+INT64_MIN = -(1 << 63)
+INT64_MAX = (1 << 63) - 1
+UINT64_MAX = (1 << 64) - 1
 
 # Nesting of array / kvlist values kept before the rest is replaced by a marker.
 _MAX_DEPTH = 32
 
 # Resource attributes that have a column of their own.
-_SERVICE_KEY = "service.name"
-_ENV_KEYS = ("deployment.environment.name", "deployment.environment")
-_HOST_KEY = "host.name"
-_PID_KEY = "process.pid"
-_DEFAULT_SERVICE = "unknown_service"
+SERVICE_KEY = "service.name"
+ENV_KEYS = ("deployment.environment.name", "deployment.environment")
+HOST_KEY = "host.name"
+PID_KEY = "process.pid"
+DEFAULT_SERVICE = "unknown_service"
 
-_KIND_KEY = "span.kind"
+KIND_KEY = "span.kind"
 _KIND_NAMES = {2: "server", 3: "client", 4: "producer", 5: "consumer"}
-_KIND_NUMBERS = {v: k for k, v in _KIND_NAMES.items()}
-_SPAN_KIND_UNSPECIFIED = 0
-_SPAN_KIND_INTERNAL = 1
+KIND_NUMBERS = {v: k for k, v in _KIND_NAMES.items()}
+SPAN_KIND_UNSPECIFIED = 0
+SPAN_KIND_INTERNAL = 1
 # OTLP's status codes (they happen to match atrace's Status; each side names its own).
-_STATUS_OK = 1
+STATUS_OK = 1
 _STATUS_ERROR = 2
 
-_LOGGER_KEY = "logger.name"
-_EXC_TYPE, _EXC_MESSAGE, _EXC_STACK = "exception.type", "exception.message", "exception.stacktrace"
-_FILE_KEYS = ("code.filepath", "code.file.path")
-_LINE_KEYS = ("code.lineno", "code.line.number")
+LOGGER_KEY = "logger.name"
+EXC_TYPE, EXC_MESSAGE, EXC_STACK = "exception.type", "exception.message", "exception.stacktrace"
+FILE_KEYS = ("code.filepath", "code.file.path")
+LINE_KEYS = ("code.lineno", "code.line.number")
 
 # atrace levels and OTLP severity numbers (the first of each range: DEBUG 5, INFO 9, ...).
 _SEVERITIES = (

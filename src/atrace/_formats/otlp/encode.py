@@ -35,27 +35,27 @@ from ..._records import (
 )
 from ..._version import __version__
 from .common import (
-    _DEFAULT_SERVICE,
-    _ENV_KEYS,
-    _EXC_MESSAGE,
-    _EXC_STACK,
-    _EXC_TYPE,
-    _FILE_KEYS,
-    _HOST_KEY,
-    _INT64_MAX,
-    _INT64_MIN,
-    _KIND_KEY,
-    _KIND_NUMBERS,
-    _LINE_KEYS,
-    _LOGGER_KEY,
     _MAX_DEPTH,
-    _PID_KEY,
-    _SERVICE_KEY,
-    _SPAN_KIND_INTERNAL,
     _STATUS_ERROR,
-    _STATUS_OK,
-    _UINT64_MAX,
+    DEFAULT_SERVICE,
+    ENV_KEYS,
+    EXC_MESSAGE,
+    EXC_STACK,
+    EXC_TYPE,
+    FILE_KEYS,
+    HOST_KEY,
+    INT64_MAX,
+    INT64_MIN,
+    KIND_KEY,
+    KIND_NUMBERS,
+    LINE_KEYS,
+    LOGGER_KEY,
+    PID_KEY,
     SCOPE_NAME,
+    SERVICE_KEY,
+    SPAN_KIND_INTERNAL,
+    STATUS_OK,
+    UINT64_MAX,
     ExportLogsServiceRequest,
     ExportTraceServiceRequest,
     _severity_text,
@@ -76,7 +76,7 @@ class Partition(NamedTuple):
 # ---- a row's parts (the OTLP/JSON encoder reads rows through these too) ---------------------
 
 
-def _trace_bytes(value: Any) -> bytes | None:
+def trace_bytes(value: Any) -> bytes | None:
     if type(value) is str:
         text = value.replace("-", "") if len(value) != 32 else value
         if len(text) != 32 or not text.isalnum():
@@ -93,10 +93,10 @@ def _trace_bytes(value: Any) -> bytes | None:
     return None
 
 
-def _span_bytes(value: Any) -> bytes | None:
-    if type(value) is not int or value == 0 or not _INT64_MIN <= value <= _UINT64_MAX:
+def span_bytes(value: Any) -> bytes | None:
+    if type(value) is not int or value == 0 or not INT64_MIN <= value <= UINT64_MAX:
         return None
-    return _pack_q(value if value <= _INT64_MAX else value - (1 << 64))
+    return _pack_q(value if value <= INT64_MAX else value - (1 << 64))
 
 
 def partition(rows: Iterable[Row]) -> Partition:
@@ -114,8 +114,8 @@ def partition(rows: Iterable[Row]) -> Partition:
             logs.append(row)
         elif (
             (kind == Kind.SPAN or kind == Kind.SPAN_END)
-            and _trace_bytes(row[TRACE_ID]) is not None
-            and _span_bytes(row[SPAN_ID]) is not None
+            and trace_bytes(row[TRACE_ID]) is not None
+            and span_bytes(row[SPAN_ID]) is not None
         ):
             spans.append(row)
         else:
@@ -145,71 +145,71 @@ def _split_location(location: Any) -> tuple[str | None, int | None]:
     return location, None
 
 
-def _resource_key(row: Row) -> tuple[Any, Any, Any, Any]:
+def resource_key(row: Row) -> tuple[Any, Any, Any, Any]:
     return (row[SERVICE], row[ENVIRONMENT], row[HOST], row[PID])
 
 
-def _resource_items(key: tuple[Any, Any, Any, Any]) -> list[tuple[str, Any]]:
+def resource_items(key: tuple[Any, Any, Any, Any]) -> list[tuple[str, Any]]:
     service, environment, host, pid = key
     items: list[tuple[str, Any]] = [
-        (_SERVICE_KEY, service if isinstance(service, str) else _DEFAULT_SERVICE)
+        (SERVICE_KEY, service if isinstance(service, str) else DEFAULT_SERVICE)
     ]
     if environment is not None:
-        items.append((_ENV_KEYS[0], str(environment)))
+        items.append((ENV_KEYS[0], str(environment)))
     if host is not None:
-        items.append((_HOST_KEY, str(host)))
+        items.append((HOST_KEY, str(host)))
     if type(pid) is int:
-        items.append((_PID_KEY, pid))
+        items.append((PID_KEY, pid))
     return items
 
 
-def _span_attrs(row: Row) -> tuple[dict[str, Any], int]:
+def span_attrs(row: Row) -> tuple[dict[str, Any], int]:
     """A span's attributes for OTLP, and its span kind (taken out of ``span.kind``)."""
     attrs = _row_attrs(row[ATTRS])
-    kind = _SPAN_KIND_INTERNAL
-    named = attrs.get(_KIND_KEY)
-    if isinstance(named, str) and named in _KIND_NUMBERS:
-        kind = _KIND_NUMBERS[named]
-        del attrs[_KIND_KEY]
+    kind = SPAN_KIND_INTERNAL
+    named = attrs.get(KIND_KEY)
+    if isinstance(named, str) and named in KIND_NUMBERS:
+        kind = KIND_NUMBERS[named]
+        del attrs[KIND_KEY]
     path, line = _split_location(row[LOCATION])
     if path is not None:
-        attrs[_FILE_KEYS[0]] = path
+        attrs[FILE_KEYS[0]] = path
     if line is not None:
-        attrs[_LINE_KEYS[0]] = line
+        attrs[LINE_KEYS[0]] = line
     return attrs, kind
 
 
-def _log_attrs(row: Row) -> dict[str, Any]:
+def log_attrs(row: Row) -> dict[str, Any]:
     attrs = _row_attrs(row[ATTRS])
     if row[NAME] is not None:
-        attrs[_LOGGER_KEY] = row[NAME]
-    for key, col in ((_EXC_TYPE, ERROR_TYPE), (_EXC_MESSAGE, ERROR_MESSAGE)):
+        attrs[LOGGER_KEY] = row[NAME]
+    for key, col in ((EXC_TYPE, ERROR_TYPE), (EXC_MESSAGE, ERROR_MESSAGE)):
         if row[col] is not None:
             attrs[key] = row[col]
     if row[STACK_TRACE] is not None:
-        attrs[_EXC_STACK] = row[STACK_TRACE]
+        attrs[EXC_STACK] = row[STACK_TRACE]
     path, line = _split_location(row[LOCATION])
     if path is not None:
-        attrs[_FILE_KEYS[0]] = path
+        attrs[FILE_KEYS[0]] = path
     if line is not None:
-        attrs[_LINE_KEYS[0]] = line
+        attrs[LINE_KEYS[0]] = line
     return attrs
 
 
-def _exception_attrs(row: Row) -> dict[str, Any] | None:
+def exception_attrs(row: Row) -> dict[str, Any] | None:
     if row[ERROR_TYPE] is None and row[ERROR_MESSAGE] is None and row[STACK_TRACE] is None:
         return None
     out: dict[str, Any] = {}
     if row[ERROR_TYPE] is not None:
-        out[_EXC_TYPE] = row[ERROR_TYPE]
+        out[EXC_TYPE] = row[ERROR_TYPE]
     if row[ERROR_MESSAGE] is not None:
-        out[_EXC_MESSAGE] = row[ERROR_MESSAGE]
+        out[EXC_MESSAGE] = row[ERROR_MESSAGE]
     if row[STACK_TRACE] is not None:
-        out[_EXC_STACK] = row[STACK_TRACE]
+        out[EXC_STACK] = row[STACK_TRACE]
     return out
 
 
-def _end_ns(row: Row) -> int:
+def end_ns(row: Row) -> int:
     duration = row[DURATION_NS]
     return int(row[TS]) + (duration if type(duration) is int and duration > 0 else 0)
 
@@ -224,7 +224,7 @@ def _pb_value(av: Any, value: Any, depth: int = 0) -> None:
     elif t is bool:
         av.bool_value = value
     elif t is int:
-        if _INT64_MIN <= value <= _INT64_MAX:
+        if INT64_MIN <= value <= INT64_MAX:
             av.int_value = value
         else:
             av.string_value = str(value)
@@ -258,7 +258,7 @@ def _pb_attrs(target: Any, attrs: Mapping[str, Any], depth: int = 0) -> None:
 
 
 def _pb_resource(resource: Any, key: tuple[Any, Any, Any, Any]) -> None:
-    _pb_attrs(resource.attributes, dict(_resource_items(key)))
+    _pb_attrs(resource.attributes, dict(resource_items(key)))
 
 
 def traces_request(rows: Iterable[Row]) -> ExportTraceServiceRequest:
@@ -272,11 +272,11 @@ def traces_request(rows: Iterable[Row]) -> ExportTraceServiceRequest:
         kind = row[KIND]
         if kind != Kind.SPAN and kind != Kind.SPAN_END:
             continue
-        trace_id = _trace_bytes(row[TRACE_ID])
-        span_id = _span_bytes(row[SPAN_ID])
+        trace_id = trace_bytes(row[TRACE_ID])
+        span_id = span_bytes(row[SPAN_ID])
         if trace_id is None or span_id is None:
             continue
-        key = _resource_key(row)
+        key = resource_key(row)
         spans = groups.get(key)
         if spans is None:
             rs = request.resource_spans.add()
@@ -288,15 +288,15 @@ def traces_request(rows: Iterable[Row]) -> ExportTraceServiceRequest:
         sp = spans.add()
         sp.trace_id = trace_id
         sp.span_id = span_id
-        parent = _span_bytes(row[PARENT_ID])
+        parent = span_bytes(row[PARENT_ID])
         if parent is not None:
             sp.parent_span_id = parent
         if row[NAME] is not None:
             sp.name = row[NAME]
-        attrs, span_kind = _span_attrs(row)
+        attrs, span_kind = span_attrs(row)
         sp.kind = span_kind
         sp.start_time_unix_nano = row[TS]
-        end = _end_ns(row)
+        end = end_ns(row)
         sp.end_time_unix_nano = end
         if attrs:
             _pb_attrs(sp.attributes, attrs)
@@ -306,8 +306,8 @@ def traces_request(rows: Iterable[Row]) -> ExportTraceServiceRequest:
             if row[ERROR_MESSAGE] is not None:
                 sp.status.message = row[ERROR_MESSAGE]
         elif status == Status.OK:
-            sp.status.code = _STATUS_OK
-        exc = _exception_attrs(row)
+            sp.status.code = STATUS_OK
+        exc = exception_attrs(row)
         if exc is not None:
             event = sp.events.add()
             event.time_unix_nano = end
@@ -323,7 +323,7 @@ def logs_request(rows: Iterable[Row]) -> ExportLogsServiceRequest:
     for row in rows:
         if row[KIND] != Kind.LOG:
             continue
-        key = _resource_key(row)
+        key = resource_key(row)
         records = groups.get(key)
         if records is None:
             rl = request.resource_logs.add()
@@ -340,13 +340,13 @@ def logs_request(rows: Iterable[Row]) -> ExportLogsServiceRequest:
         rec.severity_text = _severity_text(level)
         if row[MESSAGE] is not None:
             rec.body.string_value = row[MESSAGE]
-        attrs = _log_attrs(row)
+        attrs = log_attrs(row)
         if attrs:
             _pb_attrs(rec.attributes, attrs)
-        trace_id = _trace_bytes(row[TRACE_ID])
+        trace_id = trace_bytes(row[TRACE_ID])
         if trace_id is not None:
             rec.trace_id = trace_id
-            span_id = _span_bytes(row[SPAN_ID])
+            span_id = span_bytes(row[SPAN_ID])
             if span_id is not None:
                 rec.span_id = span_id
     return request

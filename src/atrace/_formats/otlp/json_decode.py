@@ -11,23 +11,23 @@ import orjson
 from ..._records import Row
 from ...errors import WireError
 from .common import (
-    _INT64_MAX,
-    _INT64_MIN,
     _MAX_DEPTH,
-    _UINT64_MAX,
+    INT64_MAX,
+    INT64_MIN,
+    UINT64_MAX,
 )
 from .rows import (
     _LONG_VALUES,
     _MESSAGE_LIMIT,
     _VALUE_LIMIT,
-    _Event,
+    Event,
+    Resource,
     _key,
-    _log_row,
-    _Resource,
-    _span_rows,
     _text,
-    _too_many,
-    _unpack_q,
+    log_row,
+    span_rows,
+    too_many,
+    unpack_q,
 )
 
 _ZERO_TRACE = "0" * 32
@@ -101,7 +101,7 @@ def _j_u64(obj: dict[str, Any], key: str, where: str) -> int:
     value = obj.get(key)
     if value is None:
         return 0
-    return _j_int(value, f"{where}.{key}", 0, _UINT64_MAX)
+    return _j_int(value, f"{where}.{key}", 0, UINT64_MAX)
 
 
 def _j_enum(obj: dict[str, Any], key: str, where: str, names: Mapping[str, int]) -> int:
@@ -136,7 +136,7 @@ def _j_any(value: Any, where: str, depth: int, limit: int = _VALUE_LIMIT) -> Any
     if "stringValue" in av:
         return _text(_j_str(av, "stringValue", where), limit)
     if "intValue" in av:
-        return _j_int(av["intValue"], f"{where}.intValue", _INT64_MIN, _INT64_MAX)
+        return _j_int(av["intValue"], f"{where}.intValue", INT64_MIN, INT64_MAX)
     if "boolValue" in av:
         flag = av["boolValue"]
         if type(flag) is not bool:
@@ -191,11 +191,11 @@ def _j_attrs(out: dict[str, Any], obj: dict[str, Any], where: str) -> None:
         _j_into(out, _j_list(obj, "attributes", where), f"{where}.attributes")
 
 
-def _j_resource(obj: dict[str, Any], where: str) -> _Resource:
+def _j_resource(obj: dict[str, Any], where: str) -> Resource:
     resource = _j_sub(obj, "resource", where)
     attrs: dict[str, Any] = {}
     _j_attrs(attrs, resource, f"{where}.resource")
-    return _Resource(attrs)
+    return Resource(attrs)
 
 
 def _load_json(body: bytes) -> dict[str, Any]:
@@ -239,11 +239,11 @@ def _j_count(document: dict[str, Any], outer: str, middle: str, inner: str) -> i
     return count
 
 
-def _decode_traces_json(body: bytes, max_records: int) -> list[Row]:
+def decode_traces_json(body: bytes, max_records: int) -> list[Row]:
     document = _load_json(body)
     count = _j_count(document, "resourceSpans", "scopeSpans", "spans")
     if count > max_records:
-        raise _too_many(count, max_records, "spans")
+        raise too_many(count, max_records, "spans")
     budget = max_records - count
     out: list[Row] = []
     for i, item in enumerate(_j_list(document, "resourceSpans", "request")):
@@ -268,30 +268,30 @@ def _decode_traces_json(body: bytes, max_records: int) -> list[Row]:
                     raise WireError(f"{where}.startTimeUnixNano: missing")
                 attrs: dict[str, Any] = dict(res.extra) if res.extra else {}
                 _j_attrs(attrs, sp, where)
-                events: list[_Event] = []
+                events: list[Event] = []
                 ev_items = _j_list(sp, "events", where)
                 budget -= len(ev_items)
                 if budget < 0:
-                    raise _too_many(max_records - budget, max_records, "spans and events")
+                    raise too_many(max_records - budget, max_records, "spans and events")
                 for n, ev_item in enumerate(ev_items):
                     where_e = f"{where}.events[{n}]"
                     ev = _j_obj(ev_item, where_e)
                     ev_attrs: dict[str, Any] = {}
                     _j_attrs(ev_attrs, ev, where_e)
                     events.append(
-                        _Event(
+                        Event(
                             _j_u64(ev, "timeUnixNano", where_e),
                             _j_str(ev, "name", where_e),
                             ev_attrs,
                         )
                     )
                 status = _j_sub(sp, "status", where)
-                _span_rows(
+                span_rows(
                     out,
                     res,
                     trace_raw.hex(),
-                    _unpack_q(span_raw)[0],
-                    _unpack_q(parent_raw)[0] or None if parent_raw is not None else None,
+                    unpack_q(span_raw)[0],
+                    unpack_q(parent_raw)[0] or None if parent_raw is not None else None,
                     _j_str(sp, "name", where),
                     _j_enum(sp, "kind", where, _SPAN_KINDS),
                     start,
@@ -315,11 +315,11 @@ def _j_body(rec: dict[str, Any], where: str) -> str | None:
     return _text(orjson.dumps(value).decode("utf-8"), _MESSAGE_LIMIT)
 
 
-def _decode_logs_json(body: bytes, max_records: int) -> list[Row]:
+def decode_logs_json(body: bytes, max_records: int) -> list[Row]:
     document = _load_json(body)
     count = _j_count(document, "resourceLogs", "scopeLogs", "logRecords")
     if count > max_records:
-        raise _too_many(count, max_records, "log records")
+        raise too_many(count, max_records, "log records")
     out: list[Row] = []
     for i, item in enumerate(_j_list(document, "resourceLogs", "request")):
         where_r = f"resourceLogs[{i}]"
@@ -337,11 +337,11 @@ def _decode_logs_json(body: bytes, max_records: int) -> list[Row]:
                 trace_id = trace_raw.hex() if trace_raw is not None else None
                 if trace_id == _ZERO_TRACE:
                     trace_id = None
-                span_id = _unpack_q(span_raw)[0] or None if span_raw is not None else None
+                span_id = unpack_q(span_raw)[0] or None if span_raw is not None else None
                 attrs: dict[str, Any] = dict(res.extra) if res.extra else {}
                 _j_attrs(attrs, rec, where)
                 out.append(
-                    _log_row(
+                    log_row(
                         res,
                         scope_name,
                         _j_u64(rec, "timeUnixNano", where)

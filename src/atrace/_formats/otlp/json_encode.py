@@ -26,24 +26,24 @@ from ..._records import (
 )
 from ..._version import __version__
 from .common import (
-    _INT64_MAX,
-    _INT64_MIN,
     _MAX_DEPTH,
     _STATUS_ERROR,
-    _STATUS_OK,
+    INT64_MAX,
+    INT64_MIN,
     SCOPE_NAME,
+    STATUS_OK,
     _severity_text,
     severity_number,
 )
 from .encode import (
-    _end_ns,
-    _exception_attrs,
-    _log_attrs,
-    _resource_items,
-    _resource_key,
-    _span_attrs,
-    _span_bytes,
-    _trace_bytes,
+    end_ns,
+    exception_attrs,
+    log_attrs,
+    resource_items,
+    resource_key,
+    span_attrs,
+    span_bytes,
+    trace_bytes,
 )
 
 # -- OTLP/JSON: ids as hex, 64-bit integers as decimal strings, enums as integers, defaults
@@ -57,7 +57,7 @@ def _json_value(value: Any, depth: int = 0) -> dict[str, Any]:
     if t is bool:
         return {"boolValue": value}
     if t is int:
-        if _INT64_MIN <= value <= _INT64_MAX:
+        if INT64_MIN <= value <= INT64_MAX:
             return {"intValue": str(value)}
         return {"stringValue": str(value)}
     if t is float:
@@ -88,7 +88,7 @@ def _json_attrs(attrs: Mapping[str, Any], depth: int = 0) -> list[dict[str, Any]
 
 
 def _json_resource(key: tuple[Any, Any, Any, Any]) -> dict[str, Any]:
-    return {"attributes": _json_attrs(dict(_resource_items(key)))}
+    return {"attributes": _json_attrs(dict(resource_items(key)))}
 
 
 _JSON_SCOPE = {"name": SCOPE_NAME, "version": __version__}
@@ -109,14 +109,14 @@ def traces_json(rows: Iterable[Row]) -> bytes:
         kind = row[KIND]
         if kind != Kind.SPAN and kind != Kind.SPAN_END:
             continue
-        trace_id = _trace_bytes(row[TRACE_ID])
-        span_id = _span_bytes(row[SPAN_ID])
+        trace_id = trace_bytes(row[TRACE_ID])
+        span_id = span_bytes(row[SPAN_ID])
         if trace_id is None or span_id is None:
             continue
-        attrs, span_kind = _span_attrs(row)
-        end = _end_ns(row)
+        attrs, span_kind = span_attrs(row)
+        end = end_ns(row)
         span: dict[str, Any] = {"traceId": trace_id.hex(), "spanId": span_id.hex()}
-        parent = _span_bytes(row[PARENT_ID])
+        parent = span_bytes(row[PARENT_ID])
         if parent is not None:
             span["parentSpanId"] = parent.hex()
         if row[NAME]:
@@ -128,7 +128,7 @@ def traces_json(rows: Iterable[Row]) -> bytes:
             span["endTimeUnixNano"] = str(end)
         if attrs:
             span["attributes"] = _json_attrs(attrs)
-        exc = _exception_attrs(row)
+        exc = exception_attrs(row)
         if exc is not None:
             span["events"] = [
                 {"timeUnixNano": str(end), "name": "exception", "attributes": _json_attrs(exc)}
@@ -139,8 +139,8 @@ def traces_json(rows: Iterable[Row]) -> bytes:
             if row[ERROR_MESSAGE]:
                 span["status"]["message"] = row[ERROR_MESSAGE]
         elif status == Status.OK:
-            span["status"] = {"code": _STATUS_OK}
-        groups.setdefault(_resource_key(row), []).append(span)
+            span["status"] = {"code": STATUS_OK}
+        groups.setdefault(resource_key(row), []).append(span)
     return _dumps(
         {
             "resourceSpans": [
@@ -169,16 +169,16 @@ def logs_json(rows: Iterable[Row]) -> bytes:
         rec["severityText"] = _severity_text(level)
         if row[MESSAGE] is not None:
             rec["body"] = {"stringValue": row[MESSAGE]}
-        attrs = _log_attrs(row)
+        attrs = log_attrs(row)
         if attrs:
             rec["attributes"] = _json_attrs(attrs)
-        trace_id = _trace_bytes(row[TRACE_ID])
+        trace_id = trace_bytes(row[TRACE_ID])
         if trace_id is not None:
             rec["traceId"] = trace_id.hex()
-            span_id = _span_bytes(row[SPAN_ID])
+            span_id = span_bytes(row[SPAN_ID])
             if span_id is not None:
                 rec["spanId"] = span_id.hex()
-        groups.setdefault(_resource_key(row), []).append(rec)
+        groups.setdefault(resource_key(row), []).append(rec)
     return _dumps(
         {
             "resourceLogs": [

@@ -12,26 +12,26 @@ from ..._pipeline.sanitize import sanitize_text, sanitize_value
 from ..._records import Kind, Level, Row, Status
 from ...errors import WireError
 from .common import (
-    _DEFAULT_SERVICE,
-    _ENV_KEYS,
-    _EXC_MESSAGE,
-    _EXC_STACK,
-    _EXC_TYPE,
-    _FILE_KEYS,
-    _HOST_KEY,
-    _INT64_MAX,
-    _INT64_MIN,
-    _KIND_KEY,
     _KIND_NAMES,
-    _LINE_KEYS,
-    _LOGGER_KEY,
-    _PID_KEY,
-    _SERVICE_KEY,
-    _SPAN_KIND_INTERNAL,
-    _SPAN_KIND_UNSPECIFIED,
     _STATUS_ERROR,
-    _STATUS_OK,
+    DEFAULT_SERVICE,
+    ENV_KEYS,
+    EXC_MESSAGE,
+    EXC_STACK,
+    EXC_TYPE,
+    FILE_KEYS,
+    HOST_KEY,
+    INT64_MAX,
+    INT64_MIN,
+    KIND_KEY,
+    LINE_KEYS,
+    LOGGER_KEY,
+    PID_KEY,
     SCOPE_NAME,
+    SERVICE_KEY,
+    SPAN_KIND_INTERNAL,
+    SPAN_KIND_UNSPECIFIED,
+    STATUS_OK,
     level_from_severity,
 )
 
@@ -44,9 +44,9 @@ _MESSAGE_LIMIT = 32_768
 _STACK_LIMIT = 4 * _MESSAGE_LIMIT
 _LOCATION_LIMIT = 4096
 # Attributes that become error columns keep those columns' limits, not an attribute's.
-_LONG_VALUES = {_EXC_MESSAGE: _MESSAGE_LIMIT, _EXC_STACK: _STACK_LIMIT}
+_LONG_VALUES = {EXC_MESSAGE: _MESSAGE_LIMIT, EXC_STACK: _STACK_LIMIT}
 
-_unpack_q = struct.Struct(">q").unpack
+unpack_q = struct.Struct(">q").unpack
 
 # The stored numbers as plain ints: both decoders build every row here, one span or log at a time.
 _LOG = Kind.LOG.value
@@ -55,7 +55,7 @@ _INFO = Level.INFO.value
 _ERROR = Level.ERROR.value
 _UNSET = Status.UNSET.value
 # OTLP status code → atrace status; an unknown code reads as unset.
-_STATUSES = {_STATUS_OK: Status.OK.value, _STATUS_ERROR: Status.ERROR.value}
+_STATUSES = {STATUS_OK: Status.OK.value, _STATUS_ERROR: Status.ERROR.value}
 
 
 def _text(value: str, limit: int) -> str:
@@ -71,35 +71,35 @@ def _key(key: str) -> str:
     return sanitize_text(key, len(key))[:_KEY_LIMIT]
 
 
-class _Resource:
+class Resource:
     """One resource's columns, and its other attributes (they go into every row's attrs)."""
 
     __slots__ = ("environment", "extra", "host", "pid", "service")
 
     def __init__(self, attrs: dict[str, Any]) -> None:
-        service = attrs.get(_SERVICE_KEY)
+        service = attrs.get(SERVICE_KEY)
         if isinstance(service, str):
-            del attrs[_SERVICE_KEY]
+            del attrs[SERVICE_KEY]
         self.service = (
             _text(service, _SHORT_LIMIT) if isinstance(service, str) and service else None
-        ) or _DEFAULT_SERVICE
+        ) or DEFAULT_SERVICE
         environment = None
-        for key in _ENV_KEYS:
+        for key in ENV_KEYS:
             value = attrs.get(key)
             if isinstance(value, str):
                 del attrs[key]
                 if environment is None and value:
                     environment = _text(value, _SHORT_LIMIT)
         self.environment = environment
-        host = attrs.get(_HOST_KEY)
+        host = attrs.get(HOST_KEY)
         if isinstance(host, str):
-            del attrs[_HOST_KEY]
+            del attrs[HOST_KEY]
         self.host = _text(host, _SHORT_LIMIT) if isinstance(host, str) and host else None
-        pid = attrs.get(_PID_KEY)
+        pid = attrs.get(PID_KEY)
         if type(pid) is str and pid.isdigit() and len(pid) < 19:
             pid = int(pid)
-        if type(pid) is int and _INT64_MIN <= pid <= _INT64_MAX:
-            del attrs[_PID_KEY]
+        if type(pid) is int and INT64_MIN <= pid <= INT64_MAX:
+            del attrs[PID_KEY]
             self.pid: int | None = pid
         else:
             self.pid = None
@@ -115,9 +115,9 @@ def _attrs_json(attrs: dict[str, Any]) -> bytes | None:
         return orjson.dumps(sanitize_value(attrs, _VALUE_LIMIT))
 
 
-def _pop_location(attrs: dict[str, Any]) -> str | None:
+def pop_location(attrs: dict[str, Any]) -> str | None:
     path: Any = None
-    for key in _FILE_KEYS:
+    for key in FILE_KEYS:
         if key in attrs:
             value = attrs.pop(key)
             if path is None:
@@ -125,7 +125,7 @@ def _pop_location(attrs: dict[str, Any]) -> str | None:
     if path is None:
         return None
     line: Any = None
-    for key in _LINE_KEYS:
+    for key in LINE_KEYS:
         if key in attrs:
             value = attrs.pop(key)
             if line is None:
@@ -135,9 +135,9 @@ def _pop_location(attrs: dict[str, Any]) -> str | None:
 
 
 def _pop_error(attrs: dict[str, Any]) -> tuple[str | None, str | None, str | None]:
-    etype = attrs.pop(_EXC_TYPE, None)
-    emsg = attrs.pop(_EXC_MESSAGE, None)
-    stack = attrs.pop(_EXC_STACK, None)
+    etype = attrs.pop(EXC_TYPE, None)
+    emsg = attrs.pop(EXC_MESSAGE, None)
+    stack = attrs.pop(EXC_STACK, None)
     return (
         None if etype is None else _text(str(etype), _NAME_LIMIT),
         None if emsg is None else _text(str(emsg), _MESSAGE_LIMIT),
@@ -145,15 +145,15 @@ def _pop_error(attrs: dict[str, Any]) -> tuple[str | None, str | None, str | Non
     )
 
 
-class _Event(NamedTuple):
+class Event(NamedTuple):
     ts: int
     name: str
     attrs: dict[str, Any]
 
 
-def _span_rows(
+def span_rows(
     out: list[Row],
-    res: _Resource,
+    res: Resource,
     trace_id: str,
     span_id: int,
     parent_id: int | None,
@@ -164,12 +164,12 @@ def _span_rows(
     code: int,
     status_message: str,
     attrs: dict[str, Any],
-    events: list[_Event],
+    events: list[Event],
 ) -> None:
     """The span's row, then a log row for each of its events (shared by both decoders)."""
-    if kind != _SPAN_KIND_INTERNAL and kind != _SPAN_KIND_UNSPECIFIED:
-        attrs[_KIND_KEY] = _KIND_NAMES.get(kind, kind)
-    location = _pop_location(attrs) if attrs else None
+    if kind != SPAN_KIND_INTERNAL and kind != SPAN_KIND_UNSPECIFIED:
+        attrs[KIND_KEY] = _KIND_NAMES.get(kind, kind)
+    location = pop_location(attrs) if attrs else None
     etype = emsg = stack = None
     failed = code == _STATUS_ERROR
     if failed:
@@ -235,8 +235,8 @@ def _span_rows(
         )
 
 
-def _log_row(
-    res: _Resource,
+def log_row(
+    res: Resource,
     scope_name: str,
     ts: int,
     number: int,
@@ -247,9 +247,9 @@ def _log_row(
     span_id: int | None,
     event_name: str,
 ) -> Row:
-    logger = attrs.get(_LOGGER_KEY)
+    logger = attrs.get(LOGGER_KEY)
     if isinstance(logger, str):
-        del attrs[_LOGGER_KEY]
+        del attrs[LOGGER_KEY]
     if isinstance(logger, str) and logger:
         name: str | None = _text(logger, _NAME_LIMIT)
     elif scope_name and scope_name != SCOPE_NAME:
@@ -258,7 +258,7 @@ def _log_row(
         name = None
     if event_name:
         attrs.setdefault("event.name", _text(event_name, _VALUE_LIMIT))
-    location = _pop_location(attrs) if attrs else None
+    location = pop_location(attrs) if attrs else None
     etype, emsg, stack = _pop_error(attrs) if attrs else (None, None, None)
     if number <= 0 and not severity_text and (etype is not None or emsg is not None):
         level = _ERROR
@@ -287,5 +287,5 @@ def _log_row(
     )
 
 
-def _too_many(count: int, max_records: int, what: str) -> WireError:
+def too_many(count: int, max_records: int, what: str) -> WireError:
     return WireError(f"{count} {what} in one request; at most {max_records} accepted", status=413)

@@ -45,29 +45,28 @@ from ..._records import (
 from ...errors import QueryError
 from .error_groups import errors, group_errors
 from .params import (
-    _NS,
     DEFAULT_ERROR_SCAN,
     DEFAULT_LIMIT,
     DEFAULT_RANGE_NS,
     MAX_LIMIT,
+    NS_PER_S,
     Filters,
-    _encode_cursor,
-    _json,
     _parse_trace_id,
-    _trace_hex,
+    encode_cursor,
     errors_params,
+    jsonb_value,
     parse_filters,
     parse_level,
     parse_time,
     spans_params,
     stats_params,
+    trace_hex,
 )
 
 # Used only where they now live, but public here before and still importable from here.
 from .params import MAX_ATTR_FILTERS as MAX_ATTR_FILTERS
 from .params import MAX_ERROR_SCAN as MAX_ERROR_SCAN
-from .sql import ENDED_SPANS, ERROR_ROWS, FAILED, _Args, _ts_sql, time_range
-from .sql import _ns as _ns  # also imported from here by tail.py
+from .sql import ENDED_SPANS, ERROR_ROWS, FAILED, Args, as_ns, time_range, ts_sql
 from .tree import MAX_DEPTH as MAX_DEPTH
 from .tree import build_tree
 
@@ -126,10 +125,10 @@ def record_json(row: Sequence[Any]) -> dict[str, Any]:
     """One row (COLUMNS order, as stored or as published) as the API's JSON object."""
     kind = row[KIND]
     return {
-        "ts": _ns(row[TS]),
+        "ts": as_ns(row[TS]),
         "kind": KIND_NAMES.get(kind, str(kind)),
         "level": row[LEVEL],
-        "trace_id": _trace_hex(row[TRACE_ID]),
+        "trace_id": trace_hex(row[TRACE_ID]),
         "span_id": None if row[SPAN_ID] is None else format_span_id(row[SPAN_ID]),
         "parent_id": None if row[PARENT_ID] is None else format_span_id(row[PARENT_ID]),
         "duration_ns": row[DURATION_NS],
@@ -140,7 +139,7 @@ def record_json(row: Sequence[Any]) -> dict[str, Any]:
         "pid": row[PID],
         "name": row[NAME],
         "message": row[MESSAGE],
-        "attrs": _json(row[ATTRS]) or {},
+        "attrs": jsonb_value(row[ATTRS]) or {},
         "error_type": row[ERROR_TYPE],
         "error_message": row[ERROR_MESSAGE],
         "stack_trace": row[STACK_TRACE],
@@ -152,7 +151,7 @@ def record_json(row: Sequence[Any]) -> dict[str, Any]:
 
 
 def _search_sql(schema: str, f: Filters) -> tuple[str, list[Any]]:
-    a = _Args(f.project)
+    a = Args(f.project)
     where = ["project = $1"]
     if f.since is not None:
         where.append(f"ts >= {a.ts(f.since)}")
@@ -196,7 +195,7 @@ async def search(conn: Any, schema: str, filters: Filters) -> dict[str, Any]:
     cursor = None
     if more and rows:
         last = rows[-1]
-        cursor = _encode_cursor(_ns(last["ts"]) // 1000, last["rid"])
+        cursor = encode_cursor(as_ns(last["ts"]) // 1000, last["rid"])
     return {"records": [record_json(tuple(r)[:-1]) for r in rows], "next_cursor": cursor}
 
 
@@ -235,7 +234,7 @@ def _interval_seconds(value: str | int | None) -> int:
 
 
 def _stats_sql(schema: str, service: bool) -> str:
-    where = f"project = $1 AND ts >= {_ts_sql(3)} AND ts < {_ts_sql(4)}"
+    where = f"project = $1 AND ts >= {ts_sql(3)} AND ts < {ts_sql(4)}"
     if service:
         where += " AND service = $5"
     return (
@@ -246,7 +245,7 @@ def _stats_sql(schema: str, service: bool) -> str:
 
 
 def _durations_sql(schema: str, service: bool) -> str:
-    where = f"project = $1 AND ts >= {_ts_sql(2)} AND ts < {_ts_sql(3)} AND {ENDED_SPANS}"
+    where = f"project = $1 AND ts >= {ts_sql(2)} AND ts < {ts_sql(3)} AND {ENDED_SPANS}"
     if service:
         where += " AND service = $4"
     return (
@@ -275,7 +274,7 @@ async def stats(
     now = time.time_ns() if now is None else now
     step = _interval_seconds(interval)
     since, until = time_range(since, until, now)
-    if (until - since) // (step * _NS) > MAX_BUCKETS:
+    if (until - since) // (step * NS_PER_S) > MAX_BUCKETS:
         raise QueryError("interval", interval, f"more than {MAX_BUCKETS} buckets in the range")
     args: list[Any] = [project, f"{step} seconds", since // 1000, until // 1000]
     if service:
@@ -283,11 +282,16 @@ async def stats(
     rows = await conn.fetch(_stats_sql(schema, bool(service)), *args)
     out: dict[str, Any] = {
         "interval": f"{step}s" if interval is None else interval,
-        "interval_ns": step * _NS,
+        "interval_ns": step * NS_PER_S,
         "since": since,
         "until": until,
         "buckets": [
-            {"ts": _ns(r["bucket"]), "service": r["service"], "level": r["level"], "count": r["n"]}
+            {
+                "ts": as_ns(r["bucket"]),
+                "service": r["service"],
+                "level": r["level"],
+                "count": r["n"],
+            }
             for r in rows
         ],
     }
@@ -318,7 +322,7 @@ def _spans_sql(
     slow_ns: int | None,
     errors_only: bool = False,
 ) -> tuple[str, list[Any]]:
-    a = _Args(project)
+    a = Args(project)
     where = [f"project = $1 AND ts >= {a.ts(since)} AND ts < {a.ts(until)} AND {ENDED_SPANS}"]
     if service:
         where.append(f"service = {a.add(service)}")
@@ -363,7 +367,7 @@ async def spans(
             "name": r["name"],
             "count": r["n"],
             "errors": r["failed"],
-            "last_seen": _ns(r["last_ts"]),
+            "last_seen": as_ns(r["last_ts"]),
             "last_status": r["last_status"],
             "p50_ns": round(r["p50"] or 0),
             "p95_ns": round(r["p95"] or 0),

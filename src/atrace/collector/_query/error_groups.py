@@ -9,8 +9,8 @@ from typing import Any
 
 from ...errors import QueryError
 from .fingerprint import fingerprint
-from .params import DEFAULT_ERROR_SCAN, DEFAULT_RANGE_NS, MAX_ERROR_SCAN, _trace_hex
-from .sql import ERROR_ROWS, _Args, _ns
+from .params import DEFAULT_ERROR_SCAN, DEFAULT_RANGE_NS, MAX_ERROR_SCAN, trace_hex
+from .sql import ERROR_ROWS, Args, as_ns
 
 # Stack traces are read cut to their two ends: Python's top frames are at the end, Java's and
 # JavaScript's at the start; the middle never decides a fingerprint.
@@ -24,7 +24,7 @@ _ERRORS_COLUMNS = (
 def _errors_sql(
     schema: str, project: str, since: int, until: int | None, service: str | None, scan: int
 ) -> tuple[str, list[Any]]:
-    a = _Args(project)
+    a = Args(project)
     # The partial index's predicate, written out as in its definition.
     where = ["project = $1", ERROR_ROWS, f"ts >= {a.ts(since)}"]
     if until is not None:
@@ -47,8 +47,8 @@ def group_errors(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
         fp = known.get(key)
         if fp is None:
             fp = known[key] = fingerprint(*key)
-        ts = _ns(r["ts"])
-        trace_id = _trace_hex(r["trace_id"])
+        ts = as_ns(r["ts"])
+        trace_id = trace_hex(r["trace_id"])
         g = groups.get(fp)
         if g is None:
             groups[fp] = {

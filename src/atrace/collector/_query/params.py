@@ -43,7 +43,7 @@ _KIND_FILTERS: dict[str, tuple[int, ...]] = {
     **{str(kind): (kind,) for kind in KIND_NAMES},
     KIND_NAMES[Kind.SPAN]: (Kind.SPAN_START.value, Kind.SPAN_END.value, Kind.SPAN.value),
 }
-_NS = 1_000_000_000
+NS_PER_S = 1_000_000_000
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _RELATIVE = re.compile(r"(\d{1,9})\s*([smhdw])", re.I)
 _ISO = re.compile(
@@ -59,7 +59,7 @@ def parse_time(value: str | int | dt.datetime, *, now: int, field: str = "time")
     """Nanoseconds since the epoch from ISO 8601, a relative age (``15m``, ``2h``, ``1d``: that
     long before ``now``), ``now``, integer nanoseconds, or a datetime (naive means UTC)."""
     if isinstance(value, dt.datetime):
-        return _datetime_ns(value)
+        return datetime_ns(value)
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     text = str(value).strip()
@@ -69,7 +69,7 @@ def parse_time(value: str | int | dt.datetime, *, now: int, field: str = "time")
         return int(text)
     m = _RELATIVE.fullmatch(text)
     if m is not None:
-        return now - int(m[1]) * _UNITS[m[2].lower()] * _NS
+        return now - int(m[1]) * _UNITS[m[2].lower()] * NS_PER_S
     m = _ISO.fullmatch(text)
     if m is not None:
         try:
@@ -91,10 +91,10 @@ def _iso_ns(m: re.Match[str]) -> int:
         tz = dt.timezone(sign * dt.timedelta(hours=int(digits[:2]), minutes=int(digits[2:] or 0)))
     base = dt.datetime(year, month, day, hour, minute, second, tzinfo=tz)
     fraction = int((m[7] or "").ljust(9, "0"))
-    return _datetime_ns(base) + fraction
+    return datetime_ns(base) + fraction
 
 
-def _datetime_ns(value: dt.datetime) -> int:
+def datetime_ns(value: dt.datetime) -> int:
     if value.tzinfo is None:
         value = value.replace(tzinfo=dt.timezone.utc)
     return (value - _EPOCH) // dt.timedelta(microseconds=1) * 1000
@@ -166,14 +166,14 @@ class Filters:
             return False
         if self.kinds is not None and row[KIND] not in self.kinds:
             return False
-        if self.trace_id is not None and _trace_hex(row[TRACE_ID]) != self.trace_id:
+        if self.trace_id is not None and trace_hex(row[TRACE_ID]) != self.trace_id:
             return False
         if self.q:
             text = f"{row[NAME] or ''} {row[MESSAGE] or ''}".lower()
             if self.q.lower() not in text:
                 return False
         if self.attrs:
-            have = attrs if attrs is not None else _json(row[ATTRS])
+            have = attrs if attrs is not None else jsonb_value(row[ATTRS])
             if not isinstance(have, dict) or not _contains(have, self.attrs):
                 return False
         return True
@@ -194,7 +194,7 @@ def _contains(have: Any, want: Any) -> bool:
     return bool(have == want)
 
 
-def _trace_hex(value: Any) -> str | None:
+def trace_hex(value: Any) -> str | None:
     if value is None:
         return None
     if isinstance(value, uuid.UUID):
@@ -202,7 +202,7 @@ def _trace_hex(value: Any) -> str | None:
     return str(value).replace("-", "").lower()
 
 
-def _json(value: Any) -> Any:
+def jsonb_value(value: Any) -> Any:
     # jsonb arrives as bytes (atrace's codec), str (asyncpg's default) or already decoded.
     if value is None or isinstance(value, (dict, list)):
         return value
@@ -277,7 +277,7 @@ _FILTER_KEYS = frozenset(
 _FILTER_NAMES = ", ".join(sorted(_FILTER_KEYS)) + ", attr.KEY"
 
 
-def _encode_cursor(ts_us: int, rid: str) -> str:
+def encode_cursor(ts_us: int, rid: str) -> str:
     raw = orjson.dumps([ts_us, rid])
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from ..._records import Kind, Level, Status
 from ...errors import QueryError
-from .params import DEFAULT_RANGE_NS, _datetime_ns
+from .params import DEFAULT_RANGE_NS, datetime_ns
 
 # Conditions on the stored numbers, named once. ERROR_ROWS is word for word the predicate of the
 # partial index records_errors_idx (schema.py), so that the planner may use that index.
@@ -16,20 +16,20 @@ FAILED = f"status = {Status.ERROR:d}"
 ERROR_ROWS = f"(level >= {Level.ERROR:d} OR {FAILED})"
 
 
-def _ts_sql(n: int) -> str:
+def ts_sql(n: int) -> str:
     # A bound travels as integer microseconds and becomes a timestamptz in SQL, so the same
     # statement works whether or not the connection carries atrace's timestamptz codec.
     return f"(timestamptz 'epoch' + ${n}::bigint * interval '1 microsecond')"
 
 
-def _ns(value: Any) -> int:
+def as_ns(value: Any) -> int:
     # With atrace's codec a timestamptz arrives as int ns; without it, as a datetime.
     if isinstance(value, dt.datetime):
-        return _datetime_ns(value)
+        return datetime_ns(value)
     return int(value)
 
 
-class _Args:
+class Args:
     """Positional parameters of one statement; ``add`` returns the placeholder."""
 
     def __init__(self, *initial: Any) -> None:
@@ -41,7 +41,7 @@ class _Args:
 
     def ts(self, ns: int) -> str:
         self.values.append(ns // 1000)
-        return _ts_sql(len(self.values))
+        return ts_sql(len(self.values))
 
 
 def time_range(since: int | None, until: int | None, now: int) -> tuple[int, int]:
