@@ -78,3 +78,29 @@ class TestDemo:
         finally:
             await conn.close()
         assert (count, failed) == (36, 2)
+
+
+class TestVersion:
+    def test_names_the_version_and_what_runs_compiled(self) -> None:
+        """`atrace --version` prints the version, then which modules run compiled or as twins."""
+        import atrace
+        from atrace._speedups import implementations
+
+        done = run("--version")
+        assert done.returncode == 0, done.stderr
+        lines = done.stdout.splitlines()
+        assert lines[0] == f"atrace {atrace.__version__}"
+        running = implementations()
+        compiled = "compiled: ring, emit, row encoder, binary COPY, OTLP decoder"
+        if set(running.values()) == {"cython"}:
+            assert lines[1:] == [compiled]
+        else:
+            assert any(line.startswith("pure Python: ") for line in lines[1:])
+
+    def test_says_when_the_twins_are_forced(self) -> None:
+        """With ATRACE_PUREPYTHON=1 every module is listed as pure Python, none as compiled."""
+        done = run("--version", env={"ATRACE_PUREPYTHON": "1"})
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines()[1:] == [
+            "pure Python: ring, emit, row encoder, binary COPY, OTLP decoder"
+        ]

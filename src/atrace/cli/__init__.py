@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import sys
 
 from ._common import _dsn, _schema, add_db_options, resolve_dsn
@@ -14,11 +15,55 @@ from ._spill import SPILL_COMMANDS, add_spill_parser
 __all__ = ("main",)
 
 
+# What each compiled/twin pair is, in words a user of the command knows.
+_SHORT_NAMES = {
+    "atrace._pipeline.ring": "ring",
+    "atrace._emit.hot": "emit",
+    "atrace._pipeline.encode": "row encoder",
+    "atrace._formats.pgcopy": "binary COPY",
+    "atrace._formats.otlp.pb": "OTLP decoder",
+}
+
+
+class _Version(argparse.Action):
+    """``--version``: the version, and which modules run compiled (loaded only when asked)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
+        print(version_text())
+        parser.exit()
+
+
+def version_text() -> str:
+    """``atrace X.Y``, then the compiled modules in use, and any that run as pure Python."""
+    from .. import __version__
+    from .._speedups import PAIRS
+
+    compiled: list[str] = []
+    twins: list[str] = []
+    missing: list[str] = []
+    for facade in PAIRS:
+        short = _SHORT_NAMES[facade]
+        try:
+            module = importlib.import_module(facade)
+        except ImportError:  # the OTLP decoder without the otlp extra
+            missing.append(short)
+            continue
+        (compiled if module.IMPLEMENTATION == "cython" else twins).append(short)
+    lines = [f"atrace {__version__}"]
+    if compiled:
+        lines.append(f"compiled: {', '.join(compiled)}")
+    if twins:
+        lines.append(f"pure Python: {', '.join(twins)}")
+    if missing:
+        lines.append(f"not installed: {', '.join(missing)}")
+    return "\n".join(lines)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="atrace", description="asyncio tracing into PostgreSQL")
-    from .. import __version__
-
-    parser.add_argument("--version", action="version", version=f"atrace {__version__}")
+    parser.add_argument(
+        "--version", action=_Version, nargs=0, help="show the version and the compiled modules"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run a small traced workload and show what was stored")
     add_db_options(demo)
