@@ -85,8 +85,9 @@ class TestAll:
             assert item in atrace.__all__
 
     def test_import_is_light(self) -> None:
-        """Importing atrace loads neither asyncio, asyncpg, rich, orjson, aiohttp nor typing."""
-        heavy = ("asyncio", "asyncpg", "rich", "orjson", "aiohttp", "typing")
+        """Importing atrace loads none of asyncio, asyncpg, rich, orjson, aiohttp, typing,
+        dataclasses (which loads inspect): each would add milliseconds to every process."""
+        heavy = ("asyncio", "asyncpg", "rich", "orjson", "aiohttp", "typing", "dataclasses")
         code = f"import sys, atrace; print(sorted(m for m in {heavy!r} if m in sys.modules))"
         out = subprocess.run(
             [sys.executable, "-c", code], capture_output=True, text=True, check=True

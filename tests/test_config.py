@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import pathlib
@@ -69,14 +68,28 @@ class TestValidation:
 
 
 class TestConfigValue:
-    def test_frozen_keyword_only_dataclass(self) -> None:
-        """Config is a frozen, slotted dataclass taking keywords only."""
-        assert dataclasses.is_dataclass(Config)
+    def test_frozen_keyword_only_value(self) -> None:
+        """Config is a frozen, slotted value taking keywords only, equal and hashed by value."""
         assert not hasattr(Config(), "__dict__")
+        assert Config(service="a") == Config(service="a") != Config(service="b")
+        assert hash(Config(service="a")) == hash(Config(service="a"))
         with pytest.raises(TypeError):
             Config("svc")  # type: ignore[misc]
-        with pytest.raises(dataclasses.FrozenInstanceError):
+        with pytest.raises(AttributeError, match="immutable"):
             Config().capacity = 5  # type: ignore[misc]
+        with pytest.raises(AttributeError, match="immutable"):
+            del Config().capacity  # type: ignore[misc]
+
+    def test_copies_are_validated_and_local(self) -> None:
+        """replace(), copy and pickle rebuild through the constructor, so values are checked."""
+        import copy
+        import pickle
+
+        cfg = Config(service="svc", attributes={"team": "pay"}, batch_size=10)
+        assert pickle.loads(pickle.dumps(cfg)) == cfg == copy.copy(cfg)
+        assert cfg.replace(batch_size=20).batch_size == 20
+        with pytest.raises(atrace.ConfigError, match="batch_size"):
+            cfg.replace(batch_size=0)
 
     def test_values_are_normalised(self) -> None:
         """Sinks become a tuple, attributes a read-only copy, numbers floats, a path a string."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import gc
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -221,7 +220,7 @@ class TestSpanContext:
         assert (ctx.trace_id, ctx.span_id, ctx.sampled) == (tid, 0x00F067AA0BA902B7, True)
         assert ctx == atrace.SpanContext(tid, 0x00F067AA0BA902B7, True)
         assert not hasattr(ctx, "__dict__")
-        with pytest.raises(dataclasses.FrozenInstanceError):
+        with pytest.raises(AttributeError, match="immutable"):
             ctx.span_id = 1  # type: ignore[misc]
         assert repr(ctx) == f"SpanContext(trace_id={tid!r}, span_id='00f067aa0ba902b7')"
 

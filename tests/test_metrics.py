@@ -1,8 +1,6 @@
-"""Snapshots of the counters: Metrics and LaneStats, frozen keyword-only dataclasses."""
+"""Snapshots of the counters: Metrics and LaneStats, frozen keyword-only values."""
 
 from __future__ import annotations
-
-import dataclasses
 
 import pytest
 
@@ -56,7 +54,7 @@ class TestMetrics:
         a = Metrics(**FIGURES)  # type: ignore[arg-type]
         b = Metrics(**FIGURES)  # type: ignore[arg-type]
         assert a == b and hash(a) == hash(b)
-        with pytest.raises(dataclasses.FrozenInstanceError):
+        with pytest.raises(AttributeError, match="immutable"):
             a.written = 11  # type: ignore[misc]
         assert not hasattr(a, "__dict__")
 
@@ -70,8 +68,8 @@ class TestMetrics:
 class TestLaneStats:
     def test_frozen_keyword_only(self) -> None:
         """A lane snapshot cannot change and is built by keyword."""
-        with pytest.raises(dataclasses.FrozenInstanceError):
+        with pytest.raises(AttributeError, match="immutable"):
             NO_LANE.written = 1  # type: ignore[misc]
         with pytest.raises(TypeError):
             LaneStats("x", 0, 0, 0, 0, 0, 0, 0, 0, "closed", 0)  # type: ignore[misc]
-        assert dataclasses.replace(NO_LANE, name="pg").name == "pg"
+        assert NO_LANE.replace(name="pg").name == "pg"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import time
+from types import MappingProxyType
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -43,6 +44,7 @@ __all__ = (
     "TRACE_ID",
     "TS",
     "Batch",
+    "Frozen",
     "Kind",
     "Level",
     "Row",
@@ -232,3 +234,73 @@ class Batch:
 
     def __repr__(self) -> str:
         return f"<Batch {self.id} of {len(self.rows)}>"
+
+
+class Frozen:
+    """The base of the immutable values ``import atrace`` loads: Config, Metrics, LaneStats and
+    SpanContext. The other values are frozen dataclasses; these four are not, because importing
+    ``dataclasses`` (and the ``inspect`` it loads) and generating each class would cost about
+    10 ms, half of ``import atrace``.
+
+    A subclass lists its fields in ``__slots__``, annotates them in the order they are shown,
+    and sets them in ``__init__`` with :meth:`_set`. It gets ``__repr__``, ``__eq__``,
+    ``__hash__``, :meth:`replace` and :meth:`as_dict` from its fields and refuses assignment;
+    ``_hidden`` names fields left out of all of them (derived, not arguments), ``_unhashed``
+    fields left out of the hash only.
+    """
+
+    __slots__ = ()
+    _fields: tuple[str, ...] = ()
+    _hidden: frozenset[str] = frozenset()
+    _unhashed: frozenset[str] = frozenset()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # Fields in the order the class annotates them (slots are sorted; annotations are not).
+        slots = {name for klass in cls.__mro__ for name in klass.__dict__.get("__slots__", ())}
+        # Read directly: inspect.get_annotations would load inspect, which this class avoids.
+        annotated = (k.__dict__.get("__annotations__", {}) for k in reversed(cls.__mro__))  # noqa: RUF063
+        names = (name for group in annotated for name in group)
+        cls._fields = tuple(n for n in names if n in slots and n not in cls._hidden)
+
+    def _set(self, **values: Any) -> None:
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable: cannot set {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable: cannot delete {name!r}")
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields as a plain dict, in declaration order."""
+        return {name: getattr(self, name) for name in self._fields}
+
+    def replace(self, **changes: Any) -> Any:
+        """A copy with some fields changed, built (and validated) again."""
+        return type(self)(**{**self.as_dict(), **changes})
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._fields)
+        return f"{type(self).__name__}({shown})"
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return all(getattr(self, name) == getattr(other, name) for name in self._fields)
+
+    def __hash__(self) -> int:
+        return hash(tuple(getattr(self, n) for n in self._fields if n not in self._unhashed))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt through __init__ (assignment is refused), so a copy is validated again and a
+        # Config unpickled in another process has that process's host and pid.
+        fields = {
+            k: dict(v) if type(v) is MappingProxyType else v for k, v in self.as_dict().items()
+        }
+        return (_rebuild, (type(self), fields))
+
+
+def _rebuild(cls: type[Frozen], fields: dict[str, Any]) -> Frozen:
+    return cls(**fields)

@@ -5,11 +5,11 @@ A Config is built from arguments, then ``ATRACE_*`` and ``OTEL_*`` variables, th
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 
+from ._records import Frozen
 from .errors import ConfigError, InternalError
 
 TYPE_CHECKING = False
@@ -166,8 +166,7 @@ def _check_str(field: str, value: object) -> None:
 # ---- Config ---------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class Config:
+class Config(Frozen):
     """Immutable pipeline settings; every field is validated here, errors name field and value.
 
     :ivar service: the service name on every record.
@@ -194,35 +193,92 @@ class Config:
         own with :meth:`replace`).
     """
 
-    service: str = DEFAULT_SERVICE
-    environment: str | None = None
-    sinks: Sequence[Any] = ()
-    batch_size: int = DEFAULT_BATCH_SIZE
-    flush_interval: float = DEFAULT_FLUSH_INTERVAL
-    capacity: int = DEFAULT_CAPACITY
-    policy: str = DEFAULT_POLICY
-    # Left out of the hash: a mapping has none, and a Config stays usable as a key.
-    attributes: Mapping[str, Any] = dataclasses.field(default_factory=dict, hash=False)
-    schema: str = DEFAULT_SCHEMA
-    max_message_length: int = DEFAULT_MAX_MESSAGE_LENGTH
-    max_value_length: int = DEFAULT_MAX_VALUE_LENGTH
-    shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
-    spill_dir: str | None = None
-    spill_max_bytes: int = DEFAULT_SPILL_MAX_BYTES
-    retry_attempts: int = DEFAULT_RETRY_ATTEMPTS
-    retry_deadline: float = DEFAULT_RETRY_DEADLINE
-    breaker_threshold: int = DEFAULT_BREAKER_THRESHOLD
-    breaker_reset: float = DEFAULT_BREAKER_RESET
-    host: str = dataclasses.field(init=False, repr=False, compare=False)
-    pid: int = dataclasses.field(init=False, repr=False, compare=False)
+    __slots__ = (
+        "attributes",
+        "batch_size",
+        "breaker_reset",
+        "breaker_threshold",
+        "capacity",
+        "environment",
+        "flush_interval",
+        "host",
+        "max_message_length",
+        "max_value_length",
+        "pid",
+        "policy",
+        "retry_attempts",
+        "retry_deadline",
+        "schema",
+        "service",
+        "shutdown_timeout",
+        "sinks",
+        "spill_dir",
+        "spill_max_bytes",
+    )
+    _hidden = frozenset({"host", "pid"})
+    # A mapping has no hash; left out of it, a Config stays usable as a key.
+    _unhashed = frozenset({"attributes"})
 
-    def __post_init__(self) -> None:
+    service: str
+    environment: str | None
+    sinks: tuple[Any, ...]
+    batch_size: int
+    flush_interval: float
+    capacity: int
+    policy: str
+    attributes: Mapping[str, Any]
+    schema: str
+    max_message_length: int
+    max_value_length: int
+    shutdown_timeout: float
+    spill_dir: str | None
+    spill_max_bytes: int
+    retry_attempts: int
+    retry_deadline: float
+    breaker_threshold: int
+    breaker_reset: float
+    host: str
+    pid: int
+
+    def __init__(
+        self,
+        *,
+        service: str = DEFAULT_SERVICE,
+        environment: str | None = None,
+        sinks: Sequence[Any] = (),
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        flush_interval: float = DEFAULT_FLUSH_INTERVAL,
+        capacity: int = DEFAULT_CAPACITY,
+        policy: str = DEFAULT_POLICY,
+        attributes: Mapping[str, Any] | None = None,
+        schema: str = DEFAULT_SCHEMA,
+        max_message_length: int = DEFAULT_MAX_MESSAGE_LENGTH,
+        max_value_length: int = DEFAULT_MAX_VALUE_LENGTH,
+        shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
+        spill_dir: str | None = None,
+        spill_max_bytes: int = DEFAULT_SPILL_MAX_BYTES,
+        retry_attempts: int = DEFAULT_RETRY_ATTEMPTS,
+        retry_deadline: float = DEFAULT_RETRY_DEADLINE,
+        breaker_threshold: int = DEFAULT_BREAKER_THRESHOLD,
+        breaker_reset: float = DEFAULT_BREAKER_RESET,
+    ) -> None:
         # Frozen: the normalised values (tuples, floats, a read-only mapping) go in this way.
         put = object.__setattr__
+        put(self, "service", service)
+        put(self, "environment", environment)
+        put(self, "batch_size", batch_size)
+        put(self, "capacity", capacity)
+        put(self, "policy", policy)
+        put(self, "schema", schema)
+        put(self, "max_message_length", max_message_length)
+        put(self, "max_value_length", max_value_length)
+        put(self, "spill_dir", spill_dir)
+        put(self, "spill_max_bytes", spill_max_bytes)
+        put(self, "retry_attempts", retry_attempts)
+        put(self, "breaker_threshold", breaker_threshold)
         _check_str("service", self.service)
         if self.environment is not None:
             _check_str("environment", self.environment)
-        sinks: object = self.sinks
         if isinstance(sinks, (str, bytes)) or not isinstance(sinks, Sequence):
             raise ConfigError("sinks", sinks, "expected a sequence of sink URLs or sink objects")
         put(self, "sinks", tuple(sinks))
@@ -230,12 +286,11 @@ class Config:
         put(
             self,
             "flush_interval",
-            check_number("flush_interval", self.flush_interval, 0.001, 3600.0),
+            check_number("flush_interval", flush_interval, 0.001, 3600.0),
         )
         check_int("capacity", self.capacity, 1, 100_000_000)
         if self.policy not in POLICIES:
             raise ConfigError("policy", self.policy, f"expected one of {', '.join(POLICIES)}")
-        attributes: object = self.attributes
         if attributes is not None and not isinstance(attributes, Mapping):
             raise ConfigError("attributes", attributes, "expected a mapping")
         put(self, "attributes", MappingProxyType(dict(attributes or {})))
@@ -245,9 +300,8 @@ class Config:
         put(
             self,
             "shutdown_timeout",
-            check_number("shutdown_timeout", self.shutdown_timeout, 0.0, 3600.0),
+            check_number("shutdown_timeout", shutdown_timeout, 0.0, 3600.0),
         )
-        spill_dir: object = self.spill_dir
         if spill_dir is not None:
             if not isinstance(spill_dir, (str, os.PathLike)) or not str(spill_dir):
                 raise ConfigError("spill_dir", spill_dir, "expected a directory path")
@@ -257,10 +311,10 @@ class Config:
         put(
             self,
             "retry_deadline",
-            check_number("retry_deadline", self.retry_deadline, 0.0, 86400.0),
+            check_number("retry_deadline", retry_deadline, 0.0, 86400.0),
         )
         check_int("breaker_threshold", self.breaker_threshold, 1, 1_000_000)
-        put(self, "breaker_reset", check_number("breaker_reset", self.breaker_reset, 0.0, 86400.0))
+        put(self, "breaker_reset", check_number("breaker_reset", breaker_reset, 0.0, 86400.0))
         put(self, "batch_size", min(self.batch_size, self.capacity))
         put(self, "host", _hostname())
         put(self, "pid", os.getpid())
@@ -268,7 +322,8 @@ class Config:
     def replace(self, **changes: Any) -> Config:
         """A copy with some fields changed (validated again; ``host`` and ``pid`` are this
         process's)."""
-        return dataclasses.replace(self, **changes)
+        config: Config = super().replace(**changes)
+        return config
 
 
 def _hostname() -> str:

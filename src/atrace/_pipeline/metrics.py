@@ -6,17 +6,16 @@ other for them.
 
 from __future__ import annotations
 
-import dataclasses
+from .._records import Frozen
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
+    pass
 
 __all__ = ("LaneStats", "Metrics")
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class LaneStats:
+class LaneStats(Frozen):
     """A frozen snapshot of one lane's counters (records unless said otherwise).
 
     :ivar name: the sink's name.
@@ -32,6 +31,20 @@ class LaneStats:
     :ivar breaker_trips: times it opened.
     """
 
+    __slots__ = (
+        "breaker_state",
+        "breaker_trips",
+        "dropped_permanent",
+        "dropped_spill",
+        "errors",
+        "name",
+        "replayed",
+        "retries",
+        "spilled",
+        "spilled_pending",
+        "written",
+    )
+
     name: str
     written: int
     spilled: int
@@ -43,6 +56,35 @@ class LaneStats:
     errors: int
     breaker_state: str
     breaker_trips: int
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        written: int,
+        spilled: int,
+        spilled_pending: int,
+        replayed: int,
+        dropped_spill: int,
+        dropped_permanent: int,
+        retries: int,
+        errors: int,
+        breaker_state: str,
+        breaker_trips: int,
+    ) -> None:
+        self._set(
+            name=name,
+            written=written,
+            spilled=spilled,
+            spilled_pending=spilled_pending,
+            replayed=replayed,
+            dropped_spill=dropped_spill,
+            dropped_permanent=dropped_permanent,
+            retries=retries,
+            errors=errors,
+            breaker_state=breaker_state,
+            breaker_trips=breaker_trips,
+        )
 
 
 # The figures of a pipeline without sink lanes (one that hands its rows to a receiver).
@@ -61,8 +103,7 @@ NO_LANE = LaneStats(
 )
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class Metrics:
+class Metrics(Frozen):
     """A frozen snapshot of the pipeline's counters (records unless said otherwise); call
     :func:`atrace.metrics` again for fresh figures.
 
@@ -92,6 +133,33 @@ class Metrics:
     :ivar written: stored by the sink (directly or replayed from this process's spill).
     """
 
+    __slots__ = (
+        "accepted",
+        "batches",
+        "breaker_state",
+        "breaker_trips",
+        "capacity",
+        "dropped",
+        "dropped_permanent",
+        "dropped_ring",
+        "dropped_spill",
+        "flush_latency_mean_ms",
+        "flush_latency_p99_ms",
+        "high_water",
+        "implementation",
+        "in_flight",
+        "open_spans",
+        "queue_size",
+        "replayed",
+        "retries",
+        "running",
+        "sink_errors",
+        "sinks",
+        "spilled",
+        "spilled_pending",
+        "written",
+    )
+
     accepted: int
     batches: int
     breaker_state: str
@@ -117,6 +185,57 @@ class Metrics:
     spilled_pending: int
     written: int
 
-    def as_dict(self) -> dict[str, Any]:
-        """The snapshot as a plain dict (``sinks`` keeps its :class:`LaneStats`)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+    def __init__(
+        self,
+        *,
+        accepted: int,
+        batches: int,
+        breaker_state: str,
+        breaker_trips: int,
+        capacity: int,
+        dropped: int,
+        dropped_permanent: int,
+        dropped_ring: int,
+        dropped_spill: int,
+        flush_latency_mean_ms: float,
+        flush_latency_p99_ms: float,
+        high_water: int,
+        implementation: str,
+        in_flight: int,
+        open_spans: int,
+        queue_size: int,
+        replayed: int,
+        retries: int,
+        running: bool,
+        sink_errors: int,
+        sinks: tuple[LaneStats, ...],
+        spilled: int,
+        spilled_pending: int,
+        written: int,
+    ) -> None:
+        self._set(
+            accepted=accepted,
+            batches=batches,
+            breaker_state=breaker_state,
+            breaker_trips=breaker_trips,
+            capacity=capacity,
+            dropped=dropped,
+            dropped_permanent=dropped_permanent,
+            dropped_ring=dropped_ring,
+            dropped_spill=dropped_spill,
+            flush_latency_mean_ms=flush_latency_mean_ms,
+            flush_latency_p99_ms=flush_latency_p99_ms,
+            high_water=high_water,
+            implementation=implementation,
+            in_flight=in_flight,
+            open_spans=open_spans,
+            queue_size=queue_size,
+            replayed=replayed,
+            retries=retries,
+            running=running,
+            sink_errors=sink_errors,
+            sinks=sinks,
+            spilled=spilled,
+            spilled_pending=spilled_pending,
+            written=written,
+        )

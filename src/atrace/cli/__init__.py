@@ -29,11 +29,11 @@ class _Version(argparse.Action):
     """``--version``: the version, and which modules run compiled (loaded only when asked)."""
 
     def __call__(self, parser: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
-        print(version_text())
+        print(_version_text())
         parser.exit()
 
 
-def version_text() -> str:
+def _version_text() -> str:
     """``atrace X.Y``, then the compiled modules in use, and any that run as pure Python."""
     from .. import __version__
     from .._speedups import PAIRS
