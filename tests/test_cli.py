@@ -104,3 +104,14 @@ class TestVersion:
         assert done.stdout.splitlines()[1:] == [
             "pure Python: ring, emit, row encoder, binary COPY, OTLP decoder"
         ]
+
+    def test_runs_as_a_module(self) -> None:
+        """`python -m atrace.cli` is the same command as the `atrace` script."""
+        done = subprocess.run(
+            [sys.executable, "-m", "atrace.cli", "--version"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines() == run("--version").stdout.splitlines()

@@ -121,12 +121,25 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 class TestImports:
-    def test_the_walk_sees_every_kind_of_import(self) -> None:
-        """The graph has the edges of top-level, in-function, TYPE_CHECKING and Cython imports."""
-        graph = import_graph()
-        assert "atrace.errors" in graph["atrace.config"]
-        assert "atrace._pipeline.state" in graph["atrace"]
-        assert any(t.startswith("atrace.") for t in graph["atrace._emit._hot"])
+    def test_the_walk_sees_every_kind_of_import(self, tmp_path: Path) -> None:
+        """Top-level, in-function, TYPE_CHECKING and Cython imports are all edges."""
+        path = tmp_path / "mod.py"
+        path.write_text(
+            "from . import top\n"
+            "TYPE_CHECKING = False\n"
+            "if TYPE_CHECKING:\n"
+            "    from .typed import Name\n"
+            "def f():\n"
+            "    from ..other import thing\n"
+            "    import atrace.absolute\n"
+        )
+        known = {"atrace.pkg.top", "atrace.pkg.typed", "atrace.other", "atrace.absolute"}
+        found = set(imports("atrace.pkg.mod", path, known))
+        assert found == known
+        pyx = tmp_path / "mod.pyx"
+        pyx.write_text("from libc.stdint cimport int64_t\nfrom .top import (\n    a,\n    b,\n)\n")
+        assert set(imports("atrace.pkg.mod", pyx, known)) == {"atrace.pkg.top"}
+        assert any(t.startswith("atrace.") for t in import_graph()["atrace._emit._hot"])
 
     def test_finds_a_cycle_when_there_is_one(self) -> None:
         """The cycle finder reports a two-module loop and a three-module loop, and no false one."""
@@ -216,6 +229,50 @@ def variables_used(tree: ast.Module) -> tuple[set[str], list[re.Pattern[str]]]:
                     )
                 )
     return names, templates
+
+
+def private_names_imported(name: str, path: Path, known: set[str]) -> list[str]:
+    """The underscore names ``name`` imports from another atrace module (modules not counted:
+    ``from . import _query`` names a private module, which is how a public package keeps one)."""
+    package = name if path.stem == "__init__" else name.rpartition(".")[0]
+    found = []
+    for node in ast.walk(parse(path)):
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        if node.level:
+            base = package.split(".")
+            base = base[: len(base) - node.level + 1]
+            origin = ".".join([*base, node.module] if node.module else base)
+        else:
+            origin = node.module or ""
+        if not origin.startswith("atrace"):
+            continue
+        for alias in node.names:
+            private = alias.name.startswith("_") and not alias.name.startswith("__")
+            if private and f"{origin}.{alias.name}" not in known:
+                found.append(f"{origin}.{alias.name}")
+    return found
+
+
+class TestNames:
+    def test_finds_a_private_name_import(self, tmp_path: Path) -> None:
+        """The scan reports ``from .x import _y`` and not ``from . import _module``."""
+        path = tmp_path / "mod.py"
+        path.write_text("from .x import _y, z\nfrom . import _module\nfrom .. import __version__\n")
+        known = {"atrace.pkg._module", "atrace.pkg.x"}
+        assert private_names_imported("atrace.pkg.mod", path, known) == ["atrace.pkg.x._y"]
+
+    def test_no_private_name_crosses_a_module_boundary(self) -> None:
+        """No module imports another module's underscore names: what is shared has a plain
+        name (inside a private package, names need no underscore)."""
+        found = sources()
+        known = set(found)
+        crossing = {
+            name: imported
+            for name, path in found.items()
+            if (imported := private_names_imported(name, path, known))
+        }
+        assert crossing == {}
 
 
 class TestSettings:

@@ -20,6 +20,7 @@ import pytest
 
 from atrace._delivery import spill as spill_module
 from atrace._delivery.spill import Spill, SpilledBatch, SpillStats, default_spill_dir
+from atrace._delivery.spill.frames import make_frame
 from atrace._postgres.embedded import data_dir
 from atrace.errors import ConfigError
 
@@ -390,7 +391,7 @@ class TestCorruption:
         """A frame whose checksum holds but whose payload is not a batch is counted, not raised."""
         (spill_dir / "pending").mkdir(parents=True)
         good = uuid.uuid4()
-        data = spill_module._frame(uuid.uuid4(), 1, b"not json") + spill_module._frame(
+        data = make_frame(uuid.uuid4(), 1, b"not json") + make_frame(
             good, 0, orjson.dumps({"id": str(good), "reason": "r", "n": 0, "enc": "", "cols": []})
         )
         (spill_dir / "pending" / f"{time.time_ns():020d}-1-00000000.seg").write_bytes(data)

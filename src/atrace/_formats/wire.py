@@ -483,7 +483,7 @@ _CHECKS: dict[str, Callable[..., list[Any] | None]] = {
 }
 
 
-def _check_rows(rows: Any, width: int) -> None:
+def _check_rows(rows: Any) -> None:
     kinds = list(map(type, rows))
     if kinds.count(tuple) + kinds.count(list) != len(rows):
         i = _first(rows, lambda r: type(r) in _ROW_TYPES)
@@ -532,7 +532,7 @@ def decode_batch(
         )
     if not rows:
         return batch_id, []
-    _check_rows(rows, len(columns))
+    _check_rows(rows)
     try:
         # One C-level transposition; strict, it also finds rows of unequal length.
         cols: list[Sequence[Any]] = list(zip(*rows, strict=True))

@@ -8,8 +8,8 @@ import asyncio
 import importlib
 import sys
 
-from ._common import _dsn, _schema, add_db_options, resolve_dsn
-from ._serve import _keys, _serve, add_keys_parser, add_serve_parser
+from ._common import add_db_options, dsn_option, resolve_dsn, schema_option
+from ._serve import add_keys_parser, add_serve_parser, run_keys, run_serve
 from ._spill import SPILL_COMMANDS, add_spill_parser
 
 __all__ = ("main",)
@@ -112,19 +112,19 @@ def main(argv: list[str] | None = None) -> int:
     from ..errors import AtraceError
 
     try:
-        check_schema(_schema(args))
+        check_schema(schema_option(args))
         if args.command == "demo":
             from ._demo import run_demo
 
-            return run_demo(_dsn(args), args.schema, args.requests)
+            return run_demo(dsn_option(args), args.schema, args.requests)
         if args.command == "db" and args.db_command == "init":
             return asyncio.run(_db_init(resolve_dsn(args), args.schema, args.text_index))
         if args.command == "spill":
             return SPILL_COMMANDS[args.spill_command](args)
         if args.command == "serve":
-            return _serve(args)
+            return run_serve(args)
         if args.command == "keys":
-            return asyncio.run(_keys(args, resolve_dsn(args)))
+            return asyncio.run(run_keys(args, resolve_dsn(args)))
         if args.command in ("traces", "show", "tail", "errors"):
             from ._views import run_view
 
@@ -139,7 +139,3 @@ def main(argv: list[str] | None = None) -> int:
         print("atrace: interrupted", file=sys.stderr)
         return 130
     return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -7,11 +7,11 @@ import argparse
 from ..config import DEFAULT_SCHEMA, env
 
 
-def _dsn(args: argparse.Namespace) -> str | None:
+def dsn_option(args: argparse.Namespace) -> str | None:
     return args.dsn or env("ATRACE_DSN")
 
 
-def _schema(args: argparse.Namespace) -> str:
+def schema_option(args: argparse.Namespace) -> str:
     return str(args.schema or env("ATRACE_SCHEMA") or DEFAULT_SCHEMA)
 
 
@@ -27,7 +27,7 @@ def add_db_options(p: argparse.ArgumentParser) -> None:
 
 
 def resolve_dsn(args: argparse.Namespace) -> str:
-    dsn = _dsn(args)
+    dsn = dsn_option(args)
     if dsn is None:
         from .._postgres.embedded import embedded_dsn
 

@@ -54,7 +54,7 @@ def add_keys_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     revoke.add_argument("key_id", help="the key's id (the part after atk_), or the whole key")
 
 
-def _serve(args: argparse.Namespace) -> int:
+def run_serve(args: argparse.Namespace) -> int:
     import logging
 
     from ..collector._app import serve
@@ -86,7 +86,7 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _keys(args: argparse.Namespace, dsn: str) -> int:
+async def run_keys(args: argparse.Namespace, dsn: str) -> int:
     import asyncpg
 
     from .._postgres.schema import ensure_schema

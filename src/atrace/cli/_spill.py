@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ._common import _dsn, _schema
+from ._common import dsn_option, schema_option
 
 if TYPE_CHECKING:
     from .._delivery.spill import Spill
@@ -94,7 +94,7 @@ def _destination(args: argparse.Namespace) -> tuple[Sink, str]:
     from ..sinks._base import SinkOptions
 
     # Without a DSN the pipeline writes to the embedded database; so does its spill.
-    sink = resolve(_dsn(args) or "embedded", schema=_schema(args))
+    sink = resolve(dsn_option(args) or "embedded", schema=schema_option(args))
     return sink, SinkOptions.of(sink).spill_key
 
 

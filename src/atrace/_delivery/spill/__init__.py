@@ -18,8 +18,8 @@ from typing import Any
 from ..._postgres.embedded import data_dir
 from ..._records import Row
 from ...config import check_int, env
-from .frames import MAX_PAYLOAD, _frame, parse
-from .payload import _decode, _encode
+from .frames import MAX_PAYLOAD, make_frame, parse
+from .payload import decode_payload, encode_payload
 from .segments import (
     ACKED_SUFFIX,
     O_BINARY,
@@ -187,8 +187,8 @@ class Spill:
         self._check_pid()
         try:
             records = len(rows)
-            payload = _encode(batch_id, reason, rows)
-            frame = _frame(batch_id, records, payload)
+            payload = encode_payload(batch_id, reason, rows)
+            frame = make_frame(batch_id, records, payload)
         except Exception:
             with self._lock:
                 self._dropped_unwritable += _len_or_zero(rows)
@@ -453,7 +453,7 @@ class Spill:
                     continue
                 seen.add(bid)
                 try:
-                    reason, rows = _decode(view[start:stop])
+                    reason, rows = decode_payload(view[start:stop])
                 except Exception:
                     # Sound checksum, unreadable payload: as lost as a damaged frame, and
                     # treated as spent so that it is counted once and does not pin the segment.

@@ -18,7 +18,7 @@ _HEADER_SIZE = len(_MAGIC) + _HEAD.size + _CRC.size
 MAX_PAYLOAD = 0xFFFFFFFF
 
 
-def _frame(batch_id: uuid.UUID, records: int, payload: bytes) -> bytes:
+def make_frame(batch_id: uuid.UUID, records: int, payload: bytes) -> bytes:
     head = _HEAD.pack(_VERSION, 0, records, len(payload), batch_id.bytes)
     crc = zlib.crc32(payload, zlib.crc32(head))
     return b"".join((_MAGIC, head, _CRC.pack(crc), payload))

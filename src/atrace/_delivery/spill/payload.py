@@ -86,7 +86,7 @@ def _decode_column(code: str, col: list[Any]) -> list[Any]:
     return [_untag(v) for v in col]
 
 
-def _encode(batch_id: uuid.UUID, reason: str, rows: Sequence[Sequence[Any]]) -> bytes:
+def encode_payload(batch_id: uuid.UUID, reason: str, rows: Sequence[Sequence[Any]]) -> bytes:
     # Column-major: zip() transposes at C speed both ways, and a type check per column (not per
     # value) finds the few columns, like attrs, whose bytes JSON cannot hold.
     widths = set(map(len, rows))
@@ -121,7 +121,7 @@ def _encode(batch_id: uuid.UUID, reason: str, rows: Sequence[Sequence[Any]]) -> 
         return orjson.dumps(obj)
 
 
-def _decode(payload: memoryview) -> tuple[str, list[Row]]:
+def decode_payload(payload: memoryview) -> tuple[str, list[Row]]:
     obj = orjson.loads(payload)
     cols: list[list[Any]] = obj["cols"]
     for i, code in enumerate(obj["enc"]):

@@ -27,21 +27,21 @@ import binascii
 
 import orjson
 
-from .common import FILE_KEYS, KIND_KEY, _KIND_NAMES, _MAX_DEPTH, _STATUS_ERROR
+from .common import FILE_KEYS, KIND_KEY, OTLP_KIND_NAMES, MAX_ANY_DEPTH, OTLP_STATUS_ERROR
 from .rows import (
-    _KEY_LIMIT,
-    _LONG_VALUES,
-    _MESSAGE_LIMIT,
-    _NAME_LIMIT,
-    _VALUE_LIMIT,
-    _attrs_json,
+    KEY_CHARS,
+    LONG_VALUE_CHARS,
+    MESSAGE_CHARS,
+    NAME_CHARS,
+    VALUE_CHARS,
+    encode_attrs,
     Event,
-    _key,
+    clean_key,
     log_row,
     pop_location,
     Resource,
     span_rows,
-    _text,
+    clean_text,
     too_many,
 )
 from ..._pipeline.sanitize import sanitize_text
@@ -55,14 +55,14 @@ __all__ = ("decode_logs_pb", "decode_traces_pb")
 
 ctypedef const uint8_t* cptr
 
-cdef Py_ssize_t KEY_LIMIT = _KEY_LIMIT
-cdef Py_ssize_t VALUE_LIMIT = _VALUE_LIMIT
-cdef Py_ssize_t NAME_LIMIT = _NAME_LIMIT
-cdef Py_ssize_t MESSAGE_LIMIT = _MESSAGE_LIMIT
-cdef int MAX_DEPTH = _MAX_DEPTH
-cdef int32_t STATUS_ERROR = _STATUS_ERROR
-cdef dict KIND_NAMES = _KIND_NAMES
-cdef dict LONG_VALUES = _LONG_VALUES
+cdef Py_ssize_t KEY_LIMIT = KEY_CHARS
+cdef Py_ssize_t VALUE_LIMIT = VALUE_CHARS
+cdef Py_ssize_t NAME_LIMIT = NAME_CHARS
+cdef Py_ssize_t MESSAGE_LIMIT = MESSAGE_CHARS
+cdef int MAX_DEPTH = MAX_ANY_DEPTH
+cdef int32_t STATUS_ERROR = OTLP_STATUS_ERROR
+cdef dict KIND_NAMES = OTLP_KIND_NAMES
+cdef dict LONG_VALUES = LONG_VALUE_CHARS
 cdef object FILE_KEY, FILE_KEY_NEW
 FILE_KEY, FILE_KEY_NEW = FILE_KEYS
 cdef object _dumps = orjson.dumps
@@ -630,7 +630,7 @@ cdef inline str _limited(cptr p, Py_ssize_t n, Py_ssize_t limit):
     # ``_text(value, limit)`` of the twin.
     if _plain(p, n, limit):
         return _ascii(p, n)
-    return _text(_str(p, n), limit)
+    return clean_text(_str(p, n), limit)
 
 
 cdef str _hex(cptr p, Py_ssize_t n):
@@ -799,7 +799,7 @@ cdef inline str _value_text(AnyCase* a, str key):
     # A string value as ``pb_into`` of the twin keeps it (some keys allow longer ones).
     if _plain(a.data, a.size, VALUE_LIMIT):
         return _ascii(a.data, a.size)
-    return sanitize_text(_str(a.data, a.size), LONG_VALUES.get(key, _VALUE_LIMIT))
+    return sanitize_text(_str(a.data, a.size), LONG_VALUES.get(key, VALUE_CHARS))
 
 
 cdef int _add_kv(dict out, cptr p, cptr end, int depth) except -1:
@@ -815,7 +815,7 @@ cdef int _add_kv(dict out, cptr p, cptr end, int depth) except -1:
     if _plain(kp, kn, KEY_LIMIT):
         key = _ascii(kp, kn)
     else:
-        key = _key(_str(kp, kn))
+        key = clean_key(_str(kp, kn))
     if a.case == 1:
         value = _value_text(&a, key)
     elif a.case == 3:
@@ -866,7 +866,7 @@ cdef object _dumps_attrs(dict attrs):
     try:
         return _dumps(attrs)
     except Exception:
-        return _attrs_json(attrs)
+        return encode_attrs(attrs)
 
 
 cdef Py_ssize_t _records_cap(object max_records) except? -1:
@@ -1439,7 +1439,7 @@ cdef object _body(cptr p, Py_ssize_t n, list parts):
     if a.case == 1:
         return _limited(a.data, a.size, MESSAGE_LIMIT)
     value = _any(p, end, 0)
-    return _text(_dumps(value).decode("utf-8"), _MESSAGE_LIMIT)
+    return clean_text(_dumps(value).decode("utf-8"), MESSAGE_CHARS)
 
 
 cdef class _Logs(_Walk):

@@ -11,21 +11,21 @@ from typing import Any
 from ..._records import Row
 from ...errors import WireError
 from .common import (
-    _KIND_NAMES,
-    _STATUS_ERROR,
     FILE_KEYS,
     KIND_KEY,
+    OTLP_KIND_NAMES,
+    OTLP_STATUS_ERROR,
     DecodeError,
     ExportLogsServiceRequest,
     ExportTraceServiceRequest,
 )
 from .pb_values import pb_body, pb_into
 from .rows import (
-    _NAME_LIMIT,
+    NAME_CHARS,
     Event,
     Resource,
-    _attrs_json,
-    _text,
+    clean_text,
+    encode_attrs,
     log_row,
     pop_location,
     span_rows,
@@ -122,7 +122,7 @@ def decode_traces_pb(body: bytes, max_records: int) -> list[Row]:
                 pb_into(attrs, sp.attributes)
                 code = sp.status.code
                 n_events = len(sp.events)
-                if n_events or code == _STATUS_ERROR:
+                if n_events or code == OTLP_STATUS_ERROR:
                     events: list[Event] = []
                     budget -= n_events
                     if budget < 0:
@@ -150,13 +150,13 @@ def decode_traces_pb(body: bytes, max_records: int) -> list[Row]:
                 # The common span, no events and no failure: its row is built right here.
                 kind = sp.kind
                 if kind > 1:
-                    attrs[KIND_KEY] = _KIND_NAMES.get(kind, kind)
+                    attrs[KIND_KEY] = OTLP_KIND_NAMES.get(kind, kind)
                 location = (
                     pop_location(attrs) if FILE_KEYS[0] in attrs or FILE_KEYS[1] in attrs else None
                 )
                 name = sp.name
-                if not name.isascii() or len(name) > _NAME_LIMIT or "\x00" in name:
-                    name = _text(name, _NAME_LIMIT)
+                if not name.isascii() or len(name) > NAME_CHARS or "\x00" in name:
+                    name = clean_text(name, NAME_CHARS)
                 end = sp.end_time_unix_nano
                 append(
                     (
@@ -174,7 +174,7 @@ def decode_traces_pb(body: bytes, max_records: int) -> list[Row]:
                         pid,
                         name or None,
                         None,
-                        _attrs_json(attrs),
+                        encode_attrs(attrs),
                         None,
                         None,
                         None,

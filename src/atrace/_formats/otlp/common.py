@@ -27,7 +27,7 @@ INT64_MAX = (1 << 63) - 1
 UINT64_MAX = (1 << 64) - 1
 
 # Nesting of array / kvlist values kept before the rest is replaced by a marker.
-_MAX_DEPTH = 32
+MAX_ANY_DEPTH = 32
 
 # Resource attributes that have a column of their own.
 SERVICE_KEY = "service.name"
@@ -37,13 +37,13 @@ PID_KEY = "process.pid"
 DEFAULT_SERVICE = "unknown_service"
 
 KIND_KEY = "span.kind"
-_KIND_NAMES = {2: "server", 3: "client", 4: "producer", 5: "consumer"}
-KIND_NUMBERS = {v: k for k, v in _KIND_NAMES.items()}
+OTLP_KIND_NAMES = {2: "server", 3: "client", 4: "producer", 5: "consumer"}
+KIND_NUMBERS = {v: k for k, v in OTLP_KIND_NAMES.items()}
 SPAN_KIND_UNSPECIFIED = 0
 SPAN_KIND_INTERNAL = 1
 # OTLP's status codes (they happen to match atrace's Status; each side names its own).
 STATUS_OK = 1
-_STATUS_ERROR = 2
+OTLP_STATUS_ERROR = 2
 
 LOGGER_KEY = "logger.name"
 EXC_TYPE, EXC_MESSAGE, EXC_STACK = "exception.type", "exception.message", "exception.stacktrace"
@@ -99,7 +99,7 @@ def level_from_severity(number: int, text: str = "") -> int:
     return (number - 1) // 4 * 10  # 9-12 → 20, 13-16 → 30, 17-20 → 40
 
 
-def _severity_text(level: Any) -> str:
+def logging_severity_text(level: Any) -> str:
     # logging's own text ("Level 25" for an unnamed number), as Python's OpenTelemetry logging
     # handler sends it: the severity text is the source's name, not atrace's.
     name = logging.getLevelName(level) if isinstance(level, int) else None

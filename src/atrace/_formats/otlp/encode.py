@@ -35,8 +35,6 @@ from ..._records import (
 )
 from ..._version import __version__
 from .common import (
-    _MAX_DEPTH,
-    _STATUS_ERROR,
     DEFAULT_SERVICE,
     ENV_KEYS,
     EXC_MESSAGE,
@@ -50,6 +48,8 @@ from .common import (
     KIND_NUMBERS,
     LINE_KEYS,
     LOGGER_KEY,
+    MAX_ANY_DEPTH,
+    OTLP_STATUS_ERROR,
     PID_KEY,
     SCOPE_NAME,
     SERVICE_KEY,
@@ -58,7 +58,7 @@ from .common import (
     UINT64_MAX,
     ExportLogsServiceRequest,
     ExportTraceServiceRequest,
-    _severity_text,
+    logging_severity_text,
     severity_number,
 )
 
@@ -230,7 +230,7 @@ def _pb_value(av: Any, value: Any, depth: int = 0) -> None:
             av.string_value = str(value)
     elif t is float:
         av.double_value = value
-    elif depth >= _MAX_DEPTH:
+    elif depth >= MAX_ANY_DEPTH:
         av.string_value = "<too deep>"
     elif t is list or t is tuple:
         arr = av.array_value
@@ -302,7 +302,7 @@ def traces_request(rows: Iterable[Row]) -> ExportTraceServiceRequest:
             _pb_attrs(sp.attributes, attrs)
         status = row[STATUS]
         if status == Status.ERROR:
-            sp.status.code = _STATUS_ERROR
+            sp.status.code = OTLP_STATUS_ERROR
             if row[ERROR_MESSAGE] is not None:
                 sp.status.message = row[ERROR_MESSAGE]
         elif status == Status.OK:
@@ -337,7 +337,7 @@ def logs_request(rows: Iterable[Row]) -> ExportLogsServiceRequest:
         rec.observed_time_unix_nano = row[TS]
         level = row[LEVEL]
         rec.severity_number = severity_number(level)
-        rec.severity_text = _severity_text(level)
+        rec.severity_text = logging_severity_text(level)
         if row[MESSAGE] is not None:
             rec.body.string_value = row[MESSAGE]
         attrs = log_attrs(row)

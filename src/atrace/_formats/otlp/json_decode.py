@@ -11,19 +11,19 @@ import orjson
 from ..._records import Row
 from ...errors import WireError
 from .common import (
-    _MAX_DEPTH,
     INT64_MAX,
     INT64_MIN,
+    MAX_ANY_DEPTH,
     UINT64_MAX,
 )
 from .rows import (
-    _LONG_VALUES,
-    _MESSAGE_LIMIT,
-    _VALUE_LIMIT,
+    LONG_VALUE_CHARS,
+    MESSAGE_CHARS,
+    VALUE_CHARS,
     Event,
     Resource,
-    _key,
-    _text,
+    clean_key,
+    clean_text,
     log_row,
     span_rows,
     too_many,
@@ -129,12 +129,12 @@ def _j_hex(obj: dict[str, Any], key: str, where: str, size: int) -> bytes | None
     raise WireError(f"{where}.{key}: expected {2 * size} hex digits, got {value[:40]!r}")
 
 
-def _j_any(value: Any, where: str, depth: int, limit: int = _VALUE_LIMIT) -> Any:
+def _j_any(value: Any, where: str, depth: int, limit: int = VALUE_CHARS) -> Any:
     av = _j_obj(value, where)
     if not av:
         return None
     if "stringValue" in av:
-        return _text(_j_str(av, "stringValue", where), limit)
+        return clean_text(_j_str(av, "stringValue", where), limit)
     if "intValue" in av:
         return _j_int(av["intValue"], f"{where}.intValue", INT64_MIN, INT64_MAX)
     if "boolValue" in av:
@@ -149,7 +149,7 @@ def _j_any(value: Any, where: str, depth: int, limit: int = _VALUE_LIMIT) -> Any
         if number in ("NaN", "Infinity", "-Infinity"):
             return float(number)
         raise WireError(f"{where}.doubleValue: expected a number, got {_jtype(number)}")
-    if depth >= _MAX_DEPTH:
+    if depth >= MAX_ANY_DEPTH:
         return "<too deep>"
     if "arrayValue" in av:
         arr = _j_sub(av, "arrayValue", where)
@@ -179,10 +179,10 @@ def _j_into(out: dict[str, Any], kvs: list[Any], where: str, depth: int = 0) -> 
         at = f"{where}[{n}]"
         kv = _j_obj(item, at)
         key = _j_str(kv, "key", at)
-        limit = _LONG_VALUES.get(key, _VALUE_LIMIT) if depth == 0 else _VALUE_LIMIT
+        limit = LONG_VALUE_CHARS.get(key, VALUE_CHARS) if depth == 0 else VALUE_CHARS
         value = _j_any(kv.get("value") or {}, f"{at}.value", depth, limit)
         if value is not None:
-            out[_key(key)] = value
+            out[clean_key(key)] = value
 
 
 def _j_attrs(out: dict[str, Any], obj: dict[str, Any], where: str) -> None:
@@ -311,8 +311,8 @@ def _j_body(rec: dict[str, Any], where: str) -> str | None:
     if value is None:
         return None
     if isinstance(value, str):
-        return _text(value, _MESSAGE_LIMIT)
-    return _text(orjson.dumps(value).decode("utf-8"), _MESSAGE_LIMIT)
+        return clean_text(value, MESSAGE_CHARS)
+    return clean_text(orjson.dumps(value).decode("utf-8"), MESSAGE_CHARS)
 
 
 def decode_logs_json(body: bytes, max_records: int) -> list[Row]:

@@ -26,13 +26,13 @@ from ..._records import (
 )
 from ..._version import __version__
 from .common import (
-    _MAX_DEPTH,
-    _STATUS_ERROR,
     INT64_MAX,
     INT64_MIN,
+    MAX_ANY_DEPTH,
+    OTLP_STATUS_ERROR,
     SCOPE_NAME,
     STATUS_OK,
-    _severity_text,
+    logging_severity_text,
     severity_number,
 )
 from .encode import (
@@ -68,7 +68,7 @@ def _json_value(value: Any, depth: int = 0) -> dict[str, Any]:
         }
     if value is None:
         return {}
-    if depth >= _MAX_DEPTH:
+    if depth >= MAX_ANY_DEPTH:
         return {"stringValue": "<too deep>"}
     if t is list or t is tuple:
         items = [_json_value(item, depth + 1) for item in value]
@@ -135,7 +135,7 @@ def traces_json(rows: Iterable[Row]) -> bytes:
             ]
         status = row[STATUS]
         if status == Status.ERROR:
-            span["status"] = {"code": _STATUS_ERROR}
+            span["status"] = {"code": OTLP_STATUS_ERROR}
             if row[ERROR_MESSAGE]:
                 span["status"]["message"] = row[ERROR_MESSAGE]
         elif status == Status.OK:
@@ -166,7 +166,7 @@ def logs_json(rows: Iterable[Row]) -> bytes:
             rec["timeUnixNano"] = str(row[TS])
             rec["observedTimeUnixNano"] = str(row[TS])
         rec["severityNumber"] = severity_number(level)
-        rec["severityText"] = _severity_text(level)
+        rec["severityText"] = logging_severity_text(level)
         if row[MESSAGE] is not None:
             rec["body"] = {"stringValue": row[MESSAGE]}
         attrs = log_attrs(row)

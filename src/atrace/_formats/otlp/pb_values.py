@@ -13,8 +13,8 @@ from typing import Any
 import orjson
 
 from ..._pipeline.sanitize import sanitize_text
-from .common import _MAX_DEPTH
-from .rows import _KEY_LIMIT, _LONG_VALUES, _MESSAGE_LIMIT, _VALUE_LIMIT, _key, _text
+from .common import MAX_ANY_DEPTH
+from .rows import KEY_CHARS, LONG_VALUE_CHARS, MESSAGE_CHARS, VALUE_CHARS, clean_key, clean_text
 
 __all__ = ("pb_any", "pb_body", "pb_into")
 
@@ -23,7 +23,7 @@ def pb_any(av: Any, depth: int) -> Any:
     """An ``AnyValue`` as a JSON-ready value (arrays and kvlists nested up to the limit)."""
     which = av.WhichOneof("value")
     if which == "string_value":
-        return _text(av.string_value, _VALUE_LIMIT)
+        return clean_text(av.string_value, VALUE_CHARS)
     if which == "int_value":
         return av.int_value
     if which == "bool_value":
@@ -32,7 +32,7 @@ def pb_any(av: Any, depth: int) -> Any:
         return av.double_value
     if which is None:
         return None
-    if depth >= _MAX_DEPTH:
+    if depth >= MAX_ANY_DEPTH:
         return "<too deep>"
     if which == "array_value":
         return [pb_any(item, depth + 1) for item in av.array_value.values]
@@ -51,13 +51,13 @@ def pb_into(out: dict[str, Any], kvs: Any, depth: int = 0) -> None:
     # ``string_value`` answers in one call what WhichOneof and getattr answer in two.
     for kv in kvs:
         key = kv.key
-        if not key.isascii() or len(key) > _KEY_LIMIT or "\x00" in key:
-            key = _key(key)
+        if not key.isascii() or len(key) > KEY_CHARS or "\x00" in key:
+            key = clean_key(key)
         av = kv.value
         value = av.string_value
         if value:
-            if not value.isascii() or len(value) > _VALUE_LIMIT or "\x00" in value:
-                value = sanitize_text(value, _LONG_VALUES.get(key, _VALUE_LIMIT))
+            if not value.isascii() or len(value) > VALUE_CHARS or "\x00" in value:
+                value = sanitize_text(value, LONG_VALUE_CHARS.get(key, VALUE_CHARS))
         else:
             which = av.WhichOneof("value")
             if which is None:
@@ -75,7 +75,7 @@ def pb_body(av: Any) -> str | None:
     if which is None:
         return None
     if which == "string_value":
-        return _text(av.string_value, _MESSAGE_LIMIT)
+        return clean_text(av.string_value, MESSAGE_CHARS)
     value = pb_any(av, 0)
     text = orjson.dumps(value).decode("utf-8")
-    return _text(text, _MESSAGE_LIMIT)
+    return clean_text(text, MESSAGE_CHARS)

@@ -12,8 +12,6 @@ from ..._pipeline.sanitize import sanitize_text, sanitize_value
 from ..._records import Kind, Level, Row, Status
 from ...errors import WireError
 from .common import (
-    _KIND_NAMES,
-    _STATUS_ERROR,
     DEFAULT_SERVICE,
     ENV_KEYS,
     EXC_MESSAGE,
@@ -26,6 +24,8 @@ from .common import (
     KIND_KEY,
     LINE_KEYS,
     LOGGER_KEY,
+    OTLP_KIND_NAMES,
+    OTLP_STATUS_ERROR,
     PID_KEY,
     SCOPE_NAME,
     SERVICE_KEY,
@@ -36,15 +36,15 @@ from .common import (
 )
 
 # Limits on decoded text, in characters (the encoder's defaults for rows atrace makes itself).
-_KEY_LIMIT = 256
-_VALUE_LIMIT = 4096
+KEY_CHARS = 256
+VALUE_CHARS = 4096
 _SHORT_LIMIT = 256  # service, environment, host
-_NAME_LIMIT = 1024
-_MESSAGE_LIMIT = 32_768
-_STACK_LIMIT = 4 * _MESSAGE_LIMIT
+NAME_CHARS = 1024
+MESSAGE_CHARS = 32_768
+_STACK_LIMIT = 4 * MESSAGE_CHARS
 _LOCATION_LIMIT = 4096
 # Attributes that become error columns keep those columns' limits, not an attribute's.
-_LONG_VALUES = {EXC_MESSAGE: _MESSAGE_LIMIT, EXC_STACK: _STACK_LIMIT}
+LONG_VALUE_CHARS = {EXC_MESSAGE: MESSAGE_CHARS, EXC_STACK: _STACK_LIMIT}
 
 unpack_q = struct.Struct(">q").unpack
 
@@ -55,20 +55,20 @@ _INFO = Level.INFO.value
 _ERROR = Level.ERROR.value
 _UNSET = Status.UNSET.value
 # OTLP status code → atrace status; an unknown code reads as unset.
-_STATUSES = {STATUS_OK: Status.OK.value, _STATUS_ERROR: Status.ERROR.value}
+_STATUSES = {STATUS_OK: Status.OK.value, OTLP_STATUS_ERROR: Status.ERROR.value}
 
 
-def _text(value: str, limit: int) -> str:
+def clean_text(value: str, limit: int) -> str:
     if value.isascii() and len(value) <= limit and "\x00" not in value:
         return value
     return sanitize_text(value, limit)
 
 
-def _key(key: str) -> str:
-    if key.isascii() and len(key) <= _KEY_LIMIT and "\x00" not in key:
+def clean_key(key: str) -> str:
+    if key.isascii() and len(key) <= KEY_CHARS and "\x00" not in key:
         return key
     # Cut, without a marker: a key is a name, and the marker would push it past the limit.
-    return sanitize_text(key, len(key))[:_KEY_LIMIT]
+    return sanitize_text(key, len(key))[:KEY_CHARS]
 
 
 class Resource:
@@ -81,7 +81,7 @@ class Resource:
         if isinstance(service, str):
             del attrs[SERVICE_KEY]
         self.service = (
-            _text(service, _SHORT_LIMIT) if isinstance(service, str) and service else None
+            clean_text(service, _SHORT_LIMIT) if isinstance(service, str) and service else None
         ) or DEFAULT_SERVICE
         environment = None
         for key in ENV_KEYS:
@@ -89,12 +89,12 @@ class Resource:
             if isinstance(value, str):
                 del attrs[key]
                 if environment is None and value:
-                    environment = _text(value, _SHORT_LIMIT)
+                    environment = clean_text(value, _SHORT_LIMIT)
         self.environment = environment
         host = attrs.get(HOST_KEY)
         if isinstance(host, str):
             del attrs[HOST_KEY]
-        self.host = _text(host, _SHORT_LIMIT) if isinstance(host, str) and host else None
+        self.host = clean_text(host, _SHORT_LIMIT) if isinstance(host, str) and host else None
         pid = attrs.get(PID_KEY)
         if type(pid) is str and pid.isdigit() and len(pid) < 19:
             pid = int(pid)
@@ -106,13 +106,13 @@ class Resource:
         self.extra = attrs
 
 
-def _attrs_json(attrs: dict[str, Any]) -> bytes | None:
+def encode_attrs(attrs: dict[str, Any]) -> bytes | None:
     if not attrs:
         return None
     try:
         return orjson.dumps(attrs)
     except (orjson.JSONEncodeError, TypeError):
-        return orjson.dumps(sanitize_value(attrs, _VALUE_LIMIT))
+        return orjson.dumps(sanitize_value(attrs, VALUE_CHARS))
 
 
 def pop_location(attrs: dict[str, Any]) -> str | None:
@@ -131,7 +131,7 @@ def pop_location(attrs: dict[str, Any]) -> str | None:
             if line is None:
                 line = value
     where = str(path) if line is None else f"{path}:{line}"
-    return _text(where, _LOCATION_LIMIT)
+    return clean_text(where, _LOCATION_LIMIT)
 
 
 def _pop_error(attrs: dict[str, Any]) -> tuple[str | None, str | None, str | None]:
@@ -139,9 +139,9 @@ def _pop_error(attrs: dict[str, Any]) -> tuple[str | None, str | None, str | Non
     emsg = attrs.pop(EXC_MESSAGE, None)
     stack = attrs.pop(EXC_STACK, None)
     return (
-        None if etype is None else _text(str(etype), _NAME_LIMIT),
-        None if emsg is None else _text(str(emsg), _MESSAGE_LIMIT),
-        None if stack is None else _text(str(stack), _STACK_LIMIT),
+        None if etype is None else clean_text(str(etype), NAME_CHARS),
+        None if emsg is None else clean_text(str(emsg), MESSAGE_CHARS),
+        None if stack is None else clean_text(str(stack), _STACK_LIMIT),
     )
 
 
@@ -168,17 +168,17 @@ def span_rows(
 ) -> None:
     """The span's row, then a log row for each of its events (shared by both decoders)."""
     if kind != SPAN_KIND_INTERNAL and kind != SPAN_KIND_UNSPECIFIED:
-        attrs[KIND_KEY] = _KIND_NAMES.get(kind, kind)
+        attrs[KIND_KEY] = OTLP_KIND_NAMES.get(kind, kind)
     location = pop_location(attrs) if attrs else None
     etype = emsg = stack = None
-    failed = code == _STATUS_ERROR
+    failed = code == OTLP_STATUS_ERROR
     if failed:
         for i in range(len(events) - 1, -1, -1):
             if events[i].name == "exception":
                 etype, emsg, stack = _pop_error(events.pop(i).attrs)
                 break
         if emsg is None and status_message:
-            emsg = _text(status_message, _MESSAGE_LIMIT)
+            emsg = clean_text(status_message, MESSAGE_CHARS)
     out.append(
         (
             start,
@@ -193,9 +193,9 @@ def span_rows(
             res.environment,
             res.host,
             res.pid,
-            _text(name, _NAME_LIMIT) if name else None,
+            clean_text(name, NAME_CHARS) if name else None,
             None,
-            _attrs_json(attrs),
+            encode_attrs(attrs),
             etype,
             emsg,
             stack,
@@ -225,8 +225,8 @@ def span_rows(
                 res.host,
                 res.pid,
                 None,
-                _text(event.name, _MESSAGE_LIMIT) if event.name else None,
-                _attrs_json(ev_attrs),
+                clean_text(event.name, MESSAGE_CHARS) if event.name else None,
+                encode_attrs(ev_attrs),
                 etype,
                 emsg,
                 stack,
@@ -251,13 +251,13 @@ def log_row(
     if isinstance(logger, str):
         del attrs[LOGGER_KEY]
     if isinstance(logger, str) and logger:
-        name: str | None = _text(logger, _NAME_LIMIT)
+        name: str | None = clean_text(logger, NAME_CHARS)
     elif scope_name and scope_name != SCOPE_NAME:
-        name = _text(scope_name, _NAME_LIMIT)
+        name = clean_text(scope_name, NAME_CHARS)
     else:
         name = None
     if event_name:
-        attrs.setdefault("event.name", _text(event_name, _VALUE_LIMIT))
+        attrs.setdefault("event.name", clean_text(event_name, VALUE_CHARS))
     location = pop_location(attrs) if attrs else None
     etype, emsg, stack = _pop_error(attrs) if attrs else (None, None, None)
     if number <= 0 and not severity_text and (etype is not None or emsg is not None):
@@ -279,7 +279,7 @@ def log_row(
         res.pid,
         name,
         message,
-        _attrs_json(attrs),
+        encode_attrs(attrs),
         etype,
         emsg,
         stack,

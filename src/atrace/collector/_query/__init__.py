@@ -51,23 +51,20 @@ from .params import (
     MAX_LIMIT,
     NS_PER_S,
     Filters,
-    _parse_trace_id,
     encode_cursor,
     errors_params,
     jsonb_value,
     parse_filters,
     parse_level,
     parse_time,
+    parse_trace_param,
     spans_params,
     stats_params,
     trace_hex,
 )
 
 # Used only where they now live, but public here before and still importable from here.
-from .params import MAX_ATTR_FILTERS as MAX_ATTR_FILTERS
-from .params import MAX_ERROR_SCAN as MAX_ERROR_SCAN
 from .sql import ENDED_SPANS, ERROR_ROWS, FAILED, Args, as_ns, time_range, ts_sql
-from .tree import MAX_DEPTH as MAX_DEPTH
 from .tree import build_tree
 
 __all__ = (
@@ -213,7 +210,7 @@ async def trace(
 
     ``trace_id`` that is not 32 hex digits raises :class:`QueryError`.
     """
-    tid = _parse_trace_id(trace_id)
+    tid = parse_trace_param(trace_id)
     rows = await conn.fetch(_trace_sql(schema), project, uuid.UUID(tid), MAX_TRACE_ROWS + 1)
     if not rows:
         return None

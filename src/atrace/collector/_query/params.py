@@ -124,7 +124,7 @@ def _parse_limit(value: str | int | None, default: int, maximum: int, name: str)
     return limit
 
 
-def _parse_trace_id(value: str) -> str:
+def parse_trace_param(value: str) -> str:
     trace_id = parse_trace_id(value.strip())
     if trace_id is None:
         raise QueryError("trace_id", value, "expected 32 hex digits (not all zero)")
@@ -265,7 +265,7 @@ def parse_filters(
         kinds=_KIND_FILTERS[kind.strip().lower()] if kind else None,
         q=q or None,
         attrs=attrs,
-        trace_id=_parse_trace_id(trace_id) if trace_id else None,
+        trace_id=parse_trace_param(trace_id) if trace_id else None,
         limit=_parse_limit(seen.get("limit"), DEFAULT_LIMIT, MAX_LIMIT, "limit"),
         cursor=_decode_cursor(cursor) if cursor else None,
     )

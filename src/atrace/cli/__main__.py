@@ -1,0 +1,7 @@
+"""``python -m atrace.cli``: the ``atrace`` command without its console script."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
