@@ -163,9 +163,38 @@ def configure(
 ) -> Config:
     """Configure atrace for this process; unset arguments come from ATRACE_*/OTEL_* or defaults.
 
-    ``sink`` (or ``sinks``) is a URL (``postgresql://…``), ``"console"``, a sink object, or a
-    list of them; none at all means the embedded PostgreSQL. Records buffered under a previous
-    configuration are still written by it.
+    Records buffered under a previous configuration are still written by it. Every argument is
+    validated here, and a bad one raises before anything changes.
+
+    Args:
+        service: the service name on every record (``ATRACE_SERVICE``, ``OTEL_SERVICE_NAME``).
+        environment: the deployment environment (``ATRACE_ENVIRONMENT``).
+        sink: where batches go: a URL (``postgresql://…``, ``http(s)://…`` for a collector),
+            ``"console"``, ``"otlp"``, a sink object, or a list of them (``ATRACE_SINK``); none
+            at all means the embedded PostgreSQL. ``sinks`` is the same.
+        batch_size: records per batch (default 5,000; ``ATRACE_BATCH_SIZE``).
+        flush_interval: seconds a partial batch waits (default 1.0; ``ATRACE_FLUSH_INTERVAL``).
+        capacity: records the ring holds (default 100,000; ``ATRACE_CAPACITY``).
+        policy: what a full ring does: ``"drop_oldest"`` (default), ``"drop_newest"`` or
+            ``"block"`` (``ATRACE_POLICY``).
+        attributes: resource attributes on every record (also ``OTEL_RESOURCE_ATTRIBUTES``).
+        schema: the PostgreSQL schema (default ``"atrace"``; ``ATRACE_SCHEMA``).
+        max_message_length: characters of a message kept (``ATRACE_MAX_MESSAGE_LENGTH``).
+        max_value_length: characters of an attribute value kept.
+        shutdown_timeout: seconds the flush at exit may take (``ATRACE_SHUTDOWN_TIMEOUT``).
+        spill_dir: where undelivered batches wait on disk (``ATRACE_SPILL_DIR``).
+        spill_max_bytes: the spill's size on disk; 0 turns it off (``ATRACE_SPILL_MAX_BYTES``).
+        retry_attempts: attempts per batch and sink (default 4).
+        retry_deadline: seconds a batch may spend being retried (default 10).
+        breaker_threshold: consecutive failed batches that open a sink's breaker (default 3).
+        breaker_reset: seconds an open breaker waits before a probe (default 5).
+
+    Returns:
+        The :class:`~atrace.config.Config` in force.
+
+    Raises:
+        ConfigError: an argument or environment variable is invalid (the message names it and
+            its value).
     """
     kwargs = from_environment()
     if attributes is not None:

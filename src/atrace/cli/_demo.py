@@ -16,22 +16,30 @@ from .._records import COLUMNS, KIND, LEVEL, TRACE_ID, Batch, Kind, Level
 __all__ = ("run_demo",)
 
 
+# The workload stands for a user's service: its logs, spans and errors are named after it, not
+# after the module of atrace that happens to hold it.
+SERVICE_MODULE = "shop"
+
+
 class PaymentDeclined(Exception):
     """The demo's failing request."""
 
 
-@atrace.traced
+PaymentDeclined.__module__ = SERVICE_MODULE
+
+
+@atrace.traced("load cart")
 async def load_cart(order_id: int) -> list[dict[str, Any]]:
     await asyncio.sleep(0.002)
     items = [{"sku": f"SKU-{order_id}-{n}", "qty": n + 1} for n in range(order_id % 3 + 1)]
-    atrace.debug("cart loaded", items=len(items))
+    atrace.debug("cart loaded", module=SERVICE_MODULE, items=len(items))
     return items
 
 
 @atrace.traced("charge card")
 async def charge(order_id: int, amount: float) -> str:
     await asyncio.sleep(0.003)
-    atrace.debug("authorising", amount=amount)
+    atrace.debug("authorising", module=SERVICE_MODULE, amount=amount)
     if order_id == 4:
         raise PaymentDeclined(f"card declined for order {order_id}")
     return f"ch_{order_id:06d}"
@@ -47,12 +55,12 @@ async def handle_request(order_id: int) -> str:
             try:
                 raise TimeoutError("inventory service slow, using cached stock")
             except TimeoutError as exc:
-                atrace.warning("inventory fallback", exc_info=True)
+                atrace.warning("inventory fallback", module=SERVICE_MODULE, exc_info=True)
                 sp.record_exception(exc, failed=False)
         async with atrace.span("reserve stock", items=len(items)):
             await asyncio.gather(*(asyncio.sleep(0.001) for _ in items))
         charge_id = await charge(order_id, amount)
-        atrace.info("order placed", order_id=order_id, charge_id=charge_id)
+        atrace.info("order placed", module=SERVICE_MODULE, order_id=order_id, charge_id=charge_id)
         return charge_id
 
 
@@ -66,7 +74,7 @@ async def workload(requests: int) -> list[str]:
             try:
                 await handle_request(i)
             except PaymentDeclined:
-                atrace.exception("checkout failed", order_id=i)
+                atrace.exception("checkout failed", module=SERVICE_MODULE, order_id=i)
 
     await asyncio.gather(*(one(i) for i in range(1, requests + 1)))
     return trace_ids
