@@ -1,5 +1,5 @@
 """The ``atrace`` command: demo, database set-up, the collector and its API keys, the views of
-traces, tail and errors (``views.py``), and the operator's view of the disk spill."""
+traces, tail and errors (``_views/``), and the operator's view of the disk spill."""
 
 from __future__ import annotations
 
