@@ -61,15 +61,20 @@ cdef extern from *:
 
 __all__ = (
     "Span",
+    "begin",
     "critical",
     "debug",
+    "end",
     "error",
     "exception",
     "info",
     "new_span_id",
     "new_trace_id",
+    "parent_of",
     "reseed",
+    "set_parent",
     "span",
+    "start_record",
     "warning",
 )
 
@@ -310,7 +315,7 @@ cdef class Span:
             self.location,
         )
 
-    def start_record(self):
+    def _start_record(self):
         """The start row of a span still running: it makes a long span visible before it ends."""
         return (
             1,
@@ -387,6 +392,36 @@ cdef class Span:
 
     def __repr__(self):
         return f"<Span {self.name!r} trace={self.trace_id} span={self.span_id_hex}>"
+
+
+# The operations the pipeline, the integrations and the span helpers need on a span that they do
+# not enter with ``with``: functions here, so Span's own surface stays what users see.
+def begin(Span span, parent, bint keep_parent=True):
+    """Start ``span`` under ``parent`` (a span, a SpanContext or None) without making it current;
+    ``keep_parent=False`` lets go of the parent once its ids are copied."""
+    span._begin(parent)
+    if not keep_parent:
+        span._parent = None
+
+
+def end(Span span, exc):
+    """End a span started with :func:`begin`; ``exc`` is its failure, or None."""
+    span._end(exc)
+
+
+def start_record(Span span):
+    """The start row of a span still running (a long span is visible before it ends)."""
+    return span._start_record()
+
+
+def parent_of(Span span):
+    """The parent ``span`` was started under (a span, a SpanContext or None)."""
+    return span._parent
+
+
+def set_parent(Span span, parent):
+    """Start ``span`` under ``parent`` when it is entered outside any current span."""
+    span._parent = parent
 
 
 def span(name, /, **attrs):

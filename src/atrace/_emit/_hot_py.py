@@ -21,15 +21,20 @@ if TYPE_CHECKING:
 
 __all__ = (
     "Span",
+    "begin",
     "critical",
     "debug",
+    "end",
     "error",
     "exception",
     "info",
     "new_span_id",
     "new_trace_id",
+    "parent_of",
     "reseed",
+    "set_parent",
     "span",
+    "start_record",
     "warning",
 )
 
@@ -197,7 +202,7 @@ class Span:
             self.location,
         )
 
-    def start_record(self) -> tuple[Any, ...]:
+    def _start_record(self) -> tuple[Any, ...]:
         """The start row of a span still running: it makes a long span visible before it ends."""
         return (
             1,
@@ -281,6 +286,36 @@ class Span:
 
     def __repr__(self) -> str:
         return f"<Span {self.name!r} trace={self.trace_id} span={self.span_id_hex}>"
+
+
+# The operations the pipeline, the integrations and the span helpers need on a span that they do
+# not enter with ``with``: functions here, so Span's own surface stays what users see.
+def begin(span: Span, parent: Any, keep_parent: bool = True) -> None:
+    """Start ``span`` under ``parent`` (a span, a SpanContext or None) without making it current;
+    ``keep_parent=False`` lets go of the parent once its ids are copied."""
+    span._begin(parent)
+    if not keep_parent:
+        span._parent = None
+
+
+def end(span: Span, exc: BaseException | None) -> None:
+    """End a span started with :func:`begin`; ``exc`` is its failure, or None."""
+    span._end(exc)
+
+
+def start_record(span: Span) -> tuple[Any, ...]:
+    """The start row of a span still running (a long span is visible before it ends)."""
+    return span._start_record()
+
+
+def parent_of(span: Span) -> Any:
+    """The parent ``span`` was started under (a span, a SpanContext or None)."""
+    return span._parent
+
+
+def set_parent(span: Span, parent: Any) -> None:
+    """Start ``span`` under ``parent`` when it is entered outside any current span."""
+    span._parent = parent
 
 
 def span(name: str, /, **attrs: Any) -> Span:

@@ -7,17 +7,22 @@ TYPE_CHECKING = False
 __all__ = (
     "IMPLEMENTATION",
     "Span",
+    "begin",
     "critical",
     "debug",
+    "end",
     "error",
     "exception",
     "get_current",
     "info",
     "new_span_id",
     "new_trace_id",
+    "parent_of",
     "reset_current",
     "set_current",
+    "set_parent",
     "span",
+    "start_record",
     "warning",
 )
 
@@ -27,17 +32,22 @@ if TYPE_CHECKING:
 
     from ._hot_py import (
         Span,
+        begin,
         critical,
         debug,
+        end,
         error,
         exception,
         get_current,
         info,
         new_span_id,
         new_trace_id,
+        parent_of,
         reset_current,
         set_current,
+        set_parent,
         span,
+        start_record,
         warning,
     )
 

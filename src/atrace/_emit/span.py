@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 
 from ..errors import ConfigError
-from .hot import Span, get_current, reset_current, set_current, span
+from .hot import Span, begin, end, get_current, parent_of, reset_current, set_current, span
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -93,7 +93,7 @@ def decorate(fn: F, name: str | None, attrs: dict[str, Any], service: str | None
 async def _traced_agen(sp: Span, agen: AsyncGenerator[Any, Any]) -> AsyncGenerator[Any, Any]:
     # The span is current only while the generator body runs, never in the consumer between
     # items, and it ends wherever the generator is finalised without touching a foreign Context.
-    sp._begin(get_current())
+    begin(sp, get_current())
     failure: BaseException | None = None
     try:
         to_send: Any = None
@@ -109,7 +109,7 @@ async def _traced_agen(sp: Span, agen: AsyncGenerator[Any, Any]) -> AsyncGenerat
             except StopAsyncIteration:
                 return
             finally:
-                reset_current(token, sp._parent)
+                reset_current(token, parent_of(sp))
             try:
                 to_send = yield item
             except GeneratorExit:
@@ -123,11 +123,11 @@ async def _traced_agen(sp: Span, agen: AsyncGenerator[Any, Any]) -> AsyncGenerat
         try:
             await agen.aclose()
         finally:
-            sp._end(failure if not isinstance(failure, GeneratorExit) else None)
+            end(sp, failure if not isinstance(failure, GeneratorExit) else None)
 
 
 def _traced_gen(sp: Span, gen: Generator[Any, Any, Any]) -> Generator[Any, Any, Any]:
-    sp._begin(get_current())
+    begin(sp, get_current())
     failure: BaseException | None = None
     try:
         to_send: Any = None
@@ -143,7 +143,7 @@ def _traced_gen(sp: Span, gen: Generator[Any, Any, Any]) -> Generator[Any, Any, 
             except StopIteration as stop:
                 return stop.value
             finally:
-                reset_current(token, sp._parent)
+                reset_current(token, parent_of(sp))
             try:
                 to_send = yield item
             except GeneratorExit:
@@ -157,4 +157,4 @@ def _traced_gen(sp: Span, gen: Generator[Any, Any, Any]) -> Generator[Any, Any, 
         try:
             gen.close()
         finally:
-            sp._end(failure if not isinstance(failure, GeneratorExit) else None)
+            end(sp, failure if not isinstance(failure, GeneratorExit) else None)

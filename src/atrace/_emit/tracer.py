@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from .._pipeline.state import put
 from ..errors import ConfigError
 from .context import SpanContext, coerce_span_id
+from .hot import set_parent
 from .log import level_number
 from .runtime import runtime
 from .slow import build
@@ -85,7 +86,7 @@ class Tracer:
             (frame.f_code.co_filename, frame.f_lineno),
             self.service,
         )
-        sp._parent = self._parent
+        set_parent(sp, self._parent)
         return sp
 
     def traced(self, arg: Any = None, /, **attrs: Any) -> Any:

@@ -41,6 +41,7 @@ from typing import Any, Protocol
 from .._delivery.breaker import CircuitBreaker
 from .._delivery.lane import SinkLane
 from .._delivery.retry import RetryPolicy
+from .._emit.hot import start_record
 from .._emit.runtime import runtime
 from .._records import Batch, Row
 from ..config import Config
@@ -423,7 +424,7 @@ class Pipeline:
             if sp.announced or (not every and sp.start_ns > cutoff) or not sp.span_id:
                 continue
             sp.announced = True
-            push(sp.start_record())
+            push(start_record(sp))
 
     async def _flush(self, mode: FlushMode) -> None:
         with self._lock:

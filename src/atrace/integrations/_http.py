@@ -6,7 +6,7 @@ import re
 from binascii import unhexlify as _unhex
 
 from .._emit.context import SpanContext
-from .._emit.hot import Span, get_current
+from .._emit.hot import Span, begin, end, get_current
 from .._emit.ids import parse_trace_id
 from .._emit.runtime import runtime
 from ..errors import ConfigError
@@ -168,7 +168,7 @@ def finish_server_span(
     elif route:
         attrs[ROUTE] = route
         sp.name = f"{base} {route}"
-    sp._end(exc)
+    end(sp, exc)
 
 
 def start_client_span(method: str, url: str, host: str | None, port: int | None) -> Span:
@@ -181,7 +181,7 @@ def start_client_span(method: str, url: str, host: str | None, port: int | None)
     if port is not None:
         attrs["server.port"] = port
     sp = Span("HTTP" if word == "HTTP" else f"HTTP {word}", attrs)
-    sp._begin(get_current())
+    begin(sp, get_current())
     return sp
 
 
@@ -199,4 +199,4 @@ def finish_client_span(sp: Span, status: int | None, exc: BaseException | None) 
             sp.status = 2
             if sp.error is None:
                 sp.error = (None, f"HTTP {status}", None)
-    sp._end(exc)
+    end(sp, exc)

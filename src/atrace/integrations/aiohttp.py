@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextvars
 
-from .._emit.hot import Span, get_current, reset_current, set_current
+from .._emit.hot import Span, begin, get_current, reset_current, set_current
 from ..errors import MissingExtraError
 from ._http import (
     finish_client_span,
@@ -85,7 +85,7 @@ def create_middleware(
         prev = get_current()
         remote = remote_parent(headers.get("traceparent"), headers.get("X-Trace-ID"))
         sp = Span(base, attrs, None, service)
-        sp._begin(prev if remote is None else remote)
+        begin(sp, prev if remote is None else remote)
         token = set_current(sp)
         serving = _serving.set(sp)
         try:

@@ -6,7 +6,7 @@ FastAPI, or ``AtraceMiddleware(app)`` around any ASGI app.
 
 from __future__ import annotations
 
-from .._emit.hot import Span, get_current, reset_current, set_current
+from .._emit.hot import Span, begin, get_current, reset_current, set_current
 from ._http import (
     METHODS,
     finish_server_span,
@@ -120,12 +120,11 @@ class AtraceMiddleware:
         tp = headers.get(_TRACEPARENT)
         if tp is not None or _X_TRACE_ID in headers:
             remote = remote_parent(tp, headers.get(_X_TRACE_ID))
-            sp._begin(prev if remote is None else remote)
-            # The span has copied its parent's ids; holding on to the remote parent would only
-            # keep one more garbage-collected object alive while the span waits in the ring.
-            sp._parent = None
+            # The span copies its parent's ids; holding on to the remote parent would only keep
+            # one more garbage-collected object alive while the span waits in the ring.
+            begin(sp, prev if remote is None else remote, keep_parent=False)
         else:
-            sp._begin(prev)
+            begin(sp, prev)
         responder = _Responder()
         responder.send = send
         responder.span = sp

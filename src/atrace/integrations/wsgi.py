@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .._emit.hot import Span, get_current, reset_current, set_current
+from .._emit.hot import Span, begin, get_current, reset_current, set_current
 from ._http import (
     finish_server_span,
     method_attrs,
@@ -82,7 +82,7 @@ class AtraceWSGIMiddleware:
         prev = get_current()
         remote = remote_parent(environ.get("HTTP_TRACEPARENT"), environ.get("HTTP_X_TRACE_ID"))
         sp = Span(base, attrs, None, self.service)
-        sp._begin(prev if remote is None else remote)
+        begin(sp, prev if remote is None else remote)
         call = _Call(sp, base, start_response, prev)
         token = set_current(sp)
         try:
