@@ -61,6 +61,7 @@ cdef extern from *:
 
 __all__ = (
     "Span",
+    "SpanContext",
     "begin",
     "critical",
     "debug",
@@ -204,6 +205,55 @@ cdef inline str _hex128(uint64_t hi, uint64_t lo):
         buf[31 - i] = _HEXDIGITS[lo & 15]
         lo >>= 4
     return PyUnicode_DecodeASCII(buf, 32, NULL)
+
+
+# Positional, unlike atrace's other value classes: users and the package build it as
+# SpanContext(trace_id, span_id). An extension type: a request's remote parent is built per
+# request, and readonly fields make it immutable at no cost.
+cdef class SpanContext:
+    """A parent that is not a live span here: a remote caller, or a trace_context block.
+
+    :ivar trace_id: the trace, as 32 hex digits.
+    :ivar span_id: the parent span as a signed 64-bit integer, or None (a trace without a
+        parent span here).
+    :ivar sampled: the W3C ``sampled`` flag the caller sent.
+    """
+
+    cdef readonly object trace_id
+    cdef readonly object span_id
+    cdef readonly object sampled
+
+    def __init__(self, trace_id, span_id=None, sampled=True):
+        self.trace_id = trace_id
+        self.span_id = span_id
+        self.sampled = sampled
+
+    def __repr__(self):
+        # The span id in the hex form that traceparent headers and the CLI show.
+        sid = None if self.span_id is None else "%016x" % (self.span_id & 0xFFFFFFFFFFFFFFFF)
+        return f"SpanContext(trace_id={self.trace_id!r}, span_id={sid!r})"
+
+    def __eq__(self, other):
+        if type(other) is not SpanContext:
+            return NotImplemented
+        cdef SpanContext o = <SpanContext>other
+        return (
+            self.trace_id == o.trace_id and self.span_id == o.span_id and self.sampled == o.sampled
+        )
+
+    def __hash__(self):
+        return hash((self.trace_id, self.span_id, self.sampled))
+
+    def __reduce__(self):
+        return (SpanContext, (self.trace_id, self.span_id, self.sampled))
+
+    def as_dict(self):
+        """The fields as a plain dict."""
+        return {"trace_id": self.trace_id, "span_id": self.span_id, "sampled": self.sampled}
+
+    def replace(self, **changes):
+        """A copy with some fields changed."""
+        return SpanContext(**{**self.as_dict(), **changes})
 
 
 cdef class Span:

@@ -11,6 +11,7 @@ import sys
 import time
 from types import TracebackType
 
+from .._records import Frozen
 from .runtime import current, runtime
 from .slow import build
 
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = (
     "Span",
+    "SpanContext",
     "begin",
     "critical",
     "debug",
@@ -99,6 +101,42 @@ def reset_current(token: Any, parent: Any) -> None:
         _reset(token)
     except ValueError:
         _set(parent)
+
+
+# Positional, unlike atrace's other value classes: users and the package build it as
+# SpanContext(trace_id, span_id). Compiled, it is an extension type (a request's remote parent
+# is built per request); here, a frozen slotted value.
+class SpanContext(Frozen):
+    """A parent that is not a live span here: a remote caller, or a trace_context block.
+
+    :ivar trace_id: the trace, as 32 hex digits.
+    :ivar span_id: the parent span as a signed 64-bit integer, or None (a trace without a
+        parent span here).
+    :ivar sampled: the W3C ``sampled`` flag the caller sent.
+    """
+
+    __slots__ = ("sampled", "span_id", "trace_id")
+
+    trace_id: str
+    span_id: int | None
+    sampled: bool
+
+    def __init__(self, trace_id: str, span_id: int | None = None, sampled: bool = True) -> None:
+        # Slot descriptors directly: a request's remote parent is built per request.
+        _TRACE_ID(self, trace_id)
+        _SPAN_ID(self, span_id)
+        _SAMPLED(self, sampled)
+
+    def __repr__(self) -> str:
+        # The span id in the hex form that traceparent headers and the CLI show.
+        sid = None if self.span_id is None else "%016x" % (self.span_id & _U64)
+        return f"SpanContext(trace_id={self.trace_id!r}, span_id={sid!r})"
+
+
+_SLOTS = SpanContext.__dict__
+_TRACE_ID = _SLOTS["trace_id"].__set__
+_SPAN_ID = _SLOTS["span_id"].__set__
+_SAMPLED = _SLOTS["sampled"].__set__
 
 
 class Span:

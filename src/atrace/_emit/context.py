@@ -7,9 +7,8 @@ import functools
 import threading
 from types import TracebackType
 
-from .._records import Frozen
 from ..errors import ConfigError
-from .hot import new_trace_id, reset_current
+from .hot import SpanContext, new_trace_id, reset_current
 from .ids import format_span_id, parse_span_id, parse_trace_id
 from .runtime import current
 
@@ -42,41 +41,6 @@ __all__ = (
     "wrap",
 )
 
-
-# Positional, unlike atrace's other value classes: users and the package build it as
-# SpanContext(trace_id, span_id). Slots keep its fields as cheap to read as a span's for the
-# compiled emit path, which reads parent.trace_id and parent.span_id as plain attributes.
-class SpanContext(Frozen):
-    """A parent that is not a live span here: a remote caller, or a trace_context block.
-
-    :ivar trace_id: the trace, as 32 hex digits.
-    :ivar span_id: the parent span as a signed 64-bit integer, or None (a trace without a
-        parent span here).
-    :ivar sampled: the W3C ``sampled`` flag the caller sent.
-    """
-
-    __slots__ = ("sampled", "span_id", "trace_id")
-
-    trace_id: str
-    span_id: int | None
-    sampled: bool
-
-    def __init__(self, trace_id: str, span_id: int | None = None, sampled: bool = True) -> None:
-        # Slot descriptors directly: a request's remote parent is built per request.
-        _TRACE_ID(self, trace_id)
-        _SPAN_ID(self, span_id)
-        _SAMPLED(self, sampled)
-
-    def __repr__(self) -> str:
-        # The span id in the hex form that traceparent headers and the CLI show.
-        sid = None if self.span_id is None else format_span_id(self.span_id)
-        return f"SpanContext(trace_id={self.trace_id!r}, span_id={sid!r})"
-
-
-_SLOTS = SpanContext.__dict__
-_TRACE_ID = _SLOTS["trace_id"].__set__
-_SPAN_ID = _SLOTS["span_id"].__set__
-_SAMPLED = _SLOTS["sampled"].__set__
 
 _current = current
 

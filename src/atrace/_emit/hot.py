@@ -7,6 +7,7 @@ TYPE_CHECKING = False
 __all__ = (
     "IMPLEMENTATION",
     "Span",
+    "SpanContext",
     "begin",
     "critical",
     "debug",
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 
     from ._hot_py import (
         Span,
+        SpanContext,
         begin,
         critical,
         debug,
