@@ -56,7 +56,10 @@ CLASS_VERDICTS: dict[type[BaseException], bool] = {
     pg.ProtocolError: False,
     pg.OutdatedSchemaCacheError: False,
     pg.TargetServerAttributeNotMatched: False,
+    # The driver's own DataError (a value it cannot encode), not the server's SQLSTATE 22 one.
+    pg._base.DataError: False,
     aiohttp.ClientConnectionError: True,
+    aiohttp.ClientConnectorCertificateError: False,
     aiohttp.ClientPayloadError: True,
     aiohttp.ClientError: False,
 }
@@ -138,7 +141,6 @@ class TestClasses:
             (ConnectionRefusedError(), True),
             (BrokenPipeError(), True),
             (bare(aiohttp.ServerDisconnectedError), True),
-            (bare(aiohttp.ClientConnectorCertificateError), True),
             (bare(aiohttp.ServerTimeoutError), True),
             (bare(aiohttp.InvalidURL), False),
             (bare(aiohttp.TooManyRedirects), False),

@@ -710,3 +710,21 @@ def test_module_all() -> None:
     for module in (app, auth, ingest, limits, metrics):
         for name in module.__all__:
             assert hasattr(module, name), (module.__name__, name)
+
+
+class TestDatabaseErrors:
+    def test_only_errors_worth_retrying_become_unavailable(self) -> None:
+        """Around a PostgreSQL call, a lost connection becomes Unavailable (503); a bug, or data
+        PostgreSQL refuses, goes on as it is (a logged 500, or its own status)."""
+        import asyncpg
+
+        from atrace.collector._state import database
+        from atrace.errors import Unavailable
+
+        with pytest.raises(Unavailable) as lost, database():
+            raise asyncpg.ConnectionDoesNotExistError("connection was closed")
+        assert lost.value.reason == "database"
+        assert str(lost.value).startswith("database unavailable: ")
+        for error in (KeyError("bug"), asyncpg.UniqueViolationError("duplicate key")):
+            with pytest.raises(type(error)), database():
+                raise error

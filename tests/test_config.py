@@ -81,12 +81,17 @@ class TestConfigValue:
             del Config().capacity  # type: ignore[misc]
 
     def test_copies_are_validated_and_local(self) -> None:
-        """replace(), copy and pickle rebuild through the constructor, so values are checked."""
+        """replace(), copy and pickle rebuild through the constructor: values are checked again
+        and the pid is the process's own (a Config unpickled in a child is the child's)."""
         import copy
+        import os
         import pickle
 
         cfg = Config(service="svc", attributes={"team": "pay"}, batch_size=10)
-        assert pickle.loads(pickle.dumps(cfg)) == cfg == copy.copy(cfg)
+        object.__setattr__(cfg, "pid", -1)  # as if it had been made in another process
+        for made in (pickle.loads(pickle.dumps(cfg)), copy.copy(cfg), cfg.replace()):
+            assert made == cfg and made.pid == os.getpid()
+            assert made.attributes == {"team": "pay"}
         assert cfg.replace(batch_size=20).batch_size == 20
         with pytest.raises(atrace.ConfigError, match="batch_size"):
             cfg.replace(batch_size=0)

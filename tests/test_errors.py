@@ -13,6 +13,8 @@ from atrace import errors
 from atrace.sinks.http import HttpSinkError
 from atrace.sinks.otlp import OtlpExportError
 
+# The exception classes of errors.__all__ (it also has redact(), for their messages).
+CLASSES = [name for name in errors.__all__ if isinstance(getattr(errors, name), type)]
 _NODE = re.compile(r"^(?P<indent>[│ ]*)[├└]── (?P<name>\w+)(?: \(also (?P<also>\w+)\))?")
 
 
@@ -39,7 +41,7 @@ class TestDrawing:
         """The drawing names each class of __all__ exactly once, and nothing else."""
         names = [name for name, _, _ in drawing()]
         assert len(names) == len(set(names))
-        assert set(names) == set(errors.__all__)
+        assert set(names) == set(CLASSES)
 
     def test_drawn_parents_are_the_real_bases(self) -> None:
         """Each class drawn under a parent subclasses it, and the root is AtraceError."""
@@ -64,7 +66,7 @@ class TestDrawing:
         for name, also in mixed.items():
             assert issubclass(getattr(errors, name), getattr(builtins, also))
 
-    @pytest.mark.parametrize("name", errors.__all__)
+    @pytest.mark.parametrize("name", CLASSES)
     def test_every_class_is_an_atrace_error(self, name: str) -> None:
         """Catching AtraceError catches every exception atrace defines."""
         assert issubclass(getattr(errors, name), errors.AtraceError)
@@ -112,3 +114,36 @@ class TestMessages:
         )
         assert str(exc) == "http:h:1: HTTP 503 (batch of 3)"
         assert (exc.status, exc.retryable, exc.retry_after) == (503, True, 2)
+
+
+class TestRedact:
+    @pytest.mark.parametrize(
+        ("text", "shown"),
+        [
+            ("postgresql://app:s3cret@db:5432/app", "postgresql://app:***@db:5432/app"),
+            ("http://u:p@h:1/v1/ingest failed", "http://u:***@h:1/v1/ingest failed"),
+            ("host=db password=s3cret user=app", "host=db password=*** user=app"),
+            (
+                "postgresql://db/app?password=s3cret&sslmode=require",
+                "postgresql://db/app?password=***&sslmode=require",
+            ),
+            ("postgresql://app@db/app", "postgresql://app@db/app"),
+            ("no credentials here", "no credentials here"),
+        ],
+    )
+    def test_passwords_in_urls_and_dsns(self, text: str, shown: str) -> None:
+        """Every password in a URL or DSN becomes ***; the rest of the text stays."""
+        assert errors.redact(text) == shown
+
+    def test_config_errors_and_reprs_never_show_a_password(self) -> None:
+        """A ConfigError about a DSN, Config's repr and a bad OTLP header name no secret."""
+        from atrace.sinks.otlp import parse_headers
+
+        dsn = "postgresql://app:s3cret@db/app"
+        with pytest.raises(atrace.ConfigError) as bad:
+            atrace.Config(sinks=dsn)  # a string, not a sequence of sinks
+        with pytest.raises(atrace.ConfigError) as header:
+            parse_headers("x-team=pay,authorization Bearer t0ken")
+        texts = [str(bad.value), repr(atrace.Config(sinks=[dsn])), str(header.value)]
+        assert all("s3cret" not in t and "t0ken" not in t for t in texts), texts
+        assert "header 2" in str(header.value)

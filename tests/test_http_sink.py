@@ -6,6 +6,7 @@ import asyncio
 import collections
 import email.utils
 import gzip
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -517,3 +518,24 @@ class TestPipeline:
         finally:
             await atrace.ashutdown(timeout=10)
             await server.stop()
+
+
+class TestNoSecrets:
+    async def test_a_failed_post_and_the_repr_hide_the_password(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A collector URL with a password: the sink's repr, its name and the error of a real
+        failed POST (nothing listens on the port) never show the password."""
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        sink = HttpSink(f"http://app:s3cret-pw@127.0.0.1:{port}")
+        await sink.open()
+        try:
+            with pytest.raises(SinkHTTPError) as info:
+                await sink.write(batch_of(1))
+        finally:
+            await sink.close()
+        shown = [str(info.value), repr(sink), sink.name]
+        assert all("s3cret-pw" not in text for text in shown), shown
+        assert "app:***@127.0.0.1" in repr(sink)

@@ -8,13 +8,12 @@ import random
 
 import pytest
 
+from atrace._delivery.classify import Verdict, classify
 from atrace._delivery.retry import (
     Outcome,
     Retry,
     RetryPolicy,
     RetryState,
-    Verdict,
-    classify_default,
     parse_retry_after,
 )
 from atrace.errors import ConfigError, InternalError
@@ -198,11 +197,11 @@ class TestValues:
 class TestClassification:
     def test_default_classifier(self) -> None:
         """Connection errors and time-outs are retryable; other errors are permanent."""
-        assert classify_default(ConnectionRefusedError()).retryable
-        assert classify_default(TimeoutError()).retryable
-        assert classify_default(OSError("net down")).retryable
-        assert not classify_default(ValueError()).retryable
-        assert not classify_default(KeyError()).retryable
+        assert classify(ConnectionRefusedError()).retryable
+        assert classify(TimeoutError()).retryable
+        assert classify(OSError("net down")).retryable
+        assert not classify(ValueError()).retryable
+        assert not classify(KeyError()).retryable
 
 
 class TestRetryAfter:

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 import atrace
-from atrace._delivery.retry import Verdict, classify_default
+from atrace._delivery.classify import Verdict, classify
 from atrace._records import MESSAGE
 from atrace.errors import ConfigError
 from atrace.sinks import Batch, Sink, resolve
@@ -92,7 +92,7 @@ class TestContract:
         the default classifier."""
         options = SinkOptions.of(Plain())
         assert (options.name, options.concurrency, options.spill_key) == ("plain", 1, "plain")
-        assert options.classify is classify_default
+        assert options.classify is classify
 
     def test_declared_members_are_used(self) -> None:
         """concurrency, spill_key and classify are taken from the sink when it has them."""
@@ -114,7 +114,7 @@ class TestContract:
         sink.spill_key = None  # type: ignore[attr-defined]
         sink.classify = None  # type: ignore[attr-defined]
         options = SinkOptions.of(sink)
-        assert options.spill_key == "plain" and options.classify is classify_default
+        assert options.spill_key == "plain" and options.classify is classify
 
     @pytest.mark.parametrize(
         ("key", "value"),

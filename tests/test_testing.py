@@ -345,8 +345,8 @@ class TestFakeClock:
             await FakeClock().wait_for_sleepers(1, timeout=0.01)
 
     async def test_drives_a_configured_pipeline(self, memory_sink: MemorySink) -> None:
-        """A pipeline configured inside the block flushes when its interval passes on the clock;
-        one configured after the block runs on real time."""
+        """A pipeline configured inside the block flushes when its interval passes on the clock,
+        and leaving the block puts the real clock back for pipelines configured later."""
         with FakeClock() as clock:
             atrace.configure(service="t", sink=memory_sink, flush_interval=30)
         atrace.info("x")

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 
 from ._records import Frozen
-from .errors import ConfigError, InternalError
+from .errors import ConfigError, InternalError, redact
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -318,6 +318,10 @@ class Config(Frozen):
         put(self, "batch_size", min(self.batch_size, self.capacity))
         put(self, "host", _hostname())
         put(self, "pid", os.getpid())
+
+    def __repr__(self) -> str:
+        # A sink given as a DSN or URL may carry a password: never shown.
+        return redact(super().__repr__())
 
     def replace(self, **changes: Any) -> Config:
         """A copy with some fields changed (validated again; ``host`` and ``pid`` are this

@@ -56,7 +56,20 @@ __all__ = (
     "TransportError",
     "Unavailable",
     "WireError",
+    "redact",
 )
+
+
+def redact(text: str) -> str:
+    """``text`` with the password of every URL or DSN in it replaced by ``***``
+    (``postgresql://app:***@db/app``, ``...?password=***``): for messages, reprs and logs."""
+    if "@" not in text and "password" not in text.lower():
+        return text
+    # Imported here: the error paths need it, `import atrace` does not.
+    import re
+
+    text = re.sub(r"(?i)\b([a-z][a-z0-9+.-]*://[^:/@\s]*):[^@/\s]*@", r"\1:***@", text)
+    return re.sub(r"(?i)\b(password=)[^&\s'\"]*", r"\1***", text)
 
 
 class AtraceError(Exception):
@@ -70,7 +83,8 @@ class ConfigError(AtraceError, ValueError):
         self.field = field
         self.value = value
         self.reason = reason
-        super().__init__(f"{field}={value!r}: {reason}")
+        # The value as given, but never a password inside it (a DSN, a collector URL).
+        super().__init__(redact(f"{field}={value!r}: {reason}"))
 
 
 class MissingExtraError(AtraceError, ImportError):
@@ -88,7 +102,7 @@ class SinkError(AtraceError):
     def __init__(self, message: str, *, sink: str, batch_size: int) -> None:
         self.sink = sink
         self.batch_size = batch_size
-        super().__init__(f"{sink}: {message} (batch of {batch_size})")
+        super().__init__(redact(f"{sink}: {message} (batch of {batch_size})"))
 
 
 class SinkHTTPError(SinkError):

@@ -15,19 +15,36 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import ModuleType
 
 from ..errors import SinkClosedError, SinkHTTPError
-from .retry import Verdict
 
 __all__ = (
     "DATA_SQLSTATE_CLASSES",
     "SQLSTATE_CLASSES",
+    "Verdict",
     "class_rules",
     "classify",
     "refused_data",
     "sqlstate",
 )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Verdict:
+    """A sink's judgement of an error: retry it (maybe after a server-given delay) or not.
+
+    :ivar retryable: whether another attempt may succeed.
+    :ivar retry_after: seconds the server asked to wait before the next attempt, or None for
+        the policy's backoff.
+    :ivar reason: a short name for the error, for logs (an exception class, an SQLSTATE, ...).
+    """
+
+    retryable: bool
+    retry_after: float | None = None
+    reason: str = ""
+
 
 Rule = Callable[[BaseException], Verdict]
 
@@ -106,8 +123,10 @@ def _asyncpg_rules(module: ModuleType) -> dict[type[BaseException], Rule]:
         # failure. A new connection works.
         pg.InterfaceError: RETRY,
         pg.InternalClientError: RETRY,
-        # Their subclasses that fail the same way on any connection.
+        # Their subclasses that fail the same way on any connection: a value the driver cannot
+        # encode for its column (DataError, also a ValueError) is the same on every attempt.
         pg.ClientConfigurationError: PERMANENT,
+        module.exceptions._base.DataError: PERMANENT,
         pg.UnsupportedClientFeatureError: PERMANENT,
         pg.UnsupportedServerFeatureError: PERMANENT,
         pg.ProtocolError: PERMANENT,
@@ -121,6 +140,8 @@ def _aiohttp_rules(aiohttp: ModuleType) -> dict[type[BaseException], Rule]:
         # Connecting, sending, a lost connection, a server time-out, a cut-off body.
         aiohttp.ClientConnectionError: RETRY,
         aiohttp.ClientPayloadError: RETRY,
+        # A certificate the client refuses is refused again on every attempt.
+        aiohttp.ClientConnectorCertificateError: PERMANENT,
         # The rest (a bad URL, a redirect loop, an unreadable answer) fails every time.
         aiohttp.ClientError: PERMANENT,
     }

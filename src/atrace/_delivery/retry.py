@@ -25,6 +25,7 @@ from typing import Any
 
 from ..config import check_int, check_number
 from ..errors import InternalError
+from .classify import Verdict, classify
 
 __all__ = (
     "DEFAULT_POLICY",
@@ -32,8 +33,6 @@ __all__ = (
     "Retry",
     "RetryPolicy",
     "RetryState",
-    "Verdict",
-    "classify_default",
     "parse_retry_after",
 )
 
@@ -59,28 +58,6 @@ _MOVES: dict[RetryState, frozenset[RetryState]] = {
     RetryState.EXHAUSTED: frozenset(),
     RetryState.REJECTED: frozenset(),
 }
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Verdict:
-    """A sink's judgement of an error: retry it (maybe after a server-given delay) or not.
-
-    :ivar retryable: whether another attempt may succeed.
-    :ivar retry_after: seconds the server asked to wait before the next attempt, or None for
-        the policy's backoff.
-    :ivar reason: a short name for the error, for logs (an exception class, an SQLSTATE, ...).
-    """
-
-    retryable: bool
-    retry_after: float | None = None
-    reason: str = ""
-
-
-def classify_default(exc: BaseException) -> Verdict:
-    """For sinks without a classifier: network trouble and time-outs are retryable, the rest not."""
-    if isinstance(exc, (ConnectionError, TimeoutError, asyncio.TimeoutError, OSError)):
-        return Verdict(retryable=True, reason=type(exc).__name__)
-    return Verdict(retryable=False, reason=type(exc).__name__)
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -189,7 +166,7 @@ class Retry:
     async def run(
         self,
         attempt: Callable[[], Awaitable[Any]],
-        classify: Callable[[BaseException], Verdict] = classify_default,
+        classify: Callable[[BaseException], Verdict] = classify,
     ) -> Outcome:
         """Call ``attempt`` until it succeeds, fails permanently, or attempts/deadline run out."""
         started = self._clock()

@@ -8,10 +8,6 @@ from __future__ import annotations
 
 from .._records import Frozen
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    pass
-
 __all__ = ("LaneStats", "Metrics")
 
 

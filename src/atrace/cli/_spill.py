@@ -239,10 +239,11 @@ async def _send_pending(
 ) -> tuple[int, int, str | None]:
     """Write each pending batch, oldest first, acking it once stored; stop at the first that
     fails. Returns records and batches sent, and why it stopped (None: nothing left)."""
-    from .._delivery.retry import Retry, RetryPolicy, classify_default
+    from .._delivery.retry import Retry, RetryPolicy
     from ..sinks import Batch
+    from ..sinks._base import SinkOptions
 
-    classify = getattr(sink, "classify", None) or classify_default
+    classify = SinkOptions.of(sink).classify
     # A few quick attempts ride out a blip; an outage ends the run and the rest stays spilled.
     policy = RetryPolicy(max_attempts=3, base_delay=0.5, deadline=10.0)
     records = batches = 0

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from ..errors import TailClosed
 from . import _query as query
-from ._state import POOL, PROJECT, SCHEMA, TAIL
+from ._state import POOL, PROJECT, SCHEMA, TAIL, database
 
 __all__ = ("add_query_routes",)
 
@@ -55,12 +55,15 @@ def _where(request: web.Request) -> tuple[Any, str, str]:
 async def _search(request: web.Request) -> web.StreamResponse:
     pool, schema, project = _where(request)
     filters = query.parse_filters(request.query.items(), project=project)
-    return _json(await query.search(pool, schema, filters))
+    with database():
+        found = await query.search(pool, schema, filters)
+    return _json(found)
 
 
 async def _trace(request: web.Request) -> web.StreamResponse:
     pool, schema, project = _where(request)
-    tree = await query.trace(pool, schema, project, request.match_info["trace_id"])
+    with database():
+        tree = await query.trace(pool, schema, project, request.match_info["trace_id"])
     if tree is None:
         return _error(404, "no such trace")
     return _json(tree)
@@ -69,19 +72,25 @@ async def _trace(request: web.Request) -> web.StreamResponse:
 async def _stats(request: web.Request) -> web.StreamResponse:
     pool, schema, project = _where(request)
     params = query.stats_params(request.query, now=time.time_ns())
-    return _json(await query.stats(pool, schema, project, **params))
+    with database():
+        found = await query.stats(pool, schema, project, **params)
+    return _json(found)
 
 
 async def _spans(request: web.Request) -> web.StreamResponse:
     pool, schema, project = _where(request)
     params = query.spans_params(request.query, now=time.time_ns())
-    return _json(await query.spans(pool, schema, project, **params))
+    with database():
+        found = await query.spans(pool, schema, project, **params)
+    return _json(found)
 
 
 async def _errors(request: web.Request) -> web.StreamResponse:
     pool, schema, project = _where(request)
     params = query.errors_params(request.query, now=time.time_ns())
-    return _json(await query.errors(pool, schema, project, **params))
+    with database():
+        found = await query.errors(pool, schema, project, **params)
+    return _json(found)
 
 
 async def _tail(request: web.Request) -> web.StreamResponse:

@@ -17,7 +17,6 @@ from typing import Any
 
 from aiohttp import web
 
-from .._delivery.classify import classify
 from .._postgres.session import connection_init
 from ..config import check_schema
 from ..errors import AuthError, ConfigError, QueryError, TailClosed, Unavailable, WireError
@@ -112,13 +111,9 @@ def _observe(metrics: Metrics, retry_after: int) -> Any:
             if status in (408, 413):
                 response.force_close()
             return response
-        except Exception as exc:
-            verdict = classify(exc)
-            if verdict.retryable:
-                # PostgreSQL lost, restarting or out of connections: the client retries later.
-                metrics.error("unavailable_database")
-                status = 503
-                return _error(503, f"database unavailable: {verdict.reason}", busy)
+        except Exception:
+            # A database error worth retrying arrives as Unavailable (collector._state.database);
+            # anything else is a bug.
             _log.exception("atrace collector: %s %s failed", request.method, request.path)
             metrics.error("internal")
             return _error(500, "internal error")

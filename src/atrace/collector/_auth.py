@@ -20,7 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import AuthError, ConfigError
-from ._state import PROJECT
+from ._state import PROJECT, database
 
 __all__ = (
     "KEY_PREFIX",
@@ -175,12 +175,13 @@ class KeyStore:
         cached = self._cache.get(key_id)
         if cached is not None and cached[1] > now:
             return cached[0]
-        async with pool.acquire(timeout=self.pool_wait) as conn:
-            row = await conn.fetchrow(
-                f"SELECT project, secret_sha FROM {self.schema}.api_keys "
-                "WHERE key_id = $1 AND revoked_at IS NULL",
-                key_id,
-            )
+        with database():
+            async with pool.acquire(timeout=self.pool_wait) as conn:
+                row = await conn.fetchrow(
+                    f"SELECT project, secret_sha FROM {self.schema}.api_keys "
+                    "WHERE key_id = $1 AND revoked_at IS NULL",
+                    key_id,
+                )
         entry = None if row is None else (str(row["project"]), bytes(row["secret_sha"]))
         if self.ttl > 0:
             if len(self._cache) >= _MAX_CACHED:

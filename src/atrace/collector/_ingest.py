@@ -28,7 +28,7 @@ from .._records import COLUMNS, Row
 from ..errors import Unavailable, WireError
 from ._limits import Admission, Limits
 from ._prometheus import Metrics
-from ._state import POOL, PROJECT, TAIL
+from ._state import POOL, PROJECT, TAIL, database
 
 __all__ = ("INGEST", "Ingestor", "add_ingest_routes", "otlp_batch_id", "read_body")
 
@@ -258,7 +258,8 @@ async def _admitted(
         if not rows:
             return 0, False
         project = request[PROJECT]
-        stored = await ingestor.store(request.app[POOL], project, batch_id, rows)
+        with database():
+            stored = await ingestor.store(request.app[POOL], project, batch_id, rows)
     finally:
         ingestor.admission.leave()
     if stored:

@@ -7,15 +7,18 @@ the defaults of those a sink leaves out (or sets to None).
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Callable
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
-from .._delivery.retry import Verdict, classify_default
+from .._delivery.classify import Verdict, classify
 from .._records import Batch
 from ..errors import ConfigError
 
-__all__ = ("DEFAULT_CONCURRENCY", "Sink", "SinkOptions")
+T = TypeVar("T")
+
+__all__ = ("DEFAULT_CONCURRENCY", "Sink", "SinkOptions", "off_loop")
 
 # One write at a time keeps batches in the order they were drained from the ring.
 DEFAULT_CONCURRENCY = 1
@@ -41,7 +44,7 @@ class Sink(Protocol):
         Names the directory where batches this sink could not take are spilled. Give it what
         identifies the destination (its URL), so that every process writing there replays the
         same spill. Characters other than letters, digits, ``_ . -`` become ``_``.
-    ``classify(exc) -> Verdict = classify_default``
+    ``classify(exc) -> Verdict = atrace._delivery.classify.classify``
         Whether a failed write is worth retrying, and after what delay. The default retries
         connection errors and time-outs and refuses anything else for good.
     """
@@ -75,7 +78,7 @@ class SinkOptions:
         *,
         concurrency: int = DEFAULT_CONCURRENCY,
         spill_key: str | None = None,
-        classify: Callable[[BaseException], Verdict] = classify_default,
+        classify: Callable[[BaseException], Verdict] = classify,
     ) -> None:
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ConfigError(f"{name}.concurrency", concurrency, "expected an integer >= 1")
@@ -102,3 +105,16 @@ class SinkOptions:
             f"SinkOptions({self.name!r}, concurrency={self.concurrency}, "
             f"spill_key={self.spill_key!r}, classify={self.classify!r})"
         )
+
+
+async def off_loop(fn: Callable[..., T], *args: Any, offload: bool) -> T:
+    """``fn(*args)``, in a worker thread when ``offload``: slow work (encoding a large batch,
+    importing a driver, starting the embedded server) would hold up the application's event
+    loop."""
+    if not offload:
+        return fn(*args)
+    try:
+        return await asyncio.to_thread(fn, *args)
+    except RuntimeError:
+        # At interpreter exit the default executor takes no new work: run here instead.
+        return fn(*args)

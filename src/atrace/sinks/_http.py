@@ -13,7 +13,7 @@ import asyncio
 import gzip
 import importlib
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import orjson
@@ -32,7 +32,6 @@ __all__ = (
     "error_text",
     "gzip_body",
     "import_aiohttp",
-    "off_loop",
     "open_session",
     "post",
     "read_some",
@@ -75,18 +74,6 @@ def open_session(extra: str, *, headers: Mapping[str, str], connections: int) ->
 def gzip_body(body: bytes) -> bytes:
     """``body`` gzipped at :data:`GZIP_LEVEL`, with no timestamp (the same batch, same bytes)."""
     return gzip.compress(body, compresslevel=GZIP_LEVEL, mtime=0)
-
-
-async def off_loop(fn: Callable[..., T], *args: Any, offload: bool) -> T:
-    """``fn(*args)``, in a worker thread when ``offload``: encoding a large batch would hold up
-    the application's event loop for milliseconds."""
-    if not offload:
-        return fn(*args)
-    try:
-        return await asyncio.to_thread(fn, *args)
-    except RuntimeError:
-        # At interpreter exit the default executor takes no new work: run here instead.
-        return fn(*args)
 
 
 async def read_some(resp: Any, limit: int) -> bytes:

@@ -7,13 +7,13 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
-from .._delivery.classify import classify
-from .._delivery.retry import Verdict
+from .._delivery.classify import Verdict, classify
 from .._formats.wire import CONTENT_TYPES, encode_batch
 from .._records import Batch
 from ..config import env
-from ..errors import ConfigError, SinkClosedError, SinkHTTPError
-from ._http import GZIP_LEVEL, gzip_body, off_loop, open_session, post
+from ..errors import ConfigError, SinkClosedError, SinkHTTPError, redact
+from ._base import off_loop
+from ._http import GZIP_LEVEL, gzip_body, open_session, post
 
 __all__ = (
     "API_KEY_ENV",
@@ -127,7 +127,7 @@ class HttpSink:
         self._session: Any = None
 
     def __repr__(self) -> str:
-        return f"HttpSink({self.url!r}, format={self.format!r})"
+        return f"HttpSink({redact(self.url)!r}, format={self.format!r})"
 
     def classify(self, exc: BaseException) -> Verdict:
         """Retry 408/429/502/503/504 (after ``Retry-After``), lost connections and time-outs."""

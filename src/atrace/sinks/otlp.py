@@ -22,12 +22,12 @@ from urllib.parse import unquote, urlsplit
 
 import orjson
 
-from .._delivery.classify import classify
-from .._delivery.retry import Verdict
+from .._delivery.classify import Verdict, classify
 from .._records import Batch
 from ..config import env
-from ..errors import ConfigError, SinkClosedError, SinkHTTPError
-from ._http import gzip_body, off_loop, open_session, post
+from ..errors import ConfigError, SinkClosedError, SinkHTTPError, redact
+from ._base import off_loop
+from ._http import gzip_body, open_session, post
 
 __all__ = ("OtlpExportError", "OtlpSink", "classify", "parse_headers")
 
@@ -65,12 +65,13 @@ def parse_headers(raw: str, field: str = "headers") -> dict[str, str]:
     Keys are lower-cased (HTTP header names are case-insensitive); values are URL-decoded.
     """
     out: dict[str, str] = {}
-    for item in raw.split(","):
+    for n, item in enumerate(raw.split(","), 1):
         if not item.strip():
             continue
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(field, raw, f"bad header {item.strip()!r}: expected key=value")
+            # Neither the value nor the bad item: a header value is often a token.
+            raise ConfigError(field, "***", f"header {n} has no '=': expected key=value")
         out[key.strip().lower()] = unquote(value.strip())
     return out
 
@@ -298,7 +299,9 @@ class OtlpSink:
 
     def __repr__(self) -> str:
         t, lg = self.targets["traces"], self.targets["logs"]
-        return f"OtlpSink(traces={t.url!r}, logs={lg.url!r}, protocol={t.protocol!r})"
+        return (
+            f"OtlpSink(traces={redact(t.url)!r}, logs={redact(lg.url)!r}, protocol={t.protocol!r})"
+        )
 
     @property
     def traces_url(self) -> str:
@@ -391,7 +394,7 @@ class OtlpSink:
                 self.rejected_logs += count
             _log.warning(
                 "atrace: %s rejected %d %s of a batch: %s",
-                target.url,
+                redact(target.url),
                 count,
                 "spans" if signal == "traces" else "log records",
                 message or "(no message)",

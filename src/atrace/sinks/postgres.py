@@ -11,8 +11,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .._delivery.classify import classify
-from .._delivery.retry import Verdict
+from .._delivery.classify import Verdict, classify
 from .._pipeline.sanitize import sanitize_text
 from .._postgres import session
 from .._postgres.schema import ensure_partitions, ensure_schema
@@ -20,20 +19,11 @@ from .._postgres.session import COPY_SLICE, connection_init
 from .._records import SERVICE, TS, Batch, Row
 from .._records import broken_row as error_row
 from ..errors import MissingExtraError, SinkClosedError
+from ._base import off_loop
 
 __all__ = ("COPY_SLICE", "PostgresSink", "broken_row", "classify", "connection_init", "copy_rows")
 
 _NS_PER_DAY = 86_400 * 1_000_000_000
-
-
-async def _off_loop(fn: Any, *args: Any) -> Any:
-    # Slow set-up (importing asyncpg, starting the embedded server) runs in a worker thread so
-    # the application's tasks keep running; at interpreter exit the default executor refuses
-    # new work, and the call then runs inline.
-    try:
-        return await asyncio.to_thread(fn, *args)
-    except RuntimeError:
-        return fn(*args)
 
 
 def broken_row(row: Any, exc: Exception) -> Row:
@@ -127,8 +117,8 @@ class PostgresSink:
     async def open(self) -> None:
         """Connect, create or migrate the schema, and make partitions ahead."""
         try:
-            asyncpg = sys.modules.get("asyncpg") or await _off_loop(
-                importlib.import_module, "asyncpg"
+            asyncpg: Any = sys.modules.get("asyncpg") or await off_loop(
+                importlib.import_module, "asyncpg", offload=True
             )
         except ImportError:
             raise MissingExtraError("asyncpg", "pg") from None
@@ -137,7 +127,7 @@ class PostgresSink:
         if dsn is None:
             from .._postgres.embedded import embedded_dsn
 
-            dsn = self.dsn = await _off_loop(embedded_dsn)
+            dsn = self.dsn = await off_loop(embedded_dsn, offload=True)
         if self._pool is not None:  # a half-finished earlier open: never leave its connections
             self._pool.terminate()
             self._pool = None
