@@ -2,7 +2,7 @@
 
 from collections.abc import Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, NoReturn
 
 __all__ = (
     "Span",
@@ -90,6 +90,7 @@ class Span:
     def set_attributes(self, **attrs: Any) -> Span: ...
     def set_status(self, status: str | int, message: str | None = None) -> Span: ...
     def record_exception(self, exc: BaseException, *, failed: bool = True) -> Span: ...
+    def __call__(self, fn: Any) -> NoReturn: ...
 
 def begin(span: Span, parent: Any, keep_parent: bool = True) -> None: ...
 def end(span: Span, exc: BaseException | None) -> None: ...
@@ -100,7 +101,7 @@ def span(name: str, /, **attrs: Any) -> Span: ...
 def _level(
     msg: Any,
     /,
-    *,
+    *args: Any,
     exc_info: Any = False,
     exception: BaseException | None = None,
     error_message: str | None = None,
@@ -112,7 +113,7 @@ def _level(
 def exception(
     msg: Any,
     /,
-    *,
+    *args: Any,
     exc_info: Any = True,
     exception: BaseException | None = None,
     error_message: str | None = None,

@@ -9,7 +9,7 @@ from libc.stdint cimport int64_t, uint64_t
 
 import os
 
-from .slow import build
+from .slow import build, catch, format_message, freeze, misused
 from .runtime import current, runtime
 
 cdef extern from *:
@@ -82,6 +82,23 @@ __all__ = (
 cdef object _current = current
 cdef object _runtime = runtime
 cdef object _build = build
+cdef object _catch = catch
+cdef object _freeze = freeze
+
+
+cdef inline bint _atomic(object value):
+    # Values a record keeps as they are (immutable, and the common case): anything else is
+    # copied as of the call by freeze().
+    cdef type tp = type(value)
+    return (tp is str or tp is int or tp is float or tp is bool or value is None
+            or tp is bytes)
+
+
+cdef inline object _frozen(dict attrs):
+    for value in attrs.values():
+        if not _atomic(value):
+            return _freeze(attrs)
+    return attrs
 # The open-spans set is cleared in place (never replaced), so one reference serves for good.
 cdef set _open_spans = runtime.open_spans
 cdef dict _STATUS_NAMES = {"unset": 0, "ok": 1, "error": 2}
@@ -284,7 +301,7 @@ cdef class Span:
 
     def __init__(self, name, attrs=None, location=None, service=None):
         self.name = name
-        self.attrs = attrs
+        self.attrs = None if attrs is None else _frozen(attrs)
         self.location = location
         self.service = service
 
@@ -331,7 +348,7 @@ cdef class Span:
         self.end_ns = atrace_now_ns()
         PySet_Discard(_open_spans, self)
         if exc is not None:
-            self.error = exc
+            self.error, self.attrs = _catch(exc, self.span_id, True, self.attrs)
             # Cancellation and generator close are control flow: keep the cause, not a failure.
             if isinstance(exc, Exception):
                 self.status = 2
@@ -408,6 +425,7 @@ cdef class Span:
 
     def set(self, **attrs):
         """Add or replace attributes of this span."""
+        _frozen(attrs)
         if self.attrs is None:
             self.attrs = attrs
         else:
@@ -430,7 +448,7 @@ cdef class Span:
 
     def record_exception(self, exc, *, failed=True):
         """Record a handled exception on this span; by default the span is then marked failed."""
-        self.error = exc
+        self.error, self.attrs = _catch(exc, self.span_id, True, self.attrs)
         if failed:
             self.status = 2
         return self
@@ -442,6 +460,10 @@ cdef class Span:
 
     def __repr__(self):
         return f"<Span {self.name!r} trace={self.trace_id} span={self.span_id_hex}>"
+
+    def __call__(self, fn):
+        """``@atrace.span("name")`` on a function: a mistake, answered with what to use."""
+        misused(fn)
 
 
 # The operations the pipeline, the integrations and the span helpers need on a span that they do
@@ -476,9 +498,11 @@ def set_parent(Span span, parent):
 
 def span(name, /, **attrs):
     """A span named ``name`` with attributes; use ``with`` or ``async with``."""
+    if type(name) is not str and callable(name):
+        misused(name)
     cdef Span sp = Span.__new__(Span)
     sp.name = name
-    sp.attrs = attrs if attrs else None
+    sp.attrs = _frozen(attrs) if attrs else None
     sp.location = _location()
     return sp
 
@@ -499,7 +523,7 @@ cdef inline _log(int level, msg, dict attrs):
         trace_id = cur.trace_id
         span_id = cur.span_id
     rec = (0, atrace_now_ns(), level, trace_id, span_id, None, None, 0, None, name, msg,
-           attrs if attrs else None, None, location)
+           _frozen(attrs) if attrs else None, None, location)
     # Nothing but the ring will ever refer to this tuple, so it cannot be part of a reference
     # cycle: keeping it out of the garbage collector's lists spares every collection from
     # walking a buffer of records.
@@ -513,9 +537,11 @@ cdef inline _log_full(int level, msg, dict attrs, exc_info, exception, error_mes
                          module, extra, 0))
 
 
-def debug(msg, /, *, exc_info=False, exception=None, error_message=None, stack_trace=None,
+def debug(msg, /, *args, exc_info=False, exception=None, error_message=None, stack_trace=None,
           module=None, extra=None, **attrs):
     """Emit a debug log linked to the current span; keyword arguments become attributes."""
+    if args:
+        msg = format_message(msg, args)
     if (exc_info is False and exception is None and error_message is None
             and stack_trace is None and module is None and extra is None):
         _log(10, msg, attrs)
@@ -523,9 +549,11 @@ def debug(msg, /, *, exc_info=False, exception=None, error_message=None, stack_t
         _log_full(10, msg, attrs, exc_info, exception, error_message, stack_trace, module, extra)
 
 
-def info(msg, /, *, exc_info=False, exception=None, error_message=None, stack_trace=None,
+def info(msg, /, *args, exc_info=False, exception=None, error_message=None, stack_trace=None,
          module=None, extra=None, **attrs):
     """Emit an info log linked to the current span; keyword arguments become attributes."""
+    if args:
+        msg = format_message(msg, args)
     if (exc_info is False and exception is None and error_message is None
             and stack_trace is None and module is None and extra is None):
         _log(20, msg, attrs)
@@ -533,9 +561,11 @@ def info(msg, /, *, exc_info=False, exception=None, error_message=None, stack_tr
         _log_full(20, msg, attrs, exc_info, exception, error_message, stack_trace, module, extra)
 
 
-def warning(msg, /, *, exc_info=False, exception=None, error_message=None, stack_trace=None,
+def warning(msg, /, *args, exc_info=False, exception=None, error_message=None, stack_trace=None,
             module=None, extra=None, **attrs):
     """Emit a warning log linked to the current span; keyword arguments become attributes."""
+    if args:
+        msg = format_message(msg, args)
     if (exc_info is False and exception is None and error_message is None
             and stack_trace is None and module is None and extra is None):
         _log(30, msg, attrs)
@@ -543,9 +573,11 @@ def warning(msg, /, *, exc_info=False, exception=None, error_message=None, stack
         _log_full(30, msg, attrs, exc_info, exception, error_message, stack_trace, module, extra)
 
 
-def error(msg, /, *, exc_info=False, exception=None, error_message=None, stack_trace=None,
+def error(msg, /, *args, exc_info=False, exception=None, error_message=None, stack_trace=None,
           module=None, extra=None, **attrs):
     """Emit an error log linked to the current span; keyword arguments become attributes."""
+    if args:
+        msg = format_message(msg, args)
     if (exc_info is False and exception is None and error_message is None
             and stack_trace is None and module is None and extra is None):
         _log(40, msg, attrs)
@@ -553,15 +585,19 @@ def error(msg, /, *, exc_info=False, exception=None, error_message=None, stack_t
         _log_full(40, msg, attrs, exc_info, exception, error_message, stack_trace, module, extra)
 
 
-def exception(msg, /, *, exc_info=True, exception=None, error_message=None, stack_trace=None,
+def exception(msg, /, *args, exc_info=True, exception=None, error_message=None, stack_trace=None,
               module=None, extra=None, **attrs):
     """Emit an error log with the exception being handled (outside an except: the caller's stack)."""
+    if args:
+        msg = format_message(msg, args)
     _log_full(40, msg, attrs, exc_info, exception, error_message, stack_trace, module, extra)
 
 
-def critical(msg, /, *, exc_info=False, exception=None, error_message=None, stack_trace=None,
+def critical(msg, /, *args, exc_info=False, exception=None, error_message=None, stack_trace=None,
              module=None, extra=None, **attrs):
     """Emit a critical log linked to the current span; keyword arguments become attributes."""
+    if args:
+        msg = format_message(msg, args)
     if (exc_info is False and exception is None and error_message is None
             and stack_trace is None and module is None and extra is None):
         _log(50, msg, attrs)

@@ -13,12 +13,12 @@ from types import TracebackType
 
 from .._records import Frozen
 from .runtime import current, runtime
-from .slow import build
+from .slow import ATOMIC, build, catch, format_message, freeze, misused
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
-    from typing import Any
+    from typing import Any, NoReturn
 
 __all__ = (
     "Span",
@@ -173,7 +173,7 @@ class Span:
         service: str | None = None,
     ) -> None:
         self.name = name
-        self.attrs = attrs
+        self.attrs = None if attrs is None else freeze(attrs)
         self.location = location
         self.service = service
         self.status = 0
@@ -212,7 +212,7 @@ class Span:
         self.end_ns = _time_ns()
         _open_spans.discard(self)
         if exc is not None:
-            self.error = exc
+            self.error, self.attrs = catch(exc, self.span_id, True, self.attrs)
             # Cancellation and generator close are control flow: keep the cause, not a failure.
             if isinstance(exc, Exception):
                 self.status = 2
@@ -290,6 +290,7 @@ class Span:
 
     def set(self, **attrs: Any) -> Span:
         """Add or replace attributes of this span."""
+        freeze(attrs)
         if self.attrs is None:
             self.attrs = attrs
         else:
@@ -312,7 +313,7 @@ class Span:
 
     def record_exception(self, exc: BaseException, *, failed: bool = True) -> Span:
         """Record a handled exception on this span; by default the span is then marked failed."""
-        self.error = exc
+        self.error, self.attrs = catch(exc, self.span_id, True, self.attrs)
         if failed:
             self.status = 2
         return self
@@ -324,6 +325,10 @@ class Span:
 
     def __repr__(self) -> str:
         return f"<Span {self.name!r} trace={self.trace_id} span={self.span_id_hex}>"
+
+    def __call__(self, fn: Any) -> NoReturn:
+        """``@atrace.span("name")`` on a function: a mistake, answered with what to use."""
+        misused(fn)
 
 
 # The operations the pipeline, the integrations and the span helpers need on a span that they do
@@ -358,6 +363,8 @@ def set_parent(span: Span, parent: Any) -> None:
 
 def span(name: str, /, **attrs: Any) -> Span:
     """A span named ``name`` with attributes; use ``with`` or ``async with``."""
+    if type(name) is not str and callable(name):
+        misused(name)
     frame = _getframe(1)
     return Span(name, attrs or None, (frame.f_code.co_filename, frame.f_lineno))
 
@@ -366,7 +373,7 @@ def _level_function(level: int, name: str, default_exc_info: bool = False) -> Ca
     def log(
         msg: Any,
         /,
-        *,
+        *args: Any,
         exc_info: Any = default_exc_info,
         exception: BaseException | None = None,
         error_message: str | None = None,
@@ -375,6 +382,8 @@ def _level_function(level: int, name: str, default_exc_info: bool = False) -> Ca
         extra: Mapping[str, Any] | None = None,
         **attrs: Any,
     ) -> None:
+        if args:
+            msg = format_message(msg, args)
         if (
             exc_info is False
             and exception is None
@@ -383,6 +392,11 @@ def _level_function(level: int, name: str, default_exc_info: bool = False) -> Ca
             and module is None
             and extra is None
         ):
+            if attrs:
+                for value in attrs.values():
+                    if type(value) not in ATOMIC:
+                        freeze(attrs)
+                        break
             frame = _getframe(1)
             cur = get_current()
             runtime.push(
@@ -413,6 +427,8 @@ def _level_function(level: int, name: str, default_exc_info: bool = False) -> Ca
     log.__name__ = log.__qualname__ = name
     log.__doc__ = (
         f"Emit a {name} log linked to the current span; keyword arguments become attributes.\n\n"
+        "Positional arguments fill %-style placeholders in the message, as in logging "
+        "(formatted at the call). "
         "``exc_info=True`` records the exception being handled (outside an except block: the "
         "caller's stack); ``exception=e`` a given one; ``error_message=``/``stack_trace=`` "
         "explicit text; ``module=`` names the logger; ``extra=`` is merged into the attributes."

@@ -1,6 +1,10 @@
-"""Log records with every option (errors, module, extra, fallback parent): the emit slow path.
+"""The emit slow path: log records with every option, and what a record takes at call time.
 
-Shared by the compiled emit module and its twin; the common case never comes here.
+Shared by the compiled emit module and its twin; the common case never comes here. A record
+stores what was true when it was made, although the flusher encodes it later: mutable containers
+among its attributes are copied (:func:`freeze`), and an exception is taken with its message and
+the head of its traceback as they were then (:class:`Caught`), so that frames it passes through
+afterwards, or a message changed later, do not leak into this record.
 """
 
 from __future__ import annotations
@@ -13,13 +17,159 @@ from .runtime import current
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
-    from typing import Any
+    from typing import Any, NoReturn
 
-__all__ = ("build", "error_of")
+__all__ = (
+    "ATOMIC",
+    "ORIGIN",
+    "Caught",
+    "build",
+    "catch",
+    "error_of",
+    "format_message",
+    "freeze",
+    "misused",
+)
+
+# The attribute that links a record to the one that first recorded the same exception: the hex
+# span id of that record's span ("" outside any span). A record without it is the exception's
+# first, the one nearest the raise; error groups count those alone.
+ORIGIN = "atrace.exception.origin"
+# Set on the exception object itself: (hex span id, whether that record was the span's own).
+_MARK = "__atrace_origin__"
+_U64 = (1 << 64) - 1
+# Attribute values kept as they are: immutable, and the common case.
+ATOMIC = frozenset({str, int, float, bool, type(None), bytes})
 
 _time_ns = time.time_ns
 _getframe = sys._getframe
 get_current = current.get
+
+
+class Caught:
+    """An exception as a record took it: the exception, the head of its traceback and its
+    message at that moment (formatted by the flusher, off the caller's task)."""
+
+    __slots__ = ("exc", "message", "tb")
+
+    def __init__(self, exc: BaseException, tb: Any, message: str) -> None:
+        self.exc = exc
+        self.tb = tb
+        self.message = message
+
+    def __repr__(self) -> str:
+        return f"<Caught {type(self.exc).__qualname__}: {self.message}>"
+
+
+def _message(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:
+        return f"<unprintable {type(exc).__qualname__}>"
+
+
+def catch(exc: BaseException, span_id: int | None, own: bool, attrs: Any) -> tuple[Caught, Any]:
+    """The exception as of now, and ``attrs`` with the link to the record that took it first.
+
+    ``span_id`` is the span the record belongs to (its own for a span record, ``own``; the
+    current one for a log). Returns the :class:`Caught` and the attributes to store (a new dict
+    when a link was added, never the caller's mutated).
+    """
+    here = "" if not span_id else "%016x" % (span_id & _U64)
+    try:
+        mark = exc.__dict__.get(_MARK)
+    except AttributeError:  # no __dict__: nothing to remember the first record by
+        mark = None
+    else:
+        if mark is None:
+            try:
+                setattr(exc, _MARK, (here, own))
+            except Exception:
+                pass
+    if mark is not None and not (own and mark == (here, True)):
+        attrs = {**attrs, ORIGIN: mark[0]} if attrs else {ORIGIN: mark[0]}
+    return Caught(exc, exc.__traceback__, _message(exc)), attrs
+
+
+def snapshot(value: Any, memo: dict[int, Any]) -> Any:
+    """A copy of ``value`` as it is now: containers (and bytearray) copied all the way down,
+    other values as they are; a container met twice is copied once (cycles stay cycles)."""
+    tp = type(value)
+    if tp in ATOMIC:
+        return value
+    if isinstance(value, (dict, list, tuple, set, frozenset, bytearray)):
+        key = id(value)
+        done = memo.get(key)
+        if done is not None:
+            return done
+        if isinstance(value, dict):
+            copy: Any = {}
+            memo[key] = copy
+            for k, v in list(value.items()):
+                copy[k] = snapshot(v, memo)
+            return copy
+        if isinstance(value, list):
+            copy = []
+            memo[key] = copy
+            copy.extend([snapshot(v, memo) for v in list(value)])
+            return copy
+        if isinstance(value, bytearray):
+            memo[key] = copy = bytes(value)
+            return copy
+        items = [snapshot(v, memo) for v in list(value)]
+        if isinstance(value, tuple):
+            copy = value if all(a is b for a, b in zip(items, value, strict=True)) else tuple(items)
+        else:  # a set: its members are hashable, but a frozenset member may hold a copy
+            copy = frozenset(items) if isinstance(value, frozenset) else set(items)
+        memo[key] = copy
+        return copy
+    return value
+
+
+def freeze(attrs: dict[str, Any]) -> dict[str, Any]:
+    """Replace, in place, every mutable container among ``attrs``' values with a copy as of
+    now; returns ``attrs``. The caller owns the dict (a call's ``**kwargs``)."""
+    memo: dict[int, Any] = {}
+    for key, value in attrs.items():
+        if type(value) not in ATOMIC:
+            attrs[key] = snapshot(value, memo)
+    return attrs
+
+
+def format_message(msg: Any, args: tuple[Any, ...]) -> Any:
+    """``msg % args`` as :mod:`logging` does it (one mapping argument fills ``%(name)s``).
+
+    The values are read now, at the call. Arguments the message cannot take raise a
+    ``ConfigError`` saying how atrace takes values, never a bare ``TypeError``.
+    """
+    from collections.abc import Mapping
+
+    if len(args) == 1 and isinstance(args[0], Mapping) and args[0]:
+        args = args[0]  # type: ignore[assignment]
+    try:
+        return msg % args
+    except (TypeError, ValueError, KeyError) as exc:
+        from ..errors import ConfigError
+
+        raise ConfigError(
+            "args",
+            args,
+            f"the message {msg!r} cannot take these arguments ({exc}); pass values as"
+            " keyword attributes (atrace.info('user logged in', user=name)) or as %-style"
+            " arguments that match the message",
+        ) from None
+
+
+def misused(name: Any) -> NoReturn:
+    """Raise the error for ``@atrace.span`` used as a decorator."""
+    from ..errors import ConfigError
+
+    raise ConfigError(
+        "name",
+        getattr(name, "__qualname__", name),
+        "atrace.span() is a context manager (with/async with); to trace a function, decorate"
+        " it with @atrace.traced or @atrace.traced('name')",
+    )
 
 
 def error_of(
@@ -29,7 +179,10 @@ def error_of(
     stack_trace: str | None,
     depth: int,
 ) -> Any:
-    """What a log call knows about an error, kept raw; the flusher's encoder formats it later."""
+    """What a log call knows about an error, kept raw; the flusher's encoder formats it later.
+
+    An exception comes back as is: :func:`build` takes it as of now with :func:`catch`.
+    """
     base: Any = None
     if exception is not None:
         base = exception
@@ -74,9 +227,15 @@ def build(
     else:
         trace_id = cur.trace_id
         span_id = cur.span_id
+    if attrs:
+        attrs = freeze(attrs)
     err = None
     if exc_info or exception is not None or error_message is not None or stack_trace is not None:
         err = error_of(exc_info, exception, error_message, stack_trace, depth + 1)
+        base = err[0] if type(err) is tuple else err
+        if isinstance(base, BaseException):
+            caught, attrs = catch(base, span_id, False, attrs)
+            err = caught if type(err) is not tuple else (caught, *err[1:])
     return (
         0,
         _time_ns(),

@@ -14,6 +14,8 @@ from typing import Any
 
 import orjson
 
+from .._emit.slow import Caught
+
 __all__ = (
     "REPLACEMENT",
     "error_fields",
@@ -120,6 +122,17 @@ def error_fields(err: Any) -> tuple[str | None, str | None, str | None]:
     """``(error_type, error_message, stack_trace)`` from what the emit path stored."""
     if err is None:
         return (None, None, None)
+    if type(err) is Caught:
+        # Taken when the record was made: the traceback as far as it had come then.
+        exc = err.exc
+        try:
+            te = traceback.TracebackException(type(exc), exc, err.tb, compact=True)
+            if hasattr(te, "_str"):  # its last line says the message as it was then too
+                te._str = err.message
+            stack = "".join(te.format())
+        except Exception:
+            stack = None
+        return (type_name(type(exc)), err.message, stack)
     if isinstance(err, BaseException):
         try:
             stack = "".join(traceback.format_exception(type(err), err, err.__traceback__))
