@@ -19,7 +19,7 @@ import asyncpg  # noqa: E402
 from _pg import PgServer  # noqa: E402
 from atrace._postgres.schema import ensure_schema  # noqa: E402
 from atrace._records import COLUMNS  # noqa: E402
-from atrace.collector import query  # noqa: E402
+from atrace.collector import _query as query  # noqa: E402
 from atrace.collector._query import parse_filters  # noqa: E402
 from atrace.collector._tail import TailHub  # noqa: E402
 from atrace.sinks.postgres import connection_init, copy_rows  # noqa: E402

@@ -33,6 +33,7 @@ from atrace.client import (
     TransportError,
 )
 from atrace.collector._state import TAIL
+from test_error_groups import http_span, one_exception
 from test_query import NOW, A, B, S, copy_rows, make_row, trace_rows
 
 
@@ -52,6 +53,28 @@ async def seed(server: CollectorServer) -> str:
     finally:
         await conn.close()
     return trace
+
+
+async def seed_attrs_and_failures(server: CollectorServer) -> None:
+    """Attribute values as numbers and as text, HTTP failures and one exception in 3 records."""
+    rows = [
+        make_row(NOW - 1 * S, message="number", attrs={"user": 42}),
+        make_row(NOW - 2 * S, message="text", attrs={"user": "42"}),
+        make_row(NOW - 3 * S, message="zero", attrs={"user": "042"}),
+        make_row(NOW - 4 * S, message="yes", attrs={"vip": "true"}),
+        make_row(NOW - 5 * S, message="no", attrs={"vip": 1}),
+        http_span(NOW - 6 * S, 502, "GET", "/order/{order_id}"),
+        http_span(NOW - 7 * S, 502, "GET", "/order/{order_id}"),
+        http_span(NOW - 8 * S, 500, "GET", "/order/{order_id}"),
+        http_span(NOW - 9 * S, 502, "GET", "/cart"),
+        *one_exception(NOW - 20 * S, marked=True),
+    ]
+    conn = await asyncpg.connect(server.db_dsn)
+    try:
+        await connection_init(conn)
+        await copy_rows(conn, server.schema, A, rows)
+    finally:
+        await conn.close()
 
 
 @pytest.fixture
@@ -107,6 +130,28 @@ class TestAsyncClient:
             assert {d["name"] for d in stats["durations"]} >= {"R", "C1"}
             errors = await client.errors(limit=5)
             assert [g["error_type"] for g in errors["groups"]] == ["ValueError"]
+
+    async def test_attr_values_and_error_labels(self, collector_server: CollectorServer) -> None:
+        """attrs={"user": 42} and {"user": "42"} find both the number and the text; errors()
+        answers labelled groups counted in occurrences, HTTP statuses and routes apart."""
+        server = collector_server
+        key = await server.create_key(A)
+        await seed_attrs_and_failures(server)
+        async with AsyncClient(server.url, key) as client:
+            for value in (42, "42"):
+                found = [r["message"] async for r in client.search(attrs={"user": value})]
+                assert found == ["number", "text"], value
+            assert [r["message"] async for r in client.search(attrs={"user": "042"})] == ["zero"]
+            assert [r["message"] async for r in client.search(**{"attr.vip": True})] == ["yes"]
+            errors = await client.errors()
+        got = {g["label"]: (g["count"], g["linked"]) for g in errors["groups"]}
+        assert got == {
+            "HTTP 502 GET /order/{order_id}": (2, 0),
+            "HTTP 500 GET /order/{order_id}": (1, 0),
+            "HTTP 502 GET /cart": (1, 0),
+            "ValueError: card 4242 declined": (1, 2),
+        }
+        assert errors["occurrences"] == 5
 
     async def test_refusals_raise_clear_errors(
         self, collector_server: CollectorServer, broken_server: str
@@ -203,6 +248,21 @@ class TestClient:
         assert out["tree"]["span_count"] == 6
         assert sum(b["count"] for b in out["stats"]["buckets"]) == 22
         assert out["errors"]["groups"][0]["count"] == 1
+
+    async def test_attr_values(self, collector_server: CollectorServer) -> None:
+        """The blocking client's attrs match a number and its text alike, either way asked."""
+        server = collector_server
+        key = await server.create_key(A)
+        await seed_attrs_and_failures(server)
+
+        def work() -> list[list[str]]:
+            with Client(server.url, key) as client:
+                return [
+                    [r["message"] for r in client.search(attrs={"user": value}, kind="log")]
+                    for value in (42, "42", 42.0)
+                ]
+
+        assert await asyncio.to_thread(work) == [["number", "text"]] * 3
 
     async def test_tail(self, collector_server: CollectorServer) -> None:
         """The blocking tail is a plain iterator over records as they are committed."""

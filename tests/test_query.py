@@ -159,12 +159,14 @@ class TestParsing:
                 parse_filters(params, project=A, now=NOW)
 
     def test_in_memory_match(self) -> None:
-        """Filters.matches: substring q ignoring case, attribute containment, level, kind."""
+        """Filters.matches: substring q ignoring case, attribute matching, level, kind."""
         row = make_row(NOW, level=40, message="Payment DECLINED", attrs={"user": 1, "ok": True})
         assert Filters(project=A, q="declined", min_level=40, kinds=(0,)).matches(row)
         assert Filters(project=A, attrs={"user": 1}).matches(row)
         assert not Filters(project=A, attrs={"ok": 1}).matches(row)  # true is not 1
-        assert not Filters(project=A, attrs={"user": "1"}).matches(row)
+        assert Filters(project=A, attrs={"user": "1"}).matches(row)  # a number's text
+        assert Filters(project=A, attrs={"ok": "true"}).matches(row)
+        assert not Filters(project=A, attrs={"user": "01"}).matches(row)
         assert not Filters(project=A, service="worker").matches(row)
         assert not Filters(project=A, min_level=50).matches(row)
 

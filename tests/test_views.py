@@ -17,8 +17,10 @@ import pytest
 import atrace
 from _collector import CollectorServer, collector_server  # noqa: F401
 from atrace._emit.ids import new_span_id
+from atrace._postgres.schema import ensure_schema
 from atrace._postgres.session import connection_init, copy_rows
 from atrace._records import COLUMNS
+from test_error_groups import http_span
 
 ATRACE = str(Path(sys.executable).with_name("atrace"))
 ENV = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}
@@ -203,14 +205,47 @@ class TestTail:
 
 class TestErrors:
     async def test_groups(self, seeded: Seeded) -> None:
-        """Error groups with counts and a sample trace, as a table and as JSON."""
+        """Error groups with counts and a sample trace, as a table and as JSON; the failed span
+        and the log of its exception are one occurrence."""
         code, out, err = await run(*seeded.db("errors"))
         assert code == 0, err
-        assert "ValueError" in out and seeded.trace_id in out
+        assert "ValueError: card 4242 declined" in out and seeded.trace_id in out
         _, out, _ = await run(*seeded.db("errors", "--json"))
         groups = json.loads(out)["groups"]
-        assert sum(g["count"] for g in groups) >= 2
-        assert {g["error_type"] for g in groups} == {"ValueError"}
+        assert [(g["error_type"], g["count"], g["linked"]) for g in groups] == [
+            ("ValueError", 1, 1)
+        ]
+
+    async def test_http_labels(self, pg_schema: tuple[str, str]) -> None:
+        """HTTP-status failures show as "HTTP 502 GET /route", one row per status and route."""
+        dsn, schema = pg_schema
+        now = time.time_ns()
+        rows = [
+            http_span(now - i * 1_000_000_000, 502, "GET", "/order/{order_id}") for i in range(3)
+        ]
+        rows += [http_span(now - 5_000_000_000, 500, "GET", "/order/{order_id}")]
+        rows += [http_span(now - 6_000_000_000, 502, "POST", "/pay")]
+        conn = await asyncpg.connect(dsn)
+        try:
+            await connection_init(conn)
+            await ensure_schema(conn, schema)
+            await copy_rows(conn, schema, rows)
+        finally:
+            await conn.close()
+        code, out, err = await run("errors", "--dsn", dsn, "--schema", schema)
+        assert code == 0, err
+        counts = {}
+        for line in out.splitlines():
+            cells = line.replace("│", " ").split()
+            if "HTTP" in cells:
+                at = cells.index("HTTP")
+                counts[" ".join(cells[at : at + 4])] = int(cells[1])
+        assert counts == {
+            "HTTP 502 GET /order/{order_id}": 3,
+            "HTTP 500 GET /order/{order_id}": 1,
+            "HTTP 502 POST /pay": 1,
+        }
+        assert ": HTTP" not in out
 
 
 class TestSources:

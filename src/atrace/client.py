@@ -15,8 +15,21 @@ Both speak to ``/v1/search``, ``/v1/traces/{id}``, ``/v1/stats``, ``/v1/errors``
 
 Filters are keyword arguments: ``service``, ``level`` (name or number), ``kind``
 (``log``/``span``), ``since``/``until`` (ISO 8601 text, relative like ``"15m"``, a datetime or
-integer ns), ``q`` (full text), ``trace_id``, ``attrs`` (a dict of attribute equalities) and
-``limit`` (page size). Times in answers are integer nanoseconds since the epoch.
+integer ns), ``q``, ``trace_id``, ``attrs`` and ``limit``. Times in answers are integer
+nanoseconds since the epoch.
+
+- ``q``: records holding every word of it, in any of the name, the message, the error type,
+  the error message and the attribute values (strings, numbers and booleans, not the keys).
+- ``attrs``: ``{"KEY": VALUE}``, each attribute equal to its value (``attr.KEY=VALUE`` in the
+  API, the value as JSON). A number or boolean also matches its JSON text stored as a string,
+  and that text matches the number or boolean: ``{"user": 42}`` and ``{"user": "42"}`` both
+  find records with ``user=42`` and with ``user="42"`` (and ``42.0``); ``True`` and ``"true"``
+  find ``true`` and ``"true"``, never ``1``. Other text matches exactly (``"042"`` only
+  ``"042"``); a list or dict matches as containment.
+- ``limit``: for ``search_page``, the records in one page (1 to 1000, default 100);
+  ``search`` pages through every match, ``limit`` being only the page size; for ``spans`` the
+  (service, name) rows; for ``errors`` the groups returned (``group_count`` says how many
+  there were). A tail ignores it.
 """
 
 from __future__ import annotations
@@ -100,7 +113,8 @@ def _params(filters: Mapping[str, Any]) -> list[tuple[str, str]]:
             continue
         if key == "attrs":
             for name, v in dict(value).items():
-                # Always JSON: the string "42" must not come back as the number 42.
+                # Always JSON, so that a value arrives with its type (text stays text); the
+                # collector then matches 42 and "42" alike (see the module's docstring).
                 out.append((f"attr.{name}", _json_text(v)))
         elif key.startswith("attr."):
             out.append((key, _json_text(value)))
@@ -225,11 +239,14 @@ class Client(_Base):
         return json.loads(body)
 
     def search_page(self, *, cursor: str | None = None, **filters: Any) -> dict[str, Any]:
-        """One page: ``{"records": [...], "next_cursor": str | None}``."""
+        """One page, newest first, of at most ``limit`` records (default 100):
+        ``{"records": [...], "next_cursor": str | None}``."""
         return self._get("/v1/search", _params({**filters, "cursor": cursor}))  # type: ignore[no-any-return]
 
     def search(self, **filters: Any) -> Iterator[dict[str, Any]]:
-        """Every matching record, newest first, fetching pages as the iteration goes."""
+        """Every matching record, newest first, fetching pages of ``limit`` records as the
+        iteration goes (``limit`` is the page size, not a total: stop iterating, or use
+        :meth:`search_page`, to read fewer)."""
         cursor: str | None = None
         while True:
             page = self.search_page(cursor=cursor, **filters)
@@ -249,11 +266,21 @@ class Client(_Base):
 
     def spans(self, **params: Any) -> dict[str, Any]:
         """Ended spans per service and name: count, errors, last seen, p50/p95; ``since``,
-        ``until``, ``service``, ``slow_ms``, ``errors=True``, ``limit``."""
+        ``until``, ``service``, ``slow_ms``, ``errors=True``, ``limit`` (at most that many
+        service and name rows, default 100)."""
         return self._get("/v1/spans", _params(params))  # type: ignore[no-any-return]
 
     def errors(self, **params: Any) -> dict[str, Any]:
-        """Error groups by fingerprint; ``since``, ``until``, ``service``, ``limit``, ``scan``."""
+        """Error groups by fingerprint, most occurrences first; ``since``, ``until``,
+        ``service``, ``limit`` (at most that many groups, default 50), ``scan`` (how many of
+        the newest error records are read, default 10 000).
+
+        A group's ``count`` is occurrences: one exception counts once, however many spans and
+        logs recorded it (``linked`` counts those further records). Each group has a
+        ``label``: ``"ValueError: card declined"``, or for a span failed on its HTTP status
+        without an exception ``"HTTP 502 GET /order/{order_id}"`` (with ``http``: status,
+        method, route).
+        """
         return self._get("/v1/errors", _params(params))  # type: ignore[no-any-return]
 
     def tail(self, *, timeout: float = DEFAULT_TAIL_TIMEOUT, **filters: Any) -> TailStream:
@@ -393,11 +420,12 @@ class AsyncClient(_Base):
         return json.loads(body)
 
     async def search_page(self, *, cursor: str | None = None, **filters: Any) -> dict[str, Any]:
-        """One page: ``{"records": [...], "next_cursor": str | None}``."""
+        """One page of at most ``limit`` records (see :meth:`Client.search_page`)."""
         return await self._get("/v1/search", _params({**filters, "cursor": cursor}))  # type: ignore[no-any-return]
 
     async def search(self, **filters: Any) -> AsyncIterator[dict[str, Any]]:
-        """Every matching record, newest first, fetching pages as the iteration goes."""
+        """Every matching record, newest first, fetching pages of ``limit`` records as the
+        iteration goes (``limit`` is the page size, not a total)."""
         cursor: str | None = None
         while True:
             page = await self.search_page(cursor=cursor, **filters)
@@ -420,7 +448,7 @@ class AsyncClient(_Base):
         return await self._get("/v1/spans", _params(params))  # type: ignore[no-any-return]
 
     async def errors(self, **params: Any) -> dict[str, Any]:
-        """Error groups by fingerprint (see :meth:`Client.errors`)."""
+        """Error groups, counted in occurrences (see :meth:`Client.errors`)."""
         return await self._get("/v1/errors", _params(params))  # type: ignore[no-any-return]
 
     def tail(self, *, timeout: float = DEFAULT_TAIL_TIMEOUT, **filters: Any) -> AsyncTailStream:

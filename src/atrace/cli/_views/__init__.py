@@ -212,6 +212,14 @@ async def _tail_view(src: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+def _group_label(g: dict[str, Any]) -> str:
+    # A collector older than labels sends the type and message alone.
+    label = g.get("label")
+    if label is None:
+        label = f"{g.get('error_type') or ''}: {g.get('message') or ''}"
+    return str(label)
+
+
 async def _errors_view(src: Any, args: argparse.Namespace) -> int:
     data = await src.errors(since=_since(args.since), service=args.service, limit=args.limit)
     if args.json:
@@ -221,17 +229,22 @@ async def _errors_view(src: Any, args: argparse.Namespace) -> int:
 
     now = time.time_ns()
     table = Table(title=f"error groups since {args.since}", title_justify="left")
-    for col in ("fingerprint", "count", "first seen", "last seen"):
-        table.add_column(col, justify="right" if col == "count" else "left", no_wrap=True)
+    # count: occurrences (one per exception, however many spans and logs it passed through);
+    # linked: the further records of those exceptions.
+    for col in ("fingerprint", "count", "linked", "first seen", "last seen"):
+        table.add_column(
+            col, justify="right" if col in ("count", "linked") else "left", no_wrap=True
+        )
     table.add_column("error", overflow="fold", ratio=1)
     table.add_column("sample trace", no_wrap=True)
     for g in data["groups"]:
         table.add_row(
             g["fingerprint"][:12],
             str(g["count"]),
+            str(g.get("linked", 0)),
             fmt_ago(g["first_seen"], now),
             fmt_ago(g["last_seen"], now),
-            f"[red]{escape(g['error_type'] or '')}[/]: {escape((g.get('message') or '')[:80])}",
+            f"[red]{escape(_group_label(g)[:120])}[/]",
             g.get("trace_id") or "-",
         )
     con = console()
@@ -274,7 +287,7 @@ def add_view_parsers(sub: Any) -> None:
     p.add_argument("--since", default="1h", help="how far back: 15m, 2h, 1d or ISO 8601")
     p.add_argument("--errors", action="store_true", help="only span names that failed")
     p.add_argument("--slow", type=float, metavar="MS", help="only spans that took at least MS")
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--limit", type=int, default=50, help="at most this many span names")
     p = sub.add_parser("show", help="one trace as a tree, logs and errors inline")
     _add_source_options(p)
     p.add_argument("trace_id")
@@ -283,14 +296,21 @@ def add_view_parsers(sub: Any) -> None:
     p.add_argument("-f", "--follow", action="store_true")
     p.add_argument("--service")
     p.add_argument("--level", help="at least this level: debug, info, warning, error")
-    p.add_argument("-q", dest="q", metavar="TEXT", help="full-text filter")
+    p.add_argument(
+        "-q",
+        dest="q",
+        metavar="TEXT",
+        help="records holding every word: name, message, error type and message, attribute values",
+    )
     p.add_argument("--since", default="1h")
-    p.add_argument("-n", "--limit", type=int, default=20)
-    p = sub.add_parser("errors", help="error groups: fingerprint, count, first/last seen")
+    p.add_argument("-n", "--limit", type=int, default=20, help="how many recent records")
+    p = sub.add_parser(
+        "errors", help="error groups: fingerprint, occurrences, first/last seen, label"
+    )
     _add_source_options(p)
     p.add_argument("--service")
     p.add_argument("--since", default="24h")
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--limit", type=int, default=50, help="at most this many groups")
 
 
 _VIEWS = {"traces": _traces_view, "show": _show_view, "tail": _tail_view, "errors": _errors_view}

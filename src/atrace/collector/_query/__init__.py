@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -51,6 +51,7 @@ from .params import (
     MAX_LIMIT,
     NS_PER_S,
     Filters,
+    attr_alternatives,
     encode_cursor,
     errors_params,
     jsonb_value,
@@ -64,7 +65,17 @@ from .params import (
 )
 
 # Used only where they now live, but public here before and still importable from here.
-from .sql import ENDED_SPANS, ERROR_ROWS, FAILED, Args, as_ns, time_range, ts_sql
+from .sql import (
+    ENDED_SPANS,
+    ERROR_ROWS,
+    FAILED,
+    SEARCH_VECTOR,
+    Args,
+    as_ns,
+    time_range,
+    ts_sql,
+    tsquery,
+)
 from .tree import build_tree
 
 __all__ = (
@@ -163,10 +174,9 @@ def _search_sql(schema: str, f: Filters) -> tuple[str, list[Any]]:
             where.append(ERROR_ROWS)
     if f.kinds is not None:
         where.append(f"kind = ANY({a.add(list(f.kinds))}::smallint[])")
-    if f.q:
-        where.append(f"{TEXT_VECTOR} @@ plainto_tsquery('simple', {a.add(f.q)})")
+    words = tsquery(a.add(f.q)) if f.q else None
     if f.attrs:
-        where.append(f"attrs @> {a.add(orjson.dumps(dict(f.attrs)).decode())}::text::jsonb")
+        where.extend(_attrs_sql(a, f.attrs))
     if f.trace_id is not None:
         where.append(f"trace_id = {a.add(uuid.UUID(f.trace_id))}")
     if f.cursor is not None:
@@ -176,15 +186,54 @@ def _search_sql(schema: str, f: Filters) -> tuple[str, list[Any]]:
         # breaks ties between equal timestamps (rows are never updated, so it is stable).
         where.append(f"ts <= {bound} AND (ts < {bound} OR ctid < {a.add(rid)}::text::tid)")
     limit = a.add(f.limit + 1)
+    table = f"{schema}.records"
+    if words is None:
+        sql = (
+            f"SELECT {_SELECT}, ctid::text AS rid FROM {table} "
+            f"WHERE {' AND '.join(where)} ORDER BY ts DESC, ctid DESC LIMIT {limit}"
+        )
+        return sql, a.values
+    # Which way to read is settled when the statement runs, by whether the opt-in full-text
+    # index exists: a condition without columns is a one-time filter, so a branch it turns
+    # off is never executed. Without the index, one scan of the time range matches every
+    # field. With it, the rows whose name or message hold every word come through the index
+    # (the expression is the index's, word for word), and the rows that need the other fields
+    # from the time range, as without the index. One page of each branch, merged.
+    indexed = f"(SELECT to_regclass({a.add(f'{schema}.records_text_idx')}::text) IS NOT NULL)"
+    both = " AND ".join(where)
+    each = f"SELECT {_SELECT}, ctid AS c, ctid::text AS rid FROM {table} WHERE {both}"
+    order = f"ORDER BY ts DESC, ctid DESC LIMIT {limit}"
     sql = (
-        f"SELECT {_SELECT}, ctid::text AS rid FROM {schema}.records "
-        f"WHERE {' AND '.join(where)} ORDER BY ts DESC, ctid DESC LIMIT {limit}"
+        f"SELECT {_SELECT}, rid FROM ("
+        f"({each} AND NOT {indexed} AND {SEARCH_VECTOR} @@ {words} {order}) UNION ALL "
+        f"({each} AND {indexed} AND {TEXT_VECTOR} @@ {words} {order}) UNION ALL "
+        f"({each} AND {indexed} AND NOT ({TEXT_VECTOR} @@ {words}) "
+        f"AND {SEARCH_VECTOR} @@ {words} {order})"
+        f") AS found ORDER BY ts DESC, c DESC LIMIT {limit}"
     )
     return sql, a.values
 
 
+def _attrs_sql(a: Args, attrs: Mapping[str, Any]) -> list[str]:
+    # Values with one form go into one containment test; a number or boolean matches either of
+    # its forms (42 or "42"), so it gets a test of its own.
+    exact: dict[str, Any] = {}
+    out: list[str] = []
+    for key, value in attrs.items():
+        forms = attr_alternatives(value)
+        if len(forms) == 1:
+            exact[key] = value
+            continue
+        tests = [f"attrs @> {a.add(orjson.dumps({key: v}).decode())}::text::jsonb" for v in forms]
+        out.append(f"({' OR '.join(tests)})")
+    if exact:
+        out.insert(0, f"attrs @> {a.add(orjson.dumps(exact).decode())}::text::jsonb")
+    return out
+
+
 async def search(conn: Any, schema: str, filters: Filters) -> dict[str, Any]:
-    """Newest first: ``{"records": [...], "next_cursor": str | None}``."""
+    """Newest first, at most ``filters.limit`` records: ``{"records": [...], "next_cursor":
+    str | None}``, the cursor naming the next page when there are more."""
     sql, args = _search_sql(schema, filters)
     rows = await conn.fetch(sql, *args)
     more = len(rows) > filters.limit

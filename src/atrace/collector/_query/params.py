@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import math
 import re
 import time
 import uuid
@@ -16,6 +17,8 @@ import orjson
 from ..._emit.ids import parse_trace_id
 from ..._records import (
     ATTRS,
+    ERROR_MESSAGE,
+    ERROR_TYPE,
     KIND,
     KIND_NAMES,
     LEVEL,
@@ -138,9 +141,64 @@ def _attr_value(text: str) -> Any:
         return text
 
 
+def attr_alternatives(value: Any) -> tuple[Any, ...]:
+    """The stored values an ``attr.KEY=VALUE`` filter accepts, the asked one first.
+
+    A number or a boolean also matches its text stored as a string, and that text matches
+    the same as the number or boolean: ``42``, ``42.0``, ``"42"`` and ``"42.0"`` are
+    interchangeable (numbers compare as numbers), as are ``4.5`` and ``"4.5"``, ``true`` and
+    ``"true"``. Only those spellings count (``"042"``, ``" 42"`` or ``"1e3"`` match themselves
+    alone), and ``true`` is never ``1``. Any other value (other text, ``null``, arrays,
+    objects) matches as jsonb containment does.
+    """
+    if isinstance(value, bool):
+        return (value, "true" if value else "false")
+    if isinstance(value, (int, float)):
+        return (value, *_number_texts(value))
+    if isinstance(value, str):
+        try:
+            parsed = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return (value,)
+        if isinstance(parsed, bool) and value in ("true", "false"):
+            return (value, parsed)
+        if isinstance(parsed, (int, float)) and not isinstance(parsed, bool):
+            texts = _number_texts(parsed)
+            if value in texts:
+                return (value, parsed, *(t for t in texts if t != value))
+    return (value,)
+
+
+def _number_texts(value: float) -> tuple[str, ...]:
+    # How a number is written as text: "42" and "42.0" for an integral one, else its JSON.
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return ()
+        if not value.is_integer():
+            return (orjson.dumps(value).decode(),)
+    whole = int(value)
+    return (str(whole), f"{whole}.0")
+
+
+def _scalar_texts(value: Any, out: list[str]) -> None:
+    # Every scalar of an attribute value as text, containers walked (the tail's ``q``).
+    if isinstance(value, dict):
+        for v in value.values():
+            _scalar_texts(v, out)
+    elif isinstance(value, list):
+        for v in value:
+            _scalar_texts(v, out)
+    elif isinstance(value, bool):
+        out.append("true" if value else "false")
+    elif value is not None:
+        out.append(str(value))
+
+
 @dataclass(frozen=True)
 class Filters:
-    """What to select, parsed and validated; ``since``/``until`` are ns (``until`` exclusive)."""
+    """What to select, parsed and validated; ``since``/``until`` are ns (``until`` exclusive),
+    ``limit`` is the number of records in one page (a search returns ``limit`` records and a
+    cursor to the next page)."""
 
     project: str
     since: int | None = None
@@ -157,8 +215,9 @@ class Filters:
     def matches(self, row: Sequence[Any], attrs: Any = None) -> bool:
         """Whether a row (COLUMNS order) passes the filters, in memory (the live tail).
 
-        ``q`` is a case-insensitive substring of the name and message here; ``attrs`` is the
-        row's decoded attributes when the caller already has them.
+        ``q`` is a case-insensitive substring here, of the name, message, error type, error
+        message or an attribute value; ``attrs`` is the row's decoded attributes when the
+        caller already has them. Attribute filters match as in SQL (:func:`attr_alternatives`).
         """
         if self.service is not None and row[SERVICE] != self.service:
             return False
@@ -169,13 +228,25 @@ class Filters:
         if self.trace_id is not None and trace_hex(row[TRACE_ID]) != self.trace_id:
             return False
         if self.q:
-            text = f"{row[NAME] or ''} {row[MESSAGE] or ''}".lower()
-            if self.q.lower() not in text:
-                return False
+            want = self.q.lower()
+            fields = (row[NAME], row[MESSAGE], row[ERROR_TYPE], row[ERROR_MESSAGE])
+            text = " ".join(f for f in fields if f).lower()
+            if want not in text:
+                if attrs is None:
+                    attrs = jsonb_value(row[ATTRS])
+                values: list[str] = []
+                _scalar_texts(attrs, values)
+                if want not in " ".join(values).lower():
+                    return False
         if self.attrs:
             have = attrs if attrs is not None else jsonb_value(row[ATTRS])
-            if not isinstance(have, dict) or not _contains(have, self.attrs):
+            if not isinstance(have, dict):
                 return False
+            for key, value in self.attrs.items():
+                if key not in have or not any(
+                    _contains(have[key], alt) for alt in attr_alternatives(value)
+                ):
+                    return False
         return True
 
 
@@ -220,8 +291,9 @@ def parse_filters(
     default_range_ns: int | None = DEFAULT_RANGE_NS,
 ) -> Filters:
     """Filters from query parameters: ``service``, ``level``, ``kind``, ``since``, ``until``,
-    ``q``, ``attr.KEY=VALUE`` (VALUE as JSON when it parses, else a string), ``trace_id``,
-    ``limit``, ``cursor``. Unknown parameters are refused, so a typo never widens a query."""
+    ``q``, ``attr.KEY=VALUE`` (VALUE as JSON when it parses, else a string; numbers and booleans
+    also match their text, see :func:`attr_alternatives`), ``trace_id``, ``limit`` (records per
+    page), ``cursor``. Unknown parameters are refused, so a typo never widens a query."""
     now = time.time_ns() if now is None else now
     items = list(params.items()) if isinstance(params, Mapping) else list(params)
     seen: dict[str, str] = {}

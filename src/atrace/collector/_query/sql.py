@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from ..._postgres.schema import TEXT_VECTOR
 from ..._records import Kind, Level, Status
 from ...errors import QueryError
 from .params import DEFAULT_RANGE_NS, datetime_ns
@@ -14,6 +15,21 @@ from .params import DEFAULT_RANGE_NS, datetime_ns
 ENDED_SPANS = f"kind IN ({Kind.SPAN_END:d}, {Kind.SPAN:d})"
 FAILED = f"status = {Status.ERROR:d}"
 ERROR_ROWS = f"(level >= {Level.ERROR:d} OR {FAILED})"
+
+# What ``q`` searches: the words of the name and message (TEXT_VECTOR, which the opt-in index
+# covers), of the error type and message, and of every string, number and boolean among the
+# attribute values (not their keys). Every word of ``q`` must appear, in any of these fields.
+SEARCH_VECTOR = (
+    f"({TEXT_VECTOR} || to_tsvector('simple'::regconfig, "
+    "coalesce(error_type, '') || ' ' || coalesce(error_message, '')) || "
+    "jsonb_to_tsvector('simple'::regconfig, coalesce(attrs, '{}'::jsonb), "
+    """'["string", "numeric", "boolean"]'::jsonb))"""
+)
+
+
+def tsquery(placeholder: str) -> str:
+    """The words of ``q`` as a query, every one required."""
+    return f"plainto_tsquery('simple', {placeholder})"
 
 
 def ts_sql(n: int) -> str:
