@@ -28,6 +28,7 @@ _STATUS_FIELDS = (
     "rejected_bytes",
     "segments",
     "corrupt_skipped",
+    "unreadable_segments",
 )
 _TABLE_HEADERS = (
     "destination",
@@ -135,7 +136,8 @@ def _inspect(directory: Path) -> dict[str, int]:
     """A destination's counts, every frame's checksum verified.
 
     A replay that acks nothing is the read that verifies checksums; like any replay it deletes
-    segment files holding nothing deliverable (all acked, or all damaged).
+    segment files holding nothing deliverable (all acked, or all damaged), and leaves those in a
+    format this version cannot read.
     """
     from .._delivery.spill import Spill
 
@@ -206,6 +208,11 @@ def _spill_status(args: argparse.Namespace) -> int:
         print(f"nothing spilled in {base}")
     else:
         _print_table(rows, total)
+        if total["unreadable_segments"]:
+            print(
+                f"{total['unreadable_segments']} segment files are in a newer format: kept for"
+                " the atrace version that wrote them"
+            )
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import secrets
 import sys
@@ -18,18 +19,23 @@ from typing import Any
 from ..._postgres.embedded import data_dir
 from ..._records import Row
 from ...config import check_int, env
-from .frames import MAX_PAYLOAD, make_frame, parse
+from .frames import MAX_PAYLOAD, Parsed, make_frame, parse
 from .payload import decode_payload, encode_payload
 from .segments import (
     ACKED_SUFFIX,
+    DIR_MODE,
     O_BINARY,
+    O_NOFOLLOW,
     SEGMENT_SUFFIX,
     Area,
     Segment,
     fsync_dir,
+    make_dirs,
     read_acked,
     record_ack,
     try_lock,
+    unsafe_dir,
+    unsafe_file,
     write_all,
 )
 
@@ -44,6 +50,8 @@ __all__ = (
 
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 DEFAULT_SEGMENT_BYTES = 8 * 1024 * 1024
+
+_log = logging.getLogger("atrace")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -61,9 +69,17 @@ class SpillStats:
     :ivar replayed_batches: batches this process acked after a replay.
     :ivar replayed_records: records in them.
     :ivar dropped_full: records refused because the spill was full.
-    :ivar dropped_unwritable: records refused because they could not be written.
-    :ivar corrupt_skipped: damaged or unreadable batches stepped over.
-    :ivar segments: segment files holding pending batches.
+    :ivar dropped_unwritable: records refused because they could not be written, or because
+        the spill directory is unsafe (a symbolic link, not this user's, or writable by others).
+    :ivar corrupt_skipped: damaged or undecodable batches this process stepped over, each
+        counted once. A damaged stretch of a segment counts one batch per frame header still
+        readable in it, or one if none is; in a segment this process wrote, the batches it
+        wrote there and did not find sound are counted instead of stretches without a header.
+    :ivar segments: segment files holding pending batches (unreadable ones included).
+    :ivar unreadable_segments: segment files, pending or rejected, holding frames in a format
+        this version cannot read (written by a newer atrace). They are left in place for a
+        newer atrace: never deleted, not even by :meth:`Spill.purge`, nor counted as corrupt.
+        Their bytes count in ``pending_bytes`` (or ``rejected_bytes``) and towards the cap.
     """
 
     pending_batches: int
@@ -80,6 +96,7 @@ class SpillStats:
     dropped_unwritable: int
     corrupt_skipped: int
     segments: int
+    unreadable_segments: int
 
 
 class SpilledBatch:
@@ -114,6 +131,13 @@ class Spill:
     sidecar file per segment, so a restart does not replay what was delivered; a segment whose
     batches are all acked is deleted. Nothing here raises for a full or unwritable disk: the
     batch is refused and counted.
+
+    The spill trusts no file it did not make: it never follows a symbolic link (the directory,
+    its ``pending`` and ``rejected`` folders, segments and their sidecars), and refuses a
+    directory owned by another user or writable by users other than its owner, saying so once
+    on the ``atrace`` logger. It creates its directories, and any missing parent, with mode
+    0700. Damage is counted and logged once per finding, with the segment's path; a segment in
+    a format this version cannot read is reported and left alone.
     """
 
     __slots__ = (
@@ -130,6 +154,7 @@ class Spill:
         "_rejected",
         "_replayed_batches",
         "_replayed_records",
+        "_said",
         "_scanned",
         "_segment_bytes",
         "_spilled_batches",
@@ -166,6 +191,7 @@ class Spill:
         self._dropped_full = 0
         self._dropped_unwritable = 0
         self._corrupt = 0
+        self._said: set[tuple[str, str]] = set()  # refusals logged already
 
     def __repr__(self) -> str:
         return f"<Spill {str(self.directory)!r}>"
@@ -201,10 +227,12 @@ class Spill:
                 self._dropped_full += records
                 return False
             try:
-                self._write(area, batch_id, records, frame)
+                seg = self._write(area, batch_id, records, frame)
             except OSError:
                 self._dropped_unwritable += records
                 return False
+            if not permanent:
+                seg.written[batch_id] = records
             self._spilled_batches += 1
             self._spilled_records += records
         return True
@@ -213,8 +241,10 @@ class Spill:
         """Pending batches, oldest first, from every segment no other process holds.
 
         ``rejected=True`` reads the rejected batches instead (only ever on request). Damaged
-        frames are counted in ``corrupt_skipped`` and stepped over. A batch stays on disk until
-        it is passed to :meth:`ack`.
+        frames are counted in ``corrupt_skipped``, logged and stepped over; a segment in a format
+        this version cannot read is reported and left in place. A batch stays on disk until it
+        is passed to :meth:`ack`. What this process appended and the replay found lost is then
+        in :meth:`take_lost`.
         """
         self._check_pid()
         area = self._rejected if rejected else self._pending
@@ -222,7 +252,8 @@ class Spill:
             self._ensure_scanned()
             # What this process wrote so far is replayable too: later appends go to a new file.
             area.seal()
-            area.refresh()
+            if not self._refresh(area):
+                return
             paths = sorted(area.segments)
         for path in paths:
             yield from self._replay_segment(area, path)
@@ -242,6 +273,7 @@ class Spill:
                 return
             if bid in seg.acked:
                 return
+            seg.written.pop(bid, None)
             self._replayed_batches += 1
             self._replayed_records += batch.records
             last = seg.parsed and not seg.owned and seg.frames.keys() <= {bid}
@@ -254,7 +286,10 @@ class Spill:
     def purge(self, *, rejected: bool = False) -> int:
         """Delete the pending (or rejected) batches; returns how many records went.
 
-        Segments another process is writing or replaying are left alone.
+        Segments another process is writing or replaying are left alone, and so are segments
+        holding frames in a format this version cannot read (reported as by :meth:`replay`):
+        they are a newer atrace's to deal with. Pending batches this process appended and purged
+        here are in :meth:`take_lost`.
         """
         self._check_pid()
         area = self._rejected if rejected else self._pending
@@ -262,25 +297,52 @@ class Spill:
         with self._lock:
             self._ensure_scanned()
             area.seal()
-            area.refresh()
+            if not self._refresh(area):
+                return 0
             for path in sorted(area.segments):
                 seg = area.segments[path]
                 try:
-                    fd = os.open(path, os.O_RDONLY | O_BINARY)
+                    fd = os.open(path, os.O_RDONLY | O_BINARY | O_NOFOLLOW)
                 except FileNotFoundError:
+                    area.lose(seg)
                     area.forget(seg)
                     continue
                 except OSError:
+                    self._check_file(path)
                     continue
                 try:
                     if not try_lock(fd):
                         continue
-                    records = sum(seg.frames.values())
+                    try:
+                        with open(fd, "rb", closefd=False) as f:
+                            parsed = parse(f.read())
+                    except OSError:
+                        continue
+                    if parsed.unknown:
+                        self._unreadable(seg, parsed)
+                        continue
+                    acked = seg.acked | read_acked(path + ACKED_SUFFIX)
+                    records = sum(n for bid, n, _start, _stop in parsed.frames if bid not in acked)
                     if area.delete(seg):
+                        area.lose(seg)
                         purged += records
                 finally:
                     os.close(fd)
         return purged
+
+    def take_lost(self) -> list[tuple[uuid.UUID, int]]:
+        """The (batch id, records) of pending batches this process appended that are lost: found
+        damaged or undecodable by a replay, in a segment file that went (deleted by hand, or by
+        a purge), and so never replayed. Each is returned once; the list is emptied.
+
+        A batch whose frame header was destroyed is known lost too, once a replay has read its
+        segment and not found it sound. Batches kept apart as rejected are not tracked.
+        """
+        self._check_pid()
+        with self._lock:
+            lost, self._pending.lost = self._pending.lost, []
+            self._rejected.lost.clear()
+        return lost
 
     def stats(self) -> SpillStats:
         """A snapshot of the counters (the directory is counted once, on first use)."""
@@ -303,6 +365,9 @@ class Spill:
                 dropped_unwritable=self._dropped_unwritable,
                 corrupt_skipped=self._corrupt,
                 segments=len(pending.segments),
+                unreadable_segments=sum(
+                    seg.unreadable for area in (pending, rejected) for seg in area.segments.values()
+                ),
             )
 
     def close(self) -> None:
@@ -329,6 +394,8 @@ class Spill:
             area.current = None
             area.segments.clear()
             area.batches = area.records = area.bytes = 0
+            area.lost.clear()  # the parent's to report
+            area.refused.clear()
         # The parent's lock may have been held by a thread that does not exist here.
         self._reset_process_state()
 
@@ -341,10 +408,106 @@ class Spill:
     def _ensure_scanned(self) -> None:
         if not self._scanned:
             self._scanned = True
-            self._pending.refresh()
-            self._rejected.refresh()
+            self._refresh(self._pending)
+            self._refresh(self._rejected)
 
-    def _write(self, area: Area, batch_id: uuid.UUID, records: int, frame: bytes) -> None:
+    def _refuse(self, what: str, path: object, why: str, then: str) -> None:
+        key = (str(path), why)
+        if key not in self._said:
+            self._said.add(key)
+            _log.error("atrace: spill %s %s %s; %s", what, path, why, then)
+
+    def _safe_dirs(self, area: Area, *, create: bool) -> bool:
+        """Whether the spill directory and the area's may be used: each is this user's own,
+        writable by no other, and no symbolic link. With ``create``, missing ones are made
+        (OSError if that fails); without, a missing one is fine: there is nothing in it."""
+        if create:
+            make_dirs(self.directory)
+        for directory in (self.directory, area.directory):
+            try:
+                why = unsafe_dir(directory)
+            except (FileNotFoundError, NotADirectoryError):
+                if not create:
+                    return True
+                os.mkdir(directory, DIR_MODE)
+                why = unsafe_dir(directory)
+            except OSError:
+                if create:
+                    raise
+                return False  # cannot be looked at: nor can what it holds
+            if why is not None:
+                self._refuse("directory", directory, why, "not using it")
+                return False
+        return True
+
+    def _refresh(self, area: Area) -> bool:
+        """Refresh ``area`` if its directories are safe; False (said once) if not."""
+        if not self._safe_dirs(area, create=False):
+            return False
+        for path, why in area.refresh():
+            self._refuse("file", path, why, "left alone")
+        return True
+
+    def _check_file(self, path: str) -> None:
+        # An open that failed: say so if it was refused for what the file is.
+        for name in (path, path + ACKED_SUFFIX):
+            why = unsafe_file(name)
+            if why is not None:
+                self._refuse("file", name, why, "left alone")
+
+    def _unreadable(self, seg: Segment, parsed: Parsed) -> None:
+        if not seg.unreadable:
+            seg.unreadable = True
+            offset, version = parsed.unknown[0]
+            _log.warning(
+                "atrace: spill segment %s holds batches in a format this atrace cannot read "
+                "(frame version %d%s at offset %d); left in place for a newer atrace",
+                seg.path,
+                version,
+                ", with flags" if version == 1 else "",
+                offset,
+            )
+
+    def _note_damage(self, area: Area, seg: Segment, parsed: Parsed) -> None:
+        """Count (once) and log the damage a parse of ``seg`` found; what this process wrote
+        there and is not sound is lost."""
+        sound = {bid for bid, _records, _start, _stop in parsed.frames}
+        lost = {
+            bid: n for bid, n in seg.written.items() if bid not in sound and bid not in seg.acked
+        }
+        for bid in lost:
+            del seg.written[bid]
+        area.lost.extend(lost.items())
+        fresh: set[uuid.UUID | int] = set(lost)
+        headed: set[uuid.UUID] = set()
+        headless: list[int] = []
+        for stretch in parsed.damage:
+            if not stretch.batches:
+                headless.append(stretch.offset)
+            for bid, _records in stretch.batches:
+                # An acked batch damaged since it was delivered is not lost.
+                if bid not in sound and bid not in seg.acked:
+                    headed.add(bid)
+        fresh |= headed
+        # A stretch without a header held at least one batch. In a segment this process wrote,
+        # that is a batch it wrote and did not find sound, counted already by its id.
+        explained = headless[: len(lost.keys() - headed)]
+        fresh.update(headless[len(explained) :])
+        new = fresh - seg.counted
+        seg.counted |= fresh
+        seg.counted.update(explained)
+        if new:
+            self._corrupt += len(new)
+            _log.warning(
+                "atrace: spill segment %s is damaged: %d batch%s in it cannot be read and %s "
+                "skipped",
+                seg.path,
+                len(new),
+                "" if len(new) == 1 else "es",
+                "is" if len(new) == 1 else "are",
+            )
+
+    def _write(self, area: Area, batch_id: uuid.UUID, records: int, frame: bytes) -> Segment:
         seg = area.current
         if seg is not None and seg.size and seg.size + len(frame) > self._segment_bytes:
             area.seal()
@@ -377,10 +540,12 @@ class Spill:
         area.batches += 1
         area.records += records
         area.bytes += len(frame)
+        return seg
 
     def _open_segment(self, area: Area) -> Segment:
-        os.makedirs(area.directory, mode=0o700, exist_ok=True)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | O_BINARY
+        if not self._safe_dirs(area, create=True):
+            raise OSError(errno.EPERM, "unsafe spill directory", str(area.directory))
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | O_BINARY | O_NOFOLLOW
         for _attempt in range(3):
             # Names sort in time order; the pid and a random part keep processes apart.
             ts = max(time.time_ns(), self._last_ts + 1)
@@ -410,13 +575,16 @@ class Spill:
             if seg is None or seg.owned:
                 return
         try:
-            fd = os.open(path, os.O_RDONLY | O_BINARY)
+            fd = os.open(path, os.O_RDONLY | O_BINARY | O_NOFOLLOW)
         except FileNotFoundError:
             with self._lock:
                 if area.segments.get(path) is seg:
+                    area.lose(seg)
                     area.forget(seg)
             return
         except OSError:
+            with self._lock:
+                self._check_file(path)
             return
         try:
             # Locked while this replay reads it, so two replays never hand out one batch twice.
@@ -427,7 +595,7 @@ class Spill:
                     data = f.read()
             except OSError:
                 return  # unreadable now; a later replay tries again
-            frames, damaged = parse(data)
+            parsed = parse(data)
             acked = read_acked(path + ACKED_SUFFIX)
             with self._lock:
                 if area.segments.get(path) is not seg:
@@ -436,35 +604,50 @@ class Spill:
                 area.count(seg, -1)
                 seg.size = len(data)
                 seg.frames = {}
-                for bid, records, _start, _stop in frames:
+                for bid, records, _start, _stop in parsed.frames:
                     if bid not in seg.acked:
                         seg.frames[bid] = records
                 area.count(seg, 1)
-                if not seg.parsed:
-                    self._corrupt += damaged
-                    seg.parsed = True
+                seg.parsed = True
+                if parsed.unknown:
+                    self._unreadable(seg, parsed)
+                self._note_damage(area, seg, parsed)
                 if not seg.frames:
-                    area.delete(seg)
+                    area.delete(seg)  # unless unreadable: then it stays
                     return
             view = memoryview(data)
             seen: set[uuid.UUID] = set()
-            for bid, _records, start, stop in frames:
+            for bid, _records, start, stop in parsed.frames:
                 if bid in seen or bid in seg.acked:
                     continue
                 seen.add(bid)
                 try:
                     reason, rows = decode_payload(view[start:stop])
                 except Exception:
-                    # Sound checksum, unreadable payload: as lost as a damaged frame, and
+                    # Sound checksum, undecodable payload: as lost as a damaged frame, and
                     # treated as spent so that it is counted once and does not pin the segment.
                     with self._lock:
-                        self._corrupt += 1
-                        seg.acked.add(bid)
-                        area.drop_frame(seg, bid)
+                        self._undecodable(area, seg, bid)
                     continue
                 yield SpilledBatch(bid, rows, reason, path)
         finally:
             os.close(fd)
+
+    def _undecodable(self, area: Area, seg: Segment, bid: uuid.UUID) -> None:
+        if bid not in seg.counted:
+            seg.counted.add(bid)
+            self._corrupt += 1
+            _log.warning(
+                "atrace: spill segment %s is damaged: batch %s in it cannot be decoded and is "
+                "skipped",
+                seg.path,
+                bid,
+            )
+        records = seg.written.pop(bid, None)
+        if records is not None:
+            area.lost.append((bid, records))
+        seg.acked.add(bid)
+        area.drop_frame(seg, bid)
 
 
 def _len_or_zero(rows: object) -> int:
