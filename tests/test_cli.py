@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -9,6 +10,7 @@ import sys
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 from atrace._postgres.schema import SCHEMA_VERSION
 
@@ -115,3 +117,89 @@ class TestVersion:
         )
         assert done.returncode == 0, done.stderr
         assert done.stdout.splitlines() == run("--version").stdout.splitlines()
+
+
+# The command in a fresh interpreter where the modules named are missing: ``None`` in
+# sys.modules makes both ``import`` and ``importlib.util.find_spec`` find nothing, as for a
+# package never installed.
+_WITHOUT = (
+    "import sys; sys.modules.update(dict.fromkeys({blocked!r}))\n"
+    "from atrace.cli import main\n"
+    "sys.exit(main())"
+)
+_UNREACHABLE = "postgresql://x@127.0.0.1:1/x"
+
+
+def run_without(blocked: tuple[str, ...], *args: str) -> subprocess.CompletedProcess[str]:
+    """``atrace ARGS`` as if ``blocked`` were not installed."""
+    return subprocess.run(
+        [sys.executable, "-c", _WITHOUT.format(blocked=blocked), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+class TestMissingExtras:
+    @pytest.mark.parametrize(
+        "module", ["asyncpg", "aiohttp", "msgpack", "opentelemetry.proto", "google.protobuf"]
+    )
+    def test_serve_names_the_collector_extra(self, module: str) -> None:
+        """`atrace serve` without any module of the collector extra prints one line naming the
+        extra, and exits with 2, before it starts."""
+        done = run_without((module,), "serve", "--dsn", _UNREACHABLE, "--port", "0")
+        assert (done.returncode, done.stdout) == (2, "")
+        assert done.stderr == (
+            "atrace serve needs the collector extra: pip install 'atrace[collector]'\n"
+        )
+
+    @pytest.mark.parametrize(
+        ("args", "line"),
+        [
+            (("db", "init"), "atrace db needs the pg extra: pip install 'atrace[pg]'"),
+            (("keys", "list"), "atrace keys needs the pg extra: pip install 'atrace[pg]'"),
+            (("traces",), "atrace traces needs the pg extra: pip install 'atrace[pg]'"),
+            (("tail",), "atrace tail needs the pg extra: pip install 'atrace[pg]'"),
+        ],
+    )
+    def test_database_commands_name_the_pg_extra(self, args: tuple[str, ...], line: str) -> None:
+        """A command that reads PostgreSQL, without asyncpg, prints one line naming the extra."""
+        done = run_without(("asyncpg",), *args, "--dsn", _UNREACHABLE)
+        assert (done.returncode, done.stderr) == (2, line + "\n")
+
+    def test_views_of_a_collector_name_the_http_extra(self) -> None:
+        """A view of a collector's API, without aiohttp, prints one line naming the extra."""
+        done = run_without(("aiohttp",), "errors", "--url", "http://127.0.0.1:1")
+        assert (done.returncode, done.stderr) == (
+            2,
+            "atrace errors needs the http extra: pip install 'atrace[http]'\n",
+        )
+
+    async def test_views_name_the_cli_extra(self, pg_schema: tuple[str, str]) -> None:
+        """A view printed for the terminal, without rich, prints one line naming the extra;
+        --json needs no rich."""
+        dsn, schema = pg_schema
+        assert run("db", "init", "--dsn", dsn, "--schema", schema).returncode == 0
+        done = run_without(("rich",), "traces", "--dsn", dsn, "--schema", schema)
+        assert (done.returncode, done.stderr) == (
+            2,
+            "atrace traces needs the cli extra: pip install 'atrace[cli]'\n",
+        )
+        done = run_without(("rich",), "traces", "--json", "--dsn", dsn, "--schema", schema)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["spans"] == []
+
+    def test_help_needs_no_extra(self) -> None:
+        """`atrace --help` works with every optional dependency missing."""
+        everything = (
+            "asyncpg",
+            "pgserver",
+            "aiohttp",
+            "msgpack",
+            "opentelemetry",
+            "google",
+            "rich",
+        )
+        done = run_without(everything, "--help")
+        assert done.returncode == 0, done.stderr
+        assert "serve" in done.stdout

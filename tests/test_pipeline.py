@@ -124,7 +124,8 @@ class TestStateMachine:
         atrace.info("x")
         p.request_flush()
         await wait_until(lambda: p.metrics().in_flight == 1)
-        assert await asyncio.wrap_future(p.stop_nowait())
+        # False: the record was spilled, not written.
+        assert not await asyncio.wrap_future(p.stop_nowait())
         assert seen == [RUNNING, STOPPING, FORCED, IDLE]
         m = p.metrics()
         assert (m.spilled, m.written, m.in_flight) == (1, 0, 0)
@@ -296,9 +297,9 @@ class TestSinks:
         bad, good = FailingSink(failures=1), MemorySink()
         atrace.configure(service="t", sinks=[bad, good], flush_interval=3600)
         atrace.info("first")
-        assert await atrace.aflush()
+        assert not await atrace.aflush()  # the first sink refused it: not everything written
         atrace.info("second")
-        assert await atrace.aflush()
+        assert not await atrace.aflush()
         m = atrace.metrics()
         # RuntimeError is not worth retrying: the batch is kept apart as rejected, not lost.
         assert (m.sink_errors, m.dropped_permanent, m.written, m.running) == (1, 1, 1, True)
@@ -317,7 +318,7 @@ class TestSinks:
         good = MemorySink()
         atrace.configure(service="t", sinks=[NoOpen(), good], retry_attempts=1)
         atrace.info("x")
-        assert await atrace.aflush()
+        assert not await atrace.aflush()  # spilled for the first sink
         m = atrace.metrics()
         assert len(good.rows) == 1 and m.sink_errors == 1
         assert (m.spilled, m.spilled_pending, m.written) == (1, 1, 0)  # the first sink's
@@ -335,7 +336,7 @@ class TestSinks:
         config = Config(sinks=[Hung(), good], flush_interval=3600, retry_attempts=1)
         install(config, write_timeout=0.1)
         atrace.info("x")
-        assert await atrace.aflush(timeout=10)
+        assert not await atrace.aflush(timeout=10)  # the hung sink's copy was spilled
         assert len(good.rows) == 1 and atrace.metrics().sink_errors == 1
 
     @pytest.mark.parametrize("concurrency", [1, 2])
@@ -488,7 +489,8 @@ class TestReentrancy:
             for i in range(50):
                 atrace.info(f"m{i}")
                 await asyncio.sleep(0.001)
-            assert await asyncio.wait_for(atrace.aflush(timeout=10), 20)
+            # Settled (not hung) but False: the failing sink's batches were spilled.
+            assert not await asyncio.wait_for(atrace.aflush(timeout=10), 20)
         finally:
             logger.removeHandler(bridge)
         m = atrace.metrics()
@@ -519,7 +521,7 @@ class TestPressure:
             for i in range(10):
                 atrace.info(f"m{burst}-{i}")
             await asyncio.sleep(0.002)
-        assert await atrace.aflush(timeout=30)
+        assert not await atrace.aflush(timeout=30)  # some wait in the spill
         m = atrace.metrics()
         assert m.spilled > 0 and m.dropped_ring < m.spilled
         assert (

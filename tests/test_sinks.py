@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -63,6 +66,112 @@ class TestResolve:
 
         sink = Mine()
         assert resolve(sink) is sink
+
+
+# configure() in a fresh interpreter where the modules named are missing: ``None`` in sys.modules
+# makes both ``import`` and ``importlib.util.find_spec`` find nothing, as for a package never
+# installed.
+_CONFIGURE_WITHOUT = """
+import sys
+sys.modules.update(dict.fromkeys({blocked!r}))
+import atrace
+try:
+    atrace.configure({arguments})
+except atrace.ConfigError as exc:
+    print(f"ConfigError: {{exc}}")
+else:
+    print("configured")
+"""
+
+
+def configure_without(blocked: tuple[str, ...], arguments: str) -> str:
+    """What ``atrace.configure(arguments)`` does when ``blocked`` are not installed."""
+    program = _CONFIGURE_WITHOUT.format(blocked=blocked, arguments=arguments)
+    # No sink from the environment: the default is what configure() with no sink gets.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ATRACE_", "OTEL_"))}
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+class TestMissingExtras:
+    @pytest.mark.parametrize(
+        ("blocked", "arguments", "reason"),
+        [
+            (
+                ("asyncpg",),
+                "sink='postgresql://app:s3cret@db/app'",
+                "sink='postgresql://app:***@db/app': needs asyncpg, which is not installed: "
+                "pip install 'atrace[pg]'",
+            ),
+            (
+                ("msgpack",),
+                "sink='http://127.0.0.1:4319'",
+                "sink='http://127.0.0.1:4319': needs msgpack, which is not installed: "
+                "pip install 'atrace[http]'",
+            ),
+            (
+                ("aiohttp",),
+                "sink='https://collector.example'",
+                "sink='https://collector.example': needs aiohttp, which is not installed: "
+                "pip install 'atrace[http]'",
+            ),
+            (
+                ("opentelemetry.proto",),
+                "sink='otlp+http://127.0.0.1:4318'",
+                "sink='otlp+http://127.0.0.1:4318': needs opentelemetry-proto, which is not "
+                "installed: pip install 'atrace[otlp]'",
+            ),
+            (
+                ("google.protobuf",),
+                "sink='otlp'",
+                "sink='otlp': needs protobuf, which is not installed: pip install 'atrace[otlp]'",
+            ),
+            (
+                ("asyncpg",),
+                "sink='embedded'",
+                "sink='embedded': needs asyncpg, which is not installed: "
+                "pip install 'atrace[embedded]'",
+            ),
+            (
+                ("pgserver",),
+                "",
+                "sink='embedded': no sink is configured, and the embedded PostgreSQL needs "
+                "pgserver, which is not installed: pip install 'atrace[embedded]'",
+            ),
+        ],
+        ids=[
+            "pg",
+            "http-msgpack",
+            "http-aiohttp",
+            "otlp-proto",
+            "otlp-protobuf",
+            "embedded",
+            "default",
+        ],
+    )
+    def test_configure_names_the_extra(
+        self, blocked: tuple[str, ...], arguments: str, reason: str
+    ) -> None:
+        """configure() with a sink whose dependency is not installed raises a ConfigError that
+        names the extra to install, before any record is written."""
+        assert configure_without(blocked, arguments) == f"ConfigError: {reason}"
+
+    def test_sinks_without_extras_still_configure(self) -> None:
+        """The console sink needs no extra: with every optional dependency missing, configure()
+        takes it."""
+        everything = (
+            "asyncpg",
+            "pgserver",
+            "aiohttp",
+            "msgpack",
+            "opentelemetry",
+            "google",
+            "rich",
+        )
+        assert configure_without(everything, "sink='console'") == "configured"
 
 
 class Plain:

@@ -41,6 +41,7 @@ __all__ = (
     "from_environment",
     "parse_resource_attributes",
     "purepython",
+    "signals",
 )
 
 DEFAULT_SERVICE = "unknown_service:python"  # what OpenTelemetry SDKs report when unnamed
@@ -81,6 +82,7 @@ ENV: Final[Mapping[str, str]] = MappingProxyType(
         "ATRACE_SPILL_MAX_BYTES": "Bytes the spill may take on disk; past it, batches are dropped.",
         # The process, the embedded database, the CLI and the clients
         "ATRACE_PUREPYTHON": "1, true, yes or on: run the pure-Python twins of compiled modules.",
+        "ATRACE_SIGNALS": "0, false, no or off: never flush on SIGTERM (default: on).",
         "ATRACE_DATA_DIR": "atrace's data directory: the embedded PostgreSQL and the spill.",
         "ATRACE_DSN": "The PostgreSQL DSN of the atrace command when --dsn is not given.",
         "ATRACE_URL": "The collector URL of the atrace views when --url is not given.",
@@ -466,4 +468,23 @@ def purepython(environ: Mapping[str, str] | None = None) -> bool:
         "ATRACE_PUREPYTHON",
         raw,
         "expected 1, true, yes or on (the pure-Python twins) or 0, false, no, off or empty",
+    )
+
+
+def signals(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether atrace may flush on SIGTERM (:mod:`atrace._pipeline.signals`): ``ATRACE_SIGNALS``.
+
+    Unset, empty, ``1``, ``true``, ``yes`` or ``on`` (any case): yes; ``0``, ``false``, ``no`` or
+    ``off``: no. Any other value is a :class:`~atrace.errors.ConfigError`.
+    """
+    raw = env("ATRACE_SIGNALS", environ)
+    if raw is None:
+        return True
+    value = raw.lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(
+        "ATRACE_SIGNALS", raw, "expected 1, true, yes or on (the default) or 0, false, no or off"
     )

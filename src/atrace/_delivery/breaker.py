@@ -101,6 +101,13 @@ class CircuitBreaker:
         self._probing = True
         return True
 
+    def probe_now(self) -> None:
+        """Allow one probe at once, however recently the breaker opened (the last chance at
+        shutdown: no later moment will come to wait for)."""
+        if self._state is BreakerState.OPEN:
+            self._set_state(BreakerState.HALF_OPEN)
+            self._probing = False
+
     def record_success(self) -> None:
         """A batch went through."""
         if self._state is BreakerState.HALF_OPEN:

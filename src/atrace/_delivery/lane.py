@@ -37,8 +37,6 @@ from .retry import Outcome, Retry, RetryPolicy, RetryState
 __all__ = ("LaneState", "SinkLane")
 
 _log = logging.getLogger("atrace")
-# A sink failing for minutes would otherwise log every batch.
-_WARN_EVERY = 10.0
 # How long closing a sink may take before the lane gives up on it.
 _CLOSE_TIMEOUT = 5.0
 
@@ -93,11 +91,12 @@ class SinkLane:
         self.replayed = 0
         self.dropped_spill = 0
         self.dropped_permanent = 0
+        self.handed_over = 0  # spilled records a later pipeline of this process took over
         self.retries = 0
         self.errors = 0
         # Batches this process spilled and has not replayed yet: id -> records.
         self._own_pending: dict[uuid.UUID, int] = {}
-        self._last_warning = -1e18
+        self.last_error = ""  # the last failure, as "Type: message"
         self._replay: asyncio.Future[int] | None = None  # the replay of the spill under way
 
     @property
@@ -119,6 +118,11 @@ class SinkLane:
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(None)
+
+    @property
+    def spill_location(self) -> str:
+        """Where this lane's spill keeps batches (or that it has none)."""
+        return str(self.spill.directory) if self.spill is not None else "nowhere (spill off)"
 
     @property
     def spilled_pending(self) -> int:
@@ -191,14 +195,9 @@ class SinkLane:
         """Forget the open sink without closing it: the loop it was opened on is gone, and its
         connection with it. The next write opens it afresh."""
         self._waiters.clear()  # futures of the dead loop: nobody is left to wake
+        self._replay = None  # a task of the dead loop
         if self._state is not LaneState.CLOSED:
             self._set_state(LaneState.CLOSED)
-
-    def _warn(self, message: str, *args: Any) -> None:
-        now = self._clock()
-        if now - self._last_warning >= _WARN_EVERY:
-            self._last_warning = now
-            _log.warning(message, *args)
 
     # ---- delivery -----------------------------------------------------------------------------
 
@@ -207,32 +206,21 @@ class SinkLane:
         return self.spill is not None and self.spill.stats().pending_batches > 0
 
     async def _send(self, batch: Batch) -> Outcome:
-        """Write with retries, and tell the breaker and the counters how it went."""
+        """Write with retries, and tell the breaker and the counters how it went.
+
+        Failures are not logged here: the pipeline's reporter says the first of each kind at
+        once and sums up the rest (see :mod:`atrace._pipeline.report`).
+        """
         outcome = await Retry(self.policy, clock=self._clock, sleep=self._sleep).run(
             functools.partial(self._attempt, batch), self.options.classify
         )
         self.retries += outcome.attempts - 1
-        self.errors += outcome.attempts - (1 if outcome.delivered else 0)
         if outcome.delivered:
             self.breaker.record_success()
         else:
             self.breaker.record_failure()
-            reason = f"{type(outcome.error).__name__}: {outcome.error}"
-            if outcome.state is RetryState.REJECTED:
-                # Rare and final: always said, with its cause.
-                _log.warning(
-                    "atrace: sink %s refused a batch of %d for good: %s",
-                    self.name,
-                    len(batch),
-                    reason,
-                )
-            else:
-                self._warn(
-                    "atrace: sink %s could not take a batch of %d: %s",
-                    self.name,
-                    len(batch),
-                    reason,
-                )
+            self.last_error = f"{type(outcome.error).__name__}: {outcome.error}"
+        self.errors += outcome.attempts - (1 if outcome.delivered else 0)
         return outcome
 
     async def deliver(self, batch: Batch) -> bool:
@@ -244,8 +232,7 @@ class SinkLane:
         if outcome.delivered:
             self.written += len(batch)
             return True
-        reason = f"{type(outcome.error).__name__}: {outcome.error}"
-        self.put_aside(batch, reason, permanent=outcome.state is RetryState.REJECTED)
+        self.put_aside(batch, self.last_error, permanent=outcome.state is RetryState.REJECTED)
         return False
 
     def put_aside(self, batch: Batch, reason: str, *, permanent: bool = False) -> None:
@@ -272,6 +259,36 @@ class SinkLane:
         """Cancel the replay under way, if any; what it has not sent stays spilled."""
         if self._replay is not None:
             self._replay.cancel()
+
+    async def last_chance(self) -> None:
+        """At shutdown: probe an open breaker now (its reset timer is for a running program),
+        then send what the spill holds while the sink takes it."""
+        replay = self._replay
+        if replay is not None:
+            replay.cancel()
+            await asyncio.wait({replay})
+        if self.spill is None or not self.has_backlog():
+            return
+        self.breaker.probe_now()
+        await self._replay_spill()
+
+    def hand_over(self) -> dict[uuid.UUID, int]:
+        """Give up this process's spilled batches not replayed yet (a later pipeline of this
+        process, spilling to the same place, counts them from now on)."""
+        pending, self._own_pending = self._own_pending, {}
+        self.handed_over += sum(pending.values())
+        return pending
+
+    def adopt(self, pending: dict[uuid.UUID, int]) -> None:
+        """Count spilled batches an earlier pipeline of this process handed over as this
+        lane's own: written once replayed, dropped if lost."""
+        self._own_pending.update(pending)
+
+    def _count_lost(self) -> None:
+        # Batches this process spilled that the spill found damaged or gone: dropped, and said.
+        for batch_id, records in self.spill.take_lost():
+            if self._own_pending.pop(batch_id, None) is not None:
+                self.dropped_spill += records
 
     def _replay_ended(self, task: asyncio.Future[int]) -> None:
         if self._replay is task:
@@ -309,4 +326,5 @@ class SinkLane:
                 if own:  # an earlier process's records were never accepted here
                     self.dropped_permanent += n
             await asyncio.sleep(0)
+        self._count_lost()
         return sent

@@ -235,3 +235,32 @@ class Metrics(Frozen):
             spilled_pending=spilled_pending,
             written=written,
         )
+
+    def plus(self, other: Metrics) -> Metrics:
+        """These figures with the counts of ``other`` added: the records an earlier pipeline of
+        this process accepted (a configuration replaced) stay counted. Gauges of the buffer,
+        the breaker and the sinks stay this snapshot's."""
+        values = self.as_dict()
+        for name in _SUMMED:
+            values[name] += getattr(other, name)
+        return Metrics(**values)
+
+
+# The counters Metrics.plus adds up; the rest describe the pipeline in force.
+_SUMMED = (
+    "accepted",
+    "batches",
+    "breaker_trips",
+    "dropped",
+    "dropped_permanent",
+    "dropped_ring",
+    "dropped_spill",
+    "in_flight",
+    "queue_size",
+    "replayed",
+    "retries",
+    "sink_errors",
+    "spilled",
+    "spilled_pending",
+    "written",
+)

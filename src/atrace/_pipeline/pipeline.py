@@ -51,6 +51,7 @@ from ..sinks._base import SinkOptions
 from . import ring as _ring
 from .encode import Encoder
 from .metrics import NO_LANE, Metrics
+from .report import Reporter
 
 __all__ = (
     "DEFAULT_TICK",
@@ -191,6 +192,15 @@ class Pipeline:
         self._writing: set[asyncio.Future[None]] = set()  # deliveries under way
         # Batches whose write was cut short by cancellation; written first at the next flush.
         self._unsent: list[Batch] = []
+        # Made by the first record of a program that had not called configure(): a configure()
+        # takes over what it holds (see take_over).
+        self.implicit = False
+        self.carried_out = 0  # records another pipeline took over from this one's ring
+        # When stopping: the loop time by which the last flush must be done.
+        self._deadline: float | None = None
+        self._stop_timeout = config.shutdown_timeout
+        self.ending = "shutdown"  # what the last line at the end names
+        self.reporter = Reporter(self.ring, self.lanes, self._clock.monotonic)
 
     def _lane(self, sink: Sink) -> SinkLane:
         config = self.config
@@ -235,6 +245,11 @@ class Pipeline:
         self._state = new
 
     # ---- emit side ----------------------------------------------------------------------------
+
+    @property
+    def receives(self) -> bool:
+        """Whether this pipeline hands rows to a receiver (a capture) instead of sinks."""
+        return self._receiver is not None
 
     @property
     def idle_push(self) -> Callable[[Any], bool]:
@@ -305,6 +320,7 @@ class Pipeline:
             while self._state is PipelineState.RUNNING:
                 if len(ring) < batch_size:
                     await self._idle()  # a backlog of full batches is written without pause
+                    self.reporter.check()
                     if self._state is not PipelineState.RUNNING:
                         break
                 else:
@@ -367,16 +383,30 @@ class Pipeline:
             lane.start_replay()
 
     async def _final_flush(self) -> None:
-        deadline = self.config.shutdown_timeout
+        loop = asyncio.get_running_loop()
+        if self._deadline is None:  # started only to stop, or its loop is shutting down
+            self._deadline = loop.time() + self._stop_timeout
+        remaining = max(0.0, self._deadline - loop.time())
         for lane in self.lanes:
             lane.stop_replay()
         try:
-            await asyncio.wait_for(self._flush(FlushMode.FINAL), deadline)
+            await asyncio.wait_for(self._last_chance(), remaining)
         except (asyncio.TimeoutError, asyncio.CancelledError):
-            _log.warning("atrace: shutdown flush did not finish within %.1fs", deadline)
+            _log.warning(
+                "atrace: the last flush did not finish within %.1fs; what is left is spilled",
+                remaining,
+            )
         # What could not be written in time is spilled, not lost.
         self._spill_everything("not written before shutdown")
         await self._close_sinks()
+        self.reporter.final(self)
+
+    async def _last_chance(self) -> None:
+        # The spill first (it is older), each sink probed at once even if its breaker is open,
+        # then everything buffered.
+        for lane in self.lanes:
+            await lane.last_chance()
+        await self._flush(FlushMode.FINAL)
 
     def _spill_everything(self, reason: str) -> None:
         while self._unsent:
@@ -404,11 +434,12 @@ class Pipeline:
             done = self._done
             if runtime.push == self.ring.push:
                 runtime.push = self.push_starting
+        clean = self.clean()
         for fut in requests:
             if not fut.done():
-                fut.set_result(not len(self.ring))
+                fut.set_result(clean and not len(self.ring))
         if done is not None and not done.done():
-            done.set_result(True)
+            done.set_result(clean and not len(self.ring))
 
     async def _close_sinks(self) -> None:
         for lane in self.lanes:
@@ -454,6 +485,7 @@ class Pipeline:
             if requests or mode is FlushMode.FINAL:  # a flush() or the last: every write settled
                 while writing:
                     await asyncio.wait(set(writing))
+            self.reporter.check()
         except asyncio.CancelledError:
             # Out of time (shutdown): stop the writes still running; each puts its batch back
             # in _unsent, from where the shutdown spills it.
@@ -462,9 +494,11 @@ class Pipeline:
                     task.cancel()
                 await asyncio.wait(set(writing))
             raise
-        for fut in requests:
-            if not fut.done():
-                fut.set_result(True)
+        if requests:
+            clean = self.clean()
+            for fut in requests:
+                if not fut.done():
+                    fut.set_result(clean)
 
     async def _dispatch(self, records: list[Any], writing: set[asyncio.Future[None]]) -> None:
         """Encode drained records and start their delivery once a writing slot is free."""
@@ -558,8 +592,31 @@ class Pipeline:
         with self._lock:
             if self._state not in _ACTIVE and fut in self._requests:
                 self._requests.remove(fut)
-                fut.set_result(not len(self.ring))
+                fut.set_result(self.clean() and not len(self.ring))
         return fut
+
+    def clean(self) -> bool:
+        """Whether every record this pipeline accepted so far reached every sink: none dropped,
+        none waiting in a spill (what is still buffered or being written is not counted)."""
+        if self.ring.dropped:
+            return False
+        return not any(
+            lane.dropped_spill or lane.dropped_permanent or lane.spilled_pending
+            for lane in self.lanes
+        )
+
+    def take_over(self, old: Pipeline) -> int:
+        """Move what ``old`` holds in its buffer to this pipeline's; returns how many records.
+
+        A configure() after records were emitted with no configuration: those records are
+        written by the configuration the program chose, and counted here.
+        """
+        records = old.ring.drain(len(old.ring))
+        old.carried_out += len(records)
+        push = self.ring.push
+        for record in records:
+            push(record)
+        return len(records)
 
     @property
     def flusher_thread(self) -> threading.Thread | None:
@@ -574,13 +631,17 @@ class Pipeline:
             return False
         return self._state in _ACTIVE and self._task is not None and self._loop is loop
 
-    def stop_nowait(self) -> concurrent.futures.Future[bool]:
-        """Tell the flusher to write what is buffered and stop; the future says when it has.
+    def stop_nowait(self, timeout: float | None = None) -> concurrent.futures.Future[bool]:
+        """Tell the flusher to write what is buffered and stop; the future says when it has,
+        True when every record this pipeline accepted was written (see :meth:`clean`).
 
-        With no flusher running but records buffered, one starts only to write them. A write
-        still hanging ``shutdown_timeout`` seconds later is cancelled, and what it held is
-        spilled, so that stopping never waits on a dead sink for long.
+        With no flusher running but records buffered, one starts only to write them. Stopping
+        takes at most ``timeout`` seconds (default ``shutdown_timeout``): within it, each sink
+        gets a last chance (an open breaker is probed at once, the spill replayed, the buffer
+        written); a write still hanging then is cancelled, and what is left is spilled.
         """
+        if timeout is not None:
+            self._stop_timeout = timeout
         if self._receiver is not None:
             self.drain()
         with self._lock:
@@ -606,7 +667,8 @@ class Pipeline:
 
     def _arm_force_stop(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._state is PipelineState.STOPPING and self._loop is loop:
-            self._force_timer = loop.call_later(self.config.shutdown_timeout, self._force_stop)
+            self._deadline = loop.time() + self._stop_timeout
+            self._force_timer = loop.call_at(self._deadline, self._force_stop)
 
     def _force_stop(self) -> None:
         self._force_timer = None
@@ -623,6 +685,7 @@ class Pipeline:
             self.drain()
             return
         # No new flusher is started here: a thread may not start once the interpreter exits.
+        self.ending = "exit"
         if self._state in _ACTIVE:
             done = self.stop_nowait()
             thread = self._thread
@@ -642,10 +705,11 @@ class Pipeline:
         for lane in self.lanes:
             lane.abandon()
         try:
-            await self._flush(FlushMode.FINAL)
+            await self._last_chance()
         finally:
             self._spill_everything("not written before exit")
             await self._close_sinks()
+            self.reporter.final(self)
 
     def metrics(self) -> Metrics:
         """A frozen snapshot of the counters (delivery figures: the first sink's)."""
@@ -656,7 +720,7 @@ class Pipeline:
         lanes = tuple(lane.stats() for lane in self.lanes)
         first = lanes[0] if lanes else NO_LANE
         return Metrics(
-            accepted=ring.accepted,
+            accepted=ring.accepted - self.carried_out,
             written=first.written + self._received,
             dropped=ring.dropped + first.dropped_spill + first.dropped_permanent,
             dropped_ring=ring.dropped,

@@ -50,12 +50,14 @@ class _Department:
     """The process-wide state: the pipeline in force, the replaced ones still writing what they
     held, and the clock new pipelines run on."""
 
-    __slots__ = ("clock", "lock", "pipeline", "stopping")
+    __slots__ = ("clock", "lock", "past", "pipeline", "stopping")
 
     def __init__(self) -> None:
         self.pipeline: Pipeline | None = None  # None: unconfigured until the first record
         # Replaced, and still writing what they held: the exit handler waits for them too.
         self.stopping: set[Pipeline] = set()
+        # Every pipeline replaced since the last reset(): what they accepted stays counted.
+        self.past: list[Pipeline] = []
         self.clock: Clock | None = None  # None: the system clock
         # Guards replacing the pipeline; reentrant: get_pipeline() swaps while holding it.
         self.lock = threading.RLock()
@@ -71,12 +73,15 @@ def current() -> Pipeline | None:
     return _STATE.pipeline
 
 
-def swap(pipeline: Pipeline | None, *, replacing: Pipeline | None = _ANY) -> Pipeline | None:
+def swap(
+    pipeline: Pipeline | None, *, replacing: Pipeline | None = _ANY, carry: bool = False
+) -> Pipeline | None:
     """Put ``pipeline`` in force (None: unconfigured) and return the one it replaces.
 
     The replaced pipeline is told to stop: it writes what it holds, and starts again if it is put
-    back later. With ``replacing`` the swap happens only if that pipeline is the one in force;
-    the return value says which one was.
+    back later. With ``carry``, what a pipeline made implicitly (by a record emitted before any
+    configure()) holds in its buffer moves to the new one instead. With ``replacing`` the swap
+    happens only if that pipeline is the one in force; the return value says which one was.
     """
     with _STATE.lock:
         old = _STATE.pipeline
@@ -89,18 +94,41 @@ def swap(pipeline: Pipeline | None, *, replacing: Pipeline | None = _ANY) -> Pip
         else:
             runtime.push = pipeline.idle_push
             runtime.block = pipeline.config.policy == "block"
+        if old is not None and old is not pipeline:
+            if carry and old.implicit and pipeline is not None:
+                pipeline.take_over(old)
+            if not old.receives and old not in _STATE.past:
+                _STATE.past.append(old)
     if old is not None and old is not pipeline:
         done = old.stop_nowait()
         if not done.done():
             with _STATE.lock:
                 _STATE.stopping.add(old)
             done.add_done_callback(lambda _: _stopped(old))
+        else:
+            _stopped(old)
     return old
 
 
 def _stopped(pipeline: Pipeline) -> None:
     with _STATE.lock:
         _STATE.stopping.discard(pipeline)
+        successor = _STATE.pipeline
+    if successor is not None and successor is not pipeline:
+        # What it spilled and could not replay, the pipeline in force now replays (when it
+        # spills to the same place) and counts as its own.
+        for old_lane in pipeline.lanes:
+            for lane in successor.lanes:
+                if lane.spill_location == old_lane.spill_location and old_lane.spilled_pending:
+                    lane.adopt(old_lane.hand_over())
+
+
+def _in_this_process() -> list[Pipeline]:
+    # The pipeline in force and every one replaced since the last reset(), each once (one
+    # still stopping is among them, unless a reset() came since).
+    with _STATE.lock:
+        found = dict.fromkeys([*_STATE.past, _STATE.pipeline])
+    return [p for p in found if p is not None and not p.receives]
 
 
 def use_clock(clock: Clock | None) -> Clock | None:
@@ -121,8 +149,10 @@ runtime.push = _autoconfigure_push
 
 
 def _new_pipeline(config: Config) -> Pipeline:
+    from . import signals
     from .pipeline import Pipeline
 
+    signals.install(_STATE)  # SIGTERM's default action flushes first (see signals.py)
     return Pipeline(config, clock=_STATE.clock)
 
 
@@ -135,6 +165,7 @@ def get_pipeline() -> Pipeline:
         pipeline = _STATE.pipeline
         if pipeline is None:
             pipeline = _new_pipeline(Config(**from_environment()))
+            pipeline.implicit = True
             swap(pipeline)
         return pipeline
 
@@ -163,8 +194,10 @@ def configure(
 ) -> Config:
     """Configure atrace for this process; unset arguments come from ATRACE_*/OTEL_* or defaults.
 
-    Records buffered under a previous configuration are still written by it. Every argument is
-    validated here, and a bad one raises before anything changes.
+    Records buffered under a previous configuration are still written by it; records emitted
+    before the first configure() are written by this one. Either way they stay counted in
+    :func:`metrics`. Every argument is validated here, and a bad one raises before anything
+    changes.
 
     Args:
         service: the service name on every record (``ATRACE_SERVICE``, ``OTEL_SERVICE_NAME``).
@@ -223,7 +256,7 @@ def configure(
         if value is not None:
             kwargs[key] = value
     config = Config(**kwargs)
-    swap(_new_pipeline(config))
+    swap(_new_pipeline(config), carry=True)
     return config
 
 
@@ -238,91 +271,117 @@ def get_config() -> Config:
 
 
 def reset() -> None:
-    """Forget the configuration; buffered records are still written by the old pipeline."""
+    """Forget the configuration and the counts; buffered records are still written by the old
+    pipeline."""
     swap(None)
+    with _STATE.lock:
+        _STATE.past.clear()
 
 
 def metrics() -> Metrics:
-    """Counters of the current pipeline: accepted, dropped, written, queue size, latency..."""
-    return get_pipeline().metrics()
+    """Counters since the process started (or the last reset()): accepted, dropped, written,
+    queue size, latency... Records accepted under an earlier configuration stay counted."""
+    current = get_pipeline()
+    figures = current.metrics()
+    if current.receives:  # a capture counts only what it captured
+        return figures
+    for pipeline in _in_this_process():
+        if pipeline is not current:
+            figures = figures.plus(pipeline.metrics())
+    return figures
+
+
+def _all_clean() -> bool:
+    return all(pipeline.clean() for pipeline in _in_this_process())
 
 
 def flush(timeout: float | None = 10.0) -> bool:
-    """Write everything buffered so far; True when it was written within ``timeout`` seconds.
+    """Write everything buffered so far; True when, within ``timeout`` seconds, every record
+    accepted so far was written to every sink.
 
-    Called from a coroutine on the loop the flusher runs on, it cannot wait without blocking that
-    loop: it then only requests the flush and returns False. Use ``await aflush()`` there.
+    False says some were not: still being written when the time ran out, dropped, or waiting in
+    the spill for a sink to come back (:func:`metrics` says which). Called from a coroutine on the
+    loop the flusher runs on, it cannot wait without blocking that loop: it then only requests
+    the flush and returns False. Use ``await aflush()`` there.
     """
     pipeline = _STATE.pipeline
     if pipeline is None:
-        return True
+        return _all_clean()
     import concurrent.futures
 
     fut = pipeline.request_flush()
     if pipeline.on_flusher_loop():
         return False
     try:
-        return fut.result(timeout)
+        return fut.result(timeout) and _all_clean()
     except concurrent.futures.TimeoutError:
         return False
 
 
 async def aflush(timeout: float | None = 10.0) -> bool:
-    """Write everything buffered so far; True when it was written within ``timeout`` seconds."""
+    """Write everything buffered so far; True when, within ``timeout`` seconds, every record
+    accepted so far was written to every sink (see :func:`flush`)."""
     import asyncio
 
     pipeline = _STATE.pipeline
     if pipeline is None:
-        return True
+        return _all_clean()
     fut = pipeline.request_flush()
     try:
-        return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(fut)), timeout)
+        written = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(fut)), timeout)
     except asyncio.TimeoutError:
         return False
+    return written and _all_clean()
 
 
 async def ashutdown(timeout: float | None = None) -> bool:
-    """Write what is buffered, close the sinks and stop the flusher, within ``timeout`` seconds.
+    """Write what is buffered, close the sinks and stop the flusher, within ``timeout`` seconds
+    (default ``shutdown_timeout``).
 
-    atrace starts again on the next record; returns False if the time ran out first.
+    Within that time each sink gets a last chance: one whose circuit breaker is open is tried
+    at once, what the spill holds is sent, then what is buffered. atrace starts again on the next
+    record. True when every record accepted so far was written; False if the time ran out first
+    or some records were dropped or stay spilled (one warning line says how many, and where).
     """
     import asyncio
 
     pipeline = _STATE.pipeline
     if pipeline is None:
-        return True
+        return _all_clean()
     if timeout is None:
         timeout = pipeline.config.shutdown_timeout
-    done = pipeline.stop_nowait()
+    done = pipeline.stop_nowait(timeout)
     try:
-        return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(done)), timeout)
+        stopped = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(done)), timeout + 1)
     except asyncio.TimeoutError:
         return False
+    return stopped and _all_clean()
 
 
 def shutdown(timeout: float | None = None) -> bool:
     """Blocking form of :func:`ashutdown` for code without a running loop."""
     pipeline = _STATE.pipeline
     if pipeline is None:
-        return True
+        return _all_clean()
     if timeout is None:
         timeout = pipeline.config.shutdown_timeout
     import concurrent.futures
     import time
 
     thread = pipeline.flusher_thread
-    done = pipeline.stop_nowait()
+    done = pipeline.stop_nowait(timeout)
     if pipeline.on_flusher_loop():
         return False
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + timeout + 1
     try:
-        done.result(timeout)
+        stopped = done.result(timeout + 1)
     except concurrent.futures.TimeoutError:
         return False
     if thread is not None:
         thread.join(max(0.0, deadline - time.monotonic()))
-        return not thread.is_alive()
-    return True
+        if thread.is_alive():
+            return False
+    return stopped and _all_clean()
 
 
 async def put(record: tuple[Any, ...]) -> bool:

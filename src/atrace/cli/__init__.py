@@ -9,7 +9,8 @@ import importlib
 import sys
 
 from ._common import add_db_options, dsn_option, resolve_dsn, schema_option
-from ._serve import add_keys_parser, add_serve_parser, run_keys, run_serve
+from ._db import DB_COMMANDS, add_db_commands
+from ._serve import add_keys_parser, add_serve_parser, missing_extra, run_keys, run_serve
 from ._spill import SPILL_COMMANDS, add_spill_parser
 
 __all__ = ("main",)
@@ -77,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also index full text (faster q searches, about half the ingest rate)",
     )
+    add_db_commands(dbsub)
     add_spill_parser(sub)
     add_serve_parser(sub)
     add_keys_parser(sub)
@@ -119,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_demo(dsn_option(args), args.schema, args.requests)
         if args.command == "db" and args.db_command == "init":
             return asyncio.run(_db_init(resolve_dsn(args), args.schema, args.text_index))
+        if args.command == "db":
+            return DB_COMMANDS[args.db_command](args)
         if args.command == "spill":
             return SPILL_COMMANDS[args.spill_command](args)
         if args.command == "serve":
@@ -129,6 +133,12 @@ def main(argv: list[str] | None = None) -> int:
             from ._views import run_view
 
             return run_view(args, resolve_dsn)
+    except ImportError as exc:  # an optional dependency missing: one line, no traceback
+        line = missing_extra(args.command, exc)
+        if line is None:
+            raise
+        print(line, file=sys.stderr)
+        return 2
     except AtraceError as exc:
         print(f"atrace: {exc}", file=sys.stderr)
         return 2

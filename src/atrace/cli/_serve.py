@@ -1,12 +1,54 @@
-"""``atrace serve`` and ``atrace keys``: run the collector, manage its API keys."""
+"""``atrace serve`` and ``atrace keys``: run the collector, manage its API keys; and the one line
+any command prints when a dependency it needs is not installed."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import sys
 
+from ..errors import MissingExtraError
 from ._common import add_db_options, resolve_dsn
+
+# What the collector imports, on start or at its first request of a kind: all of the collector
+# extra. Looked up before it starts rather than failing at the first OTLP or msgpack request.
+_COLLECTOR_MODULES = ("asyncpg", "aiohttp", "msgpack", "opentelemetry.proto", "google.protobuf")
+# The extra that installs each optional dependency a command may import (by top-level package).
+_EXTRAS = {
+    "asyncpg": "pg",
+    "pgserver": "embedded",
+    "aiohttp": "http",
+    "msgpack": "http",
+    "rich": "cli",
+    "opentelemetry": "otlp",
+    "google": "otlp",
+}
+
+
+def missing_extra(command: str, exc: ImportError) -> str | None:
+    """The line to print for ``exc`` when it is an optional dependency of ``command`` that is not
+    installed (``atrace serve needs the collector extra: pip install 'atrace[collector]'``), or
+    None for any other import error."""
+    if isinstance(exc, MissingExtraError):
+        extra: str | None = exc.extra
+    else:
+        extra = _EXTRAS.get((exc.name or "").partition(".")[0])
+    if extra is None:
+        return None
+    if command == "serve":
+        extra = "collector"
+    return f"atrace {command} needs the {extra} extra: pip install 'atrace[{extra}]'"
+
+
+def _check_collector_modules() -> None:
+    for module in _COLLECTOR_MODULES:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):  # a missing parent package; a module without a spec
+            found = False
+        if not found:
+            raise MissingExtraError(module, "collector")
 
 
 def add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -57,6 +99,7 @@ def add_keys_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run_serve(args: argparse.Namespace) -> int:
     import logging
 
+    _check_collector_modules()
     from ..collector._app import serve
     from ..collector._limits import Limits
 

@@ -6,7 +6,10 @@ FastAPI, or ``AtraceMiddleware(app)`` around any ASGI app.
 
 from __future__ import annotations
 
+import logging
+
 from .._emit.hot import Span, begin, get_current, reset_current, set_current
+from .._pipeline.state import ashutdown
 from ._http import (
     METHODS,
     finish_server_span,
@@ -38,6 +41,7 @@ _HOST = b"host"
 _STARTS = frozenset(("http.response.start", "websocket.accept", "websocket.http.response.start"))
 _MAX_HOSTS = 256
 _hosts: dict[bytes, tuple[str, int | None]] = {}
+_log = logging.getLogger("atrace")
 
 
 class AtraceMiddleware:
@@ -54,7 +58,13 @@ class AtraceMiddleware:
     ``skip_paths``: paths with no span; each entry also covers the paths below it (``"/health"``
     skips ``/health/live``, not ``/healthz``). ``service`` names the service of these spans
     (default: the configured one). ``record_client=False`` leaves out ``client.address``.
-    Lifespan and other scopes pass through untouched.
+    Other scopes pass through untouched.
+
+    Lifespan messages reach the app unchanged; when the app reports its shutdown complete (or
+    failed), atrace first writes what it holds and stops its flusher, within
+    ``shutdown_timeout``, so that a server which ends the process right after its shutdown
+    (uvicorn re-raises the SIGTERM it caught) loses nothing. An app without lifespan support
+    (it fails or returns before reading a message) is answered by the middleware itself.
     """
 
     __slots__ = ("_skip", "app", "record_client", "service")
@@ -80,6 +90,9 @@ class AtraceMiddleware:
         elif kind == "websocket":
             base = "WEBSOCKET"
             scheme = scope.get("scheme") or "ws"
+        elif kind == "lifespan":
+            await _lifespan(self.app, scope, receive, send)
+            return
         else:
             await self.app(scope, receive, send)
             return
@@ -142,6 +155,56 @@ class AtraceMiddleware:
         finish_server_span(
             sp, base, responder.status, None if route is None else _route_of(scope, root), None
         )
+
+
+# What the app sends when its shutdown is over: atrace writes what it holds before the server
+# hears it, since the server may end the process as soon as it does.
+_SHUTDOWN_OVER = frozenset(("lifespan.shutdown.complete", "lifespan.shutdown.failed"))
+
+
+async def _lifespan(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+    """Run the app's lifespan, or answer it for an app without lifespan support; write what
+    atrace holds once the shutdown is over."""
+    received = False
+
+    async def app_receive() -> Message:
+        nonlocal received
+        received = True
+        return await receive()
+
+    async def app_send(message: Message) -> None:
+        if message["type"] in _SHUTDOWN_OVER:
+            await _write_before_exit()
+        await send(message)
+
+    try:
+        await app(scope, app_receive, app_send)
+    except Exception as exc:
+        if received:
+            raise  # the app speaks lifespan, and failed: the server reports it
+        _log.debug("atrace: the app does not support lifespan (%r); atrace answers it", exc)
+    else:
+        if received:
+            return
+    # The app never read a message: it has no lifespan support, so the middleware answers.
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await _write_before_exit()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def _write_before_exit() -> None:
+    # Stopped rather than flushed: the sinks close on the loop that opened them, which the server
+    # is about to shut down; the next record starts atrace again. Never fails the shutdown.
+    try:
+        if not await ashutdown():
+            _log.warning("atrace: not everything was written before the server's shutdown")
+    except Exception:
+        _log.exception("atrace: writing at the server's shutdown failed")
 
 
 class _Responder:

@@ -18,6 +18,7 @@ import threading
 import weakref
 
 from .._emit.runtime import current, runtime
+from .._emit.slow import catch, freeze
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -94,9 +95,12 @@ def _message(record: logging.LogRecord) -> str:
 class AtraceHandler(logging.Handler):
     """A ``logging.Handler`` that turns records into atrace logs linked to the current span.
 
-    Add it to any logger (``logging.getLogger().addHandler(AtraceHandler())``), or let
-    :func:`atrace.instrument_logging` do it. The handler takes no lock: buffering a record is
-    thread-safe and never waits, so it cannot deadlock against the flusher or other handlers.
+    Let :func:`atrace.instrument_logging` attach it, or add it to any logger yourself
+    (``logging.getLogger("app").addHandler(AtraceHandler())``). instrument_logging keeps it out of
+    the logger's ``handlers``, so that ``logging.basicConfig()`` still sets up the console; one
+    added to the root by hand makes basicConfig do nothing. The handler takes no lock: buffering a
+    record is thread-safe and never waits, so it cannot deadlock against the flusher or other
+    handlers.
     """
 
     def __init__(self, level: int | str = logging.NOTSET) -> None:
@@ -132,13 +136,21 @@ class AtraceHandler(logging.Handler):
             if len(d) > _BLANK_SIZE:
                 attrs = {k: v for k, v in d.items() if k not in STANDARD_ATTRIBUTES} or None
             cur = _get_current()
+            span_id = None if cur is None else cur.span_id
+            err = None
+            if record.exc_info or record.stack_info:
+                err = _error(record)
+                if isinstance(err, BaseException):  # taken as it is now, linked to its first
+                    err, attrs = catch(err, span_id, False, attrs)
+            if attrs:
+                attrs = freeze(attrs)
             runtime.push(
                 (
                     0,
                     _created_ns(record.created),
                     record.levelno,
                     None if cur is None else cur.trace_id,
-                    None if cur is None else cur.span_id,
+                    span_id,
                     None,
                     None,
                     0,
@@ -146,7 +158,7 @@ class AtraceHandler(logging.Handler):
                     name,
                     _message(record),
                     attrs,
-                    _error(record) if record.exc_info or record.stack_info else None,
+                    err,
                     (record.pathname, record.lineno),
                 )
             )
@@ -157,6 +169,13 @@ class AtraceHandler(logging.Handler):
 
 
 # ---- attaching (atrace.instrument_logging) ----------------------------------------------------
+#
+# A handler attach() adds is not put in the logger's ``handlers``: while any is attached,
+# ``Logger.callHandlers`` is wrapped to hand each record to the attached handlers of the loggers
+# it propagates through, after their own handlers. The logger tree then looks as if atrace were
+# not there: ``logging.basicConfig()`` (which does nothing once the root has a handler) still sets
+# up the console in either order, ``dictConfig()`` does not remove the bridge, and a program with
+# no handlers of its own still gets logging's last-resort output of warnings on stderr.
 
 
 class _Attached:
@@ -173,6 +192,40 @@ class _Attached:
 
 _attached: dict[logging.Logger, _Attached] = {}
 _attach_lock = threading.Lock()
+# The handlers attach() added, by logger: what the wrapped callHandlers hands records to.
+_routes: dict[logging.Logger, AtraceHandler] = {}
+# Logger.callHandlers as it was before the wrapper went in; kept after the wrapper comes out, for
+# a thread still inside it.
+_wrapped: Any = None
+_wrapping = False  # the wrapper is in (and stays in while someone else's wraps it)
+
+
+def _call_handlers(self: logging.Logger, record: logging.LogRecord) -> None:
+    """Logger.callHandlers, then the attached handlers on the record's way up the tree."""
+    _wrapped(self, record)
+    routes = _routes
+    logger: logging.Logger | None = self
+    while logger is not None:
+        handler = routes.get(logger)
+        if handler is not None and record.levelno >= handler.level:
+            handler.handle(record)
+        logger = logger.parent if logger.propagate else None
+
+
+def _wrap_call_handlers() -> None:
+    global _wrapped, _wrapping
+    if not _wrapping:
+        _wrapped = logging.Logger.callHandlers
+        logging.Logger.callHandlers = _call_handlers  # type: ignore[method-assign]
+        _wrapping = True
+
+
+def _unwrap_call_handlers() -> None:
+    global _wrapping
+    # Put back only if nobody wrapped it again since; else ours stays, handing records to nobody.
+    if _wrapping and logging.Logger.__dict__.get("callHandlers") is _call_handlers:
+        logging.Logger.callHandlers = _wrapped  # type: ignore[method-assign]
+        _wrapping = False
 
 
 def _logger(logger: logging.Logger | str | None) -> logging.Logger:
@@ -213,7 +266,8 @@ def attach(
             entry = _Attached(existing or AtraceHandler(), added=existing is None)
             _attached[target] = entry
             if entry.added:
-                target.addHandler(entry.handler)
+                _routes[target] = entry.handler
+                _wrap_call_handlers()
         entry.handler.setLevel(number)
         if target.getEffectiveLevel() > number:
             if entry.previous_level is None:
@@ -232,6 +286,8 @@ def detach(logger: logging.Logger | str | None = None) -> None:
             if entry is None:
                 continue
             if entry.added:
-                target.removeHandler(entry.handler)
+                del _routes[target]
             if entry.previous_level is not None and target.level == entry.set_level:
                 target.setLevel(entry.previous_level)
+        if not _routes:
+            _unwrap_call_handlers()
