@@ -2,6 +2,7 @@
 """The emit hot path compiled: ids, Span, span() and the level functions (twin: _emit_py)."""
 
 from cpython.contextvars cimport PyContextVar_Reset, PyContextVar_Set, get_value
+from cpython.dict cimport PyDict_Next
 from cpython.object cimport PyObject
 from cpython.set cimport PySet_Add, PySet_Discard
 from cpython.unicode cimport PyUnicode_DecodeASCII
@@ -59,6 +60,67 @@ cdef extern from *:
     """
     object atrace_frame_code(PyFrameObject*)
 
+cdef extern from *:
+    """
+    /* The call sites seen last, direct-mapped by (code object, instruction offset): a hit gives
+       the site's "file:line" and module name without hashing the code object (its hash is
+       computed from its contents, every time) or decoding its line table. Each entry holds
+       strong references, so a cached code object cannot be freed and its address reused. */
+    #define SITE_SLOTS 512
+    typedef struct {
+        PyObject *code;
+        int lasti;
+        PyObject *location;
+        PyObject *module;
+    } atrace_site;
+    static atrace_site atrace_sites[SITE_SLOTS];
+
+    static inline int atrace_lasti(PyFrameObject *frame) {
+    #if PY_VERSION_HEX >= 0x030B0000
+        return PyFrame_GetLasti(frame);
+    #else
+        return frame->f_lasti;
+    #endif
+    }
+
+    /* The entry for this frame's site, and the site's code object (borrowed) and offset. */
+    static inline atrace_site *atrace_site_slot(PyFrameObject *frame, PyObject **code,
+                                                int *lasti) {
+        PyObject *c = (PyObject *)PyFrame_GetCode(frame);
+        Py_DECREF(c);  /* the frame keeps it alive */
+        int i = atrace_lasti(frame);
+        size_t h = (((size_t)c >> 4) ^ ((size_t)(unsigned)i * 2654435761u)) & (SITE_SLOTS - 1);
+        *code = c;
+        *lasti = i;
+        return &atrace_sites[h];
+    }
+
+    static inline int atrace_site_hit(atrace_site *site, PyObject *code, int lasti) {
+        return site->code == code && site->lasti == lasti;
+    }
+
+    static inline void atrace_site_fill(atrace_site *site, PyObject *code, int lasti,
+                                        PyObject *location, PyObject *module) {
+        PyObject *old_code = site->code, *old_loc = site->location, *old_mod = site->module;
+        Py_INCREF(code);
+        Py_INCREF(location);
+        Py_INCREF(module);
+        site->code = code;
+        site->lasti = lasti;
+        site->location = location;
+        site->module = module;
+        Py_XDECREF(old_code);
+        Py_XDECREF(old_loc);
+        Py_XDECREF(old_mod);
+    }
+    """
+    ctypedef struct atrace_site:
+        PyObject* location
+        PyObject* module
+    atrace_site* atrace_site_slot(PyFrameObject*, PyObject**, int*)
+    bint atrace_site_hit(atrace_site*, PyObject*, int)
+    void atrace_site_fill(atrace_site*, PyObject*, int, PyObject*, PyObject*)
+
 __all__ = (
     "Span",
     "SpanContext",
@@ -95,10 +157,15 @@ cdef inline bint _atomic(object value):
 
 
 cdef inline object _frozen(dict attrs):
-    for value in attrs.values():
-        if not _atomic(value):
+    cdef Py_ssize_t pos = 0
+    cdef PyObject* key
+    cdef PyObject* value
+    while PyDict_Next(attrs, &pos, &key, &value):
+        if not _atomic(<object>value):
             return _freeze(attrs)
     return attrs
+
+
 # The open-spans set is cleared in place (never replaced), so one reference serves for good.
 cdef set _open_spans = runtime.open_spans
 cdef dict _STATUS_NAMES = {"unset": 0, "ok": 1, "error": 2}
@@ -206,11 +273,24 @@ cdef inline object _line_text(PyFrameObject* frame, _CodeInfo info):
     return loc
 
 
+cdef inline atrace_site* _site(PyFrameObject* frame):
+    # The call site's cache entry, filled on a miss: location and module, read by the caller.
+    cdef PyObject* code
+    cdef int lasti
+    cdef atrace_site* site = atrace_site_slot(frame, &code, &lasti)
+    cdef _CodeInfo info
+    if not atrace_site_hit(site, code, lasti):
+        info = _code_entry(frame)
+        location = _line_text(frame, info)
+        atrace_site_fill(site, code, lasti, <PyObject*>location, <PyObject*>info.module)
+    return site
+
+
 cdef inline object _location():
     cdef PyFrameObject* frame = PyEval_GetFrame()
     if frame is NULL:
         return None
-    return _line_text(frame, _code_entry(frame))
+    return <object>_site(frame).location
 
 
 cdef inline str _hex128(uint64_t hi, uint64_t lo):
@@ -509,13 +589,13 @@ def span(name, /, **attrs):
 
 cdef inline _log(int level, msg, dict attrs):
     cdef PyFrameObject* frame = PyEval_GetFrame()
-    cdef _CodeInfo info
+    cdef atrace_site* site
     cdef object name = None
     cdef object location = None
     if frame is not NULL:
-        info = _code_entry(frame)
-        name = info.module
-        location = _line_text(frame, info)
+        site = _site(frame)
+        name = <object>site.module
+        location = <object>site.location
     cdef object trace_id = None
     cdef object span_id = None
     cur = get_value(_current)
