@@ -249,3 +249,46 @@ class TestExitLine:
         ends = [line for line in done.stderr.splitlines() if line.startswith("atrace: at exit")]
         assert len(ends) == 1, done.stderr
         assert "40 in" in ends[0] and str(spill) in ends[0]
+
+
+_UNCONFIGURED = """
+import sys
+sys.modules["pgserver"] = None  # the embedded default cannot be made
+import atrace
+from atrace.testing import MemorySink
+atrace.info("from a library, before any configuration", n=1)
+print("emitted", atrace.metrics().queue_size)
+if {configure!r}:
+    sink = MemorySink()
+    atrace.configure(sink=sink)
+    print("flushed", atrace.flush(), [r["message"] for r in sink.records()])
+"""
+
+
+class TestUnconfiguredWithoutTheDefault:
+    def _run(self, configure: bool) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("ATRACE_", "OTEL_"))}
+        return subprocess.run(
+            [sys.executable, "-c", _UNCONFIGURED.format(configure=configure)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+
+    def test_emit_never_fails_and_a_later_configure_writes_the_records(self) -> None:
+        done = self._run(configure=True)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines() == [
+            "emitted 1",
+            "flushed True ['from a library, before any configuration']",
+        ]
+        said = [line for line in done.stderr.splitlines() if line.startswith("atrace:")]
+        assert len(said) == 1 and "kept in memory until atrace.configure()" in said[0]
+        assert "atrace[embedded]" in said[0]
+
+    def test_never_configured_the_exit_says_what_was_not_written(self) -> None:
+        done = self._run(configure=False)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines() == ["emitted 1"]
+        assert "atrace: 1 records were never written: atrace was not configured" in done.stderr

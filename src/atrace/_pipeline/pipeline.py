@@ -154,6 +154,7 @@ class Pipeline:
         tick: float = DEFAULT_TICK,
         write_timeout: float = DEFAULT_WRITE_TIMEOUT,
         receiver: Callable[[list[Row]], object] | None = None,
+        hold: str | None = None,
     ) -> None:
         self.config = config
         self.ring = _ring.Ring(config.capacity, config.policy)
@@ -162,9 +163,12 @@ class Pipeline:
         self._receiver = receiver
         self._received = 0  # rows handed to the receiver
         self._drain_lock = threading.Lock()  # keeps the receiver's rows in ring order
+        # Why this pipeline only holds records (no sink could be made for an implicit
+        # configuration): a configure() takes them over; nothing is written until then.
+        self.held = hold
         self.lanes = (
             []
-            if receiver is not None
+            if receiver is not None or hold is not None
             else [self._lane(s) for s in resolve_all(config.sinks, schema=config.schema)]
         )
         self.encoder = Encoder.from_config(config)
@@ -254,7 +258,9 @@ class Pipeline:
     @property
     def idle_push(self) -> Callable[[Any], bool]:
         """What emit calls push with while this pipeline is in force and no flusher runs."""
-        return self.ring.push if self._receiver is not None else self.push_starting
+        if self._receiver is not None or self.held is not None:
+            return self.ring.push
+        return self.push_starting
 
     def push_starting(self, record: tuple[Any, ...]) -> bool:
         """``runtime.push`` while no flusher runs: buffer the record, then start one."""
@@ -264,7 +270,11 @@ class Pipeline:
 
     def start(self) -> None:
         """Start the flusher on the running loop, or on a daemon thread when there is none."""
-        if self._state is not PipelineState.IDLE or self._receiver is not None:
+        if (
+            self._state is not PipelineState.IDLE
+            or self._receiver is not None
+            or self.held is not None
+        ):
             return  # already running (checked again under the lock), or never runs
         with self._lock:
             if self._state is PipelineState.IDLE:
@@ -598,7 +608,7 @@ class Pipeline:
     def clean(self) -> bool:
         """Whether every record this pipeline accepted so far reached every sink: none dropped,
         none waiting in a spill (what is still buffered or being written is not counted)."""
-        if self.ring.dropped:
+        if self.ring.dropped or (self.held is not None and len(self.ring)):
             return False
         return not any(
             lane.dropped_spill or lane.dropped_permanent or lane.spilled_pending
@@ -648,12 +658,17 @@ class Pipeline:
             state = self._state
             if state is PipelineState.RUNNING:
                 self._set_state(PipelineState.STOPPING)
-            elif state is PipelineState.IDLE and self._receiver is None and len(self.ring):
+            elif (
+                state is PipelineState.IDLE
+                and self._receiver is None
+                and self.held is None
+                and len(self.ring)
+            ):
                 self._launch(PipelineState.STOPPING)
             done = self._done if self._state in _ACTIVE else None
         if done is None:
             fut: concurrent.futures.Future[bool] = concurrent.futures.Future()
-            fut.set_result(True)
+            fut.set_result(self.clean() and not len(self.ring))
             return fut
         if state is PipelineState.RUNNING:
             self._wake_soon()
@@ -683,6 +698,14 @@ class Pipeline:
         """Write what is left when the interpreter exits, whatever happened to the loop."""
         if self._receiver is not None:
             self.drain()
+            return
+        if self.held is not None:
+            if len(self.ring):
+                _log.warning(
+                    "atrace: %d records were never written: atrace was not configured, and %s",
+                    len(self.ring),
+                    self.held,
+                )
             return
         # No new flusher is started here: a thread may not start once the interpreter exits.
         self.ending = "exit"

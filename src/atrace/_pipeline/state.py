@@ -17,6 +17,7 @@ import threading
 
 from .._emit.runtime import runtime
 from ..config import Config, from_environment
+from ..errors import ConfigError
 from .metrics import Metrics
 
 TYPE_CHECKING = False
@@ -148,12 +149,12 @@ def _autoconfigure_push(record: tuple[Any, ...]) -> bool:
 runtime.push = _autoconfigure_push
 
 
-def _new_pipeline(config: Config) -> Pipeline:
+def _new_pipeline(config: Config, hold: str | None = None) -> Pipeline:
     from . import signals
     from .pipeline import Pipeline
 
     signals.install(_STATE)  # SIGTERM's default action flushes first (see signals.py)
-    return Pipeline(config, clock=_STATE.clock)
+    return Pipeline(config, clock=_STATE.clock, hold=hold)
 
 
 def get_pipeline() -> Pipeline:
@@ -164,7 +165,21 @@ def get_pipeline() -> Pipeline:
     with _STATE.lock:
         pipeline = _STATE.pipeline
         if pipeline is None:
-            pipeline = _new_pipeline(Config(**from_environment()))
+            config = Config(**from_environment())
+            try:
+                pipeline = _new_pipeline(config)
+            except ConfigError as exc:
+                # A library emitting into a program that never configured atrace, where the
+                # default sink cannot be made: the program must not fail for it. The records
+                # wait for a configure(), and the exit says how many were never written.
+                pipeline = _new_pipeline(config, hold=str(exc))
+                import logging
+
+                logging.getLogger("atrace").warning(
+                    "atrace: not configured, and %s; records are kept in memory until"
+                    " atrace.configure() is called",
+                    exc,
+                )
             pipeline.implicit = True
             swap(pipeline)
         return pipeline
