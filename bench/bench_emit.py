@@ -47,7 +47,7 @@ COMPARISONS = [
     ("otel_span_root", "span_root", 25.0),
     ("otel_span_child", "span_child", 25.0),
     ("structlog_json", "log", 7.0),
-    ("structlog_json_containers", "log_containers", 7.0),
+    ("structlog_json_containers", "log_containers", None),
     ("structlog_json_devnull", "log", None),
     ("stdlib_queue", "log", None),
     ("loguru_json", "log", None),

@@ -10,7 +10,7 @@ from libc.stdint cimport int64_t, uint64_t
 
 import os
 
-from .slow import build, catch, format_message, freeze, misused
+from .slow import build, catch, format_message, misused, snapshot
 from .runtime import current, runtime
 
 cdef extern from *:
@@ -145,24 +145,83 @@ cdef object _current = current
 cdef object _runtime = runtime
 cdef object _build = build
 cdef object _catch = catch
-cdef object _freeze = freeze
 
 
 cdef inline bint _atomic(object value):
     # Values a record keeps as they are (immutable, and the common case): anything else is
-    # copied as of the call by freeze().
+    # copied as of the call (_frozen).
     cdef type tp = type(value)
     return (tp is str or tp is int or tp is float or tp is bool or value is None
             or tp is bytes)
+
+
+cdef object _snapshot = snapshot
+
+
+cdef object _copy(object value, int depth):
+    # The value as it is now: lists, dicts, sets and bytearrays copied, nested ones too. The
+    # common shapes are copied here; subclasses, and anything nested deeper than a few levels
+    # (a cycle among them), go to snapshot(), which keeps cycles as cycles. A copy that holds
+    # only plain values (or such copies) is referred to by the record alone, so it cannot be
+    # part of a cycle: it is kept out of the garbage collector's lists, as the record is.
+    cdef type tp = type(value)
+    cdef Py_ssize_t i, n
+    cdef list items
+    cdef dict mapping
+    cdef bint plain = True
+    if depth > 8:
+        return _snapshot(value, {})
+    if tp is list:
+        items = list(<list>value)
+        n = len(items)
+        for i in range(n):
+            item = items[i]
+            if not _atomic(item):
+                item = items[i] = _copy(item, depth + 1)
+                if PyObject_GC_IsTracked(item):
+                    plain = False
+        if plain:
+            PyObject_GC_UnTrack(items)
+        return items
+    if tp is dict:
+        mapping = (<dict>value).copy()
+        for k, v in (<dict>value).items():
+            if not _atomic(v):
+                v = mapping[k] = _copy(v, depth + 1)
+                if PyObject_GC_IsTracked(v):
+                    plain = False
+        if plain and PyObject_GC_IsTracked(mapping):
+            PyObject_GC_UnTrack(mapping)
+        return mapping
+    if tp is tuple:
+        for item in <tuple>value:
+            if not _atomic(item):
+                return _snapshot(value, {})
+        return value
+    if tp is bytearray:
+        return bytes(value)
+    if tp is set:
+        return set(<set>value)
+    if tp is frozenset:
+        return value
+    return _snapshot(value, {})
 
 
 cdef inline object _frozen(dict attrs):
     cdef Py_ssize_t pos = 0
     cdef PyObject* key
     cdef PyObject* value
+    cdef bint changed = False
     while PyDict_Next(attrs, &pos, &key, &value):
         if not _atomic(<object>value):
-            return _freeze(attrs)
+            changed = True
+            break
+    if not changed:
+        return attrs
+    # Values are replaced, not keys: the dict's size stays, so walking it while writing is safe.
+    for k, v in attrs.items():
+        if not _atomic(v):
+            attrs[k] = _copy(v, 0)
     return attrs
 
 

@@ -29,6 +29,7 @@ __all__ = (
     "format_message",
     "freeze",
     "misused",
+    "snapshot",
 )
 
 # The attribute that links a record to the one that first recorded the same exception: the hex
@@ -228,7 +229,10 @@ def build(
         trace_id = cur.trace_id
         span_id = cur.span_id
     if attrs:
-        attrs = freeze(attrs)
+        for value in attrs.values():
+            if type(value) not in ATOMIC:
+                freeze(attrs)
+                break
     err = None
     if exc_info or exception is not None or error_message is not None or stack_trace is not None:
         err = error_of(exc_info, exception, error_message, stack_trace, depth + 1)
