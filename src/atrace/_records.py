@@ -34,6 +34,7 @@ __all__ = (
     "MAX_LEVEL",
     "MESSAGE",
     "NAME",
+    "ORIGIN",
     "PARENT_ID",
     "PID",
     "SERVICE",
@@ -122,6 +123,11 @@ def level_name(level: int) -> str:
 
     return str(logging.getLevelName(level)).lower()
 
+
+# The attribute that links a record to the first record of the same exception: the hex span id
+# of that record's span ("" outside any span). A record without it is the one nearest the raise;
+# error groups count those alone, and the terminal views do not show it.
+ORIGIN = "atrace.exception.origin"
 
 # Column order of a row, and of the ``records`` table (names are a contract, see DESIGN).
 COLUMNS = (

@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 import time
 
+from .._records import ORIGIN
 from .runtime import current
 
 TYPE_CHECKING = False
@@ -32,10 +33,6 @@ __all__ = (
     "snapshot",
 )
 
-# The attribute that links a record to the one that first recorded the same exception: the hex
-# span id of that record's span ("" outside any span). A record without it is the exception's
-# first, the one nearest the raise; error groups count those alone.
-ORIGIN = "atrace.exception.origin"
 # Set on the exception object itself: (hex span id, whether that record was the span's own).
 _MARK = "__atrace_origin__"
 _U64 = (1 << 64) - 1

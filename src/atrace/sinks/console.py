@@ -24,6 +24,7 @@ from .._records import (
     LEVEL,
     MESSAGE,
     NAME,
+    ORIGIN,
     PARENT_ID,
     SERVICE,
     SPAN_ID,
@@ -219,7 +220,10 @@ def _attr_pairs(attrs: Any) -> list[str]:
     if value is None:
         return []
     if isinstance(value, Mapping):
-        return [f"{_clean(k, _VALUE_LIMIT)}={_attr_value(v)}" for k, v in value.items()]
+        # The link to an exception's first record is for error groups, not for reading.
+        return [
+            f"{_clean(k, _VALUE_LIMIT)}={_attr_value(v)}" for k, v in value.items() if k != ORIGIN
+        ]
     return [f"attrs={_attr_value(value)}"]
 
 

@@ -229,25 +229,31 @@ async def _errors_view(src: Any, args: argparse.Namespace) -> int:
 
     now = time.time_ns()
     table = Table(title=f"error groups since {args.since}", title_justify="left")
+    con = console()
+    # At 80 columns the error and the trace to open come first; a wide terminal shows the rest.
+    wide = con.width >= 120
     # count: occurrences (one per exception, however many spans and logs it passed through);
     # linked: the further records of those exceptions.
-    for col in ("fingerprint", "count", "linked", "first seen", "last seen"):
-        table.add_column(
-            col, justify="right" if col in ("count", "linked") else "left", no_wrap=True
-        )
-    table.add_column("error", overflow="fold", ratio=1)
-    table.add_column("sample trace", no_wrap=True)
+    if wide:
+        table.add_column("fingerprint", no_wrap=True)
+    table.add_column("count", justify="right", no_wrap=True)
+    table.add_column("linked", justify="right", no_wrap=True)
+    if wide:
+        table.add_column("first seen", no_wrap=True)
+    table.add_column("last seen", no_wrap=True)
+    table.add_column("error", overflow="fold", ratio=1, min_width=24)
+    if wide:
+        table.add_column("sample trace", no_wrap=True)
     for g in data["groups"]:
-        table.add_row(
-            g["fingerprint"][:12],
-            str(g["count"]),
-            str(g.get("linked", 0)),
-            fmt_ago(g["first_seen"], now),
-            fmt_ago(g["last_seen"], now),
-            f"[red]{escape(_group_label(g)[:120])}[/]",
-            g.get("trace_id") or "-",
-        )
-    con = console()
+        label = f"[red]{escape(_group_label(g)[:120])}[/]"
+        trace = g.get("trace_id") or "-"
+        cells = [str(g["count"]), str(g.get("linked", 0))]
+        if wide:
+            cells = [g["fingerprint"][:12], *cells, fmt_ago(g["first_seen"], now)]
+            cells += [fmt_ago(g["last_seen"], now), label, trace]
+        else:
+            cells += [fmt_ago(g["last_seen"], now), f"{label}\n[dim]trace {trace}[/]"]
+        table.add_row(*cells)
     if data["groups"]:
         con.print(table)
     else:

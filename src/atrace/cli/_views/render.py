@@ -7,7 +7,7 @@ import sys
 import time
 from typing import Any
 
-from ..._records import STATUS_NAMES, Level, Status, level_name
+from ..._records import ORIGIN, STATUS_NAMES, Level, Status, level_name
 
 __all__ = (
     "LEVEL_STYLES",
@@ -72,7 +72,9 @@ def level_mark(level: int) -> str:
 def attrs_text(attrs: dict[str, Any] | None, width: int = 160) -> str:
     if not attrs:
         return ""
-    text = " ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in attrs.items())
+    text = " ".join(
+        f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in attrs.items() if k != ORIGIN
+    )
     return text if len(text) <= width else text[: width - 1] + "…"
 
 

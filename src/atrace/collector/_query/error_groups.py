@@ -23,16 +23,15 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ..._emit.ids import format_span_id
-from ..._records import Kind, Status
+from ..._records import ORIGIN, Kind, Status
 from ...errors import QueryError
 from .fingerprint import fingerprint
 from .params import DEFAULT_ERROR_SCAN, DEFAULT_RANGE_NS, MAX_ERROR_SCAN, trace_hex
 from .sql import ERROR_ROWS, Args, as_ns
 
-__all__ = ("ORIGIN", "errors", "group_errors", "http_failure")
+__all__ = ("errors", "group_errors", "http_failure")
 
 # The attribute naming the span of the record that first recorded the same exception.
-ORIGIN = "atrace.exception.origin"
 _SPAN_KINDS = frozenset((Kind.SPAN_END.value, Kind.SPAN.value))
 # Attribute names of OpenTelemetry's HTTP conventions, current first, then the older ones.
 _HTTP_STATUS = ("http.response.status_code", "http.status_code")
