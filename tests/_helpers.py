@@ -7,6 +7,9 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+# The top-level modules of every optional dependency: blocking them all leaves bare atrace.
+EVERY_EXTRA = ("asyncpg", "pgserver", "aiohttp", "msgpack", "opentelemetry", "google", "rich")
+
 # Long enough for a loaded CI machine; a passing test never waits this long.
 DEFAULT_TIMEOUT = 20.0
 

@@ -340,3 +340,19 @@ async def pg_schema(pg_server: PgServer) -> AsyncIterator[tuple[str, str]]:
         yield pg_server.dsn, name
     finally:
         await drop_schema(pg_server.dsn, name)
+
+
+@pytest_asyncio.fixture
+async def pg_db(pg_schema: tuple[str, str]) -> AsyncIterator[tuple[Any, str]]:
+    """``(connection, schema)``: a connection with atrace's codecs to a migrated schema."""
+    from atrace._postgres.schema import ensure_schema
+    from atrace._postgres.session import connection_init
+
+    dsn, schema = pg_schema
+    conn = await asyncpg.connect(dsn)
+    try:
+        await connection_init(conn)
+        await ensure_schema(conn, schema)
+        yield conn, schema
+    finally:
+        await conn.close()

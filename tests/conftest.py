@@ -22,7 +22,7 @@ for _name in list(os.environ):
         del os.environ[_name]
 
 import atrace  # noqa: E402
-from _pg import pg_schema, pg_server  # noqa: E402, F401
+from _pg import pg_db, pg_schema, pg_server  # noqa: E402, F401
 from atrace.testing import MemorySink  # noqa: E402
 
 

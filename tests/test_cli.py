@@ -12,6 +12,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from _helpers import EVERY_EXTRA
 from atrace._postgres.schema import SCHEMA_VERSION
 
 ATRACE = str(Path(sys.executable).with_name("atrace"))
@@ -191,15 +192,7 @@ class TestMissingExtras:
 
     def test_help_needs_no_extra(self) -> None:
         """`atrace --help` works with every optional dependency missing."""
-        everything = (
-            "asyncpg",
-            "pgserver",
-            "aiohttp",
-            "msgpack",
-            "opentelemetry",
-            "google",
-            "rich",
-        )
+        everything = EVERY_EXTRA
         done = run_without(everything, "--help")
         assert done.returncode == 0, done.stderr
         assert "serve" in done.stdout

@@ -4,7 +4,6 @@ search's ``q`` and attribute filters over the fields they cover."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -12,7 +11,7 @@ import pytest
 
 import atrace
 from atrace._emit.ids import format_span_id, new_span_id, new_trace_id
-from atrace._postgres.schema import ensure_schema, ensure_text_index
+from atrace._postgres.schema import ensure_text_index
 from atrace._postgres.session import connection_init
 from atrace.collector import _query as query
 from atrace.collector._query import Filters, parse_filters
@@ -28,14 +27,9 @@ STACK = (
 
 
 @pytest.fixture
-async def db(pg_schema: tuple[str, str]) -> AsyncIterator[tuple[Any, str]]:
-    """A connection with atrace's codecs to a migrated schema."""
-    dsn, schema = pg_schema
-    conn = await asyncpg.connect(dsn)
-    await connection_init(conn)
-    await ensure_schema(conn, schema)
-    yield conn, schema
-    await conn.close()
+def db(pg_db: tuple[Any, str]) -> tuple[Any, str]:
+    """A connection with atrace's codecs to a migrated schema (tests/_pg.py)."""
+    return pg_db
 
 
 def failed_span(

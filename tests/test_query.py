@@ -10,7 +10,6 @@ import os
 import random
 import time
 import traceback
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -22,7 +21,7 @@ from _collector import (
     collector_server,  # noqa: F401
 )
 from atrace._emit.ids import format_span_id, new_span_id, new_trace_id
-from atrace._postgres.schema import ensure_partitions, ensure_schema, ensure_text_index
+from atrace._postgres.schema import ensure_partitions, ensure_text_index
 from atrace._postgres.session import connection_init
 from atrace._records import COLUMNS
 from atrace.collector import _query as query
@@ -89,14 +88,9 @@ async def copy_rows(conn: Any, schema: str, project: str, rows: list[tuple[Any, 
 
 
 @pytest.fixture
-async def db(pg_schema: tuple[str, str]) -> AsyncIterator[tuple[Any, str]]:
-    """A connection with atrace's codecs to a migrated schema."""
-    dsn, schema = pg_schema
-    conn = await asyncpg.connect(dsn)
-    await connection_init(conn)
-    await ensure_schema(conn, schema)
-    yield conn, schema
-    await conn.close()
+def db(pg_db: tuple[Any, str]) -> tuple[Any, str]:
+    """A connection with atrace's codecs to a migrated schema (tests/_pg.py)."""
+    return pg_db
 
 
 def messages(page: dict[str, Any]) -> list[str]:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 import atrace
+from _helpers import EVERY_EXTRA
 from atrace._delivery.classify import Verdict, classify
 from atrace._records import MESSAGE
 from atrace.errors import ConfigError
@@ -162,15 +163,7 @@ class TestMissingExtras:
     def test_sinks_without_extras_still_configure(self) -> None:
         """The console sink needs no extra: with every optional dependency missing, configure()
         takes it."""
-        everything = (
-            "asyncpg",
-            "pgserver",
-            "aiohttp",
-            "msgpack",
-            "opentelemetry",
-            "google",
-            "rich",
-        )
+        everything = EVERY_EXTRA
         assert configure_without(everything, "sink='console'") == "configured"
 
 

@@ -458,15 +458,10 @@ def purepython(environ: Mapping[str, str] | None = None) -> bool:
     empty or unset do not. Any other value is a :class:`~atrace.errors.ConfigError`, so that a
     typo never leaves the wrong implementation running unnoticed.
     """
-    raw = env("ATRACE_PUREPYTHON", environ) or ""
-    value = raw.lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise ConfigError(
+    return _switch(
         "ATRACE_PUREPYTHON",
-        raw,
+        environ,
+        False,
         "expected 1, true, yes or on (the pure-Python twins) or 0, false, no, off or empty",
     )
 
@@ -477,14 +472,22 @@ def signals(environ: Mapping[str, str] | None = None) -> bool:
     Unset, empty, ``1``, ``true``, ``yes`` or ``on`` (any case): yes; ``0``, ``false``, ``no`` or
     ``off``: no. Any other value is a :class:`~atrace.errors.ConfigError`.
     """
-    raw = env("ATRACE_SIGNALS", environ)
+    return _switch(
+        "ATRACE_SIGNALS",
+        environ,
+        True,
+        "expected 1, true, yes or on (the default) or 0, false, no or off",
+    )
+
+
+def _switch(name: str, environ: Mapping[str, str] | None, default: bool, expected: str) -> bool:
+    # An on/off variable: unset or empty is ``default``; anything unknown a ConfigError.
+    raw = env(name, environ)
     if raw is None:
-        return True
+        return default
     value = raw.lower()
     if value in _TRUE:
         return True
     if value in _FALSE:
         return False
-    raise ConfigError(
-        "ATRACE_SIGNALS", raw, "expected 1, true, yes or on (the default) or 0, false, no or off"
-    )
+    raise ConfigError(name, raw, expected)
