@@ -158,39 +158,28 @@ cdef inline bint _atomic(object value):
 cdef object _snapshot = snapshot
 
 
-cdef object _copy(object value, int depth):
-    # The value as it is now: lists, dicts, sets and bytearrays copied, nested ones too. The
-    # common shapes are copied here; subclasses, and anything nested deeper than a few levels
-    # (a cycle among them), go to snapshot(), which keeps cycles as cycles. A copy that holds
-    # only plain values (or such copies) is referred to by the record alone, so it cannot be
-    # part of a cycle: it is kept out of the garbage collector's lists, as the record is.
+cdef object _copy(object value):
+    # The value as it is now. The common shapes (a list, dict or set of plain values, a
+    # bytearray) are copied here; anything nested, and subclasses, go to snapshot(), which copies
+    # all the way down and keeps a cycle a cycle. A flat copy is referred to by the record alone
+    # and holds no container, so it cannot be part of a cycle: it is kept out of the garbage
+    # collector's lists, as the record is.
     cdef type tp = type(value)
-    cdef Py_ssize_t i, n
     cdef list items
     cdef dict mapping
-    cdef bint plain = True
-    if depth > 8:
-        return _snapshot(value, {})
     if tp is list:
-        items = list(<list>value)
-        n = len(items)
-        for i in range(n):
-            item = items[i]
+        for item in <list>value:
             if not _atomic(item):
-                item = items[i] = _copy(item, depth + 1)
-                if PyObject_GC_IsTracked(item):
-                    plain = False
-        if plain:
-            PyObject_GC_UnTrack(items)
+                return _snapshot(value, {})
+        items = list(<list>value)
+        PyObject_GC_UnTrack(items)
         return items
     if tp is dict:
+        for item in (<dict>value).values():
+            if not _atomic(item):
+                return _snapshot(value, {})
         mapping = (<dict>value).copy()
-        for k, v in (<dict>value).items():
-            if not _atomic(v):
-                v = mapping[k] = _copy(v, depth + 1)
-                if PyObject_GC_IsTracked(v):
-                    plain = False
-        if plain and PyObject_GC_IsTracked(mapping):
+        if PyObject_GC_IsTracked(mapping):
             PyObject_GC_UnTrack(mapping)
         return mapping
     if tp is tuple:
@@ -200,8 +189,6 @@ cdef object _copy(object value, int depth):
         return value
     if tp is bytearray:
         return bytes(value)
-    if tp is set:
-        return set(<set>value)
     if tp is frozenset:
         return value
     return _snapshot(value, {})
@@ -221,7 +208,7 @@ cdef inline object _frozen(dict attrs):
     # Values are replaced, not keys: the dict's size stays, so walking it while writing is safe.
     for k, v in attrs.items():
         if not _atomic(v):
-            attrs[k] = _copy(v, 0)
+            attrs[k] = _copy(v)
     return attrs
 
 
