@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+from _abuse import report_abuse
 from _common import postgres
 
 from atrace._emit.ids import new_span_id, new_trace_id
@@ -217,12 +218,14 @@ async def raw_copy(
     }
 
 
-def start_server(dsn: str, clients: int) -> tuple[subprocess.Popen[str], str]:
+def start_server(
+    dsn: str, clients: int, extra: list[str] | None = None
+) -> tuple[subprocess.Popen[str], str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "src"), env.get("PYTHONPATH")) if p)
     proc = subprocess.Popen(
         [sys.executable, "-m", "atrace.cli", "serve", "--dsn", dsn, "--schema", SCHEMA,
-         "--port", "0", "--pool-size", str(clients + 2)],
+         "--port", "0", "--pool-size", str(clients + 2), *(extra or [])],
         stdout=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
     assert proc.stdout is not None
@@ -280,6 +283,32 @@ def run(dsn: str, args: Any) -> dict[str, Any]:
         "server_errors": errors,
         "server_exit": code,
     }
+
+
+def run_abuse(dsn: str, args: Any) -> list[dict[str, Any]]:
+    """``--abuse``: two projects on one collector; see bench/_abuse.py."""
+    from _abuse import GOOD_BATCH, abuse
+
+    asyncio.run(reset(dsn, SCHEMA))
+    proc, url = start_server(dsn, args.clients, args.serve_args.split())
+    try:
+
+        async def keys() -> tuple[str, str]:
+            conn = await asyncpg.connect(dsn)
+            try:
+                await ensure_schema(conn, SCHEMA)
+                good = await create_key(conn, SCHEMA, "good", "bench")
+                evil = await create_key(conn, SCHEMA, "evil", "bench")
+                return good, evil
+            finally:
+                await conn.close()
+
+        good, evil = asyncio.run(keys())
+        body, evil_body = native_body(make_rows(GOOD_BATCH)), native_body(make_rows(BATCH))
+        return asyncio.run(abuse(dsn, SCHEMA, url, good, evil, body, evil_body, args.seconds))
+    finally:
+        proc.terminate()
+        proc.wait(60)
 
 
 def report(results: dict[str, Any]) -> None:
@@ -340,7 +369,25 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=CLIENTS, help="concurrent clients")
     parser.add_argument("--quick", action="store_true", help="a ~20 s smoke run")
     parser.add_argument("--json", metavar="PATH", help="also write every figure to PATH")
+    parser.add_argument(
+        "--abuse",
+        action="store_true",
+        help="a well-behaved tenant's ingest alone, then beside each attack by another tenant",
+    )
+    parser.add_argument("--seconds", type=float, default=8.0, help="per --abuse phase")
+    parser.add_argument(
+        "--serve-args", default="", help="extra `atrace serve` flags for --abuse (one string)"
+    )
     args = parser.parse_args()
+    if args.abuse:
+        with postgres(args.dsn) as (dsn, label):
+            print(f"PostgreSQL: {label}; {platform.python_implementation()} "
+                  f"{platform.python_version()}, {os.cpu_count()} CPUs")  # fmt: skip
+            rows = run_abuse(dsn, args)
+        report_abuse(rows)
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=2, default=str) + "\n")
+        return
     with postgres(args.dsn) as (dsn, label):
         results = run(dsn, args)
         results["server"] = label

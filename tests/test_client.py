@@ -283,3 +283,13 @@ class TestClient:
         await server.stop()
         with pytest.raises(TransportError):
             await asyncio.to_thread(lambda: list(client.tail()))
+
+
+class TestTailEvents:
+    def test_the_collectors_final_error_event_ends_the_tail_with_its_reason(self) -> None:
+        from atrace.client import _SSE
+
+        sse = _SSE()
+        assert sse.feed(b'data: {"message": "a"}\n\n') == [{"message": "a"}]
+        with pytest.raises(CollectorError, match="too slow: 4 MiB queued"):
+            sse.feed(b'event: error\ndata: {"error": "too slow: 4 MiB queued"}\n\n')

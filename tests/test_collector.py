@@ -10,6 +10,7 @@ import gzip
 import signal
 import socket
 import subprocess
+import time
 from typing import Any
 
 import aiohttp
@@ -36,6 +37,9 @@ from atrace.collector._ingest import INGEST
 
 # What a stored record looks like next to the row that was posted.
 _TEXT_COLUMNS = COLUMNS[8:]
+
+# Timestamps of the OTLP bodies: recent, inside the collector's window of accepted times.
+_NOW_S = int(time.time())
 
 
 def _as_row(record: Any) -> tuple[Any, ...]:
@@ -379,7 +383,7 @@ class TestOtlp:
                             "scope": {"name": "app"},
                             "logRecords": [
                                 {
-                                    "timeUnixNano": "1700000000000000000",
+                                    "timeUnixNano": str(_NOW_S * 10**9),
                                     "severityNumber": 17,
                                     "body": {"stringValue": "disk full"},
                                 }
@@ -414,8 +418,8 @@ def _otlp_traces_json_body() -> bytes:
                                 "spanId": "eee19b7ec3c1b174",
                                 "name": "json-span",
                                 "kind": 2,
-                                "startTimeUnixNano": "1700000000000000000",
-                                "endTimeUnixNano": "1700000000001000000",
+                                "startTimeUnixNano": str(_NOW_S * 10**9),
+                                "endTimeUnixNano": str(_NOW_S * 10**9 + 1_000_000),
                                 "attributes": [
                                     {"key": "http.method", "value": {"stringValue": "GET"}}
                                 ],
@@ -457,7 +461,9 @@ class TestHealthAndMetrics:
         """/healthz answers 200 without a key while PostgreSQL is reachable."""
         resp = await collector_server.request("GET", "/healthz")
         assert resp.status == 200
-        assert resp.json() == {"status": "ok"}
+        body = resp.json()
+        assert body["status"] == "ok"
+        assert body["tail"]["status"] == "ok" and body["tail"]["restarts"] == 0
 
     async def test_metrics_move(self, collector_server: CollectorServer) -> None:
         """/metrics (no key) counts requests by route and status, ingested records, errors and

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from atrace.collector._limits import DEFAULT_LIMITS, Limits
+from atrace.collector._limits import DEFAULT_LIMITS, KeyGate, Limits, RateLimited
 from atrace.errors import ConfigError
 
 
@@ -51,3 +51,30 @@ class TestLimits:
         assert smaller == Limits(max_records=10)
         with pytest.raises(ConfigError, match="pool_size"):
             DEFAULT_LIMITS.replace(pool_size=0)
+
+
+class TestKeyGate:
+    def test_a_key_alone_uses_its_concurrency_and_shares_when_others_come(self) -> None:
+        now = [0.0]
+        gate = KeyGate(1000.0, 1000, 8, share=4, clock=lambda: now[0])
+        for _ in range(6):  # alone: up to its own concurrency, past the share
+            gate.enter("flood", "ingest")
+        gate.enter("steady", "ingest")  # a key with nothing in flight always gets one slot
+        with pytest.raises(RateLimited) as refused:
+            gate.enter("flood", "ingest")
+        assert refused.value.reason == "fair_share"
+        gate.enter("steady", "ingest")  # 2 of a fair share of 2
+        with pytest.raises(RateLimited):
+            gate.enter("steady", "ingest")
+        gate.leave("steady")
+        gate.leave("steady")
+        gate.enter("flood", "ingest")  # alone again
+        assert gate.inflight == 7
+
+    def test_the_per_key_cap_still_holds_alone(self) -> None:
+        gate = KeyGate(1000.0, 1000, 2, share=8, clock=lambda: 0.0)
+        gate.enter("a", "ingest")
+        gate.enter("a", "ingest")
+        with pytest.raises(RateLimited) as refused:
+            gate.enter("a", "ingest")
+        assert refused.value.reason == "concurrency"

@@ -14,7 +14,7 @@ import msgpack
 import orjson
 import pytest
 
-from atrace._formats import wire
+from atrace._formats import bounds, wire
 from atrace._formats.wire import CONTENT_TYPES, decode_batch, encode_batch
 from atrace._pipeline.encode import Encoder
 from atrace._records import COLUMNS
@@ -348,10 +348,36 @@ class TestSanitising:
         doc = orjson.loads(out[0][ATTRS_I])
         assert doc["d"] == 1 and b"<too deep>" in out[0][ATTRS_I]
 
-    def test_deep_msgpack_attrs_are_kept(self) -> None:
-        """In msgpack, deep but valid attrs bytes are stored as sent."""
-        attrs = b'{"x":' + b"[" * 300 + b"1" + b"]" * 300 + b"}"
-        assert decode(body([row(attrs=attrs)]))[0][ATTRS_I] == attrs
+    @pytest.mark.parametrize("fmt", FORMATS)
+    def test_deep_attrs_are_cut_at_max_depth(self, fmt: str) -> None:
+        """A value nested past max_depth is cut there with "<too deep>", its siblings kept."""
+        attrs = b'{"d":1,"x":' + b"[" * 300 + b"1" + b"]" * 300 + b"}"
+        _, out, cut = wire.decode_batch_counted(
+            body([row(attrs=attrs), row(attrs=b'{"y":[[1]]}')], fmt), CONTENT_TYPES[fmt]
+        )
+        doc = orjson.loads(out[0][ATTRS_I])
+        value, depth = doc["x"], 0
+        while isinstance(value, list):
+            (value,), depth = value, depth + 1
+        assert (doc["d"], value, depth, cut) == (1, "<too deep>", bounds.MAX_DEPTH, 1)
+        assert orjson.loads(out[1][ATTRS_I]) == {"y": [[1]]}
+
+    @pytest.mark.parametrize("fmt", FORMATS)
+    def test_oversize_value_becomes_a_marker(self, fmt: str) -> None:
+        """One attribute value over max_value_bytes becomes a marker; the other attributes stay."""
+        attrs = orjson.dumps({"blob": ["z" * 100] * 200, "keep": "me"})
+        _, out, cut = wire.decode_batch_counted(
+            body([row(attrs=attrs)], fmt), CONTENT_TYPES[fmt], max_value_bytes=1000
+        )
+        assert cut == 1
+        assert orjson.loads(out[0][ATTRS_I]) == {
+            "blob": {
+                "atrace.truncated": True,
+                "atrace.original_bytes": len(orjson.dumps(["z" * 100] * 200)),
+                "atrace.limit": 1000,
+            },
+            "keep": "me",
+        }
 
 
 class TestEnvelope:

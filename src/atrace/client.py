@@ -30,6 +30,10 @@ nanoseconds since the epoch.
   ``search`` pages through every match, ``limit`` being only the page size; for ``spans`` the
   (service, name) rows; for ``errors`` the groups returned (``group_count`` says how many
   there were). A tail ignores it.
+
+An answer is read up to ``max_response`` bytes (default :data:`DEFAULT_MAX_RESPONSE`, 64 MiB);
+a longer one is not read further and raises :class:`CollectorError` saying it was too large.
+An error answer is read up to 64 KiB.
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ from .errors import (
 # are imported when a client first needs them.
 
 __all__ = (
+    "DEFAULT_MAX_RESPONSE",
     "AsyncClient",
     "AsyncTailStream",
     "AuthenticationError",
@@ -74,6 +79,25 @@ DEFAULT_TIMEOUT = 30.0
 # A tail hears a heartbeat every ~15 s: silence this long means the connection is gone.
 DEFAULT_TAIL_TIMEOUT = 60.0
 _MAX_EVENT = 64 * 1024 * 1024
+# The largest answer a client reads (a page of search results is far smaller): an endpoint that
+# is not a collector, or a hostile one, cannot make a client hold more than this.
+DEFAULT_MAX_RESPONSE = 64 * 1024 * 1024
+# An error answer is a collector's {"error": ...}: its message is all a client keeps of it.
+_MAX_ERROR_BODY = 64 * 1024
+_CHUNK = 1024 * 1024
+
+
+def _too_large(status: int, limit: int, url: str) -> CollectorError:
+    return CollectorError(
+        f"answer larger than max_response ({limit} bytes): not read", status=status, url=url
+    )
+
+
+def _declared_too_large(headers: Any, limit: int) -> bool:
+    try:
+        return int(headers.get("Content-Length") or 0) > limit
+    except ValueError:
+        return False
 
 
 _BY_STATUS: dict[int, type[CollectorError]] = {
@@ -137,6 +161,7 @@ class _SSE:
     def __init__(self) -> None:
         self._buffer = b""
         self._data: list[bytes] = []
+        self._event = b""  # the event's type; none for a record
         self.dropped = 0
         self.started = False
 
@@ -150,8 +175,17 @@ class _SSE:
             line = raw[:-1] if raw.endswith(b"\r") else raw
             if not line:
                 if self._data:
-                    events.append(json.loads(b"\n".join(self._data)))
-                    self._data = []
+                    payload = json.loads(b"\n".join(self._data))
+                    if self._event == b"error":
+                        # The collector's last word on this stream: why it ends (a reader too
+                        # slow, a key revoked, the server shutting down).
+                        reason = payload.get("error") if isinstance(payload, dict) else payload
+                        raise CollectorError(f"the live tail ended: {reason}")
+                    events.append(payload)
+                self._data = []
+                self._event = b""
+            elif line.startswith(b"event:"):
+                self._event = line[6:].strip()
             elif line.startswith(b":"):
                 self._comment(line[1:].strip())
             elif line.startswith(b"data:"):
@@ -169,7 +203,12 @@ class _SSE:
 
 
 class _Base:
-    def __init__(self, url: str, api_key: str | None, timeout: float) -> None:
+    def __init__(self, url: str, api_key: str | None, timeout: float, max_response: int) -> None:
+        if not isinstance(max_response, int) or max_response < 1:
+            from .errors import ConfigError
+
+            raise ConfigError("max_response", max_response, "expected a positive integer")
+        self.max_response = max_response
         self.url = url.rstrip("/")
         key = api_key if api_key is not None else env("ATRACE_API_KEY")
         self.headers = {"Accept": "application/json"}
@@ -189,14 +228,20 @@ class _Base:
 class Client(_Base):
     """A blocking client of a collector: ``Client("http://127.0.0.1:4319", api_key)``.
 
-    ``api_key`` defaults to ``ATRACE_API_KEY``. Standard library only; safe to share between
-    threads (each call opens its own connection).
+    ``api_key`` defaults to ``ATRACE_API_KEY``; ``max_response`` bounds the bytes of one
+    answer. Standard library only; safe to share between threads (each call opens its own
+    connection).
     """
 
     def __init__(
-        self, url: str, api_key: str | None = None, *, timeout: float = DEFAULT_TIMEOUT
+        self,
+        url: str,
+        api_key: str | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_response: int = DEFAULT_MAX_RESPONSE,
     ) -> None:
-        super().__init__(url, api_key, timeout)
+        super().__init__(url, api_key, timeout, max_response)
 
     def __enter__(self) -> Client:
         return self
@@ -224,18 +269,28 @@ class Client(_Base):
             return urllib.request.urlopen(request, timeout=timeout)
         except urllib.error.HTTPError as exc:
             with exc:
-                raise _error_for(exc.code, exc.read(), url) from None
+                raise _error_for(exc.code, exc.read(_MAX_ERROR_BODY), url) from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise TransportError(str(reason), url=url) from exc
 
     def _get(self, path: str, params: list[tuple[str, str]] | None = None) -> Any:
         url = self._url(path, params)
+        limit = self.max_response
         with self._open(url, self.timeout) as response:
+            if _declared_too_large(response.headers, limit):
+                raise _too_large(response.status, limit, url)
+            body = bytearray()
             try:
-                body = response.read()
+                while len(body) <= limit:
+                    chunk = response.read(min(_CHUNK, limit + 1 - len(body)))
+                    if not chunk:
+                        break
+                    body += chunk
             except OSError as exc:
                 raise TransportError(str(exc), url=url) from exc
+            if len(body) > limit:
+                raise _too_large(response.status, limit, url)
         return json.loads(body)
 
     def search_page(self, *, cursor: str | None = None, **filters: Any) -> dict[str, Any]:
@@ -357,9 +412,14 @@ class AsyncClient(_Base):
     """
 
     def __init__(
-        self, url: str, api_key: str | None = None, *, timeout: float = DEFAULT_TIMEOUT
+        self,
+        url: str,
+        api_key: str | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_response: int = DEFAULT_MAX_RESPONSE,
     ) -> None:
-        super().__init__(url, api_key, timeout)
+        super().__init__(url, api_key, timeout, max_response)
         try:
             import aiohttp
         except ImportError:
@@ -401,22 +461,42 @@ class AsyncClient(_Base):
             raise TransportError(str(exc) or type(exc).__name__, url=url) from exc
         if response.status >= 400:
             try:
-                body = await response.read()
+                body = await self._read(response, _MAX_ERROR_BODY, url, cut=True)
             finally:
-                response.release()
+                response.close()
             raise _error_for(response.status, body, url)
         return response
+
+    async def _read(self, response: Any, limit: int, url: str, *, cut: bool = False) -> Any:
+        """The body, up to ``limit`` bytes; past it, cut there (``cut``) or CollectorError."""
+        if not cut and _declared_too_large(response.headers, limit):
+            raise _too_large(response.status, limit, url)
+        body = bytearray()
+        try:
+            while len(body) <= limit:
+                chunk = await response.content.read(min(_CHUNK, limit + 1 - len(body)))
+                if not chunk:
+                    break
+                body += chunk
+        except self._failures as exc:
+            raise TransportError(str(exc) or type(exc).__name__, url=url) from exc
+        if len(body) > limit:
+            if not cut:
+                raise _too_large(response.status, limit, url)
+            del body[limit:]
+        return body
 
     async def _get(self, path: str, params: list[tuple[str, str]] | None = None) -> Any:
         url = self._url(path, params)
         timeout = self._aiohttp.ClientTimeout(total=self.timeout)
         response = await self._open(url, timeout)
         try:
-            body = await response.read()
-        except self._failures as exc:
-            raise TransportError(str(exc) or type(exc).__name__, url=url) from exc
-        finally:
-            response.release()
+            body = await self._read(response, self.max_response, url)
+        except BaseException:
+            # Not drained: the connection is closed, not handed back to the pool.
+            response.close()
+            raise
+        response.release()
         return json.loads(body)
 
     async def search_page(self, *, cursor: str | None = None, **filters: Any) -> dict[str, Any]:

@@ -36,6 +36,10 @@ Errors of atrace's dependencies (asyncpg, aiohttp, the OS) are not wrapped here;
 
 from __future__ import annotations
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import re
+
 __all__ = (
     "AtraceError",
     "AuthError",
@@ -60,16 +64,55 @@ __all__ = (
 )
 
 
-def redact(text: str) -> str:
-    """``text`` with the password of every URL or DSN in it replaced by ``***``
-    (``postgresql://app:***@db/app``, ``...?password=***``): for messages, reprs and logs."""
-    if "@" not in text and "password" not in text.lower():
-        return text
-    # Imported here: the error paths need it, `import atrace` does not.
-    import re
+# Lower-case words whose presence means a text may hold a secret; without any, redact() returns
+# the text as it is, without a regular expression.
+_HINTS = ("@", "password", "atk_", "bearer", "authorization", "api-key", "api_key")
+_patterns: list[tuple[re.Pattern[str], str]] = []
 
-    text = re.sub(r"(?i)\b([a-z][a-z0-9+.-]*://[^:/@\s]*):[^@/\s]*@", r"\1:***@", text)
-    return re.sub(r"(?i)\b(password=)[^&\s'\"]*", r"\1***", text)
+
+def _compiled() -> list[tuple[re.Pattern[str], str]]:
+    # Compiled on first use: the error paths need them, `import atrace` does not.
+    if not _patterns:
+        import re
+
+        _patterns.extend(
+            (re.compile(pattern), replacement)
+            for pattern, replacement in (
+                # scheme://user:password@host: everything up to the last '@' before the path, so
+                # that a password holding '@' is masked whole.
+                (r"(?i)\b([a-z][a-z0-9+.-]*://[^:/@\s]*):[^/\s]*@", r"\1:***@"),
+                # password=secret, password='se cret' (libpq keyword DSNs), password: secret.
+                (
+                    r"(?i)\b(password['\"]?\s*[=:]\s*)(?:'(?:[^'\\]|\\.)*'|\"[^\"]*\"|[^&\s'\",;]+)",
+                    r"\1***",
+                ),
+                # An atrace API key, atk_<key_id>_<secret>: the key id is public, the rest never.
+                (r"atk_([0-9a-f]{16})_[A-Za-z0-9_-]+", r"atk_\1_***"),
+                (r"atk_(?![0-9a-f]{16}_\*)[A-Za-z0-9_-]+", r"atk_***"),
+                # Credentials in headers: Authorization: Bearer x / Basic x, X-API-Key: x.
+                (r"(?i)\b(bearer\s+)(?!\*\*\*)[^\s'\",;]+", r"\1***"),
+                (
+                    r"(?i)\b(authorization['\"]?\s*[:=]\s*['\"]?)(?!bearer\b)(?:([a-z]+)\s+)?"
+                    r"(?!\*\*\*)[^\s'\",;]+",
+                    r"\1\2 ***",
+                ),
+                (r"(?i)\b(x-api-key['\"]?\s*[:=]\s*['\"]?)(?!\*\*\*)[^\s'\",;]+", r"\1***"),
+            )
+        )
+    return _patterns
+
+
+def redact(text: str) -> str:
+    """``text`` with every secret atrace knows the shape of replaced by ``***``: the password of a
+    URL or DSN (``postgresql://app:***@db/app``, ``...?password=***``, ``password='***'``), an
+    atrace API key past its public id (``atk_0123456789abcdef_***``), and the credentials of an
+    ``Authorization`` or ``X-API-Key`` header: for messages, reprs and logs."""
+    lowered = text.lower()
+    if not any(hint in lowered for hint in _HINTS):
+        return text
+    for pattern, replacement in _compiled():
+        text = pattern.sub(replacement, text)
+    return text
 
 
 class AtraceError(Exception):
@@ -138,7 +181,9 @@ class CollectorError(AtraceError):
         self.status = status
         self.message = message
         self.url = url
-        super().__init__(f"{status} {message} ({url})" if status else f"{message} ({url})")
+        # The URL and the answer as given, but never a password or a key inside them.
+        text = f"{status} {message} ({url})" if status else f"{message} ({url})"
+        super().__init__(redact(text))
 
 
 class BadRequestError(CollectorError, ValueError):

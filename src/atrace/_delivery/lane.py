@@ -29,7 +29,7 @@ from typing import Any
 
 from .._pipeline.metrics import LaneStats
 from .._records import Batch
-from ..errors import InternalError
+from ..errors import InternalError, redact
 from ..sinks._base import Sink, SinkOptions
 from .breaker import CircuitBreaker
 from .retry import Outcome, Retry, RetryPolicy, RetryState
@@ -219,7 +219,8 @@ class SinkLane:
             self.breaker.record_success()
         else:
             self.breaker.record_failure()
-            self.last_error = f"{type(outcome.error).__name__}: {outcome.error}"
+            # Said in log lines and spilled with the batch: no credential of a URL or DSN.
+            self.last_error = redact(f"{type(outcome.error).__name__}: {outcome.error}")
         self.errors += outcome.attempts - (1 if outcome.delivered else 0)
         return outcome
 

@@ -25,8 +25,12 @@ whole (a :class:`~atrace.errors.WireError` naming the row and column, nothing de
 values that are well-formed but unfit for storage are sanitised instead: text loses NUL
 characters (U+FFFD instead) and is cut to a per-column limit (TEXT_LIMITS), attribute names (the
 top-level keys of ``attrs``) longer than 256 characters are cut, ``\u0000`` in attrs becomes
-U+FFFD, and attributes over ``max_attrs_bytes`` are replaced by a small marker object
-(``{"atrace.truncated": true, "atrace.original_bytes": N, "atrace.limit": L}``).
+U+FFFD, and attributes are bounded as on every ingest path (:mod:`atrace._formats.bounds`): an
+attribute value over ``max_value_bytes`` as JSON, or attributes over ``max_attrs_bytes`` as a
+whole, are replaced by a small marker object
+(``{"atrace.truncated": true, "atrace.original_bytes": N, "atrace.limit": L}``), and arrays and
+objects nested more than ``max_depth`` levels inside a value by the string ``"<too deep>"``.
+:func:`decode_batch_counted` also says how many records had their attributes cut so.
 
 Validation runs a column at a time, each check one C-level pass over the column (a type census
 with ``list.count``, ``min``/``max`` or ``bytes.translate`` for ranges, one ``join`` for text,
@@ -48,6 +52,15 @@ import orjson
 from .._pipeline.sanitize import sanitize_text, sanitize_value
 from .._records import COLUMNS, MAX_LEVEL, Batch, Kind, Level, Row, Status
 from ..errors import MissingExtraError, WireError
+from .bounds import (
+    MAX_ATTRS_BYTES,
+    MAX_DEPTH,
+    MAX_VALUE_BYTES,
+    bound_attrs,
+    bracket_counts,
+    needs_bounding,
+    too_deep,
+)
 
 _msgpack: Any
 try:
@@ -64,6 +77,7 @@ __all__ = (
     "TS_MIN_NS",
     "VERSION",
     "decode_batch",
+    "decode_batch_counted",
     "encode_batch",
 )
 
@@ -110,6 +124,18 @@ _STR_OR_NONE = frozenset({str, _NONE})
 _ROW_TYPES = frozenset({list, tuple})
 _loads = orjson.loads
 _dumps = orjson.dumps
+
+
+class _Bounds:
+    """The attribute bounds of one decode, and the records cut to fit them so far."""
+
+    __slots__ = ("attrs", "cut", "depth", "value")
+
+    def __init__(self, attrs: int, value: int, depth: int) -> None:
+        self.attrs = attrs
+        self.value = value
+        self.depth = depth
+        self.cut = 0
 
 
 # ---- encoding -------------------------------------------------------------------------------
@@ -257,7 +283,7 @@ def _checked_ints(lo: int, hi: int, nullable: bool) -> Callable[..., None]:
     small = lo >= 0 and hi < 256
     allowed = bytes(range(lo, hi + 1)) if small else b""
 
-    def check(name: str, col: Sequence[Any], _attrs_limit: int) -> None:
+    def check(name: str, col: Sequence[Any], _bounds: _Bounds) -> None:
         values = _ints(name, col, nullable)
         if not values:
             return
@@ -293,7 +319,7 @@ def _raise_not_text(name: str, col: Sequence[Any], nullable: bool) -> NoReturn:
 def _checked_text(limit: int, nullable: bool) -> Callable[..., list[Any] | None]:
     allowed = _STR_OR_NONE if nullable else _STR
 
-    def check(name: str, col: Sequence[Any], _attrs_limit: int) -> list[Any] | None:
+    def check(name: str, col: Sequence[Any], _bounds: _Bounds) -> list[Any] | None:
         if nullable and col.count(None) == len(col):  # error columns, mostly
             return None
         # Names, services and hosts repeat: checking the distinct values is cheaper than the
@@ -319,7 +345,7 @@ def _checked_text(limit: int, nullable: bool) -> Callable[..., list[Any] | None]
     return check
 
 
-def _check_trace_ids(name: str, col: Sequence[Any], _attrs_limit: int) -> None:
+def _check_trace_ids(name: str, col: Sequence[Any], _bounds: _Bounds) -> None:
     strings = _strings(name, col, True)
     joined = "".join(strings)
     # One C-level pass over all ids: right length each, and nothing left once hex is deleted.
@@ -347,29 +373,32 @@ def _cut_keys(obj: dict[str, Any]) -> dict[str, Any]:
     return {k[:MAX_KEY_LENGTH]: v for k, v in obj.items()}
 
 
-def _marker(**fields: Any) -> bytes:
-    return _dumps({"atrace.truncated": True, **fields})
-
-
-def _repair(raw: bytes, obj: Any, limit: int) -> bytes:
+def _repair(raw: bytes, obj: Any, b: _Bounds) -> bytes:
     """A document that broke a rule (too large, a ``\\u0000``, a key too long, too deep)."""
-    if len(raw) > limit:
-        return _marker(**{"atrace.original_bytes": len(raw), "atrace.limit": limit})
     try:
         # sanitize_value drops U+0000 (jsonb refuses it) and cuts nesting at 64 levels; its text
-        # limit is the document's own, so nothing else is cut. Keys are cut after it.
-        out = _dumps(_cut_keys(sanitize_value(obj, limit)))
+        # limit is the document's own, so no text is cut. Keys are cut after it, then the
+        # values too large or too deep.
+        return bound_attrs(
+            _cut_keys(sanitize_value(obj, max(len(raw), b.attrs))),
+            len(raw),
+            max_attrs_bytes=b.attrs,
+            max_value_bytes=b.value,
+            max_depth=b.depth,
+        )
     except (orjson.JSONEncodeError, RecursionError):  # pragma: no cover - defensive
-        return _marker(**{"atrace.reason": "attrs could not be repaired"})
-    if len(out) > limit:
-        return _marker(**{"atrace.original_bytes": len(out), "atrace.limit": limit})
-    return out
+        return _dumps({"atrace.truncated": True, "atrace.reason": "attrs could not be repaired"})
 
 
-def _broken(raw: bytes, obj: Any, limit: int) -> bool:
-    return (
-        len(raw) > limit or _NUL_ESCAPE in raw or (len(raw) > MAX_KEY_LENGTH + 2 and _long_key(obj))
-    )
+def _over(raw: bytes, obj: Any, b: _Bounds) -> bool:
+    """Whether a document is past a bound: too large, or holding a value too large or too deep."""
+    if raw == _NUL_ESCAPE:  # the stand-in for a document orjson could not write
+        return too_deep(obj, b.depth)
+    return len(raw) > b.attrs or needs_bounding(raw, obj, b.value, b.depth)
+
+
+def _flawed(raw: bytes, obj: Any) -> bool:
+    return _NUL_ESCAPE in raw or (len(raw) > MAX_KEY_LENGTH + 2 and _long_key(obj))
 
 
 def _any_long_key(objs: Sequence[dict[str, Any]]) -> bool:
@@ -379,14 +408,17 @@ def _any_long_key(objs: Sequence[dict[str, Any]]) -> bool:
     return bool(names) and max(map(len, names)) > MAX_KEY_LENGTH
 
 
-def _needs_fixing(raws: Sequence[bytes], objs: Sequence[Any], limit: int, nul: bool) -> bool:
+def _needs_fixing(raws: Sequence[bytes], objs: Sequence[Any], b: _Bounds, nul: bool) -> bool:
     """Whether any document breaks a rule; ``nul``: whether the body holds a ``\\u0000`` at all
     (so that one search of the body spares a look at each document)."""
     if not raws:
         return False
     longest = max(map(len, raws))
     return (
-        longest > limit
+        longest > b.value
+        or longest > b.attrs
+        # A document nests no deeper than its count of { and [ (one is its own object).
+        or max(bracket_counts(raws)) > b.depth + 1
         or (nul and _NUL_ESCAPE in b"\x01".join(raws))
         # A key over MAX_KEY_LENGTH characters needs a document of at least that many bytes
         # plus its quotes, so a batch of short documents skips the look at their keys.
@@ -394,7 +426,7 @@ def _needs_fixing(raws: Sequence[bytes], objs: Sequence[Any], limit: int, nul: b
     )
 
 
-def _fix_rows(col: Sequence[Any], objs: Sequence[Any], limit: int) -> list[Any]:
+def _fix_rows(col: Sequence[Any], objs: Sequence[Any], b: _Bounds) -> list[Any]:
     """The column with its broken documents repaired; ``objs`` are the parsed documents of the
     column's non-null values, in order."""
     out: list[Any] = []
@@ -403,13 +435,16 @@ def _fix_rows(col: Sequence[Any], objs: Sequence[Any], limit: int) -> list[Any]:
         if raw is not None:
             obj = objs[k]
             k += 1
-            if _broken(raw, obj, limit):
-                raw = _repair(raw, obj, limit)
+            if _over(raw, obj, b):
+                b.cut += 1
+                raw = _repair(raw, obj, b)
+            elif _flawed(raw, obj):
+                raw = _repair(raw, obj, b)
         out.append(raw)
     return out
 
 
-def _attrs_from_bytes(name: str, col: Sequence[Any], limit: int, nul: bool) -> list[Any] | None:
+def _attrs_from_bytes(name: str, col: Sequence[Any], b: _Bounds, nul: bool) -> list[Any] | None:
     raws = _present(col, bytes)
     if raws is None:
         i = _first(col, lambda v: v is None or type(v) is bytes)
@@ -422,9 +457,9 @@ def _attrs_from_bytes(name: str, col: Sequence[Any], limit: int, nul: bool) -> l
         objs = []
     if len(objs) != len(raws) or list(map(type, objs)).count(dict) != len(objs):
         _raise_bad_attrs(name, col)
-    if not _needs_fixing(raws, objs, limit, nul):
+    if not _needs_fixing(raws, objs, b, nul):
         return None
-    return _fix_rows(col, objs, limit)
+    return _fix_rows(col, objs, b)
 
 
 def _raise_bad_attrs(name: str, col: Sequence[Any]) -> None:
@@ -448,7 +483,7 @@ def _dump_or_flag(obj: Any) -> bytes:
         return _NUL_ESCAPE
 
 
-def _attrs_from_objects(name: str, col: Sequence[Any], limit: int, nul: bool) -> list[Any]:
+def _attrs_from_objects(name: str, col: Sequence[Any], b: _Bounds, nul: bool) -> list[Any]:
     objs = _present(col, dict)
     if objs is None:
         i = _first(col, lambda v: v is None or type(v) is dict)
@@ -464,9 +499,9 @@ def _attrs_from_objects(name: str, col: Sequence[Any], limit: int, nul: bool) ->
         column: list[Any] = [None if v is None else next(spread) for v in col]
     else:
         column = raws
-    if not _needs_fixing(raws, objs, limit, nul):
+    if not _needs_fixing(raws, objs, b, nul):
         return column
-    return _fix_rows(column, objs, limit)
+    return _fix_rows(column, objs, b)
 
 
 _CHECKS: dict[str, Callable[..., list[Any] | None]] = {
@@ -500,14 +535,40 @@ def decode_batch(
     content_type: str,
     *,
     max_records: int = 100_000,
-    max_attrs_bytes: int = 65_536,
+    max_attrs_bytes: int = MAX_ATTRS_BYTES,
+    max_value_bytes: int = MAX_VALUE_BYTES,
+    max_depth: int = MAX_DEPTH,
 ) -> tuple[uuid.UUID, list[Row]]:
     """The batch id and rows (in COLUMNS order) of an untrusted request body.
 
     Raises :class:`~atrace.errors.WireError`: status 400 for anything malformed (the message
     names the row and column), 413 for more than ``max_records`` rows, 415 for a content type
     that is neither msgpack nor JSON. Nothing is returned unless the whole batch is valid.
+    Attributes past ``max_attrs_bytes``, ``max_value_bytes`` or ``max_depth`` are cut (see the
+    module's docstring).
     """
+    batch_id, rows, _ = decode_batch_counted(
+        body,
+        content_type,
+        max_records=max_records,
+        max_attrs_bytes=max_attrs_bytes,
+        max_value_bytes=max_value_bytes,
+        max_depth=max_depth,
+    )
+    return batch_id, rows
+
+
+def decode_batch_counted(
+    body: bytes,
+    content_type: str,
+    *,
+    max_records: int = 100_000,
+    max_attrs_bytes: int = MAX_ATTRS_BYTES,
+    max_value_bytes: int = MAX_VALUE_BYTES,
+    max_depth: int = MAX_DEPTH,
+) -> tuple[uuid.UUID, list[Row], int]:
+    """As :func:`decode_batch`, with the number of records whose attributes were cut."""
+    bounds = _Bounds(max_attrs_bytes, max_value_bytes, max_depth)
     fmt = _format_of(content_type)
     doc = _load(body, fmt)
     if type(doc) is not dict:
@@ -531,7 +592,7 @@ def decode_batch(
             status=413,
         )
     if not rows:
-        return batch_id, []
+        return batch_id, [], 0
     _check_rows(rows)
     try:
         # One C-level transposition; strict, it also finds rows of unequal length.
@@ -544,16 +605,16 @@ def decode_batch(
     for index, (name, col) in enumerate(zip(columns, cols, strict=True)):
         if name == "attrs":
             check = _attrs_from_objects if fmt == "json" else _attrs_from_bytes
-            fixed = check(name, col, max_attrs_bytes, _NUL_ESCAPE in body)
+            fixed = check(name, col, bounds, _NUL_ESCAPE in body)
         else:
-            fixed = _CHECKS[name](name, col, max_attrs_bytes)
+            fixed = _CHECKS[name](name, col, bounds)
         if fixed is not None:
             cols[index] = fixed
             changed = True
     if not changed:
-        return batch_id, list(rows)
+        return batch_id, list(rows), bounds.cut
     if columns != COLUMNS:
         by_name = dict(zip(columns, cols, strict=True))
         n = len(rows)
         cols = [by_name.get(c) or [_MISSING_DEFAULT.get(c)] * n for c in COLUMNS]
-    return batch_id, list(zip(*cols, strict=True))
+    return batch_id, list(zip(*cols, strict=True)), bounds.cut

@@ -8,7 +8,7 @@ import asyncio
 import importlib
 import sys
 
-from ._common import add_db_options, dsn_option, resolve_dsn, schema_option
+from ._common import add_db_options, dsn_option, failure, resolve_dsn, schema_option
 from ._db import DB_COMMANDS, add_db_commands
 from ._serve import add_keys_parser, add_serve_parser, missing_extra, run_keys, run_serve
 from ._spill import SPILL_COMMANDS, add_spill_parser
@@ -111,7 +111,6 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``atrace`` console script."""
     args = _parser().parse_args(argv)
     from ..config import check_schema
-    from ..errors import AtraceError
 
     try:
         check_schema(schema_option(args))
@@ -139,13 +138,16 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(line, file=sys.stderr)
         return 2
-    except AtraceError as exc:
-        print(f"atrace: {exc}", file=sys.stderr)
-        return 2
-    except (OSError, ConnectionError) as exc:
-        print(f"atrace: cannot reach the database: {exc}", file=sys.stderr)
-        return 3
     except KeyboardInterrupt:
         print("atrace: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        # atrace's own errors, the database's and the collector's: one line and the exit code
+        # README documents (2 bad arguments, 3 unreachable); anything else is a bug.
+        known = failure(exc)
+        if known is None:
+            raise
+        code, line = known
+        print(line, file=sys.stderr)
+        return code
     return 1

@@ -8,6 +8,7 @@ import asyncio
 import importlib.util
 import sys
 
+from ..config import env
 from ..errors import MissingExtraError
 from ._common import add_db_options, resolve_dsn
 
@@ -24,6 +25,113 @@ _EXTRAS = {
     "opentelemetry": "otlp",
     "google": "otlp",
 }
+
+
+# The collector's bounds settable by a flag or an ATRACE_* variable (the flag wins):
+# (Limits field, variable, type, help). The flag is --field-with-dashes.
+_BOUNDS: tuple[tuple[str, str, type, str], ...] = (
+    (
+        "query_pool_size",
+        "ATRACE_QUERY_POOL_SIZE",
+        int,
+        "PostgreSQL connections of the read API (apart from ingest)",
+    ),
+    (
+        "max_inflight_queries",
+        "ATRACE_MAX_INFLIGHT_QUERIES",
+        int,
+        "queries answered at once; past it, 503",
+    ),
+    (
+        "max_queries_per_key",
+        "ATRACE_MAX_QUERIES_PER_KEY",
+        int,
+        "queries one API key may have in flight; past it, 429",
+    ),
+    (
+        "max_ingest_per_key",
+        "ATRACE_MAX_INGEST_PER_KEY",
+        int,
+        "ingest requests one API key may have in flight; past it, 429",
+    ),
+    (
+        "ingest_rate",
+        "ATRACE_INGEST_RATE",
+        float,
+        "ingest requests per second per API key; past it, 429",
+    ),
+    ("ingest_burst", "ATRACE_INGEST_BURST", int, "ingest requests one API key may send at once"),
+    ("query_rate", "ATRACE_QUERY_RATE", float, "queries per second per API key; past it, 429"),
+    ("query_burst", "ATRACE_QUERY_BURST", int, "queries one API key may send at once"),
+    (
+        "max_inflight_bytes",
+        "ATRACE_MAX_INFLIGHT_BYTES",
+        int,
+        "bytes of request bodies (inflated) held at once; past it, 503",
+    ),
+    (
+        "max_error_scan",
+        "ATRACE_MAX_ERROR_SCAN",
+        int,
+        "most error rows one /v1/errors request may scan",
+    ),
+    (
+        "header_timeout",
+        "ATRACE_HEADER_TIMEOUT",
+        float,
+        "seconds a connection has to send a complete request head",
+    ),
+    (
+        "body_timeout",
+        "ATRACE_BODY_TIMEOUT",
+        float,
+        "seconds a client has to send a request body (408 after)",
+    ),
+    (
+        "max_connections",
+        "ATRACE_MAX_CONNECTIONS",
+        int,
+        "open connections (kept below the descriptor limit)",
+    ),
+    (
+        "max_connections_per_address",
+        "ATRACE_MAX_CONNECTIONS_PER_ADDRESS",
+        int,
+        "open connections from one client address",
+    ),
+    (
+        "max_tail_subscribers",
+        "ATRACE_MAX_TAIL_SUBSCRIBERS",
+        int,
+        "live-tail streams open at once; past it, 503",
+    ),
+    ("max_tail_per_key", "ATRACE_MAX_TAIL_PER_KEY", int, "live-tail streams per API key; 429"),
+    (
+        "tail_queue_bytes",
+        "ATRACE_TAIL_QUEUE_BYTES",
+        int,
+        "bytes queued for one live-tail reader; past it, the reader is dropped",
+    ),
+    (
+        "max_value_bytes",
+        "ATRACE_MAX_VALUE_BYTES",
+        int,
+        "bytes of one attribute value as JSON; past it, a marker is stored",
+    ),
+    ("max_depth", "ATRACE_MAX_DEPTH", int, "nesting of an attribute value; deeper is cut"),
+    (
+        "late_window",
+        "ATRACE_LATE_WINDOW",
+        float,
+        "seconds a record's time may lie in the past; older records are rejected",
+    ),
+    (
+        "early_window",
+        "ATRACE_EARLY_WINDOW",
+        float,
+        "seconds a record's time may lie in the future (at most a week); later are rejected",
+    ),
+)
 
 
 def missing_extra(command: str, exc: ImportError) -> str | None:
@@ -73,6 +181,14 @@ def add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     serve.add_argument(
         "--pool-size", type=int, default=limits.pool_size, help="PostgreSQL connections"
     )
+    for field, var, kind, text in _BOUNDS:
+        serve.add_argument(
+            f"--{field.replace('_', '-')}",
+            type=kind,
+            # A string default goes through type= too: a bad variable is a usage error.
+            default=env(var) or getattr(limits, field),
+            help=f"{text} (default: ${var}, else {getattr(limits, field)})",
+        )
     serve.add_argument(
         "--shutdown-timeout",
         type=float,
@@ -108,6 +224,7 @@ def run_serve(args: argparse.Namespace) -> int:
         max_inflated=args.max_inflated,
         max_records=args.max_records,
         pool_size=args.pool_size,
+        **{field: getattr(args, field) for field, *_ in _BOUNDS},
     )
     dsn = resolve_dsn(args)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
@@ -163,8 +280,15 @@ async def run_keys(args: argparse.Namespace, dsn: str) -> int:
     finally:
         await conn.close()
     parsed = auth.parse_key(args.key_id)
-    # Given the whole key, name it by its id: the secret is never printed.
-    key_id = parsed[0] if parsed is not None else args.key_id
+    # Given the whole key, name it by its id: the secret is never printed, nor is an argument
+    # that is not a key id (a mistyped or cut secret), only what it should have been.
+    key_id = parsed[0] if parsed is not None else args.key_id.strip()
+    if not auth.is_key_id(key_id):
+        print(
+            "atrace: not an API key id (16 hex digits) nor a whole key (atk_<id>_<secret>)",
+            file=sys.stderr,
+        )
+        return 1
     if result is None:
         print(f"atrace: no API key {key_id!r}", file=sys.stderr)
         return 1

@@ -9,15 +9,18 @@ turns the exceptions into those answers.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from ..errors import TailClosed
+from ..errors import QueryError, Unavailable
 from . import _query as query
-from ._state import POOL, PROJECT, SCHEMA, TAIL, database
+from ._state import LIMITS, PROJECT, QUERY_POOL, SCHEMA, TAIL, database
 
 __all__ = ("add_query_routes",)
 
@@ -48,48 +51,73 @@ def _error(status: int, message: str, **extra: Any) -> web.Response:
     return _json({"error": message, **extra}, status)
 
 
-def _where(request: web.Request) -> tuple[Any, str, str]:
-    return request.app[POOL], request.app[SCHEMA], request[PROJECT]
+def _where(request: web.Request) -> tuple[str, str]:
+    return request.app[SCHEMA], request[PROJECT]
+
+
+@contextlib.asynccontextmanager
+async def _connection(request: web.Request) -> AsyncIterator[Any]:
+    """A connection of the read API's own pool, waited for at most ``pool_wait`` seconds (503
+    after); errors worth retrying become :class:`Unavailable` too."""
+    pool = request.app[QUERY_POOL]
+    wait = request.app[LIMITS].pool_wait
+    with database():
+        try:
+            conn = await pool.acquire(timeout=wait)
+        except asyncio.TimeoutError:
+            raise Unavailable(
+                f"no database connection free for queries within {wait} s", reason="database"
+            ) from None
+        try:
+            yield conn
+        finally:
+            await pool.release(conn)
 
 
 async def _search(request: web.Request) -> web.StreamResponse:
-    pool, schema, project = _where(request)
+    schema, project = _where(request)
     filters = query.parse_filters(request.query.items(), project=project)
-    with database():
-        found = await query.search(pool, schema, filters)
+    async with _connection(request) as conn:
+        found = await query.search(conn, schema, filters)
     return _json(found)
 
 
 async def _trace(request: web.Request) -> web.StreamResponse:
-    pool, schema, project = _where(request)
-    with database():
-        tree = await query.trace(pool, schema, project, request.match_info["trace_id"])
+    schema, project = _where(request)
+    async with _connection(request) as conn:
+        tree = await query.trace(conn, schema, project, request.match_info["trace_id"])
     if tree is None:
         return _error(404, "no such trace")
     return _json(tree)
 
 
 async def _stats(request: web.Request) -> web.StreamResponse:
-    pool, schema, project = _where(request)
+    schema, project = _where(request)
     params = query.stats_params(request.query, now=time.time_ns())
-    with database():
-        found = await query.stats(pool, schema, project, **params)
+    async with _connection(request) as conn:
+        found = await query.stats(conn, schema, project, **params)
     return _json(found)
 
 
 async def _spans(request: web.Request) -> web.StreamResponse:
-    pool, schema, project = _where(request)
+    schema, project = _where(request)
     params = query.spans_params(request.query, now=time.time_ns())
-    with database():
-        found = await query.spans(pool, schema, project, **params)
+    async with _connection(request) as conn:
+        found = await query.spans(conn, schema, project, **params)
     return _json(found)
 
 
 async def _errors(request: web.Request) -> web.StreamResponse:
-    pool, schema, project = _where(request)
+    schema, project = _where(request)
     params = query.errors_params(request.query, now=time.time_ns())
-    with database():
-        found = await query.errors(pool, schema, project, **params)
+    # The rows scanned are held in memory while grouped: this collector's bound applies.
+    most = request.app[LIMITS].max_error_scan
+    if params["scan"] > most:
+        if "scan" in request.query:
+            raise QueryError("scan", params["scan"], f"expected 1 to {most}")
+        params["scan"] = most
+    async with _connection(request) as conn:
+        found = await query.errors(conn, schema, project, **params)
     return _json(found)
 
 
@@ -99,40 +127,9 @@ async def _tail(request: web.Request) -> web.StreamResponse:
         return _error(503, "the live tail is not running")
     items = [(k, v) for k, v in request.query.items() if k not in _TAIL_IGNORED]
     filters = query.parse_filters(items, project=request[PROJECT], default_range_ns=None)
-    sub = hub.subscribe(filters)  # TailClosed once the collector is stopping: 503
-    response = web.StreamResponse(
-        headers={
-            "Content-Type": "text/event-stream",
-            "Cache-Control": "no-cache",
-            # Proxies such as nginx would otherwise hold events back in their buffers.
-            "X-Accel-Buffering": "no",
-        }
-    )
-    try:
-        await response.prepare(request)
-        # Subscribed before this line is sent: a client that has read it misses nothing after.
-        await response.write(b": tail started\n\n")
-        reported = 0
-        while True:
-            try:
-                rows = await sub.take(hub.heartbeat)
-            except TailClosed:
-                break
-            if not rows:
-                await response.write(b": heartbeat\n\n")
-                continue
-            chunk = bytearray()
-            for row in rows:
-                chunk += b"data: " + orjson.dumps(query.record_json(row)) + b"\n\n"
-            if sub.dropped > reported:
-                # A comment, so EventSource readers skip it; atrace's clients count it.
-                chunk += f": dropped {sub.dropped - reported} total {sub.dropped}\n\n".encode()
-                reported = sub.dropped
-            await response.write(bytes(chunk))
-    except ConnectionError:
-        pass  # the reader went away
-    finally:
-        hub.unsubscribe(sub)
+    # Subscribed, bounded and streamed by the hub (429/503 past its bounds; see _tail.py).
+    # TailClosed once the collector is stopping: 503
+    response: web.StreamResponse = await hub.stream(request, filters)
     return response
 
 

@@ -1,7 +1,8 @@
 """The collector's aiohttp application: database lifecycle, middlewares, health and metrics.
 
 ``make_app`` builds the application; ``make_runner`` wraps it with the server options the
-collector relies on (its own bounded gzip inflation, no access log); ``serve`` runs it until
+collector relies on (its own bounded gzip inflation, no access log, the header time-out and the
+connection caps of :class:`_Gate`); ``serve`` runs it until
 SIGTERM or SIGINT, then stops accepting, lets requests in flight finish within
 ``shutdown_timeout``, stops the live tail and closes the pool.
 """
@@ -20,24 +21,28 @@ from aiohttp import web
 from .._postgres.session import connection_init
 from ..config import check_schema
 from ..errors import AuthError, ConfigError, QueryError, TailClosed, Unavailable, WireError
-from ._auth import KeyStore, auth_middleware
-from ._ingest import add_ingest_routes
-from ._limits import DEFAULT_LIMITS, Limits
+from ._auth import KeyStore, auth_middleware, parse_key, request_key
+from ._ingest import INGEST, add_ingest_routes
+from ._limits import DEFAULT_LIMITS, KeyGate, Limits, RateLimited
 from ._prometheus import CONTENT_TYPE, Metrics
-from ._state import POOL, SCHEMA, TAIL
+from ._redact import CollectorRunner, install_filters
+from ._state import LIMITS, POOL, PROJECT, QUERY_POOL, SCHEMA, TAIL
 
 __all__ = ("KEYS", "LIMITS", "METRICS", "PUBLIC_PATHS", "make_app", "make_runner", "serve")
 
 _log = logging.getLogger("atrace.collector")
 
 KEYS: web.AppKey[KeyStore] = web.AppKey("atrace_keys", KeyStore)
-LIMITS: web.AppKey[Limits] = web.AppKey("atrace_limits", Limits)
 METRICS: web.AppKey[Metrics] = web.AppKey("atrace_metrics", Metrics)
 # Paths that need no API key.
 PUBLIC_PATHS = frozenset({"/healthz", "/metrics"})
 _HEALTH_TIMEOUT = 2.0
 _POOL_CLOSE_TIMEOUT = 10.0
 DEFAULT_SHUTDOWN_TIMEOUT = 30.0
+# Descriptors kept free of client connections: the pools, the live tail, logs and files.
+_FD_RESERVE = 64
+# A cause of refusal is logged at most once in this many seconds, with how often it happened.
+_LOG_EVERY = 60.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -59,6 +64,13 @@ def _from_http_exception(exc: web.HTTPException) -> web.Response:
         k: v for k, v in exc.headers.items() if k.lower() not in ("content-type", "content-length")
     }
     return _error(exc.status, message or exc.reason, headers)
+
+
+def _unread(request: web.Request, response: web.Response) -> web.Response:
+    # A body refused unread (or half read) is not drained: the connection ends after the answer.
+    if request.body_exists and not request.content.at_eof():
+        response.force_close()
+    return response
 
 
 _REASONS = {400: "bad_request", 408: "timeout", 413: "too_large", 415: "unsupported"}
@@ -97,7 +109,12 @@ def _observe(metrics: Metrics, retry_after: int) -> Any:
         except Unavailable as exc:
             metrics.error(f"unavailable_{exc.reason}")
             status = 503
-            return _error(503, str(exc), busy)
+            return _unread(request, _error(503, str(exc), busy))
+        except RateLimited as exc:
+            metrics.error(f"rate_limited_{exc.reason}")
+            status = 429
+            answer = _error(429, str(exc), {"Retry-After": str(exc.retry_after)})
+            return _unread(request, answer)
         except TailClosed:
             metrics.error("unavailable_stopping")
             status = 503
@@ -123,17 +140,84 @@ def _observe(metrics: Metrics, retry_after: int) -> Any:
     return observe
 
 
+class _Throttled:
+    """One log line per cause and minute at most, saying how often the cause struck since the
+    last line: refusals under attack must not fill the disk."""
+
+    __slots__ = ("_counts", "_last")
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+        self._counts: dict[str, int] = {}
+
+    def warn(self, cause: str, message: str) -> None:
+        n = self._counts.get(cause, 0) + 1
+        now = time.monotonic()
+        last = self._last.get(cause)
+        if last is not None and now - last < _LOG_EVERY:
+            self._counts[cause] = n
+            return
+        self._last[cause] = now
+        self._counts[cause] = 0
+        _log.warning("atrace collector: %s (%d since the last such line)", message, n)
+
+
+def _fairness(limits: Limits) -> tuple[Any, KeyGate]:
+    """Per API key, after authentication: ingest (every POST) and queries (every other
+    authenticated route) each under a token bucket and a cap on requests in flight; queries also
+    under ``max_inflight_queries`` for all keys. The live tail spends a query token only (its
+    own bounds are the tail's)."""
+    ingest = KeyGate(
+        limits.ingest_rate,
+        limits.ingest_burst,
+        limits.max_ingest_per_key,
+        share=limits.pool_size,
+    )
+    queries = KeyGate(
+        limits.query_rate,
+        limits.query_burst,
+        limits.max_queries_per_key,
+        limits.max_inflight_queries,
+    )
+
+    @web.middleware
+    async def fairness(request: web.Request, handler: Handler) -> web.StreamResponse:
+        project = request.get(PROJECT)
+        if project is None:  # a public path
+            return await handler(request)
+        parsed = parse_key(request_key(request) or "")
+        key = project if parsed is None else parsed[0]
+        if request.method == "POST":
+            gate, what = ingest, "ingest"
+        else:
+            gate, what = queries, "query"
+        gate.enter(key, what)
+        if request.path == "/v1/tail":
+            gate.leave(key)
+            return await handler(request)
+        try:
+            return await handler(request)
+        finally:
+            gate.leave(key)
+
+    return fairness, queries
+
+
 async def _healthz(request: web.Request) -> web.Response:
-    """``GET /healthz``: 200 when PostgreSQL answers, 503 otherwise."""
+    """``GET /healthz``: 200 when PostgreSQL answers, 503 otherwise; with the live tail's state
+    (``degraded`` while its listener is being restarted: ingest and queries still work)."""
     pool = request.app[POOL]
+    hub = request.app.get(TAIL)
+    tail = hub.health() if hub is not None else None
     try:
         async with pool.acquire(timeout=_HEALTH_TIMEOUT) as conn:
             await conn.fetchval("SELECT 1", timeout=_HEALTH_TIMEOUT)
     except Exception as exc:
         return web.json_response(
-            {"status": "unavailable", "error": f"database: {type(exc).__name__}"}, status=503
+            {"status": "unavailable", "error": f"database: {type(exc).__name__}", "tail": tail},
+            status=503,
         )
-    return web.json_response({"status": "ok"})
+    return web.json_response({"status": "ok", "tail": tail})
 
 
 async def _metrics(request: web.Request) -> web.Response:
@@ -150,34 +234,55 @@ async def _reset(conn: Any) -> None:
         await conn.execute("ROLLBACK")
 
 
+def _pool(dsn: str, limits: Limits, size: int, name: str) -> Any:
+    import asyncpg
+
+    return asyncpg.create_pool(
+        dsn,
+        # No floor: during an outage a pool reconnecting in the background only adds noise.
+        min_size=0,
+        max_size=size,
+        init=connection_init,
+        reset=_reset,
+        server_settings={"application_name": name},
+        timeout=limits.connect_timeout,
+        command_timeout=limits.command_timeout,
+    )
+
+
 def _database(dsn: str, schema: str, limits: Limits) -> Any:
     async def database(app: web.Application) -> AsyncIterator[None]:
-        import asyncpg
-
         from .._postgres.schema import ensure_schema
         from ._tail import TailHub
 
-        pool = await asyncpg.create_pool(
-            dsn,
-            # No floor: during an outage a pool reconnecting in the background only adds noise.
-            min_size=0,
-            max_size=limits.pool_size,
-            init=connection_init,
-            reset=_reset,
-            server_settings={"application_name": "atrace-collector"},
-            timeout=limits.connect_timeout,
-            command_timeout=limits.command_timeout,
-        )
+        # Two pools: ingest (and key checks) apart from queries, so that no amount of querying
+        # leaves an ingest without a connection.
+        pool = await _pool(dsn, limits, limits.pool_size, "atrace-collector")
         try:
-            async with pool.acquire(timeout=limits.connect_timeout) as conn:
-                await ensure_schema(conn, schema)
-            hub = TailHub(schema)
-            # The tail listens on a connection of its own: the pool stays whole for requests.
-            await hub.start(pool, dsn=dsn)
+            query_pool = await _pool(dsn, limits, limits.query_pool_size, "atrace-collector-query")
         except BaseException:
             pool.terminate()
             raise
+        try:
+            async with pool.acquire(timeout=limits.connect_timeout) as conn:
+                await ensure_schema(conn, schema)
+            hub = TailHub(
+                schema,
+                queue_bytes=limits.tail_queue_bytes,
+                max_subscribers=limits.max_tail_subscribers,
+                max_per_key=limits.max_tail_per_key,
+                keys=app[KEYS],
+                retry_after=limits.retry_after,
+            )
+            hub.export(app[METRICS])
+            # The tail listens on a connection of its own: the pools stay whole for requests.
+            await hub.start(query_pool, dsn=dsn)
+        except BaseException:
+            pool.terminate()
+            query_pool.terminate()
+            raise
         app[POOL] = pool
+        app[QUERY_POOL] = query_pool
         app[TAIL] = hub
         try:
             yield
@@ -185,11 +290,12 @@ def _database(dsn: str, schema: str, limits: Limits) -> Any:
             try:
                 await hub.stop()
             finally:
-                try:
-                    await asyncio.wait_for(pool.close(), _POOL_CLOSE_TIMEOUT)
-                except BaseException:
-                    pool.terminate()
-                    raise
+                for each in (pool, query_pool):
+                    try:
+                        await asyncio.wait_for(each.close(), _POOL_CLOSE_TIMEOUT)
+                    except BaseException:
+                        each.terminate()
+                        raise
 
     return database
 
@@ -197,21 +303,25 @@ def _database(dsn: str, schema: str, limits: Limits) -> Any:
 def make_app(dsn: str, *, schema: str = "atrace", limits: Limits | None = None) -> web.Application:
     """The collector application for PostgreSQL at ``dsn``.
 
-    On startup: an asyncpg pool, the schema created or migrated, the live tail started. On
-    cleanup: the tail stopped and the pool closed. Run it with :func:`make_runner` (or
-    :func:`serve`), which turns off aiohttp's own request decompression so that gzip bodies are
-    inflated under ``limits.max_inflated``.
+    On startup: two asyncpg pools (ingest and queries), the schema created or migrated, the live
+    tail started. On cleanup: the tail stopped and the pools closed. Run it with
+    :func:`make_runner` (or :func:`serve`), which turns off aiohttp's own request decompression
+    so that gzip bodies are inflated under ``limits.max_inflated``, and bounds connections and
+    the time to send a request head.
     """
     from ._api import add_query_routes
 
+    install_filters()  # no API key, password or credential in any log line of the collector
     schema = check_schema(schema)
     limits = limits or DEFAULT_LIMITS
     registry = Metrics()
+    fairness, query_gate = _fairness(limits)
     keys = KeyStore(schema, ttl=limits.key_cache_ttl, pool_wait=limits.pool_wait)
     app = web.Application(
         middlewares=[
             _observe(registry, limits.retry_after),
             auth_middleware(keys, lambda: app[POOL], PUBLIC_PATHS),
+            fairness,
         ],
         client_max_size=limits.max_body,
     )
@@ -222,21 +332,191 @@ def make_app(dsn: str, *, schema: str = "atrace", limits: Limits | None = None) 
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/metrics", _metrics)
     add_ingest_routes(app, limits, registry, schema)
+    registry.gauge("inflight_bytes", lambda: app[INGEST].admission.bytes)
+    registry.gauge("inflight_queries", lambda: query_gate.inflight)
     add_query_routes(app)
     app.cleanup_ctx.append(_database(dsn, schema, limits))
     return app
+
+
+def _fd_limit() -> int | None:
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return None if soft == resource.RLIM_INFINITY or soft <= 0 else int(soft)
+
+
+class _Guard(asyncio.Protocol):
+    """One accepted connection: refused at once past the caps, else handed to aiohttp's own
+    protocol, and closed if it has not delivered a complete request head within
+    ``header_timeout`` (later heads are bounded by the keep-alive time-out, set to the same)."""
+
+    __slots__ = ("_address", "_gate", "_inner", "_tail", "_timer", "_transport")
+
+    def __init__(self, gate: _Gate) -> None:
+        self._gate = gate
+        self._inner: Any = None
+        self._transport: Any = None
+        self._address: str | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._tail = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        gate = self._gate
+        peer = transport.get_extra_info("peername")
+        address = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+        cause = gate.admit(address)
+        if cause is not None:
+            transport.abort()  # type: ignore[attr-defined]  # a socket transport
+            return
+        self._address = address
+        self._transport = transport
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(gate.header_timeout, self._expire)
+        self._inner = gate.server()
+        self._inner.connection_made(transport)
+
+    def _expire(self) -> None:
+        self._timer = None
+        if self._transport is not None and not self._transport.is_closing():
+            self._gate.refused(
+                "header_timeout",
+                f"closed connections that sent no complete request head within "
+                f"{self._gate.header_timeout} s",
+            )
+            self._transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        if self._timer is not None:
+            seen = self._tail + data
+            if b"\r\n\r\n" in seen:
+                self._timer.cancel()
+                self._timer = None
+            else:
+                self._tail = seen[-3:]
+        if self._inner is not None:
+            self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return None if self._inner is None else self._inner.eof_received()  # type: ignore[no-any-return]
+
+    def pause_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._address is not None:
+            self._gate.release(self._address)
+            self._address = None
+        if self._inner is not None:
+            inner, self._inner = self._inner, None
+            inner.connection_lost(exc)
+        self._transport = None
+
+
+class _Gate:
+    """The protocol factory handed to the listening socket: counts open connections in all and
+    per client address, and makes a :class:`_Guard` for each."""
+
+    def __init__(self, server: Any, limits: Limits, metrics: Metrics | None) -> None:
+        self.server = server
+        self.header_timeout = limits.header_timeout
+        self.max_total = limits.max_connections
+        fds = _fd_limit()
+        if fds is not None:
+            reserve = limits.pool_size + limits.query_pool_size + _FD_RESERVE
+            self.max_total = max(1, min(self.max_total, fds - reserve))
+        self.max_per_address = limits.max_connections_per_address
+        self.open = 0
+        self.per_address: dict[str, int] = {}
+        self._metrics = metrics
+        self._log = _Throttled()
+        if metrics is not None:
+            metrics.gauge("connections_open", lambda: self.open)
+
+    def __call__(self) -> _Guard:
+        return _Guard(self)
+
+    def admit(self, address: str) -> str | None:
+        """Count a new connection from ``address``; the cause if it must be closed instead."""
+        if self.open >= self.max_total:
+            self.refused(
+                "max_connections", f"refused connections past {self.max_total} open in all"
+            )
+            return "max_connections"
+        n = self.per_address.get(address, 0)
+        if n >= self.max_per_address:
+            self.refused(
+                "per_address",
+                f"refused connections past {self.max_per_address} open from one address",
+            )
+            return "per_address"
+        self.per_address[address] = n + 1
+        self.open += 1
+        return None
+
+    def release(self, address: str) -> None:
+        self.open -= 1
+        n = self.per_address.get(address, 1) - 1
+        if n:
+            self.per_address[address] = n
+        else:
+            self.per_address.pop(address, None)
+
+    def refused(self, cause: str, message: str) -> None:
+        if self._metrics is not None:
+            self._metrics.closed(cause)
+        self._log.warn(cause, message)
+
+
+class _Runner(CollectorRunner):
+    """An AppRunner whose listening sockets make :class:`_Guard` connections."""
+
+    __slots__ = ("_gate", "_limits")
+
+    def __init__(self, app: web.Application, limits: Limits, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._limits = limits
+        self._gate: _Gate | None = None
+
+    @property
+    def server(self) -> Any:
+        inner = super().server
+        if inner is None:
+            return None
+        if self._gate is None or self._gate.server is not inner:
+            self._gate = _Gate(inner, self._limits, self.app.get(METRICS))
+        return self._gate
 
 
 def make_runner(
     app: web.Application, *, shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
 ) -> web.AppRunner:
     """An AppRunner with the collector's server options; ``cleanup()`` waits up to
-    ``shutdown_timeout`` seconds for requests in flight."""
-    return web.AppRunner(
+    ``shutdown_timeout`` seconds for requests in flight.
+
+    Its sites bound connections (``max_connections``, lowered below the process's descriptor
+    limit, and ``max_connections_per_address``: further ones are closed at accept) and close a
+    connection that has not sent a complete request head within ``header_timeout``.
+    """
+    limits = app.get(LIMITS) or DEFAULT_LIMITS
+    return _Runner(
         app,
+        limits,
         # The ingest path inflates gzip itself, bounded by max_inflated.
         auto_decompress=False,
         access_log=None,
+        # Between requests, the next head must arrive within the header time-out too.
+        keepalive_timeout=limits.header_timeout,
         shutdown_timeout=shutdown_timeout,
         handle_signals=False,
     )

@@ -29,6 +29,7 @@ __all__ = (
     "auth_middleware",
     "check_project",
     "create_key",
+    "is_key_id",
     "list_keys",
     "parse_key",
     "request_key",
@@ -80,6 +81,11 @@ def parse_key(text: str) -> tuple[str, str] | None:
     return match.group(1), match.group(2)
 
 
+def is_key_id(text: str) -> bool:
+    """Whether ``text`` is a key id (16 hex digits), the public part of a key."""
+    return _KEY_ID.fullmatch(text) is not None
+
+
 def _digest(secret: str) -> bytes:
     return hashlib.sha256(secret.encode("ascii")).digest()
 
@@ -120,7 +126,7 @@ async def revoke_key(conn: Any, schema: str, key_id: str) -> bool | None:
     parsed = parse_key(key_id)
     if parsed is not None:
         key_id = parsed[0]
-    if not _KEY_ID.fullmatch(key_id):
+    if not is_key_id(key_id):
         return None
     status = await conn.execute(
         f"UPDATE {schema}.api_keys SET revoked_at = now() WHERE key_id = $1 AND revoked_at IS NULL",

@@ -52,7 +52,11 @@ class Metrics:
     - ``atrace_collector_batches_duplicate_total{endpoint}``: requests whose batch was stored
       before (answered, nothing written)
     - ``atrace_collector_errors_total{reason}``: refused or failed requests by reason
-    - gauges: ``atrace_collector_inflight_requests``, ``atrace_collector_inflight_records``
+    - ``atrace_collector_connections_closed_total{cause}``: connections the collector closed to
+      protect itself (``max_connections``, ``per_address``, ``header_timeout``)
+    - gauges: ``atrace_collector_inflight_requests``, ``atrace_collector_inflight_records``,
+      ``atrace_collector_inflight_bytes``, ``atrace_collector_inflight_queries``,
+      ``atrace_collector_connections_open``
     """
 
     def __init__(self) -> None:
@@ -61,7 +65,9 @@ class Metrics:
         self._records: dict[str, int] = {}
         self._duplicates: dict[str, int] = {}
         self._errors: dict[str, int] = {}
+        self._closed: dict[str, int] = {}
         self._gauges: dict[str, Callable[[], float]] = {}
+        self._counters: dict[str, tuple[str, str | None, Callable[[], dict[str, float]]]] = {}
 
     def request(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count one answered request and its latency."""
@@ -84,16 +90,34 @@ class Metrics:
         """Count a refused or failed request (``unauthorized``, ``too_large``, ...)."""
         self._errors[reason] = self._errors.get(reason, 0) + 1
 
+    def closed(self, cause: str) -> None:
+        """Count a connection closed by the collector to protect itself, by ``cause``."""
+        self._closed[cause] = self._closed.get(cause, 0) + 1
+
     def gauge(self, name: str, read: Callable[[], float]) -> None:
         """Export ``read()`` as the gauge ``atrace_collector_<name>``."""
         self._gauges[name] = read
+
+    def counter(
+        self, name: str, helptext: str, label: str | None, read: Callable[[], dict[str, float]]
+    ) -> None:
+        """Export ``read()`` (label value -> count) as the counter ``atrace_collector_<name>``;
+        with ``label`` None, ``read()`` holds one value."""
+        self._counters[name] = (helptext, label, read)
 
     def value(self, family: str, **labels: str) -> float:
         """One series' current value (for tests and the benchmark); 0 when never counted."""
         if family == "requests":
             key = (labels["route"], labels["method"], labels["status"])
             return self._requests.get(key, 0)
-        table = {"records": self._records, "duplicates": self._duplicates, "errors": self._errors}
+        if family in self._gauges:
+            return self._gauges[family]()
+        table = {
+            "records": self._records,
+            "duplicates": self._duplicates,
+            "errors": self._errors,
+            "closed": self._closed,
+        }
         values = table[family]
         (label,) = labels.values()
         return values.get(label, 0)
@@ -138,11 +162,24 @@ class Metrics:
                 "reason",
                 self._errors,
             ),
+            (
+                "atrace_collector_connections_closed_total",
+                "Connections closed by the collector to protect itself, by cause.",
+                "cause",
+                self._closed,
+            ),
         ):
             out.append(f"# HELP {family} {helptext}")
             out.append(f"# TYPE {family} counter")
             for value, n in sorted(values.items()):
                 out.append(f"{family}{_labels(((label, value),))} {n}")
+        for name, (helptext, label_name, read_all) in sorted(self._counters.items()):
+            family = f"atrace_collector_{name}"
+            out.append(f"# HELP {family} {helptext}")
+            out.append(f"# TYPE {family} counter")
+            for value, amount in sorted(read_all().items()):
+                pairs = () if label_name is None else ((label_name, value),)
+                out.append(f"{family}{_labels(pairs)} {_number(amount)}")
         for name, read in sorted(self._gauges.items()):
             family = f"atrace_collector_{name}"
             out.append(f"# TYPE {family} gauge")

@@ -10,11 +10,17 @@ from aiohttp import web
 
 from .._delivery.classify import classify
 from ..errors import Unavailable
+from ._limits import Limits
 
-__all__ = ("POOL", "PROJECT", "SCHEMA", "TAIL", "database")
+__all__ = ("LIMITS", "POOL", "PROJECT", "QUERY_POOL", "SCHEMA", "TAIL", "database")
 
-# The asyncpg pool (connections carry atrace's codecs: ts as int ns, jsonb as JSON bytes).
+# The asyncpg pool of ingest and API-key checks (connections carry atrace's codecs: ts as int
+# ns, jsonb as JSON bytes).
 POOL: web.AppKey[Any] = web.AppKey("atrace_pool", object)
+# The read API's own pool (same codecs): queries never take an ingest's connection.
+QUERY_POOL: web.AppKey[Any] = web.AppKey("atrace_query_pool", object)
+# The collector's limits.
+LIMITS: web.AppKey[Limits] = web.AppKey("atrace_limits", Limits)
 # The PostgreSQL schema holding records, batches and api_keys.
 SCHEMA: web.AppKey[str] = web.AppKey("atrace_schema", str)
 # The live-tail hub: ingest publishes committed rows, /v1/tail subscribes.
@@ -35,4 +41,6 @@ def database() -> Iterator[None]:
         verdict = classify(exc)
         if not verdict.retryable:
             raise
-        raise Unavailable(f"database unavailable: {verdict.reason}", reason="database") from exc
+        # The client is told only that; what failed (which may name the database's address)
+        # stays on the exception's __cause__, for the collector's own log.
+        raise Unavailable("database unavailable: retry later", reason="database") from exc

@@ -15,8 +15,27 @@ row count) equals a batch published here recently is skipped without a fetch; ot
 rows are checked against the keys of rows delivered recently, so a row reaches a subscriber once
 whichever path brings it first. Nothing is fetched for a project nobody tails.
 
-Each subscriber has a bounded queue: a reader too slow for the stream loses the newest rows,
-counted in ``Subscription.dropped``, instead of growing the collector's memory.
+What one collector spends on tails is bounded:
+
+* **subscribers**: at most ``max_subscribers`` in all (past it, :class:`TailFull`, which
+  ``GET /v1/tail`` answers 503 with ``Retry-After``) and ``max_per_key`` per API key (past it,
+  429 with ``Retry-After``: that client holds enough);
+* **each queue**: at most ``queue_size`` rows (past it the newest rows are lost, counted in
+  ``Subscription.dropped`` and told to the reader as a ``: dropped`` comment) and at most
+  ``queue_bytes`` bytes of serialised events (past it the reader is too slow for the stream: it
+  is dropped, its queue freed at once, and the stream ends with ``event: error``);
+* **fan-out**: each row is serialised once, whatever the number of subscribers, and matched once
+  per distinct set of filters; work past a small budget runs in a task that yields to the loop
+  every ``_SLICE_WORK`` offers, so health checks and ingest answer while thousands of
+  subscribers are served; rows waiting for that task are bounded too (``_MAX_BACKLOG_ROWS``).
+
+A row that cannot be serialised (nested deeper than orjson goes, a value it cannot write) is
+skipped and counted, never fatal. The listening task is supervised: an unexpected error is logged
+and counted (``restarts``) and the task starts again; :attr:`TailHub.healthy` and
+:meth:`TailHub.health` say how it is. An open stream re-checks its API key every
+``key_recheck`` seconds through the collector's :class:`~atrace.collector._auth.KeyStore` (whose
+cache trusts an answer for its ``ttl``), so a revoked key's stream ends within ``ttl +
+key_recheck`` with ``event: error``.
 """
 
 from __future__ import annotations
@@ -32,6 +51,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from aiohttp import web
 
 from .._postgres.schema import tail_channel
 from .._postgres.session import connection_init
@@ -52,23 +72,42 @@ from .._records import (
     TRACE_ID,
     TS,
 )
-from ..errors import TailClosed
-from ._query import Filters
+from ..errors import AuthError, TailClosed, Unavailable
+from ._auth import parse_key, request_key
+from ._query import Filters, record_json
 from ._query.sql import as_ns
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ._auth import KeyStore
+    from ._prometheus import Metrics
 
 __all__ = (
     "DEFAULT_HEARTBEAT",
+    "DEFAULT_KEY_RECHECK",
+    "DEFAULT_MAX_PER_KEY",
+    "DEFAULT_MAX_SUBSCRIBERS",
+    "DEFAULT_QUEUE_BYTES",
     "DEFAULT_QUEUE_SIZE",
     "Subscription",
     "TailClosed",
+    "TailFull",
     "TailHub",
     "TailStats",
 )
 
 _log = logging.getLogger("atrace.collector.tail")
 
+MiB = 1024 * 1024
 DEFAULT_QUEUE_SIZE = 1000
+# Serialised events one subscriber may have waiting; past it the subscriber is dropped.
+DEFAULT_QUEUE_BYTES = 4 * MiB
+DEFAULT_MAX_SUBSCRIBERS = 1000
+DEFAULT_MAX_PER_KEY = 20
 DEFAULT_HEARTBEAT = 15.0
+# Seconds between checks of an open stream's API key (answered from the key cache mostly).
+DEFAULT_KEY_RECHECK = 1.0
+DEFAULT_RETRY_AFTER = 1
 # Notifications wait this long before their fetch: ingest's in-process publish of the same rows
 # usually lands first (no fetch then), and notices arriving together are handled together.
 DEFAULT_FETCH_DELAY = 0.05
@@ -80,30 +119,94 @@ _RECENT_BATCH_SECONDS = 60.0
 _MAX_PENDING = 10_000
 _MAX_FETCH = 100_000
 _RECONNECT_MAX = 30.0
+# Fan-out: work (filter checks and offers) done at once before yielding to the loop; a batch
+# whose whole fan-out fits in _INLINE_WORK is delivered inside publish.
+_SLICE_WORK = 2_000
+_INLINE_WORK = 20_000
+# Rows waiting for the fan-out task; a batch arriving past it is lost (counted, and told to
+# the readers of its project as dropped rows).
+_MAX_BACKLOG_ROWS = 200_000
+# Seconds the last event of a dropped stream may take to leave; then the connection is cut.
+_FINAL_WRITE_TIMEOUT = 2.0
+_RESTART_MAX = 30.0
+
+
+class TailFull(Exception):
+    """No room for another subscription: ``per_key`` says whether the key's own bound (429)
+    or the collector's (503) was reached."""
+
+    def __init__(self, message: str, *, per_key: bool) -> None:
+        super().__init__(message)
+        self.per_key = per_key
 
 
 class Subscription:
-    """One live-tail reader: rows passing ``filters``, in a queue of at most ``maxsize``."""
+    """One live-tail reader: rows passing ``filters``, in a queue of at most ``maxsize`` rows
+    and ``max_bytes`` bytes of serialised events."""
 
-    __slots__ = ("_items", "_wake", "closed", "delivered", "dropped", "filters", "maxsize")
+    __slots__ = (
+        "_failed",
+        "_items",
+        "_listed",
+        "_payloads",
+        "_wake",
+        "cause",
+        "closed",
+        "delivered",
+        "dropped",
+        "filters",
+        "max_bytes",
+        "maxsize",
+        "owner",
+        "queued_bytes",
+        "reason",
+    )
 
-    def __init__(self, filters: Filters, maxsize: int) -> None:
+    def __init__(
+        self,
+        filters: Filters,
+        maxsize: int,
+        max_bytes: int = DEFAULT_QUEUE_BYTES,
+        owner: str | None = None,
+    ) -> None:
         self.filters = filters
         self.maxsize = maxsize
+        self.max_bytes = max_bytes
+        self.owner = owner
         self.delivered = 0
         self.dropped = 0
+        self.queued_bytes = 0
         self.closed = False
+        # Why the hub ended this subscription (None: it did not), and the cause as a label.
+        self.reason: str | None = None
+        self.cause: str | None = None
         self._items: collections.deque[Sequence[Any]] = collections.deque()
+        self._payloads: collections.deque[bytes] = collections.deque()
         self._wake = asyncio.Event()
+        self._failed: asyncio.Future[None] | None = None
+        self._listed = False
 
-    def offer(self, row: Sequence[Any]) -> bool:
-        """Queue a row without waiting; a full queue drops it (counted). True when queued."""
+    def offer(self, row: Sequence[Any], payload: bytes | None = None) -> bool:
+        """Queue a row (and its serialised event) without waiting. A queue full of rows loses
+        this one (counted); a queue whose bytes would pass ``max_bytes`` ends the subscription
+        (the reader is too slow for the stream). True when queued."""
         if self.closed:
             return False
         if len(self._items) >= self.maxsize:
             self.dropped += 1
             return False
+        if payload is None:
+            payload = sse_event(row)
+        size = len(payload)
+        if self._items and self.queued_bytes + size > self.max_bytes:
+            self.fail(
+                "slow",
+                f"too slow: more than {self.max_bytes} bytes of events waited for this reader",
+            )
+            return False
         self._items.append(row)
+        self._payloads.append(payload)
+        self.queued_bytes += size
         self.delivered += 1
         self._wake.set()
         return True
@@ -112,27 +215,74 @@ class Subscription:
         """Rows queued and not yet taken."""
         return len(self._items)
 
-    async def take(self, timeout: float | None = None) -> list[Sequence[Any]]:
-        """Every queued row (waiting up to ``timeout`` for one; ``[]`` when none came).
-
-        Raises :class:`TailClosed` once the hub stopped and the queue is empty.
-        """
+    async def _wait(self, timeout: float | None) -> bool:
         if not self._items and not self.closed:
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             except asyncio.TimeoutError:
-                return []
+                return False
         if not self._items:
             raise TailClosed
+        return True
+
+    async def take(self, timeout: float | None = None) -> list[Sequence[Any]]:
+        """Every queued row (waiting up to ``timeout`` for one; ``[]`` when none came).
+
+        Raises :class:`TailClosed` once the subscription ended and the queue is empty.
+        """
+        if not await self._wait(timeout):
+            return []
         items = list(self._items)
         self._items.clear()
+        self._payloads.clear()
+        self.queued_bytes = 0
         return items
+
+    async def take_events(self, timeout: float | None = None) -> list[bytes]:
+        """Like :meth:`take`, the queued rows as their serialised server-sent events."""
+        if not await self._wait(timeout):
+            return []
+        payloads = list(self._payloads)
+        self._items.clear()
+        self._payloads.clear()
+        self.queued_bytes = 0
+        return payloads
 
     def close(self) -> None:
         """End the subscription: the reader gets what is queued, then :class:`TailClosed`."""
         self.closed = True
         self._wake.set()
+
+    def fail(self, cause: str, reason: str) -> None:
+        """End the subscription at once, freeing its queue: the reader gets
+        :class:`TailClosed` and ``reason`` says why (``cause`` is its short label)."""
+        if self.reason is None:
+            self.reason, self.cause = reason, cause
+        self._items.clear()
+        self._payloads.clear()
+        self.queued_bytes = 0
+        self.close()
+        if self._failed is not None and not self._failed.done():
+            self._failed.set_result(None)
+
+    def failed(self) -> asyncio.Future[None]:
+        """A future done once :meth:`fail` was called (made in the running loop)."""
+        if self._failed is None:
+            self._failed = asyncio.get_running_loop().create_future()
+            if self.reason is not None:
+                self._failed.set_result(None)
+        return self._failed
+
+
+class _Group:
+    """Subscriptions of one project sharing equal filters: rows are matched once for all."""
+
+    __slots__ = ("filters", "subs")
+
+    def __init__(self, filters: Filters) -> None:
+        self.filters = filters
+        self.subs: set[Subscription] = set()
 
 
 @dataclass(frozen=True)
@@ -151,6 +301,22 @@ class TailStats:
     duplicate_rows: int
     delivered: int
     dropped: int
+    # Bytes of serialised events queued for readers now.
+    queued_bytes: int = 0
+    # Subscriptions ended by the hub: the reader too slow; its API key no longer valid.
+    ended_slow: int = 0
+    ended_revoked: int = 0
+    # Subscriptions refused: the key's bound reached; the collector's bound reached.
+    refused_per_key: int = 0
+    refused_total: int = 0
+    # Rows skipped: not serialisable (too deep, bad values); lost past the fan-out backlog.
+    unserialisable_rows: int = 0
+    backlog_dropped_rows: int = 0
+    # Rows waiting for the fan-out task now.
+    backlog_rows: int = 0
+    # Times the listening task failed unexpectedly and was started again.
+    restarts: int = 0
+    healthy: bool = True
 
 
 class TailHub:
@@ -161,26 +327,46 @@ class TailHub:
         schema: str,
         *,
         queue_size: int = DEFAULT_QUEUE_SIZE,
+        queue_bytes: int = DEFAULT_QUEUE_BYTES,
+        max_subscribers: int = DEFAULT_MAX_SUBSCRIBERS,
+        max_per_key: int = DEFAULT_MAX_PER_KEY,
         heartbeat: float = DEFAULT_HEARTBEAT,
         fetch_delay: float = DEFAULT_FETCH_DELAY,
+        keys: KeyStore | None = None,
+        key_recheck: float = DEFAULT_KEY_RECHECK,
+        retry_after: int = DEFAULT_RETRY_AFTER,
     ) -> None:
         self.schema = schema
         self.channel = tail_channel(schema)
         self.queue_size = queue_size
+        self.queue_bytes = queue_bytes
+        self.max_subscribers = max_subscribers
+        self.max_per_key = max_per_key
         self.heartbeat = heartbeat
         self.fetch_delay = fetch_delay
-        self._subs: dict[str, set[Subscription]] = {}
+        self.keys = keys
+        self.key_recheck = key_recheck
+        self.retry_after = retry_after
+        # project -> filters key -> the subscriptions sharing those filters.
+        self._subs: dict[str, dict[Any, _Group]] = {}
+        self._count = 0
+        self._per_owner = collections.Counter[str]()
         self._recent_keys: set[int] = set()
         self._recent_order: collections.deque[int] = collections.deque()
         self._recent_batches: collections.OrderedDict[tuple[Any, ...], float] = (
             collections.OrderedDict()
         )
         self._pending: collections.deque[dict[str, Any]] = collections.deque()
+        self._backlog: collections.deque[tuple[str, Sequence[Sequence[Any]]]] = collections.deque()
+        self._backlog_rows = 0
+        self._fanout: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
         self._pool: Any = None
         self._dsn: str | None = None
         self._conn: Any = None
         self._task: asyncio.Task[None] | None = None
+        self._listens = False
+        self._failing = False
         self._stopped = False
         self._fetch_sql = (
             f"SELECT {', '.join(COLUMNS)} FROM {schema}.records WHERE project = $1 "
@@ -211,13 +397,14 @@ class TailHub:
                 "connection and no DSN was given to listen on"
             )
             return
+        self._listens = True
         try:
             await self._listen()
         except Exception as exc:
             # The collector still serves; the tail listens once the database answers.
             _log.warning("atrace: live tail cannot listen yet (%s); retrying", exc)
             self._wake.set()
-        self._task = asyncio.create_task(self._run(), name="atrace-tail")
+        self._task = asyncio.create_task(self._supervise(), name="atrace-tail")
 
     async def _listen(self) -> None:
         if self._dsn is not None:
@@ -254,11 +441,15 @@ class TailHub:
         """End every subscription and stop listening; safe to call twice."""
         self._stopped = True
         self.close_subscribers()
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for attr in ("_task", "_fanout"):
+            task = getattr(self, attr)
+            setattr(self, attr, None)
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._backlog.clear()
+        self._backlog_rows = 0
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.remove_termination_listener(self._on_lost)
@@ -277,9 +468,9 @@ class TailHub:
 
     def close_subscribers(self) -> None:
         """End every subscription (the application is stopping)."""
-        for subs in self._subs.values():
-            for sub in subs:
-                sub.close()
+        for sub in self._all():
+            sub.close()
+            self._forget(sub)
         self._subs.clear()
 
     def _on_lost(self, conn: Any) -> None:
@@ -292,24 +483,75 @@ class TailHub:
 
     # -- subscribers -----------------------------------------------------------------------------
 
-    def subscribe(self, filters: Filters) -> Subscription:
-        """A new subscription to rows of ``filters.project`` that pass ``filters``."""
+    def _all(self) -> list[Subscription]:
+        return [s for groups in self._subs.values() for g in groups.values() for s in g.subs]
+
+    def subscribe(self, filters: Filters, *, owner: str | None = None) -> Subscription:
+        """A new subscription to rows of ``filters.project`` that pass ``filters``.
+
+        ``owner`` (an API key id) is counted against ``max_per_key``. Raises
+        :class:`TailClosed` once the hub stopped and :class:`TailFull` past a bound.
+        """
         if self._stopped:
             raise TailClosed
-        sub = Subscription(filters, self.queue_size)
-        self._subs.setdefault(filters.project, set()).add(sub)
+        if owner is not None and self._per_owner[owner] >= self.max_per_key:
+            self._counts["refused_per_key"] += 1
+            raise TailFull(
+                f"this API key already has {self.max_per_key} live tails open", per_key=True
+            )
+        if self._count >= self.max_subscribers:
+            self._counts["refused_total"] += 1
+            raise TailFull(
+                f"the collector already serves {self.max_subscribers} live tails", per_key=False
+            )
+        sub = Subscription(filters, self.queue_size, self.queue_bytes, owner)
+        groups = self._subs.setdefault(filters.project, {})
+        key = _filters_key(filters, sub)
+        group = groups.get(key)
+        if group is None:
+            group = groups[key] = _Group(filters)
+        group.subs.add(sub)
+        sub._listed = True
+        self._count += 1
+        if owner is not None:
+            self._per_owner[owner] += 1
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
-        """Forget a subscription (its reader went away)."""
+        """Forget a subscription (its reader went away); safe to call twice."""
         sub.close()
+        self._forget(sub)
+
+    def end(self, sub: Subscription, cause: str, reason: str) -> None:
+        """End a subscription now with ``reason`` told to its reader, counted under ``cause``
+        (``slow``, ``revoked``)."""
+        sub.fail(cause, reason)
+        self._forget(sub)
+
+    def _forget(self, sub: Subscription) -> None:
+        if not sub._listed:
+            return
+        sub._listed = False
+        self._count -= 1
+        if sub.owner is not None:
+            self._per_owner[sub.owner] -= 1
+            if self._per_owner[sub.owner] <= 0:
+                del self._per_owner[sub.owner]
+        if sub.cause is not None:
+            self._counts[f"ended_{sub.cause}"] += 1
         self._counts["dropped_gone"] += sub.dropped
         self._counts["delivered_gone"] += sub.delivered
-        subs = self._subs.get(sub.filters.project)
-        if subs is not None:
-            subs.discard(sub)
-            if not subs:
-                del self._subs[sub.filters.project]
+        groups = self._subs.get(sub.filters.project)
+        if groups is None:
+            return
+        for key, group in list(groups.items()):
+            if sub in group.subs:
+                group.subs.discard(sub)
+                if not group.subs:
+                    del groups[key]
+                break
+        if not groups:
+            del self._subs[sub.filters.project]
 
     # -- the two sources -------------------------------------------------------------------------
 
@@ -329,7 +571,7 @@ class TailHub:
             pass  # not integer ns: no notice will match, the row keys still deduplicate
         else:
             self._remember_batch((project, lo, hi, len(rows)))
-        self._deliver(project, rows)
+        self._submit(project, rows)
 
     def _remember_batch(self, key: tuple[Any, ...]) -> None:
         now = time.monotonic()
@@ -342,21 +584,87 @@ class TailHub:
         ):
             batches.popitem(last=False)
 
+    def _submit(self, project: str, rows: Sequence[Sequence[Any]]) -> None:
+        # Small work, nothing waiting before it: delivered now. Otherwise in order, by the
+        # fan-out task, in slices.
+        groups = self._subs.get(project)
+        if not groups:
+            return
+        work = len(rows) * (len(groups) + sum(len(g.subs) for g in groups.values()))
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            self._deliver(project, rows)  # no loop (a plain caller): nothing to yield to
+            return
+        if not self._backlog and work <= _INLINE_WORK:
+            self._deliver(project, rows)
+            return
+        if self._backlog_rows + len(rows) > _MAX_BACKLOG_ROWS:
+            self._counts["backlog_dropped_rows"] += len(rows)
+            for group in groups.values():
+                for sub in group.subs:
+                    sub.dropped += len(rows)
+            return
+        self._backlog.append((project, rows))
+        self._backlog_rows += len(rows)
+        if self._fanout is None or self._fanout.done():
+            self._fanout = asyncio.create_task(self._fan_out(), name="atrace-tail-fanout")
+
+    async def _fan_out(self) -> None:
+        while self._backlog:
+            project, rows = self._backlog[0]
+            done = 0
+            try:
+                while done < len(rows):
+                    subs = self._count_subs(project)
+                    if not subs:
+                        break
+                    step = max(1, _SLICE_WORK // (1 + subs))
+                    self._deliver(project, rows[done : done + step])
+                    done += step
+                    await asyncio.sleep(0)
+            except Exception:
+                # A bug, not a row: the rows of this batch are lost, the tail goes on.
+                self._counts["fanout_errors"] += 1
+                _log.exception("atrace: the live tail failed to fan rows out")
+            finally:
+                self._backlog.popleft()
+                self._backlog_rows -= len(rows)
+
+    def _count_subs(self, project: str) -> int:
+        groups = self._subs.get(project)
+        return sum(len(g.subs) for g in groups.values()) if groups else 0
+
     def _deliver(self, project: str, rows: Sequence[Sequence[Any]]) -> None:
-        subs = self._subs.get(project)
-        if not subs:
+        groups = self._subs.get(project)
+        if not groups:
             return
         for row in rows:
-            attrs = _attrs(row[ATTRS])
-            # A 64-bit hash, not the key itself: 50 000 keys with their messages would be big.
-            key = hash((project, *_row_key(row, attrs)))
+            try:
+                attrs = _attrs(row[ATTRS])
+                # A 64-bit hash, not the key itself: 50 000 keys with their messages would be
+                # big.
+                key = hash((project, *_row_key(row, attrs)))
+            except Exception:
+                self._counts["unserialisable_rows"] += 1
+                continue
             if key in self._recent_keys:
                 self._counts["duplicate_rows"] += 1
                 continue
             self._remember_row(key)
-            for sub in subs:
-                if sub.filters.matches(row, attrs):
-                    sub.offer(row)
+            payload: bytes | None = None
+            for group in list(groups.values()):
+                try:
+                    if not group.filters.matches(row, attrs):
+                        continue
+                    if payload is None:
+                        payload = sse_event(row)
+                except Exception:
+                    self._counts["unserialisable_rows"] += 1
+                    break
+                for sub in list(group.subs):
+                    if not sub.offer(row, payload) and sub.reason is not None:
+                        self._forget(sub)
 
     def _remember_row(self, key: int) -> None:
         self._recent_keys.add(key)
@@ -382,6 +690,22 @@ class TailHub:
         if self._wake is not None:
             self._wake.set()
 
+    async def _supervise(self) -> None:
+        # The listening task: an unexpected error is logged, counted and survived.
+        assert self._wake is not None
+        backoff = 0.5
+        while not self._stopped:
+            try:
+                await self._run()
+                return
+            except Exception:
+                self._counts["restarts"] += 1
+                self._failing = True
+                _log.exception("atrace: the live tail's listener failed; starting it again")
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _RESTART_MAX)
+                self._wake.set()
+
     async def _run(self) -> None:
         assert self._wake is not None
         backoff = 0.5
@@ -399,6 +723,7 @@ class TailHub:
                     backoff = min(backoff * 2, _RECONNECT_MAX)
                     self._wake.set()
                     continue
+            self._failing = False
             if not self._pending:
                 continue
             await asyncio.sleep(self.fetch_delay)
@@ -429,13 +754,127 @@ class TailHub:
             _log.warning("atrace: live tail could not fetch announced rows: %s", exc)
             return
         self._counts["fetched_rows"] += len(rows)
-        self._deliver(project, [tuple(r) for r in rows])
+        self._submit(project, [tuple(r) for r in rows])
+
+    # -- the SSE stream --------------------------------------------------------------------------
+
+    async def stream(self, request: web.Request, filters: Filters) -> web.StreamResponse:
+        """Serve ``GET /v1/tail``: ``filters``' rows as server-sent events until the reader
+        leaves or the hub ends the subscription (then a last ``event: error`` says why).
+
+        Past the key's bound: 429; past the collector's: 503; both with ``Retry-After``.
+        """
+        key = request_key(request) if self.keys is not None else None
+        parsed = parse_key(key) if key else None
+        try:
+            sub = self.subscribe(filters, owner=parsed[0] if parsed else None)
+        except TailFull as exc:
+            if exc.per_key:
+                raise web.HTTPTooManyRequests(
+                    text=str(exc), headers={"Retry-After": str(self.retry_after)}
+                ) from None
+            raise Unavailable(str(exc), reason="tail_full") from None
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                # Proxies such as nginx would otherwise hold events back in their buffers.
+                "X-Accel-Buffering": "no",
+            }
+        )
+        loop = asyncio.get_running_loop()
+        try:
+            await response.prepare(request)
+            # Subscribed before this line is sent: a client that has read it misses nothing
+            # after.
+            await response.write(b": tail started\n\n")
+            reported = 0
+            last_sent = next_check = loop.time()
+            next_check += self.key_recheck
+            while True:
+                now = loop.time()
+                # Awake at least every key_recheck: for the key, and to notice a reader gone.
+                wait = min(self.heartbeat - (now - last_sent), next_check - now)
+                try:
+                    events = await sub.take_events(max(0.0, wait))
+                except TailClosed:
+                    break
+                if request.transport is None or request.transport.is_closing():
+                    break  # the reader went away: its slot is free at once
+                if loop.time() >= next_check:
+                    if key is not None and not await self._key_valid(key):
+                        self.end(sub, "revoked", "the API key is no longer valid")
+                        break
+                    next_check = loop.time() + self.key_recheck
+                if not events and sub.dropped <= reported:
+                    if loop.time() - last_sent >= self.heartbeat:
+                        if not await _send(response, sub, b": heartbeat\n\n"):
+                            break
+                        last_sent = loop.time()
+                    continue
+                chunk = b"".join(events)
+                if sub.dropped > reported:
+                    # A comment, so EventSource readers skip it; atrace's clients count it.
+                    notice = f": dropped {sub.dropped - reported} total {sub.dropped}\n\n"
+                    chunk += notice.encode()
+                    reported = sub.dropped
+                if not await _send(response, sub, chunk):
+                    break
+                last_sent = loop.time()
+            if sub.reason is not None:
+                last = b"event: error\ndata: " + orjson.dumps({"error": sub.reason}) + b"\n\n"
+                try:
+                    await asyncio.wait_for(response.write(last), _FINAL_WRITE_TIMEOUT)
+                except asyncio.TimeoutError:
+                    # The reader does not read: what is buffered for it goes with the connection.
+                    if request.transport is not None:
+                        request.transport.abort()
+        except ConnectionError:
+            pass  # the reader went away
+        finally:
+            self.unsubscribe(sub)
+        return response
+
+    async def _key_valid(self, key: str) -> bool:
+        assert self.keys is not None
+        try:
+            await self.keys.check(self._pool, key)
+        except AuthError:
+            return False
+        except Exception as exc:
+            # PostgreSQL unreachable: the stream goes on and the key is asked again next time.
+            _log.debug("atrace: live tail could not re-check a key: %s", exc)
+        return True
 
     # -- introspection ---------------------------------------------------------------------------
 
+    @property
+    def restarts(self) -> int:
+        """Times the listening task failed unexpectedly and was started again."""
+        return self._counts["restarts"]
+
+    @property
+    def healthy(self) -> bool:
+        """Whether the hub serves: not stopped, and when it listens, listening and not failing."""
+        if self._stopped:
+            return False
+        if not self._listens:
+            return True
+        task = self._task
+        return task is not None and not task.done() and not self._failing and bool(self._conn)
+
+    def health(self) -> dict[str, Any]:
+        """What ``/healthz`` reports of the live tail."""
+        return {
+            "status": "ok" if self.healthy else "degraded",
+            "listening": self._conn is not None,
+            "subscribers": self._count,
+            "restarts": self.restarts,
+        }
+
     def statistics(self) -> TailStats:
         """Counters since the hub was made."""
-        live = [s for subs in self._subs.values() for s in subs]
+        live = self._all()
         c = self._counts
         return TailStats(
             subscribers=len(live),
@@ -450,7 +889,82 @@ class TailHub:
             duplicate_rows=c["duplicate_rows"],
             delivered=c["delivered_gone"] + sum(s.delivered for s in live),
             dropped=c["dropped_gone"] + sum(s.dropped for s in live),
+            queued_bytes=sum(s.queued_bytes for s in live),
+            ended_slow=c["ended_slow"],
+            ended_revoked=c["ended_revoked"],
+            refused_per_key=c["refused_per_key"],
+            refused_total=c["refused_total"],
+            unserialisable_rows=c["unserialisable_rows"],
+            backlog_dropped_rows=c["backlog_dropped_rows"],
+            backlog_rows=self._backlog_rows,
+            restarts=c["restarts"],
+            healthy=self.healthy,
         )
+
+    def export(self, metrics: Metrics) -> None:
+        """Publish the hub's figures in the collector's Prometheus metrics."""
+        c = self._counts
+        metrics.gauge("tail_subscribers", lambda: self._count)
+        metrics.gauge("tail_queued_bytes", lambda: sum(s.queued_bytes for s in self._all()))
+        metrics.gauge("tail_backlog_rows", lambda: self._backlog_rows)
+        metrics.gauge("tail_healthy", lambda: 1 if self.healthy else 0)
+        metrics.counter(
+            "tail_ended_total",
+            "Live tails the collector ended, by cause.",
+            "cause",
+            lambda: {"slow": c["ended_slow"], "revoked": c["ended_revoked"]},
+        )
+        metrics.counter(
+            "tail_refused_total",
+            "Live tails refused, by the bound reached.",
+            "cause",
+            lambda: {"per_key": c["refused_per_key"], "total": c["refused_total"]},
+        )
+        metrics.counter(
+            "tail_skipped_rows_total",
+            "Rows the live tail could not deliver, by cause.",
+            "cause",
+            lambda: {
+                "unserialisable": c["unserialisable_rows"],
+                "backlog": c["backlog_dropped_rows"],
+            },
+        )
+        metrics.counter(
+            "tail_restarts_total",
+            "Times the live tail's listener failed and was started again.",
+            None,
+            lambda: {"": c["restarts"]},
+        )
+
+
+async def _send(response: web.StreamResponse, sub: Subscription, data: bytes) -> bool:
+    # Write, unless the hub ends the subscription first: a reader that stopped reading must not
+    # hold its writer (and the hub's bound) while the socket's buffers stay full.
+    write = asyncio.ensure_future(response.write(data))
+    failed = sub.failed()
+    await asyncio.wait((write, failed), return_when=asyncio.FIRST_COMPLETED)
+    if write.done():
+        write.result()
+        return True
+    write.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await write
+    return False
+
+
+def sse_event(row: Sequence[Any]) -> bytes:
+    """One row as its server-sent event (raises for a row orjson cannot write)."""
+    return b"data: " + orjson.dumps(record_json(row)) + b"\n\n"
+
+
+def _filters_key(filters: Filters, sub: Subscription) -> Any:
+    # Equal filters share a group; filters that cannot be keyed get a group of their own.
+    try:
+        attrs = orjson.dumps(dict(filters.attrs), option=orjson.OPT_SORT_KEYS)
+        key = (filters.service, filters.min_level, filters.kinds, filters.q, attrs)
+        return (*key, filters.trace_id, filters.since, filters.until)
+    except TypeError:
+        return id(sub)
 
 
 def _unique(notices: list[dict[str, Any]]) -> list[dict[str, Any]]:

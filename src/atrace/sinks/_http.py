@@ -25,6 +25,7 @@ from ..errors import MissingExtraError, SinkHTTPError
 
 __all__ = (
     "GZIP_LEVEL",
+    "MAX_ANSWER_BODY",
     "MAX_ERROR_BODY",
     "MAX_ERROR_TEXT",
     "USER_AGENT",
@@ -45,6 +46,10 @@ GZIP_LEVEL = 1
 # Bytes of an error answer read: a collector's {"error": ...} or an OTLP google.rpc.Status fits
 # easily; a proxy's error page of any size is not read past this.
 MAX_ERROR_BODY = 4096
+# Bytes of a success answer read: an OTLP partial success, or nothing at all from a collector.
+# A 2xx means the batch was taken; a longer body (a hostile or broken endpoint) is not read past
+# this, and its connection is closed rather than drained.
+MAX_ANSWER_BODY = 1024 * 1024
 # Characters of an error answer's message shown in the exception (and so in log lines).
 MAX_ERROR_TEXT = 500
 USER_AGENT = f"atrace/{__version__}"
@@ -78,13 +83,13 @@ def gzip_body(body: bytes) -> bytes:
 
 async def read_some(resp: Any, limit: int) -> bytes:
     """Up to ``limit`` bytes of a response body: an error page may be anything, of any size."""
-    data = b""
+    data = bytearray()
     while len(data) < limit:
         chunk = await resp.content.read(limit - len(data))
         if not chunk:
             break
         data += chunk
-    return data
+    return bytes(data)
 
 
 def error_text(content_type: str, body: bytes) -> str:
@@ -136,6 +141,7 @@ async def post(
     batch_size: int,
     retryable_statuses: frozenset[int],
     follow_redirects: bool = False,
+    max_answer: int = MAX_ANSWER_BODY,
 ) -> Answer:
     """POST ``body`` to ``url`` and return the 2xx answer; anything else raises
     :class:`SinkHTTPError`.
@@ -143,7 +149,8 @@ async def post(
     ``timeout`` bounds the whole exchange: connecting, sending and reading the answer. An error
     status is retryable when in ``retryable_statuses`` (then with the server's ``Retry-After``);
     a lost connection or no answer in time is retryable; what else the table of
-    ``classify`` says of a transport failure stands.
+    ``classify`` says of a transport failure stands. At most ``max_answer`` bytes of a success
+    answer are read (the rest is left unread, the connection closed).
     """
     aiohttp = sys.modules["aiohttp"]  # the session exists, so aiohttp is imported
 
@@ -155,9 +162,13 @@ async def post(
             url, data=body, headers=headers, allow_redirects=follow_redirects
         ) as resp:
             ok = 200 <= resp.status < 300
-            # A success answer is read whole: it is small (an OTLP partial success at most),
-            # and a drained connection goes back to the pool.
-            payload = await resp.read() if ok else await read_some(resp, MAX_ERROR_BODY)
+            # A success answer is small (an OTLP partial success at most): read whole up to
+            # max_answer, and then a drained connection goes back to the pool.
+            limit = max_answer if ok else MAX_ERROR_BODY
+            payload = await read_some(resp, limit + 1)
+            if len(payload) > limit:
+                payload = payload[:limit]
+                resp.close()
             return (
                 resp.status,
                 resp.headers.get("Content-Type", ""),
@@ -174,6 +185,7 @@ async def post(
         raise failure(f"no answer within {timeout:g} s", retryable=True) from None
     except (aiohttp.ClientError, OSError) as exc:
         verdict = classify(exc)
+        # SinkError masks credentials of the URL (aiohttp's message may quote it).
         raise failure(f"{type(exc).__name__}: {exc}", retryable=verdict.retryable) from exc
     if 200 <= status < 300:
         return Answer(status, content_type, payload)

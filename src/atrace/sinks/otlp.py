@@ -397,5 +397,5 @@ class OtlpSink:
                 redact(target.url),
                 count,
                 "spans" if signal == "traces" else "log records",
-                message or "(no message)",
+                redact(message) if message else "(no message)",
             )

@@ -15,6 +15,8 @@ from typing import Any
 
 from ..._records import KIND_NAMES, Kind, Status
 from ...config import DEFAULT_SCHEMA, env
+from ...errors import ConfigError
+from .._common import EXIT_NOT_FOUND, EXIT_UNREACHABLE, one_line
 from .render import (
     attrs_text,
     console,
@@ -33,9 +35,8 @@ __all__ = ("add_view_parsers", "run_view")
 # Records arrive as the API's JSON, where kinds are names.
 _LOG = KIND_NAMES[Kind.LOG]
 _SPAN_START = KIND_NAMES[Kind.SPAN_START]
-# Exit codes: 0 done, 1 nothing found (show), 2 bad arguments, 3 source unreachable.
-EXIT_NOT_FOUND = 1
-EXIT_UNREACHABLE = 3
+# The most each view's --limit may ask for: what the collector's API takes.
+_MAX_LIMITS = {"traces": 1000, "tail": 1000, "errors": 500}
 
 
 # ---- commands -------------------------------------------------------------------------------
@@ -45,7 +46,7 @@ async def _traces_view(src: Any, args: argparse.Namespace) -> int:
     data = await src.spans(
         since=_since(args.since),
         service=args.service,
-        slow_ns=None if args.slow is None else int(args.slow * 1_000_000),
+        slow_ns=_slow_ns(args.slow),
         errors_only=args.errors,
         limit=args.limit,
     )
@@ -267,6 +268,49 @@ def _since(text: str) -> int | None:
     return parse_time(text, now=time.time_ns(), field="since") if text else None
 
 
+def _slow_ns(ms: float | None) -> int | None:
+    from ...collector._query.params import MAX_SLOW_MS, parse_slow_ms
+    from ...errors import QueryError
+
+    try:
+        return parse_slow_ms(ms)
+    except QueryError:
+        raise ConfigError("--slow", ms, f"expected milliseconds from 0 to {MAX_SLOW_MS}") from None
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuse, before anything is opened, what no source could answer: a malformed URL, time,
+    trace id, level, limit or text (exit 2, one line)."""
+    from urllib.parse import urlsplit
+
+    from ...collector._query import parse_filters
+    from ...collector._query.params import check_text, parse_trace_param
+
+    if args.url:
+        try:
+            parts = urlsplit(args.url)
+            port = parts.port
+        except ValueError as exc:
+            raise ConfigError("--url", args.url, f"not a URL ({exc})") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname or port == 0:
+            raise ConfigError("--url", args.url, "expected http://HOST[:PORT] or https://...")
+    for name in ("service", "project"):
+        value = getattr(args, name, None)
+        if value is not None:
+            check_text(name, value)
+    if args.command == "show":
+        parse_trace_param(args.trace_id)
+        return
+    _since(args.since)
+    maximum = _MAX_LIMITS[args.command]
+    if not 1 <= args.limit <= maximum:
+        raise ConfigError("--limit", args.limit, f"expected 1 to {maximum}")
+    if args.command == "traces":
+        _slow_ns(args.slow)
+    if args.command == "tail":
+        parse_filters(_tail_params(args), project="-")
+
+
 # ---- wiring ---------------------------------------------------------------------------------
 
 
@@ -325,6 +369,8 @@ _VIEWS = {"traces": _traces_view, "show": _show_view, "tail": _tail_view, "error
 def run_view(args: argparse.Namespace, resolve_dsn: Any) -> int:
     """Run one view; ``resolve_dsn(args)`` gives the DSN when no ``--url`` is set."""
 
+    check_arguments(args)
+
     async def main() -> int:
         src: Any
         if args.url:
@@ -337,5 +383,5 @@ def run_view(args: argparse.Namespace, resolve_dsn: Any) -> int:
     try:
         return asyncio.run(main())
     except Unreachable as exc:
-        print(f"atrace: {exc}", file=sys.stderr)
+        print(f"atrace: {one_line(exc)}", file=sys.stderr)
         return EXIT_UNREACHABLE

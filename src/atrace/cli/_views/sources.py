@@ -97,14 +97,22 @@ class UrlSource:
         await self.client.aclose()
 
     async def _call(self, coro: Any) -> Any:
-        from ...client import AuthenticationError, NotFoundError, TransportError
+        from ...errors import (
+            AuthenticationError,
+            NotFoundError,
+            PermissionDeniedError,
+            ServerError,
+            TransportError,
+        )
 
         try:
             return await coro
         except TransportError as exc:
             raise Unreachable(f"cannot reach the collector at {self.url}: {exc}") from exc
-        except AuthenticationError as exc:
+        except (AuthenticationError, PermissionDeniedError) as exc:
             raise Unreachable(f"the collector at {self.url} refused the API key: {exc}") from exc
+        except ServerError as exc:
+            raise Unreachable(f"the collector at {self.url} failed: {exc}") from exc
         except NotFoundError:
             return None
 
@@ -122,15 +130,22 @@ class UrlSource:
         return list(page["records"]) if page else []
 
     async def follow(self, params: dict[str, str]) -> AsyncIterator[dict[str, Any]]:
-        from ...client import TransportError
+        from ...errors import (
+            AuthenticationError,
+            PermissionDeniedError,
+            ServerError,
+            TransportError,
+        )
 
         filters: dict[str, Any] = dict(params)
         try:
             async with self.client.tail(**filters) as stream:
                 async for rec in stream:
                     yield rec
-        except TransportError as exc:
+        except (TransportError, ServerError) as exc:
             raise Unreachable(f"lost the collector at {self.url}: {exc}") from exc
+        except (AuthenticationError, PermissionDeniedError) as exc:
+            raise Unreachable(f"the collector at {self.url} refused the API key: {exc}") from exc
 
 
 def api_params(params: dict[str, Any]) -> dict[str, Any]:

@@ -42,7 +42,6 @@ from ..._records import (
     TS,
     Level,
 )
-from ...errors import QueryError
 from .error_groups import errors, group_errors
 from .params import (
     DEFAULT_ERROR_SCAN,
@@ -59,6 +58,7 @@ from .params import (
     parse_level,
     parse_time,
     parse_trace_param,
+    refuse,
     spans_params,
     stats_params,
     trace_hex,
@@ -276,7 +276,7 @@ def _interval_seconds(value: str | int | None) -> int:
         return 300
     if isinstance(value, str) and value in INTERVALS:
         return INTERVALS[value]
-    raise QueryError("interval", value, f"expected one of {', '.join(INTERVALS)}")
+    raise refuse("interval", value, f"expected one of {', '.join(INTERVALS)}")
 
 
 def _stats_sql(schema: str, service: bool) -> str:
@@ -321,7 +321,7 @@ async def stats(
     step = _interval_seconds(interval)
     since, until = time_range(since, until, now)
     if (until - since) // (step * NS_PER_S) > MAX_BUCKETS:
-        raise QueryError("interval", interval, f"more than {MAX_BUCKETS} buckets in the range")
+        raise refuse("interval", interval, f"more than {MAX_BUCKETS} buckets in the range")
     args: list[Any] = [project, f"{step} seconds", since // 1000, until // 1000]
     if service:
         args.append(service)

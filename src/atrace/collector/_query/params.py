@@ -48,38 +48,102 @@ _KIND_FILTERS: dict[str, tuple[int, ...]] = {
 }
 NS_PER_S = 1_000_000_000
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_RELATIVE = re.compile(r"(\d{1,9})\s*([smhdw])", re.I)
+# ASCII only: str.isdigit() and \d also take "²" or "٣", which int() refuses or misreads.
+_RELATIVE = re.compile(r"([0-9]{1,9})\s*([smhdw])", re.I | re.A)
 _ISO = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d{1,9}))?)?)?"
-    r"\s*(Z|[+-]\d{2}(?::?\d{2})?)?",
-    re.I,
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})"
+    r"(?:[T ]([0-9]{2}):([0-9]{2})(?::([0-9]{2})(?:[.,]([0-9]{1,9}))?)?)?"
+    r"\s*(Z|[+-][0-9]{2}(?::?[0-9]{2})?)?",
+    re.I | re.A,
 )
-_CTID = re.compile(r"\(\d{1,10},\d{1,5}\)")
+_INTEGER = re.compile(r"-?[0-9]{1,19}", re.A)
+_UNSIGNED = re.compile(r"[0-9]{1,19}", re.A)
+_MILLISECONDS = re.compile(r"[0-9]{1,13}(?:\.[0-9]{1,6})?", re.A)
+_CTID = re.compile(r"\(([0-9]{1,10}),([0-9]{1,5})\)", re.A)
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]{1,200}", re.A)
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+# Times a query may name: every one, and a day either side, fits int64 nanoseconds (the API
+# answers them as integers, PostgreSQL's bigint microseconds hold them).
+MIN_TIME_NS = -9_183_024_000 * NS_PER_S  # 1679-01-01
+MAX_TIME_NS = 9_183_110_400 * NS_PER_S  # 2261-01-01
+# A text parameter (service, q, an attribute filter's key or value, ...) is at most this long.
+MAX_TEXT = 1024
+# The longest slow_ms: about 31 years, so that its nanoseconds fit a bigint.
+MAX_SLOW_MS = 10**12
+# What an error message quotes of a refused value.
+_QUOTED = 100
+_MAX_CTID_BLOCK = 2**32 - 1
+_MAX_CTID_OFFSET = 2**16 - 1
+
+
+def refuse(field: str, value: object, reason: str) -> QueryError:
+    """The QueryError for ``field=value``: the value quoted at most 100 characters long, the
+    field's name printable (a parameter name comes from the request, too)."""
+    if isinstance(value, str) and len(repr(value)) > _QUOTED:
+        # Cut so that the quoted form, escapes included, stays within the bound.
+        kept, width = 0, 0
+        for c in value:
+            width += len(repr(c)) - 2
+            if width > _QUOTED:
+                break
+            kept += 1
+        value = value[:kept] + "…"
+    return QueryError(_printable(field[:_QUOTED]), value, reason)
+
+
+def _printable(text: str) -> str:
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
+def check_text(field: str, value: str, maximum: int = MAX_TEXT) -> str:
+    """``value`` if PostgreSQL can take it as text: no NUL, valid UTF-8, at most ``maximum``."""
+    if len(value) > maximum:
+        raise refuse(field, value, f"longer than {maximum} characters")
+    if "\x00" in value:
+        raise refuse(field, value, "contains a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise refuse(field, value, "not valid UTF-8") from None
+    return value
+
+
+def _check_time(field: str, value: object, ns: int) -> int:
+    if not MIN_TIME_NS <= ns <= MAX_TIME_NS:
+        raise refuse(field, value, "out of range: expected a time between 1679 and 2261")
+    return ns
 
 
 def parse_time(value: str | int | dt.datetime, *, now: int, field: str = "time") -> int:
     """Nanoseconds since the epoch from ISO 8601, a relative age (``15m``, ``2h``, ``1d``: that
     long before ``now``), ``now``, integer nanoseconds, or a datetime (naive means UTC)."""
     if isinstance(value, dt.datetime):
-        return datetime_ns(value)
+        try:
+            ns = datetime_ns(value)
+        except OverflowError:
+            raise refuse(field, str(value), "out of range") from None
+        return _check_time(field, str(value), ns)
     if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    text = str(value).strip()
+        return _check_time(field, value, value)
+    text = check_text(field, str(value), 64).strip()
     if text.lower() == "now":
-        return now
-    if text.isdigit():
-        return int(text)
+        return _check_time(field, value, now)
+    if _INTEGER.fullmatch(text):
+        return _check_time(field, value, int(text))
     m = _RELATIVE.fullmatch(text)
     if m is not None:
-        return now - int(m[1]) * _UNITS[m[2].lower()] * NS_PER_S
+        return _check_time(field, value, now - int(m[1]) * _UNITS[m[2].lower()] * NS_PER_S)
     m = _ISO.fullmatch(text)
     if m is not None:
         try:
-            return _iso_ns(m)
-        except ValueError:
+            ns = _iso_ns(m)
+        except (ValueError, OverflowError):
             pass
-    raise QueryError(
+        else:
+            return _check_time(field, value, ns)
+    raise refuse(
         field, value, "expected ISO 8601, a relative age like 15m, 2h or 1d, or integer ns"
     )
 
@@ -106,39 +170,48 @@ def datetime_ns(value: dt.datetime) -> int:
 def parse_level(value: str | int) -> int:
     """A level name (``debug`` … ``critical``, ``warn``, ``fatal``) or number, as a number."""
     if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in LEVELS:
-        return LEVELS[text]
-    if text.isdigit() and int(text) <= MAX_LEVEL:
-        return int(text)
-    raise QueryError("level", value, "expected debug, info, warning, error, critical or 0-100")
+        if 0 <= value <= MAX_LEVEL:
+            return value
+    else:
+        text = str(value).strip().lower()
+        if text in LEVELS:
+            return LEVELS[text]
+        if _UNSIGNED.fullmatch(text) and int(text) <= MAX_LEVEL:
+            return int(text)
+    raise refuse("level", value, "expected debug, info, warning, error, critical or 0-100")
 
 
 def _parse_limit(value: str | int | None, default: int, maximum: int, name: str) -> int:
     if value is None or value == "":
         return default
-    try:
+    if isinstance(value, int) and not isinstance(value, bool):
+        limit = value
+    elif isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
         limit = int(value)
-    except (TypeError, ValueError):
-        raise QueryError(name, value, "expected an integer") from None
+    else:
+        raise refuse(name, value, f"expected an integer from 1 to {maximum}")
     if not 1 <= limit <= maximum:
-        raise QueryError(name, value, f"expected 1 to {maximum}")
+        raise refuse(name, value, f"expected 1 to {maximum}")
     return limit
 
 
 def parse_trace_param(value: str) -> str:
-    trace_id = parse_trace_id(value.strip())
+    trace_id = parse_trace_id(value.strip()) if len(value) <= 64 else None
     if trace_id is None:
-        raise QueryError("trace_id", value, "expected 32 hex digits (not all zero)")
+        raise refuse("trace_id", value, "expected 32 hex digits (not all zero)")
     return trace_id
 
 
-def _attr_value(text: str) -> Any:
+def _attr_value(key: str, text: str) -> Any:
+    check_text(key, text)
     try:
-        return orjson.loads(text)
+        value = orjson.loads(text)
     except orjson.JSONDecodeError:
         return text
+    # JSON may spell a NUL ("\\u0000"), which jsonb refuses, in a string or an object's key.
+    if b"\\u0000" in orjson.dumps(value):
+        raise refuse(key, text, "contains a NUL character")
+    return value
 
 
 def attr_alternatives(value: Any) -> tuple[Any, ...]:
@@ -300,21 +373,25 @@ def parse_filters(
     attrs: dict[str, Any] = {}
     for key, value in items:
         if key.startswith("attr."):
-            name = key[5:]
+            name = check_text(key, key[5:], 256)
             if not name:
-                raise QueryError(key, value, "an attribute filter needs a key: attr.KEY=VALUE")
-            attrs[name] = _attr_value(value)
+                raise refuse(key, value, "an attribute filter needs a key: attr.KEY=VALUE")
+            if name in attrs:
+                raise refuse(key, value, "given more than once")
+            if len(attrs) == MAX_ATTR_FILTERS:
+                raise refuse("attr", key, f"at most {MAX_ATTR_FILTERS} attribute filters")
+            attrs[name] = _attr_value(key, value)
         elif key in _FILTER_KEYS:
-            seen[key] = value
+            if key in seen:
+                raise refuse(key, value, "given more than once")
+            seen[key] = check_text(key, value)
         else:
-            raise QueryError(key, value, f"unknown parameter; expected one of {_FILTER_NAMES}")
-    if len(attrs) > MAX_ATTR_FILTERS:
-        raise QueryError("attr", len(attrs), f"at most {MAX_ATTR_FILTERS} attribute filters")
+            raise refuse(key, value, f"unknown parameter; expected one of {_FILTER_NAMES}")
     since = seen.get("since")
     until = seen.get("until")
     kind = seen.get("kind")
     if kind is not None and kind.strip().lower() not in _KIND_FILTERS:
-        raise QueryError("kind", kind, "expected log, span, span_start or span_end")
+        raise refuse("kind", kind, "expected log, span, span_start or span_end")
     q = (seen.get("q") or "").strip()
     level = seen.get("level")
     service = seen.get("service")
@@ -355,14 +432,26 @@ def encode_cursor(ts_us: int, rid: str) -> str:
 
 
 def _decode_cursor(text: str) -> tuple[int, str]:
-    try:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-        ts_us, rid = orjson.loads(raw)
-        if type(ts_us) is int and isinstance(rid, str) and _CTID.fullmatch(rid):
-            return ts_us, rid
-    except (ValueError, TypeError):
-        pass
-    raise QueryError("cursor", text, "not a cursor this API returned")
+    # Strictly what encode_cursor writes: unpadded base64url of [ts_us, "(block,offset)"], the
+    # time within range and the row address within a tid's bounds.
+    if _BASE64URL.fullmatch(text):
+        try:
+            raw = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
+            decoded = orjson.loads(raw)
+        except ValueError:
+            decoded = None
+        if isinstance(decoded, list) and len(decoded) == 2:
+            ts_us, rid = decoded
+            m = _CTID.fullmatch(rid) if isinstance(rid, str) else None
+            if (
+                type(ts_us) is int
+                and MIN_TIME_NS // 1000 <= ts_us <= MAX_TIME_NS // 1000
+                and m is not None
+                and int(m[1]) <= _MAX_CTID_BLOCK
+                and int(m[2]) <= _MAX_CTID_OFFSET
+            ):
+                return ts_us, rid
+    raise refuse("cursor", text, "not a cursor this API returned")
 
 
 # -- query parameters as keyword arguments ----------------------------------------------------
@@ -370,29 +459,38 @@ def _decode_cursor(text: str) -> tuple[int, str]:
 
 def spans_params(params: Mapping[str, str], *, now: int) -> dict[str, Any]:
     """Keyword arguments of :func:`spans` from query parameters."""
-    _only(params, ("since", "until", "service", "slow_ms", "errors", "limit"))
+    params = _only(params, ("since", "until", "service", "slow_ms", "errors", "limit"))
     flag = params.get("errors", "").strip().lower()
     if flag not in ("", "0", "1", "true", "false", "yes", "no"):
-        raise QueryError("errors", flag, "expected true or false")
-    slow = params.get("slow_ms")
-    try:
-        slow_ns = None if slow in (None, "") else int(float(slow) * 1_000_000)
-    except ValueError:
-        raise QueryError("slow_ms", slow, "expected a number of milliseconds") from None
+        raise refuse("errors", flag, "expected true or false")
     return {
         "since": parse_time(params["since"], now=now, field="since") if "since" in params else None,
         "until": parse_time(params["until"], now=now, field="until") if "until" in params else None,
         "service": params.get("service") or None,
-        "slow_ns": slow_ns,
+        "slow_ns": parse_slow_ms(params.get("slow_ms")),
         "errors_only": flag in ("1", "true", "yes"),
         "limit": _parse_limit(params.get("limit"), DEFAULT_LIMIT, MAX_LIMIT, "limit"),
         "now": now,
     }
 
 
+def parse_slow_ms(value: str | float | None) -> int | None:
+    """``slow_ms`` (milliseconds, at most 6 decimals, 0 to 10^12) as nanoseconds."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if math.isfinite(value) and 0 <= value <= MAX_SLOW_MS:
+            return round(value * 1_000_000)
+    elif isinstance(value, str) and _MILLISECONDS.fullmatch(value.strip()):
+        whole, _, fraction = value.strip().partition(".")
+        if int(whole) <= MAX_SLOW_MS:
+            return int(whole) * 1_000_000 + int(fraction.ljust(6, "0"))
+    raise refuse("slow_ms", value, f"expected a number of milliseconds from 0 to {MAX_SLOW_MS}")
+
+
 def errors_params(params: Mapping[str, str], *, now: int) -> dict[str, Any]:
     """Keyword arguments of :func:`errors` from query parameters."""
-    _only(params, ("since", "until", "service", "limit", "scan"))
+    params = _only(params, ("since", "until", "service", "limit", "scan"))
     return {
         "since": parse_time(params["since"], now=now, field="since") if "since" in params else None,
         "until": parse_time(params["until"], now=now, field="until") if "until" in params else None,
@@ -405,10 +503,10 @@ def errors_params(params: Mapping[str, str], *, now: int) -> dict[str, Any]:
 
 def stats_params(params: Mapping[str, str], *, now: int) -> dict[str, Any]:
     """Keyword arguments of :func:`stats` from query parameters."""
-    _only(params, ("since", "until", "service", "interval", "durations"))
+    params = _only(params, ("since", "until", "service", "interval", "durations"))
     flag = params.get("durations", "").strip().lower()
     if flag not in ("", "0", "1", "true", "false", "yes", "no"):
-        raise QueryError("durations", flag, "expected true or false")
+        raise refuse("durations", flag, "expected true or false")
     return {
         "interval": params.get("interval") or None,
         "since": parse_time(params["since"], now=now, field="since") if "since" in params else None,
@@ -419,7 +517,14 @@ def stats_params(params: Mapping[str, str], *, now: int) -> dict[str, Any]:
     }
 
 
-def _only(params: Mapping[str, str], allowed: tuple[str, ...]) -> None:
-    for key in params:
+def _only(params: Mapping[str, str], allowed: tuple[str, ...]) -> dict[str, str]:
+    # The parameters as a plain dict, each one known, given once, and text PostgreSQL can take.
+    out: dict[str, str] = {}
+    items = params.items()
+    for key, value in items:
         if key not in allowed:
-            raise QueryError(key, params[key], f"unknown parameter; expected {', '.join(allowed)}")
+            raise refuse(key, value, f"unknown parameter; expected {', '.join(allowed)}")
+        if key in out:
+            raise refuse(key, value, "given more than once")
+        out[key] = check_text(key, value)
+    return out
