@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from atrace.collector._limits import DEFAULT_LIMITS, KeyGate, Limits, RateLimited
-from atrace.errors import ConfigError
+from atrace.collector._limits import DEFAULT_LIMITS, KeyGate, Limits
+from atrace.errors import ConfigError, RateLimited
 
 
 class TestLimits:

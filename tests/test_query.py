@@ -776,3 +776,42 @@ class TestRoutes:
         for path in ("/v1/search", f"/v1/traces/{trace}", "/v1/stats", "/v1/errors", "/v1/tail"):
             assert (await server.request("GET", path)).status == 401
             assert (await server.request("GET", path, key="atk_nope")).status == 401
+
+
+class TestResponseBytes:
+    async def test_a_search_page_ends_early_and_the_cursor_gives_the_rest(
+        self, db: tuple[Any, str]
+    ) -> None:
+        conn, schema = db
+        trace = new_trace_id()
+        big = {"blob": "x" * 10_000}
+        rows = [make_row(NOW - i * S, trace_id=trace, message=f"m{i}", attrs=big) for i in range(7)]
+        await copy_rows(conn, schema, A, rows)
+        filters = parse_filters({"limit": "100"}, project=A, now=NOW)
+        seen: list[str] = []
+        pages = 0
+        while True:
+            page = await query.search(conn, schema, filters, max_bytes=25_000)
+            pages += 1
+            assert 1 <= len(page["records"]) <= 3  # ~10.4 kB each: two fit, a third passes it
+            seen += messages(page)
+            if page["next_cursor"] is None:
+                break
+            filters = parse_filters(
+                {"limit": "100", "cursor": page["next_cursor"]}, project=A, now=NOW
+            )
+        assert seen == [f"m{i}" for i in range(7)] and pages >= 3
+        whole = await query.search(conn, schema, parse_filters({}, project=A, now=NOW))
+        assert len(whole["records"]) == 7 and whole["next_cursor"] is None
+
+    async def test_a_trace_past_the_bound_is_cut_and_says_so(self, db: tuple[Any, str]) -> None:
+        conn, schema = db
+        trace = new_trace_id()
+        big = {"blob": "y" * 10_000}
+        rows = [make_row(NOW - i * S, trace_id=trace, message=f"t{i}", attrs=big) for i in range(5)]
+        await copy_rows(conn, schema, A, rows)
+        cut = await query.trace(conn, schema, A, trace, max_bytes=25_000)
+        full = await query.trace(conn, schema, A, trace)
+        assert cut is not None and full is not None
+        assert cut["truncated"] and not full["truncated"]
+        assert len(cut["logs"]) < len(full["logs"]) == 5

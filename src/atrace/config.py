@@ -98,6 +98,7 @@ ENV: Final[Mapping[str, str]] = MappingProxyType(
         "ATRACE_QUERY_BURST": "Queries one API key may send at once (the bucket).",
         "ATRACE_MAX_INFLIGHT_BYTES": "Bytes of request bodies (inflated) held at once (503).",
         "ATRACE_MAX_ERROR_SCAN": "Most error rows one /v1/errors request may scan.",
+        "ATRACE_MAX_RESPONSE_BYTES": "About the most bytes of records one query answer carries.",
         "ATRACE_HEADER_TIMEOUT": "Seconds a connection has to send a complete request head.",
         "ATRACE_BODY_TIMEOUT": "Seconds a client has to send a request body (408 after).",
         "ATRACE_MAX_CONNECTIONS": "Open connections to the collector (kept below the fd limit).",

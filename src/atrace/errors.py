@@ -21,6 +21,7 @@
     │                                         400 malformed, 413 too large, 415 unsupported
     ├── QueryError (also ValueError)          (collector) a read-API parameter it cannot accept: 400
     ├── AuthError                             (collector-internal) no usable API key: 401
+    ├── RateLimited                           (collector-internal) too much from one key: 429
     ├── Unavailable                           (collector-internal) cannot take it now: 503
     ├── TailClosed                            (collector-internal) the live tail stopped
     └── InternalError                         a bug in atrace itself: please report it
@@ -52,6 +53,7 @@ __all__ = (
     "NotFoundError",
     "PermissionDeniedError",
     "QueryError",
+    "RateLimited",
     "ServerError",
     "SinkClosedError",
     "SinkError",
@@ -248,6 +250,20 @@ class Unavailable(AtraceError):
     def __init__(self, message: str, *, reason: str) -> None:
         self.reason = reason
         super().__init__(message)
+
+
+class RateLimited(AtraceError):
+    """(collector-internal) A request refused for its API key's sake: 429 with ``Retry-After``.
+
+    ``reason`` is ``"rate"`` (the key's token bucket is empty), ``"concurrency"`` (its requests
+    in flight are at their cap) or ``"fair_share"`` (other keys wait, and this one holds its
+    share of the ingest pool).
+    """
+
+    def __init__(self, message: str, retry_after: int, reason: str) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.reason = reason
 
 
 class TailClosed(AtraceError):

@@ -76,6 +76,12 @@ _BOUNDS: tuple[tuple[str, str, type, str], ...] = (
         "most error rows one /v1/errors request may scan",
     ),
     (
+        "max_response_bytes",
+        "ATRACE_MAX_RESPONSE_BYTES",
+        int,
+        "about the most bytes of records one answer carries (a search page stops early)",
+    ),
+    (
         "header_timeout",
         "ATRACE_HEADER_TIMEOUT",
         float,

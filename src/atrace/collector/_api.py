@@ -77,15 +77,19 @@ async def _connection(request: web.Request) -> AsyncIterator[Any]:
 async def _search(request: web.Request) -> web.StreamResponse:
     schema, project = _where(request)
     filters = query.parse_filters(request.query.items(), project=project)
+    most = request.app[LIMITS].max_response_bytes
     async with _connection(request) as conn:
-        found = await query.search(conn, schema, filters)
+        found = await query.search(conn, schema, filters, max_bytes=most)
     return _json(found)
 
 
 async def _trace(request: web.Request) -> web.StreamResponse:
     schema, project = _where(request)
+    most = request.app[LIMITS].max_response_bytes
     async with _connection(request) as conn:
-        tree = await query.trace(conn, schema, project, request.match_info["trace_id"])
+        tree = await query.trace(
+            conn, schema, project, request.match_info["trace_id"], max_bytes=most
+        )
     if tree is None:
         return _error(404, "no such trace")
     return _json(tree)

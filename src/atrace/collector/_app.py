@@ -20,10 +20,18 @@ from aiohttp import web
 
 from .._postgres.session import connection_init
 from ..config import check_schema
-from ..errors import AuthError, ConfigError, QueryError, TailClosed, Unavailable, WireError
+from ..errors import (
+    AuthError,
+    ConfigError,
+    QueryError,
+    RateLimited,
+    TailClosed,
+    Unavailable,
+    WireError,
+)
 from ._auth import KeyStore, auth_middleware, parse_key, request_key
 from ._ingest import INGEST, add_ingest_routes
-from ._limits import DEFAULT_LIMITS, KeyGate, Limits, RateLimited
+from ._limits import DEFAULT_LIMITS, KeyGate, Limits
 from ._prometheus import CONTENT_TYPE, Metrics
 from ._redact import CollectorRunner, install_filters
 from ._state import LIMITS, POOL, PROJECT, QUERY_POOL, SCHEMA, TAIL

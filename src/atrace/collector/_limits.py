@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..config import check_int, check_number
-from ..errors import ConfigError, Unavailable
+from ..errors import ConfigError, RateLimited, Unavailable
 
 __all__ = (
     "DEFAULT_LIMITS",
@@ -58,6 +58,8 @@ class Limits:
       API key, requests per second and the burst it may spend at once (429 with
       ``Retry-After``).
     - ``max_error_scan``: the most error rows ``/v1/errors?scan=`` may read (400 past it).
+    - ``max_response_bytes``: about the most bytes of records one answer carries: a search page
+      stops early with a cursor to the rest, a trace is cut and says so (``truncated``).
     - ``header_timeout``: seconds a connection has to deliver a complete request head, from its
       opening or from the end of the previous answer (an idle keep-alive connection is closed
       then too).
@@ -94,6 +96,7 @@ class Limits:
     query_rate: float = 50.0
     query_burst: int = 100
     max_error_scan: int = 10_000
+    max_response_bytes: int = 16 * MiB
     header_timeout: float = 20.0
     max_connections: int = 4096
     max_connections_per_address: int = 256
@@ -138,6 +141,7 @@ class Limits:
         put(self, "query_rate", check_number("query_rate", self.query_rate, 0.001, 1e9))
         check_int("query_burst", self.query_burst, 1, 1 << 40)
         check_int("max_error_scan", self.max_error_scan, 1, 10_000_000)
+        check_int("max_response_bytes", self.max_response_bytes, 1024, 1 << 34)
         put(
             self,
             "header_timeout",
@@ -249,15 +253,6 @@ class Held:
         """Give every byte held back (safe to repeat)."""
         self._admission.bytes -= self.n
         self.n = 0
-
-
-class RateLimited(Exception):
-    """A request refused for its API key's sake: its rate or its concurrency (429)."""
-
-    def __init__(self, message: str, retry_after: int, reason: str) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-        self.reason = reason
 
 
 class _Bucket:

@@ -84,6 +84,7 @@ __all__ = (
     "DEFAULT_RANGE_NS",
     "INTERVALS",
     "MAX_LIMIT",
+    "MAX_RESPONSE_BYTES",
     "MAX_TRACE_ROWS",
     "Filters",
     "build_tree",
@@ -121,6 +122,11 @@ del _value
 
 # A trace longer than this is returned cut, and says so.
 MAX_TRACE_ROWS = 10_000
+# The most bytes of records one answer carries (counted from the stored text and attributes): a
+# search page stops early with a cursor to the rest, a trace is cut and says so.
+MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+# What a record's JSON adds to its text fields: names, ids, numbers, punctuation.
+_RECORD_OVERHEAD = 400
 MAX_BUCKETS = 10_000
 INTERVALS = {"1m": 60, "5m": 300, "15m": 900, "1h": 3600, "1d": 86400}
 _SELECT = ", ".join(COLUMNS)
@@ -231,18 +237,39 @@ def _attrs_sql(a: Args, attrs: Mapping[str, Any]) -> list[str]:
     return out
 
 
-async def search(conn: Any, schema: str, filters: Filters) -> dict[str, Any]:
-    """Newest first, at most ``filters.limit`` records: ``{"records": [...], "next_cursor":
-    str | None}``, the cursor naming the next page when there are more."""
+async def search(
+    conn: Any, schema: str, filters: Filters, *, max_bytes: int = MAX_RESPONSE_BYTES
+) -> dict[str, Any]:
+    """Newest first, at most ``filters.limit`` records and about ``max_bytes`` of them (at least
+    one): ``{"records": [...], "next_cursor": str | None}``, the cursor naming the next page when
+    there are more."""
     sql, args = _search_sql(schema, filters)
     rows = await conn.fetch(sql, *args)
     more = len(rows) > filters.limit
     rows = rows[: filters.limit]
+    kept = _within(rows, max_bytes)
+    if kept < len(rows):
+        rows, more = rows[:kept], True
     cursor = None
     if more and rows:
         last = rows[-1]
         cursor = encode_cursor(as_ns(last["ts"]) // 1000, last["rid"])
     return {"records": [record_json(tuple(r)[:-1]) for r in rows], "next_cursor": cursor}
+
+
+def _within(rows: Sequence[Any], max_bytes: int) -> int:
+    """How many of ``rows`` (at least one) fit in about ``max_bytes`` of answer."""
+    total = 0
+    for i, row in enumerate(rows):
+        size = _RECORD_OVERHEAD
+        for column in (NAME, MESSAGE, ATTRS, ERROR_TYPE, ERROR_MESSAGE, STACK_TRACE, LOCATION):
+            value = row[column]
+            if value is not None:
+                size += len(value)
+        total += size
+        if total > max_bytes and i:
+            return i
+    return len(rows)
 
 
 def _trace_sql(schema: str) -> str:
@@ -253,7 +280,13 @@ def _trace_sql(schema: str) -> str:
 
 
 async def trace(
-    conn: Any, schema: str, project: str, trace_id: str, *, now: int | None = None
+    conn: Any,
+    schema: str,
+    project: str,
+    trace_id: str,
+    *,
+    now: int | None = None,
+    max_bytes: int = MAX_RESPONSE_BYTES,
 ) -> dict[str, Any] | None:
     """The trace as a tree (see :func:`build_tree`), or None when the project has no such trace.
 
@@ -264,7 +297,10 @@ async def trace(
     if not rows:
         return None
     truncated = len(rows) > MAX_TRACE_ROWS
-    records = [record_json(tuple(r)) for r in rows[:MAX_TRACE_ROWS]]
+    rows = rows[:MAX_TRACE_ROWS]
+    kept = _within(rows, max_bytes)
+    truncated = truncated or kept < len(rows)
+    records = [record_json(tuple(r)) for r in rows[:kept]]
     tree = build_tree(records, now=time.time_ns() if now is None else now)
     tree["trace_id"] = tid
     tree["truncated"] = truncated
