@@ -164,16 +164,8 @@ async def _tail_then_ingest(url: str, key: str, stop: asyncio.Event, body: Any) 
             f"GET /v1/tail HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\r\n".encode()
         )
         writers.append(writer)  # never read: the server's queue for it fills
-    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/msgpack"}
     async with _evil_session(30) as session:
-        while not stop.is_set():
-            try:
-                async with session.post(
-                    url + "/v1/ingest", data=body.fresh(), headers=headers
-                ) as resp:
-                    await resp.read()
-            except (aiohttp.ClientError, asyncio.TimeoutError):
-                await asyncio.sleep(0.05)
+        await _post_until(session, url, key, body, stop)
     for writer in writers:
         writer.close()
 
@@ -214,20 +206,21 @@ async def _huge_otlp(url: str, key: str, stop: asyncio.Event) -> None:
 
 
 async def _flood(url: str, key: str, stop: asyncio.Event, body: Any) -> None:
-    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/msgpack"}
     async with _evil_session(30) as session:
+        await asyncio.gather(*(_post_until(session, url, key, body, stop) for _ in range(8)))
 
-        async def one() -> None:
-            while not stop.is_set():
-                try:
-                    async with session.post(
-                        url + "/v1/ingest", data=body.fresh(), headers=headers
-                    ) as resp:
-                        await resp.read()
-                except (aiohttp.ClientError, asyncio.TimeoutError):
-                    await asyncio.sleep(0.05)
 
-        await asyncio.gather(*(one() for _ in range(8)))
+async def _post_until(
+    session: aiohttp.ClientSession, url: str, key: str, body: Any, stop: asyncio.Event
+) -> None:
+    """Post native batches as fast as they are answered until ``stop``."""
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/msgpack"}
+    while not stop.is_set():
+        try:
+            async with session.post(url + "/v1/ingest", data=body.fresh(), headers=headers) as r:
+                await r.read()
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            await asyncio.sleep(0.05)
 
 
 Attack = Callable[[str, str, asyncio.Event], Awaitable[None]]
