@@ -305,3 +305,31 @@ async def test_refused_request_writes_nothing(
     status, _ = await _post(collector_server, key, path, fmt, broken)
     assert status == 400
     assert await collector_server.count("p") == 0
+
+
+async def test_rows_waiting_in_the_default_partition_move_into_their_day(
+    pg_db: tuple[Any, str],
+) -> None:
+    """Rows that reached the default partition (written before a day's partition existed) no
+    longer block that day: its partition is made from them, and they stay queryable."""
+    conn, schema = pg_db
+    today = dt.datetime.now(dt.timezone.utc).date()
+    far = today + dt.timedelta(days=40)
+    for hour in (1, 2):
+        await conn.execute(
+            f"INSERT INTO {schema}.records (ts, kind, level, service, project, message) "
+            f"VALUES ('{far.isoformat()} 0{hour}:00:00+00', 0, 20, 'svc', 'p', 'm{hour}')"
+        )
+    where = "SELECT tableoid::regclass::text FROM {}.records WHERE message = 'm1'"
+    assert (await conn.fetchval(where.format(schema))).endswith("records_default")
+    await ensure_partitions(conn, schema, today=far - dt.timedelta(days=1), ahead=1)
+    name = partition_name(far)
+    assert (await conn.fetchval(where.format(schema))).endswith(name)
+    assert await conn.fetchval(f"SELECT count(*) FROM {schema}.{name}") == 2
+    assert await conn.fetchval(f"SELECT count(*) FROM {schema}.records_default") == 0
+    # The day's partition is a real one: later rows of that day land in it.
+    await conn.execute(
+        f"INSERT INTO {schema}.records (ts, kind, level, service, project, message) "
+        f"VALUES ('{far.isoformat()} 05:00:00+00', 0, 20, 'svc', 'p', 'm5')"
+    )
+    assert await conn.fetchval(f"SELECT count(*) FROM {schema}.{name}") == 3

@@ -214,6 +214,43 @@ def partition_name(day: dt.date) -> str:
     return f"records_{day:%Y%m%d}"
 
 
+async def _move_out_of_default(
+    conn: Any, schema: str, name: str, day: dt.date, nxt: dt.date
+) -> None:
+    """Make ``day``'s partition from the rows the default partition holds for it.
+
+    Rows for a day with no partition land in the default one (a record far ahead or behind,
+    or one written before the partitions were made); while they sit there, that day's partition
+    cannot be created, for any tenant. In one transaction, with inserts into the default
+    partition held back: a table of the parent's shape, the rows moved into it, attached as the
+    day's partition (PostgreSQL builds its indexes). Any failure leaves everything as it was.
+    """
+    # Literals, not parameters: the collector's connections carry their own timestamp codec.
+    start, end = f"'{day.isoformat()} 00:00:00+00'", f"'{nxt.isoformat()} 00:00:00+00'"
+    bounds = f"FROM ({start}) TO ({end})"
+    try:
+        async with conn.transaction():
+            await conn.execute(f"LOCK TABLE {schema}.records_default IN EXCLUSIVE MODE")
+            await conn.execute(
+                f"CREATE TABLE {schema}.{name} (LIKE {schema}.records INCLUDING DEFAULTS "
+                "INCLUDING CONSTRAINTS)"
+            )
+            moved = await conn.execute(
+                f"WITH moved AS (DELETE FROM {schema}.records_default "
+                f"WHERE ts >= {start} AND ts < {end} RETURNING *) "
+                f"INSERT INTO {schema}.{name} SELECT * FROM moved"
+            )
+            await conn.execute(
+                f"ALTER TABLE {schema}.records ATTACH PARTITION {schema}.{name} FOR VALUES {bounds}"
+            )
+    except Exception as exc:
+        if getattr(exc, "sqlstate", None) == "42P07":
+            return  # another process made it meanwhile
+        _log.warning("atrace: could not create partition %s.%s: %s", schema, name, exc)
+        return
+    _log.info("atrace: partition %s.%s made from %s", schema, name, moved)
+
+
 async def ensure_partitions(
     conn: Any, schema: str, *, today: dt.date | None = None, ahead: int = PARTITION_DAYS_AHEAD
 ) -> dt.date:
@@ -236,8 +273,8 @@ async def ensure_partitions(
                 pass  # another process created it at the same moment
             elif state == "23514":
                 # Rows already in the default partition for that day block it
-                # (check_violation); they stay queryable there.
-                _log.warning("atrace: could not create partition %s.%s: %s", schema, name, exc)
+                # (check_violation): move them into the day's own table, then attach it.
+                await _move_out_of_default(conn, schema, name, day, nxt)
             else:
                 raise  # a lost connection and the like: the caller's to retry
         day = nxt
