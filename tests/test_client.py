@@ -293,3 +293,23 @@ class TestTailEvents:
         assert sse.feed(b'data: {"message": "a"}\n\n') == [{"message": "a"}]
         with pytest.raises(CollectorError, match="too slow: 4 MiB queued"):
             sse.feed(b'event: error\ndata: {"error": "too slow: 4 MiB queued"}\n\n')
+
+
+class TestCredentialsInTheUrl:
+    async def test_both_clients_take_a_url_with_credentials_and_an_api_key(
+        self, collector_server: CollectorServer
+    ) -> None:
+        server = collector_server
+        key = await server.create_key(A)
+        host = server.url.removeprefix("http://")
+        url = f"http://proxy-user:s3cret@{host}"
+        async with AsyncClient(url, key) as client:
+            assert [r async for r in client.search(limit=1)] == []
+        assert await asyncio.to_thread(lambda: list(Client(url, key).search(limit=1))) == []
+        plain = Client(url, key)
+        assert "s3cret" not in plain.url and "proxy-user" not in plain.url
+
+    def test_without_a_key_the_credentials_become_basic_auth(self) -> None:
+        client = Client("http://u%40x:p%3Aw@127.0.0.1:9", api_key="")
+        assert client.url == "http://127.0.0.1:9"
+        assert client.headers["Authorization"] == "Basic dUB4OnA6dw=="  # u@x:p:w

@@ -209,11 +209,28 @@ class _Base:
 
             raise ConfigError("max_response", max_response, "expected a positive integer")
         self.max_response = max_response
-        self.url = url.rstrip("/")
+        # Credentials in the URL (``http://user:pass@host``, for a proxy in front of the
+        # collector) go into an Authorization header of their own, never into request lines;
+        # with an API key, the key is what the collector needs, and it takes the header.
+        parts = urllib.parse.urlsplit(url.rstrip("/"))
+        user, password = parts.username, parts.password
+        if user is not None or password is not None:
+            netloc = parts.hostname or ""
+            if ":" in netloc:
+                netloc = f"[{netloc}]"
+            if parts.port is not None:
+                netloc += f":{parts.port}"
+            parts = parts._replace(netloc=netloc)
+        self.url = urllib.parse.urlunsplit(parts)
         key = api_key if api_key is not None else env("ATRACE_API_KEY")
         self.headers = {"Accept": "application/json"}
         if key:
             self.headers["Authorization"] = f"Bearer {key}"
+        elif user is not None:
+            import base64
+
+            pair = f"{urllib.parse.unquote(user)}:{urllib.parse.unquote(password or '')}"
+            self.headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
         self.timeout = timeout
 
     def _url(self, path: str, params: list[tuple[str, str]] | None = None) -> str:
