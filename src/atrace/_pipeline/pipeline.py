@@ -406,8 +406,12 @@ class Pipeline:
                 "atrace: the last flush did not finish within %.1fs; what is left is spilled",
                 remaining,
             )
-        # What could not be written in time is spilled, not lost.
-        self._spill_everything("not written before shutdown")
+        await self._wind_up("not written before shutdown")
+
+    async def _wind_up(self, reason: str) -> None:
+        # What could not be written in time is spilled, not lost; then the sinks close and one
+        # line says what was dropped or still waits.
+        self._spill_everything(reason)
         await self._close_sinks()
         self.reporter.final(self)
 
@@ -730,9 +734,7 @@ class Pipeline:
         try:
             await self._last_chance()
         finally:
-            self._spill_everything("not written before exit")
-            await self._close_sinks()
-            self.reporter.final(self)
+            await self._wind_up("not written before exit")
 
     def metrics(self) -> Metrics:
         """A frozen snapshot of the counters (delivery figures: the first sink's)."""

@@ -168,6 +168,5 @@ def _write_stranded(pipeline: Pipeline, timeout: float) -> None:
     if not len(ring) and not runtime.open_spans:
         return
     stand_in = Pipeline(pipeline.config)
-    for record in ring.drain(len(ring)):
-        stand_in.ring.push(record)
+    stand_in.take_over(pipeline)
     stand_in.flush_at_exit(timeout)

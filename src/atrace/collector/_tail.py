@@ -233,21 +233,21 @@ class Subscription:
         """
         if not await self._wait(timeout):
             return []
-        items = list(self._items)
-        self._items.clear()
-        self._payloads.clear()
-        self.queued_bytes = 0
-        return items
+        return self._empty()[0]
 
     async def take_events(self, timeout: float | None = None) -> list[bytes]:
         """Like :meth:`take`, the queued rows as their serialised server-sent events."""
         if not await self._wait(timeout):
             return []
-        payloads = list(self._payloads)
+        return self._empty()[1]
+
+    def _empty(self) -> tuple[list[Sequence[Any]], list[bytes]]:
+        # What is queued, as rows and as their events, and the queue emptied.
+        items, payloads = list(self._items), list(self._payloads)
         self._items.clear()
         self._payloads.clear()
         self.queued_bytes = 0
-        return payloads
+        return items, payloads
 
     def close(self) -> None:
         """End the subscription: the reader gets what is queued, then :class:`TailClosed`."""
