@@ -12,7 +12,9 @@ flood. Each attack is bounded in count and time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -277,6 +279,160 @@ async def abuse(
         r = await _beside(dsn, schema, url, good_key, evil_key, body, attack, seconds)
         rows.append({"attack": name, **r, "share": r["rate"] / alone["rate"]})
     return rows
+
+
+# ---- /healthz while a crowd of live-tail subscribers is fed -----------------------------------
+
+TAILS = 5000
+TAIL_SERVE_ARGS = [
+    "--max-tail-subscribers", str(TAILS), "--max-tail-per-key", str(TAILS),
+    "--max-connections", str(TAILS + 1000), "--max-connections-per-address", str(TAILS + 100),
+    "--query-rate", "100000", "--query-burst", "100000",
+]  # fmt: skip
+HEALTH_TARGET_MS = 100.0
+HEALTH_BATCH = 2000  # rows per batch fed to every tail
+FEED_EVERY = 2.0
+
+
+# The prober runs in a process of its own: the thousands of tails read in this one must not
+# delay its requests (what is measured is the collector's answer, not this process's loop).
+_PROBE = """
+import http.client, json, sys, time
+host, port = sys.argv[1].removeprefix("http://").split(":")
+conn = http.client.HTTPConnection(host, int(port), timeout=30)
+out = []
+for line in sys.stdin:  # one line per probe; EOF ends
+    started = time.perf_counter()
+    try:
+        conn.request("GET", "/healthz")
+        resp = conn.getresponse()
+        resp.read()
+        out.append(time.perf_counter() - started if resp.status == 200 else 30.0)
+    except OSError:
+        out.append(30.0)
+        conn.close()
+print(json.dumps(out))
+"""
+
+
+async def _probe(url: str, stop: asyncio.Event) -> list[float]:
+    """``GET /healthz`` every 20 ms until ``stop``, from a process of its own; the latencies in
+    seconds (30 s for a failure)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _PROBE, url,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdin is not None
+    while not stop.is_set():
+        proc.stdin.write(b"\n")
+        await proc.stdin.drain()
+        await asyncio.sleep(0.02)
+    out, _ = await proc.communicate(b"")
+    return [float(x) for x in json.loads(out)]
+
+
+async def _drain(reader: asyncio.StreamReader) -> None:
+    with contextlib.suppress(ConnectionError):
+        while await reader.read(1 << 20):
+            pass
+
+
+async def _tails(
+    url: str, key: str, n: int, readers: list[asyncio.Task[None]]
+) -> list[asyncio.StreamWriter]:
+    """``n`` live tails opened raw, each read (and its events thrown away) by a task."""
+    writers: list[asyncio.StreamWriter] = []
+    host, port = url.removeprefix("http://").split(":")
+    request = f"GET /v1/tail HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\r\n"
+
+    async def one() -> None:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(request.encode())
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60)
+        if not head.startswith(b"HTTP/1.1 200"):
+            writer.close()
+            raise RuntimeError(f"tail refused: {head.splitlines()[0]!r}")
+        writers.append(writer)
+        readers.append(asyncio.ensure_future(_drain(reader)))
+
+    for start in range(0, n, 250):
+        await asyncio.gather(*(one() for _ in range(start, min(n, start + 250))))
+    return writers
+
+
+async def healthz_under_tails(url: str, key: str, body: Any, seconds: float) -> dict[str, Any]:
+    """``/healthz`` latency with no tail, then with TAILS tails open and idle, then while
+    one batch matching every tail is ingested (each row goes to every subscriber, which reads
+    it), and again while such batches come every ``FEED_EVERY`` seconds."""
+    phases: dict[str, list[float]] = {}
+
+    async def measure(name: str, during: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+        stop = asyncio.Event()
+        probe = asyncio.ensure_future(_probe(url, stop))
+        try:
+            await during(stop)
+        finally:
+            stop.set()
+            phases[name] = await probe
+
+    async def idle(stop: asyncio.Event) -> None:
+        await asyncio.sleep(seconds)
+
+    async def post(session: aiohttp.ClientSession) -> None:
+        headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/msgpack"}
+        async with session.post(url + "/v1/ingest", data=body.fresh(), headers=headers) as resp:
+            await resp.read()
+
+    async def once(stop: asyncio.Event) -> None:
+        async with aiohttp.ClientSession() as session:
+            await post(session)
+        await asyncio.sleep(seconds)
+
+    async def ingest(stop: asyncio.Event) -> None:
+        async with aiohttp.ClientSession() as session:
+            until = time.perf_counter() + seconds
+            while time.perf_counter() < until:
+                await post(session)
+                await asyncio.sleep(FEED_EVERY)
+
+    await measure("no tail", idle)
+    readers: list[asyncio.Task[None]] = []
+    writers = await _tails(url, key, TAILS, readers)
+    try:
+        await measure(f"{TAILS} tails, idle", idle)
+        await measure(f"{TAILS} tails, one batch", once)
+        await measure(f"{TAILS} tails, fed", ingest)
+    finally:
+        for writer in writers:
+            writer.transport.abort()
+        for task in readers:
+            task.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
+    return {
+        name: {
+            "p50_ms": _percentile(lat, 0.5) * 1000,
+            "p99_ms": _percentile(lat, 0.99) * 1000,
+            "max_ms": max(lat) * 1000,
+            "probes": len(lat),
+        }
+        for name, lat in phases.items()
+    }
+
+
+def report_healthz(result: dict[str, Any], rows_per_batch: int) -> None:
+    print(
+        f"\n/healthz, probed every 20 ms from another process; one batch = {rows_per_batch} rows"
+        f" read by every tail; fed = such a batch every {FEED_EVERY:g} s"
+    )
+    print(f"{'phase':<24} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'probes':>7}")
+    for name, r in result.items():
+        print(
+            f"{name:<24} {r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f} {r['max_ms']:>8.1f} "
+            f"{r['probes']:>7}"
+        )
+    worst = max(r["max_ms"] for r in result.values())
+    met = worst < HEALTH_TARGET_MS
+    print(f"/healthz under {HEALTH_TARGET_MS:.0f} ms throughout: {met} (worst {worst:.1f} ms)")
 
 
 def report_abuse(rows: list[dict[str, Any]]) -> None:

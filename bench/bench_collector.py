@@ -19,7 +19,7 @@ from typing import Any
 
 import aiohttp
 import asyncpg
-from _abuse import report_abuse
+from _abuse import HEALTH_BATCH, report_abuse, report_healthz
 from _common import postgres
 
 from atrace._emit.ids import new_span_id, new_trace_id
@@ -311,6 +311,28 @@ def run_abuse(dsn: str, args: Any) -> list[dict[str, Any]]:
         proc.wait(60)
 
 
+def run_healthz(dsn: str, args: Any) -> dict[str, Any]:
+    """``--abuse``'s last part: `/healthz` with thousands of live tails (their own collector,
+    with the tail and connection bounds raised to hold them)."""
+    from _abuse import HEALTH_BATCH, TAIL_SERVE_ARGS, healthz_under_tails
+
+    proc, url = start_server(dsn, args.clients, [*TAIL_SERVE_ARGS, *args.serve_args.split()])
+    try:
+
+        async def key() -> str:
+            conn = await asyncpg.connect(dsn)
+            try:
+                return await create_key(conn, SCHEMA, "tails", "bench")
+            finally:
+                await conn.close()
+
+        body = native_body(make_rows(HEALTH_BATCH))
+        return asyncio.run(healthz_under_tails(url, asyncio.run(key()), body, args.seconds))
+    finally:
+        proc.terminate()
+        proc.wait(60)
+
+
 def report(results: dict[str, Any]) -> None:
     print(
         f"{platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} CPUs; "
@@ -384,9 +406,12 @@ def main() -> None:
             print(f"PostgreSQL: {label}; {platform.python_implementation()} "
                   f"{platform.python_version()}, {os.cpu_count()} CPUs")  # fmt: skip
             rows = run_abuse(dsn, args)
+            health = run_healthz(dsn, args)
         report_abuse(rows)
+        report_healthz(health, HEALTH_BATCH)
         if args.json:
-            Path(args.json).write_text(json.dumps(rows, indent=2, default=str) + "\n")
+            figures = {"abuse": rows, "healthz": health}
+            Path(args.json).write_text(json.dumps(figures, indent=2, default=str) + "\n")
         return
     with postgres(args.dsn) as (dsn, label):
         results = run(dsn, args)

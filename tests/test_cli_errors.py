@@ -119,6 +119,8 @@ class TestUnreachableCollector:
         cases = [(*view, "--url", NO_COLLECTOR) for view in VIEWS.values()]
         for done in await run_all(cases):
             assert_one_line(done, UNREACHABLE, "atrace: cannot reach the collector")
+            # The collector's address once, with the reason: no request URL repeated after it.
+            assert done.stderr.count(NO_COLLECTOR.split("//")[1]) == 1, done.stderr
 
 
 class TestRefusedKey:

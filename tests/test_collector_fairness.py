@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import logging
 from collections.abc import AsyncIterator
+
+import pytest
 
 from _collector import CollectorServer, make_rows, native_body, raw_request, wait_until
 from atrace.collector._limits import Limits
@@ -167,6 +170,35 @@ async def test_a_key_past_its_rate_gets_429_with_retry_after(pg_schema: tuple[st
         again = await server.post("/v1/ingest", body, a)
         assert again.status == 429 and "Retry-After" in again.headers
         assert server.metrics.value("errors", reason="rate_limited_rate") == 2
+
+
+async def test_refusals_are_counted_and_logged_once_a_minute_by_limit(
+    pg_schema: tuple[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each limit a request meets is its own cause: a Prometheus series per limit's name, and
+    at most one log line a minute per limit however often it strikes."""
+    dsn, schema = pg_schema
+    limits = Limits(max_body=2048, query_rate=0.01, query_burst=1)
+    caplog.set_level(logging.WARNING, logger="atrace.collector")
+    async with CollectorServer(dsn, schema, limits=limits) as server:
+        key = await server.create_key("alpha")
+        statuses = [(await server.request("GET", "/v1/search", key=key)).status for _ in range(6)]
+        assert statuses == [200] + [429] * 5
+        _, body = native_body(make_rows(200))
+        assert len(body) > 2048
+        for _ in range(4):
+            assert (await server.post("/v1/ingest", body, key)).status == 413
+        assert server.metrics.value("refused", cause="query_rate") == 5
+        assert server.metrics.value("refused", cause="max_body") == 4
+        assert server.metrics.value("refused", cause="ingest_rate") == 0
+        text = server.metrics.render()
+        assert 'atrace_collector_refused_total{cause="max_body"} 4' in text
+        assert 'atrace_collector_refused_total{cause="query_rate"} 5' in text
+    lines = [r.getMessage() for r in caplog.records if "refused with" in r.getMessage()]
+    assert len(lines) == 2, lines
+    assert any("429 (query_rate)" in line for line in lines)
+    assert any("413 (max_body)" in line for line in lines)
+    assert not any(key in line for line in lines)
 
 
 async def test_error_scan_is_bounded_by_the_collector(pg_schema: tuple[str, str]) -> None:

@@ -165,6 +165,33 @@ class TestKeys:
         finally:
             await pool.close()
 
+    async def test_concurrent_checks_of_one_key_share_one_lookup(
+        self, collector_server: CollectorServer
+    ) -> None:
+        """Many requests (or open live tails) checking one key when its cached answer expires
+        ask PostgreSQL once, through one connection."""
+        key = await collector_server.create_key("alpha")
+        store = KeyStore(collector_server.schema, ttl=5.0)
+        pool = await asyncpg.create_pool(collector_server.db_dsn, min_size=0, max_size=4)
+        acquired = 0
+
+        class Counting:  # the real pool, its connections counted as they are taken
+            def acquire(self, *args: Any, **kwargs: Any) -> Any:
+                nonlocal acquired
+                acquired += 1
+                return pool.acquire(*args, **kwargs)
+
+        try:
+            found = await asyncio.gather(*(store.check(Counting(), key) for _ in range(200)))
+            assert found == ["alpha"] * 200
+            assert acquired == 1
+            wrong = key[:-2] + ("zz" if not key.endswith("zz") else "yy")
+            with pytest.raises(AuthError):
+                await asyncio.gather(*(store.check(Counting(), wrong) for _ in range(50)))
+            assert acquired == 1  # a wrong secret: the same id's answer, from the cache
+        finally:
+            await pool.close()
+
 
 # ---- projects -----------------------------------------------------------------------------------
 

@@ -98,7 +98,9 @@ class TestForwarding:
             try:
                 pid = conn.get_server_pid()
                 assert await direct.fetchval("SELECT pg_terminate_backend($1)", pid)
-                await wait_until(lambda: proxy.active == 0)
+                # Both ends closed before the next query: asyncpg reads the server's FATAL
+                # notice asynchronously, and a query racing it meets an internal state error.
+                await wait_until(lambda: proxy.active == 0 and conn.is_closed())
                 with pytest.raises(CONNECTION_ERRORS) as info:
                     await conn.fetchval("SELECT 1")
                 assert_connection_error(info.value)

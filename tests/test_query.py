@@ -815,3 +815,39 @@ class TestResponseBytes:
         assert cut is not None and full is not None
         assert cut["truncated"] and not full["truncated"]
         assert len(cut["logs"]) < len(full["logs"]) == 5
+
+    async def test_stats_buckets_past_the_bound_are_cut_and_say_so(
+        self, db: tuple[Any, str]
+    ) -> None:
+        conn, schema = db
+        # 40 services in one minute: 40 buckets of ~64 + 30 bytes each.
+        rows = [make_row(NOW - S, service=f"service-{i:02d}-" + "s" * 20) for i in range(40)]
+        await copy_rows(conn, schema, A, rows)
+        since, until = NOW - 60 * S, NOW + S
+        cut = await query.stats(conn, schema, A, since=since, until=until, max_bytes=1000)
+        full = await query.stats(conn, schema, A, since=since, until=until)
+        assert not full["truncated"] and len(full["buckets"]) == 40
+        assert cut["truncated"] and 1 <= len(cut["buckets"]) < 40
+        assert cut["buckets"] == full["buckets"][: len(cut["buckets"])]
+
+    async def test_an_error_scan_holds_rows_up_to_the_byte_bound(self, db: tuple[Any, str]) -> None:
+        conn, schema = db
+        stack = "Traceback (most recent call last):\n" + "  frame\n" * 1000
+        rows = [
+            make_row(
+                NOW - i * S,
+                level=40,
+                trace_id=new_trace_id(),
+                error_type="ValueError",
+                error_message=f"order {i} failed",
+                stack_trace=stack,
+            )
+            for i in range(30)
+        ]
+        await copy_rows(conn, schema, A, rows)
+        since = NOW - 60 * S
+        cut = await query.errors(conn, schema, A, since=since, max_bytes=40_000)
+        full = await query.errors(conn, schema, A, since=since, max_bytes=10_000_000)
+        assert full["scanned"] == 30 and not full["truncated"]
+        assert cut["truncated"] and 1 <= cut["scanned"] <= 6  # ~8 kB of stack a row
+        assert cut["groups"][0]["error_type"] == "ValueError"

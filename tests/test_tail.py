@@ -62,8 +62,8 @@ class TestHub:
         ]
         hub.publish(A, rows)
         assert every.pending() == 5 and other.pending() == 0
-        assert [r[13] for r in picky._items] == ["payment failed"]
-        assert [r[13] for r in spans._items] == ["span"]
+        assert [r[13] for r in picky.peek()] == ["payment failed"]
+        assert [r[13] for r in spans.peek()] == ["span"]
         hub.publish(B, rows[:1])
         assert other.pending() == 1 and every.pending() == 5
 
@@ -77,7 +77,7 @@ class TestHub:
         hub.publish(A, rows)
         fast.publish(A, rows)
         assert slow.pending() == 5 and slow.dropped == 95
-        assert [r[13] for r in slow._items] == ["m0", "m1", "m2", "m3", "m4"]
+        assert [r[13] for r in slow.peek()] == ["m0", "m1", "m2", "m3", "m4"]
         assert fast_sub.pending() == 100 and fast_sub.dropped == 0
         stats = hub.statistics()
         assert stats.dropped == 95 and stats.delivered == 5 and stats.subscribers == 1

@@ -292,10 +292,44 @@ class TestHostileRows:
 
 
 @pytest.mark.parametrize("depth", [300])
-def test_deep_rows_never_reach_a_queue(depth: int) -> None:
+async def test_deep_rows_never_reach_a_queue(depth: int) -> None:
     """Published straight to a hub, a row too deep to serialise is counted, never queued."""
     hub = TailHub("s")
     sub = hub.subscribe(Filters(project=A))
     hub.publish(A, [make_row(NOW, message="ok"), deep_row(NOW + 1, depth)])
-    assert [r[13] for r in sub._items] == ["ok"]
+    assert [r[13] for r in await sub.take(0)] == ["ok"]
     assert hub.statistics().unserialisable_rows == 1
+
+
+async def test_readers_past_their_share_of_the_hubs_bytes_are_dropped() -> None:
+    """Past the bytes held for all readers, a reader holding more than its equal share is ended
+    as too slow; a reader that takes its events keeps every row, and nothing stays counted once
+    the readers are gone."""
+    hub = TailHub("s", queue_size=10_000, queue_bytes=1 << 20, total_bytes=64 * 1024)
+    idle = [hub.subscribe(Filters(project=A)) for _ in range(3)]
+    reader = hub.subscribe(Filters(project=A))
+    seen: list[str] = []
+    for batch in range(20):
+        hub.publish(
+            A,
+            [make_row(NOW + (batch * 100 + i) * 1000, message=f"m{batch}-{i}") for i in range(20)],
+        )
+        seen += [r[13] for r in await reader.take(1.0)]  # taken in process: written at once
+    assert seen == [f"m{b}-{i}" for b in range(20) for i in range(20)]
+    assert all(s.reason is not None and "too slow" in s.reason for s in idle)
+    assert hub.statistics().ended_slow == 3
+    assert hub._budget.used <= 64 * 1024
+    hub.unsubscribe(reader)
+    assert hub._budget.used == 0 and hub._budget.readers == 0
+
+
+def test_a_batch_larger_than_a_caught_up_readers_queue_fills_it_and_counts_the_rest() -> None:
+    """A reader with nothing waiting takes what fits of a batch bigger than its queue's bytes
+    (the rest counted as dropped); with events waiting, the same batch ends it as too slow."""
+    hub = TailHub("s", queue_bytes=8 * 1024, total_bytes=None)
+    sub = hub.subscribe(Filters(project=A))
+    big = [make_row(NOW + i * 1000, message="x" * 1000) for i in range(20)]
+    hub.publish(A, big)
+    assert 1 <= sub.pending() < 20 and sub.dropped == 20 - sub.pending() and sub.reason is None
+    hub.publish(A, [make_row(NOW + (100 + i) * 1000, message="y" * 1000) for i in range(20)])
+    assert sub.reason is not None and "too slow" in sub.reason

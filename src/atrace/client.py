@@ -93,6 +93,15 @@ def _too_large(status: int, limit: int, url: str) -> CollectorError:
     )
 
 
+def _reason(exc: BaseException) -> str:
+    """Why a request got no answer, in a few words: the OS's reason for a refused connection
+    (aiohttp's own text repeats the address and adds its SSL setting)."""
+    os_error = getattr(exc, "os_error", None)
+    if isinstance(os_error, OSError):
+        return os_error.strerror or str(os_error) or type(os_error).__name__
+    return str(exc) or type(exc).__name__
+
+
 def _declared_too_large(headers: Any, limit: int) -> bool:
     try:
         return int(headers.get("Content-Length") or 0) > limit
@@ -475,7 +484,7 @@ class AsyncClient(_Base):
         try:
             response = await self._http().get(url, headers=headers, timeout=timeout)
         except self._failures as exc:
-            raise TransportError(str(exc) or type(exc).__name__, url=url) from exc
+            raise TransportError(_reason(exc), url=url) from exc
         if response.status >= 400:
             try:
                 body = await self._read(response, _MAX_ERROR_BODY, url, cut=True)
@@ -496,7 +505,7 @@ class AsyncClient(_Base):
                     break
                 body += chunk
         except self._failures as exc:
-            raise TransportError(str(exc) or type(exc).__name__, url=url) from exc
+            raise TransportError(_reason(exc), url=url) from exc
         if len(body) > limit:
             if not cut:
                 raise _too_large(response.status, limit, url)

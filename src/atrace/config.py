@@ -106,6 +106,7 @@ ENV: Final[Mapping[str, str]] = MappingProxyType(
         "ATRACE_MAX_TAIL_SUBSCRIBERS": "Live-tail streams open at once (503 past it).",
         "ATRACE_MAX_TAIL_PER_KEY": "Live-tail streams one API key may hold (429 past it).",
         "ATRACE_TAIL_QUEUE_BYTES": "Bytes queued for one live-tail reader before it is dropped.",
+        "ATRACE_TAIL_TOTAL_BYTES": "Bytes of events held for all live-tail readers at once.",
         "ATRACE_MAX_VALUE_BYTES": "Bytes of one ingested attribute value as JSON (then a marker).",
         "ATRACE_MAX_DEPTH": "Nesting of an ingested attribute value (deeper is cut).",
         "ATRACE_LATE_WINDOW": "Seconds an ingested record's time may lie in the past.",

@@ -215,10 +215,11 @@ class TransportError(CollectorError, OSError):
 class WireError(AtraceError, ValueError):
     """A batch or OTLP body cannot be decoded; ``status`` is the HTTP status to answer with
     (400 malformed, 413 too large, 415 unsupported content type), the message says what and
-    where."""
+    where; ``bound`` names the collector limit a 413 met (``"max_body"``, ...)."""
 
-    def __init__(self, message: str, *, status: int = 400) -> None:
+    def __init__(self, message: str, *, status: int = 400, bound: str | None = None) -> None:
         self.status = status
+        self.bound = bound
         super().__init__(message)
 
 
@@ -244,11 +245,13 @@ class Unavailable(AtraceError):
     """The collector cannot take the request now: 503 with ``Retry-After``.
 
     ``reason`` is ``"overloaded"`` (the in-flight bound is reached) or ``"database"``
-    (PostgreSQL is unreachable, failing, or has no free connection within ``pool_wait``).
+    (PostgreSQL is unreachable, failing, or has no free connection within ``pool_wait``);
+    ``bound`` names the collector limit that was met (``"max_inflight_bytes"``, ...), if one was.
     """
 
-    def __init__(self, message: str, *, reason: str) -> None:
+    def __init__(self, message: str, *, reason: str, bound: str | None = None) -> None:
         self.reason = reason
+        self.bound = bound
         super().__init__(message)
 
 
@@ -257,13 +260,17 @@ class RateLimited(AtraceError):
 
     ``reason`` is ``"rate"`` (the key's token bucket is empty), ``"concurrency"`` (its requests
     in flight are at their cap) or ``"fair_share"`` (other keys wait, and this one holds its
-    share of the ingest pool).
+    share of the ingest pool); ``bound`` names the collector limit that was met
+    (``"ingest_rate"``, ``"max_queries_per_key"``, ...).
     """
 
-    def __init__(self, message: str, retry_after: int, reason: str) -> None:
+    def __init__(
+        self, message: str, retry_after: int, reason: str, *, bound: str | None = None
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
         self.reason = reason
+        self.bound = bound
 
 
 class TailClosed(AtraceError):

@@ -590,6 +590,7 @@ def decode_batch_counted(
             f"'rows': {len(rows)} records exceed this collector's limit of {max_records} "
             "a batch; send smaller batches",
             status=413,
+            bound="max_records",
         )
     if not rows:
         return batch_id, [], 0

@@ -119,6 +119,13 @@ _BOUNDS: tuple[tuple[str, str, type, str], ...] = (
         "bytes queued for one live-tail reader; past it, the reader is dropped",
     ),
     (
+        "tail_total_bytes",
+        "ATRACE_TAIL_TOTAL_BYTES",
+        int,
+        "bytes of events held for all live-tail readers; past it, readers over their share "
+        "are dropped",
+    ),
+    (
         "max_value_bytes",
         "ATRACE_MAX_VALUE_BYTES",
         int,

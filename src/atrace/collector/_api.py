@@ -66,7 +66,9 @@ async def _connection(request: web.Request) -> AsyncIterator[Any]:
             conn = await pool.acquire(timeout=wait)
         except asyncio.TimeoutError:
             raise Unavailable(
-                f"no database connection free for queries within {wait} s", reason="database"
+                f"no database connection free for queries within {wait} s",
+                reason="database",
+                bound="query_pool_size",
             ) from None
         try:
             yield conn
@@ -98,8 +100,9 @@ async def _trace(request: web.Request) -> web.StreamResponse:
 async def _stats(request: web.Request) -> web.StreamResponse:
     schema, project = _where(request)
     params = query.stats_params(request.query, now=time.time_ns())
+    most = request.app[LIMITS].max_response_bytes
     async with _connection(request) as conn:
-        found = await query.stats(conn, schema, project, **params)
+        found = await query.stats(conn, schema, project, **params, max_bytes=most)
     return _json(found)
 
 
@@ -120,8 +123,10 @@ async def _errors(request: web.Request) -> web.StreamResponse:
         if "scan" in request.query:
             raise QueryError("scan", params["scan"], f"expected 1 to {most}")
         params["scan"] = most
+    # ... and so does the byte bound of an answer, to the text of the rows held.
+    held = request.app[LIMITS].max_response_bytes
     async with _connection(request) as conn:
-        found = await query.errors(conn, schema, project, **params)
+        found = await query.errors(conn, schema, project, **params, max_bytes=held)
     return _json(found)
 
 

@@ -87,8 +87,18 @@ _REASONS = {400: "bad_request", 408: "timeout", 413: "too_large", 415: "unsuppor
 def _observe(metrics: Metrics, retry_after: int) -> Any:
     """The one map from exceptions to answers: each class gets its status and JSON error body
     here, and every request is counted. No answer and no log line carries a secret: messages
-    name a key's fault, never the key, and a database failure by its class or SQLSTATE."""
+    name a key's fault, never the key, and a database failure by its class or SQLSTATE.
+
+    A refusal at one of the collector's limits (413, 429, 503, 408) is also counted by that
+    limit's name (``atrace_collector_refused_total{cause}``) and logged at most once a minute
+    per limit, with how often it struck meanwhile."""
     busy = {"Retry-After": str(retry_after)}
+    throttled = _Throttled()
+
+    def refused(bound: str | None, status: int, message: str) -> None:
+        if bound is not None:
+            metrics.refused(bound)
+            throttled.warn(bound, f"refused with {status} ({bound}): {message}")
 
     @web.middleware
     async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -109,6 +119,7 @@ def _observe(metrics: Metrics, retry_after: int) -> Any:
         except WireError as exc:
             status = exc.status
             metrics.error(_REASONS.get(status, "bad_request"))
+            refused(exc.bound, status, str(exc))
             response = _error(status, str(exc))
             if status == 413:
                 # Whatever the client still sends is not wanted; end the connection after this.
@@ -117,10 +128,12 @@ def _observe(metrics: Metrics, retry_after: int) -> Any:
         except Unavailable as exc:
             metrics.error(f"unavailable_{exc.reason}")
             status = 503
+            refused(exc.bound or exc.reason, status, str(exc))
             return _unread(request, _error(503, str(exc), busy))
         except RateLimited as exc:
             metrics.error(f"rate_limited_{exc.reason}")
             status = 429
+            refused(exc.bound, status, str(exc))
             answer = _error(429, str(exc), {"Retry-After": str(exc.retry_after)})
             return _unread(request, answer)
         except TailClosed:
@@ -133,6 +146,8 @@ def _observe(metrics: Metrics, retry_after: int) -> Any:
                 raise
             metrics.error(_REASONS.get(status, f"http_{status}"))
             response = _from_http_exception(exc)
+            if status == 408:
+                refused("body_timeout", status, exc.text or exc.reason)
             if status in (408, 413):
                 response.force_close()
             return response
@@ -180,12 +195,14 @@ def _fairness(limits: Limits) -> tuple[Any, KeyGate]:
         limits.ingest_burst,
         limits.max_ingest_per_key,
         share=limits.pool_size,
+        names=("ingest_rate", "max_ingest_per_key", "max_inflight_requests"),
     )
     queries = KeyGate(
         limits.query_rate,
         limits.query_burst,
         limits.max_queries_per_key,
         limits.max_inflight_queries,
+        names=("query_rate", "max_queries_per_key", "max_inflight_queries"),
     )
 
     @web.middleware
@@ -277,6 +294,7 @@ def _database(dsn: str, schema: str, limits: Limits) -> Any:
             hub = TailHub(
                 schema,
                 queue_bytes=limits.tail_queue_bytes,
+                total_bytes=limits.tail_total_bytes,
                 max_subscribers=limits.max_tail_subscribers,
                 max_per_key=limits.max_tail_per_key,
                 keys=app[KEYS],

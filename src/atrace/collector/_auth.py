@@ -9,6 +9,7 @@ it stops at once in this process.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import re
@@ -155,6 +156,9 @@ class KeyStore:
         self._clock = clock
         # key_id -> (project, secret digest) of an active key, or None; and when to ask again.
         self._cache: dict[str, tuple[tuple[str, bytes] | None, float]] = {}
+        # key_id -> the lookup under way: requests (and open live tails) asking for the same
+        # key at once share one query instead of each taking a connection.
+        self._asking: dict[str, asyncio.Future[tuple[str, bytes] | None]] = {}
 
     async def check(self, pool: Any, key: str | None) -> str:
         """The project of a valid, unrevoked key; else :class:`AuthError`.
@@ -181,6 +185,31 @@ class KeyStore:
         cached = self._cache.get(key_id)
         if cached is not None and cached[1] > now:
             return cached[0]
+        asking = self._asking.get(key_id)
+        if asking is not None:
+            await asyncio.wait((asking,))  # never cancels the shared lookup
+            if not asking.cancelled():
+                return asking.result()
+            # The request that asked went away before the answer: ask again.
+        future = self._asking[key_id] = asyncio.get_running_loop().create_future()
+        try:
+            entry = await self._query(pool, key_id, now)
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                future.set_exception(exc)
+            else:
+                future.cancel()
+            raise
+        else:
+            future.set_result(entry)
+            return entry
+        finally:
+            if self._asking.get(key_id) is future:
+                del self._asking[key_id]
+            if future.done() and not future.cancelled():
+                future.exception()  # retrieved: no "never retrieved" warning when nobody waits
+
+    async def _query(self, pool: Any, key_id: str, now: float) -> tuple[str, bytes] | None:
         with database():
             async with pool.acquire(timeout=self.pool_wait) as conn:
                 row = await conn.fetchrow(

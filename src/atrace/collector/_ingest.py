@@ -148,6 +148,7 @@ class _Inflater:
                 raise WireError(
                     f"gzip body inflates past this collector's limit of {self._budget} bytes",
                     status=413,
+                    bound="max_inflated",
                 )
             if self._d.eof:
                 # A gzip stream may hold several members back to back.
@@ -163,8 +164,10 @@ class _Inflater:
         return bytes(self._out)
 
 
-def _too_large(what: str, limit: int) -> WireError:
-    return WireError(f"{what} exceeds this collector's limit of {limit} bytes", status=413)
+def _too_large(what: str, limit: int, bound: str) -> WireError:
+    return WireError(
+        f"{what} exceeds this collector's limit of {limit} bytes", status=413, bound=bound
+    )
 
 
 async def read_body(
@@ -179,7 +182,7 @@ async def read_body(
     """
     declared = request.content_length
     if declared is not None and declared > limits.max_body:
-        raise _too_large(f"body of {declared} bytes", limits.max_body)
+        raise _too_large(f"body of {declared} bytes", limits.max_body, "max_body")
     encoding = request.headers.get("Content-Encoding", "").strip().lower()
     stream = request.content
     if encoding in ("", "identity"):
@@ -200,11 +203,11 @@ async def read_body(
         size += len(chunk)
         if inflated_by_server:
             if getattr(stream, "total_raw_bytes", 0) > limits.max_body:
-                raise _too_large("body", limits.max_body)
+                raise _too_large("body", limits.max_body, "max_body")
             if size > limits.max_inflated:
-                raise _too_large("inflated body", limits.max_inflated)
+                raise _too_large("inflated body", limits.max_inflated, "max_inflated")
         elif size > limits.max_body:
-            raise _too_large("body", limits.max_body)
+            raise _too_large("body", limits.max_body, "max_body")
         if inflater is None:
             if hold is not None:
                 hold(len(chunk))
@@ -291,7 +294,9 @@ class Ingestor:
             return await pool.acquire(timeout=self.limits.pool_wait)
         except asyncio.TimeoutError as exc:
             raise Unavailable(
-                f"no database connection free within {self.limits.pool_wait} s", reason="database"
+                f"no database connection free within {self.limits.pool_wait} s",
+                reason="database",
+                bound="pool_size",
             ) from exc
 
     def _partitions_due(self) -> bool:

@@ -67,7 +67,9 @@ class Limits:
       lowers it below the process's descriptor limit); ``max_connections_per_address``: open
       connections from one client address.
     - For the live tail: ``max_tail_subscribers``, ``max_tail_per_key`` and
-      ``tail_queue_bytes`` (bytes a subscriber's queue may hold).
+      ``tail_queue_bytes`` (bytes a subscriber's queue may hold), ``tail_total_bytes`` (bytes
+      of events held for all subscribers: past it, a reader holding more than its equal share
+      is dropped).
     - For decoding: ``max_value_bytes`` (bytes of one value), ``max_depth`` (nesting of
       attributes), ``late_window`` / ``early_window`` (seconds a record's timestamp may lie
       before / after the collector's clock).
@@ -103,6 +105,7 @@ class Limits:
     max_tail_subscribers: int = 1000
     max_tail_per_key: int = 20
     tail_queue_bytes: int = 4 * MiB
+    tail_total_bytes: int = 256 * MiB
     max_value_bytes: int = 32 * 1024
     max_depth: int = 16
     late_window: float = 7 * 86_400.0
@@ -152,6 +155,7 @@ class Limits:
         check_int("max_tail_subscribers", self.max_tail_subscribers, 0, 1_000_000)
         check_int("max_tail_per_key", self.max_tail_per_key, 0, 1_000_000)
         check_int("tail_queue_bytes", self.tail_queue_bytes, 1024, 1 << 34)
+        check_int("tail_total_bytes", self.tail_total_bytes, 1024, 1 << 40)
         check_int("max_value_bytes", self.max_value_bytes, 64, 1 << 30)
         check_int("max_depth", self.max_depth, 1, 1000)
         put(self, "late_window", check_number("late_window", self.late_window, 1.0, 1e10))
@@ -199,7 +203,11 @@ class Admission:
     def enter(self) -> None:
         """Take a request slot, or raise :class:`Unavailable`."""
         if self.requests >= self._limits.max_inflight_requests:
-            raise Unavailable(f"{self.requests} ingest requests in flight", reason="overloaded")
+            raise Unavailable(
+                f"{self.requests} ingest requests in flight",
+                reason="overloaded",
+                bound="max_inflight_requests",
+            )
         self.requests += 1
 
     def leave(self) -> None:
@@ -212,7 +220,11 @@ class Admission:
         A request alone may always proceed: ``max_records`` never exceeds the bound.
         """
         if self.records and self.records + n > self._limits.max_inflight_records:
-            raise Unavailable(f"{self.records} records in flight", reason="overloaded")
+            raise Unavailable(
+                f"{self.records} records in flight",
+                reason="overloaded",
+                bound="max_inflight_records",
+            )
         self.records += n
 
     def give(self, n: int) -> None:
@@ -244,7 +256,9 @@ class Held:
         limit = a._limits.max_inflight_bytes
         if a.bytes > self.n and a.bytes + n > limit:
             raise Unavailable(
-                f"{a.bytes} bytes of request bodies in flight (limit {limit})", reason="memory"
+                f"{a.bytes} bytes of request bodies in flight (limit {limit})",
+                reason="memory",
+                bound="max_inflight_bytes",
             )
         a.bytes += n
         self.n += n
@@ -270,7 +284,8 @@ class KeyGate:
     keys (503 past it, since no key is at fault).
 
     The table of keys is bounded: the least recently seen idle key is forgotten first (it comes
-    back with a full bucket).
+    back with a full bucket). ``names`` are the limits' names for ``rate``, ``concurrency`` and
+    ``total``, carried by the errors raised (``bound``) so that refusals are counted by cause.
     """
 
     __slots__ = (
@@ -278,6 +293,7 @@ class KeyGate:
         "_buckets",
         "_clock",
         "_max_keys",
+        "_names",
         "_share",
         "_total",
         "burst",
@@ -294,6 +310,7 @@ class KeyGate:
         total: int | None = None,
         *,
         share: int | None = None,
+        names: tuple[str, str, str] = ("rate", "concurrency", "total"),
         max_keys: int = 100_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -301,6 +318,7 @@ class KeyGate:
         self.burst = burst
         self.concurrency = concurrency
         self._total = total
+        self._names = names
         # Fair sharing: with several keys in flight at once, each may hold at most an equal
         # part of ``share`` slots (at least one); a key alone may use up to ``concurrency``.
         self._share = share
@@ -328,6 +346,7 @@ class KeyGate:
                 f"{what} rate of this API key exceeds {self.rate:g} per second",
                 max(1, wait),
                 "rate",
+                bound=self._names[0],
             )
         if bucket.inflight >= self.concurrency:
             raise RateLimited(
@@ -335,6 +354,7 @@ class KeyGate:
                 f"(limit {self.concurrency})",
                 1,
                 "concurrency",
+                bound=self._names[1],
             )
         if self._share is not None and bucket.inflight:
             others = self._active - 1  # this key is active already
@@ -345,9 +365,14 @@ class KeyGate:
                     f" {others} other keys wait (fair share {fair})",
                     1,
                     "fair_share",
+                    bound="fair_share",
                 )
         if self._total is not None and self.inflight >= self._total:
-            raise Unavailable(f"{self.inflight} {what} requests in flight", reason="overloaded")
+            raise Unavailable(
+                f"{self.inflight} {what} requests in flight",
+                reason="overloaded",
+                bound=self._names[2],
+            )
         bucket.tokens -= 1.0
         if not bucket.inflight:
             self._active += 1

@@ -54,6 +54,9 @@ class Metrics:
     - ``atrace_collector_errors_total{reason}``: refused or failed requests by reason
     - ``atrace_collector_connections_closed_total{cause}``: connections the collector closed to
       protect itself (``max_connections``, ``per_address``, ``header_timeout``)
+    - ``atrace_collector_refused_total{cause}``: requests refused at one of the collector's
+      limits, by the limit's name (``max_body``, ``ingest_rate``, ``max_inflight_bytes``,
+      ``body_timeout``, ...; ``database`` when PostgreSQL failed)
     - gauges: ``atrace_collector_inflight_requests``, ``atrace_collector_inflight_records``,
       ``atrace_collector_inflight_bytes``, ``atrace_collector_inflight_queries``,
       ``atrace_collector_connections_open``
@@ -66,6 +69,7 @@ class Metrics:
         self._duplicates: dict[str, int] = {}
         self._errors: dict[str, int] = {}
         self._closed: dict[str, int] = {}
+        self._refused: dict[str, int] = {}
         self._gauges: dict[str, Callable[[], float]] = {}
         self._counters: dict[str, tuple[str, str | None, Callable[[], dict[str, float]]]] = {}
 
@@ -94,6 +98,10 @@ class Metrics:
         """Count a connection closed by the collector to protect itself, by ``cause``."""
         self._closed[cause] = self._closed.get(cause, 0) + 1
 
+    def refused(self, cause: str) -> None:
+        """Count a request refused at the collector's limit named ``cause``."""
+        self._refused[cause] = self._refused.get(cause, 0) + 1
+
     def gauge(self, name: str, read: Callable[[], float]) -> None:
         """Export ``read()`` as the gauge ``atrace_collector_<name>``."""
         self._gauges[name] = read
@@ -117,6 +125,7 @@ class Metrics:
             "duplicates": self._duplicates,
             "errors": self._errors,
             "closed": self._closed,
+            "refused": self._refused,
         }
         values = table[family]
         (label,) = labels.values()
@@ -167,6 +176,12 @@ class Metrics:
                 "Connections closed by the collector to protect itself, by cause.",
                 "cause",
                 self._closed,
+            ),
+            (
+                "atrace_collector_refused_total",
+                "Requests refused at one of the collector's limits, by the limit's name.",
+                "cause",
+                self._refused,
             ),
         ):
             out.append(f"# HELP {family} {helptext}")

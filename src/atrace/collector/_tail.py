@@ -22,31 +22,39 @@ What one collector spends on tails is bounded:
   429 with ``Retry-After``: that client holds enough);
 * **each queue**: at most ``queue_size`` rows (past it the newest rows are lost, counted in
   ``Subscription.dropped`` and told to the reader as a ``: dropped`` comment) and at most
-  ``queue_bytes`` bytes of serialised events (past it the reader is too slow for the stream: it
-  is dropped, its queue freed at once, and the stream ends with ``event: error``);
+  ``queue_bytes`` bytes of serialised events (past it, with events still waiting, the reader is
+  too slow for the stream: it is dropped, its queue freed at once, and the stream ends with
+  ``event: error``; a reader that has caught up takes what fits of a larger batch, the rest
+  counted as dropped);
+* **all queues**: at most ``total_bytes`` of events held for all readers, queued or being
+  written; past it, a reader holding more than its equal share is dropped as too slow;
 * **fan-out**: each row is serialised once, whatever the number of subscribers, and matched once
-  per distinct set of filters; work past a small budget runs in a task that yields to the loop
-  every ``_SLICE_WORK`` offers, so health checks and ingest answer while thousands of
-  subscribers are served; rows waiting for that task are bounded too (``_MAX_BACKLOG_ROWS``).
+  per distinct set of filters; a reader is handed a batch's rows at once (one wake-up, one
+  write). Work past a small budget runs in a task that yields to the loop after each slice of
+  rows matched and each ``_SUB_SLICE`` readers served, so health checks and ingest answer while
+  thousands of subscribers are fed; rows waiting for that task are bounded too
+  (``_MAX_BACKLOG_ROWS``).
 
 A row that cannot be serialised (nested deeper than orjson goes, a value it cannot write) is
 skipped and counted, never fatal. The listening task is supervised: an unexpected error is logged
 and counted (``restarts``) and the task starts again; :attr:`TailHub.healthy` and
-:meth:`TailHub.health` say how it is. An open stream re-checks its API key every
-``key_recheck`` seconds through the collector's :class:`~atrace.collector._auth.KeyStore` (whose
-cache trusts an answer for its ``ttl``), so a revoked key's stream ends within ``ttl +
-key_recheck`` with ``event: error``.
+:meth:`TailHub.health` say how it is. Every ``key_recheck`` seconds one task of the hub checks
+the API key of every open stream (once per distinct key) through the collector's
+:class:`~atrace.collector._auth.KeyStore` (whose cache trusts an answer for its ``ttl``), so a
+revoked key's streams end within ``ttl + key_recheck`` with ``event: error``, and ends the
+streams whose reader went away; the streams themselves wake only for events and heartbeats.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,7 +80,7 @@ from .._records import (
     TRACE_ID,
     TS,
 )
-from ..errors import AuthError, TailClosed, Unavailable
+from ..errors import AuthError, RateLimited, TailClosed, Unavailable
 from ._auth import parse_key, request_key
 from ._query import Filters, record_json
 from ._query.sql import as_ns
@@ -102,6 +110,8 @@ MiB = 1024 * 1024
 DEFAULT_QUEUE_SIZE = 1000
 # Serialised events one subscriber may have waiting; past it the subscriber is dropped.
 DEFAULT_QUEUE_BYTES = 4 * MiB
+# Serialised events held for all subscribers at once (queued, or being written).
+DEFAULT_TOTAL_BYTES = 256 * MiB
 DEFAULT_MAX_SUBSCRIBERS = 1000
 DEFAULT_MAX_PER_KEY = 20
 DEFAULT_HEARTBEAT = 15.0
@@ -119,10 +129,17 @@ _RECENT_BATCH_SECONDS = 60.0
 _MAX_PENDING = 10_000
 _MAX_FETCH = 100_000
 _RECONNECT_MAX = 30.0
-# Fan-out: work (filter checks and offers) done at once before yielding to the loop; a batch
-# whose whole fan-out fits in _INLINE_WORK is delivered inside publish.
-_SLICE_WORK = 2_000
-_INLINE_WORK = 20_000
+# Fan-out: filter checks (rows x groups, each matched row serialised) done at once before
+# yielding to the loop; a batch whose whole fan-out (rows x (groups + readers)) fits in
+# _INLINE_WORK is delivered inside publish.
+_SLICE_WORK = 500
+_INLINE_WORK = 4_000
+# Readers handed their rows between two yields of the fan-out task.
+_SUB_SLICE = 50
+# Writes to readers started at once, and the seconds one may hold its turn (a reader slow to
+# take its bytes finishes its write outside, without keeping the others waiting).
+_WRITE_SLOTS = 16
+_SLOT_HOLD = 0.05
 # Rows waiting for the fan-out task; a batch arriving past it is lost (counted, and told to
 # the readers of its project as dropped rows).
 _MAX_BACKLOG_ROWS = 200_000
@@ -145,16 +162,20 @@ class Subscription:
     and ``max_bytes`` bytes of serialised events."""
 
     __slots__ = (
+        "_budget",
+        "_chunks",
         "_failed",
-        "_items",
+        "_gone",
+        "_key",
         "_listed",
-        "_payloads",
+        "_queued",
         "_wake",
         "cause",
         "closed",
         "delivered",
         "dropped",
         "filters",
+        "held",
         "max_bytes",
         "maxsize",
         "owner",
@@ -168,6 +189,7 @@ class Subscription:
         maxsize: int,
         max_bytes: int = DEFAULT_QUEUE_BYTES,
         owner: str | None = None,
+        budget: _Budget | None = None,
     ) -> None:
         self.filters = filters
         self.maxsize = maxsize
@@ -176,53 +198,106 @@ class Subscription:
         self.delivered = 0
         self.dropped = 0
         self.queued_bytes = 0
+        # Bytes counted in the hub's budget: queued, or taken and not yet written.
+        self.held = 0
+        self._budget = budget if budget is not None else _Budget(None)
+        # Set by the stream serving it: the API key to re-check, and whether the reader left.
+        self._key: str | None = None
+        self._gone: Callable[[], bool] | None = None
         self.closed = False
         # Why the hub ended this subscription (None: it did not), and the cause as a label.
         self.reason: str | None = None
         self.cause: str | None = None
-        self._items: collections.deque[Sequence[Any]] = collections.deque()
-        self._payloads: collections.deque[bytes] = collections.deque()
+        # The queue: pieces of batches shared by every reader they were handed to, as (rows,
+        # events, start, stop); a batch is never copied per reader, and a garbage collection
+        # walks one entry per piece, not one per row and reader.
+        self._chunks: collections.deque[_Chunk] = collections.deque()
+        self._queued = 0  # rows in the queue
         self._wake = asyncio.Event()
         self._failed: asyncio.Future[None] | None = None
         self._listed = False
 
     def offer(self, row: Sequence[Any], payload: bytes | None = None) -> bool:
-        """Queue a row (and its serialised event) without waiting. A queue full of rows loses
-        this one (counted); a queue whose bytes would pass ``max_bytes`` ends the subscription
-        (the reader is too slow for the stream). True when queued."""
-        if self.closed:
-            return False
-        if len(self._items) >= self.maxsize:
-            self.dropped += 1
-            return False
+        """Queue a row (and its serialised event) without waiting; True when queued (see
+        :meth:`offer_many`)."""
         if payload is None:
             payload = sse_event(row)
-        size = len(payload)
-        if self._items and self.queued_bytes + size > self.max_bytes:
+        return self.offer_many((row,), (payload,), (0, len(payload))) == 1
+
+    def offer_many(
+        self,
+        rows: Sequence[Sequence[Any]],
+        payloads: Sequence[bytes],
+        sizes: Sequence[int],
+    ) -> int:
+        """Queue rows and their serialised events at once, without waiting; ``sizes`` are the
+        running totals of the events' lengths (``sizes[i]``: the first ``i`` events). Returns
+        how many were queued.
+
+        A queue full of rows loses the rest (counted in ``dropped``). Past ``max_bytes``: with
+        events still waiting, the subscription ends (the reader is too slow for the stream);
+        with none, what fits is queued and the rest counted as dropped. Past the hub's budget
+        for all readers, a reader holding more than its share ends as too slow.
+        """
+        if self.closed:
+            return 0
+        n = len(rows)
+        k = min(n, self.maxsize - self._queued)
+        if k < n:
+            self.dropped += n - max(k, 0)
+        if k <= 0:
+            return 0
+        size = sizes[k]
+        room = self.max_bytes - self.queued_bytes
+        if size > room:
+            if self._queued:
+                self.fail(
+                    "slow",
+                    f"too slow: more than {self.max_bytes} bytes of events waited for this reader",
+                )
+                return 0
+            fit = max(1, bisect.bisect_right(sizes, room, 0, k + 1) - 1)
+            self.dropped += k - fit
+            k, size = fit, sizes[fit]
+        budget = self._budget
+        if budget.over(size) and self.held + size > budget.share():
             self.fail(
                 "slow",
-                f"too slow: more than {self.max_bytes} bytes of events waited for this reader",
+                "too slow: the live tail holds all the events it may for its readers, and more "
+                "than this reader's share waited for it",
             )
-            return False
-        self._items.append(row)
-        self._payloads.append(payload)
+            return 0
+        self._chunks.append((rows, payloads, 0, k))
+        self._queued += k
         self.queued_bytes += size
-        self.delivered += 1
+        self.held += size
+        budget.used += size
+        self.delivered += k
         self._wake.set()
-        return True
+        return k
+
+    def written(self, n: int) -> None:
+        """``n`` bytes of taken events have left: they no longer count in the hub's budget."""
+        n = min(n, self.held)
+        self.held -= n
+        self._budget.used -= n
+
+    def peek(self) -> list[Sequence[Any]]:
+        """The rows queued now, in order, left in the queue."""
+        return [row for rows, _, start, stop in self._chunks for row in rows[start:stop]]
 
     def pending(self) -> int:
         """Rows queued and not yet taken."""
-        return len(self._items)
+        return self._queued
 
     async def _wait(self, timeout: float | None) -> bool:
-        if not self._items and not self.closed:
+        if not self._queued and not self.closed:
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             except asyncio.TimeoutError:
                 return False
-        if not self._items:
+        if not self._queued:
             raise TailClosed
         return True
 
@@ -233,21 +308,25 @@ class Subscription:
         """
         if not await self._wait(timeout):
             return []
-        return self._empty()[0]
+        rows = self.peek()
+        self._empty()
+        self.written(self.held)  # rows handed over in process: nothing left to write
+        return rows
 
     async def take_events(self, timeout: float | None = None) -> list[bytes]:
-        """Like :meth:`take`, the queued rows as their serialised server-sent events."""
+        """Like :meth:`take`, the queued rows as their serialised server-sent events (joined
+        a batch at a time)."""
         if not await self._wait(timeout):
             return []
-        return self._empty()[1]
+        return [b"".join(events[start:stop]) for _, events, start, stop in self._empty()]
 
-    def _empty(self) -> tuple[list[Sequence[Any]], list[bytes]]:
-        # What is queued, as rows and as their events, and the queue emptied.
-        items, payloads = list(self._items), list(self._payloads)
-        self._items.clear()
-        self._payloads.clear()
+    def _empty(self) -> list[_Chunk]:
+        # What is queued, and the queue emptied.
+        chunks = list(self._chunks)
+        self._chunks.clear()
+        self._queued = 0
         self.queued_bytes = 0
-        return items, payloads
+        return chunks
 
     def close(self) -> None:
         """End the subscription: the reader gets what is queued, then :class:`TailClosed`."""
@@ -259,8 +338,9 @@ class Subscription:
         :class:`TailClosed` and ``reason`` says why (``cause`` is its short label)."""
         if self.reason is None:
             self.reason, self.cause = reason, cause
-        self._items.clear()
-        self._payloads.clear()
+        self._chunks.clear()
+        self._queued = 0
+        self.written(self.queued_bytes)
         self.queued_bytes = 0
         self.close()
         if self._failed is not None and not self._failed.done():
@@ -273,6 +353,32 @@ class Subscription:
             if self.reason is not None:
                 self._failed.set_result(None)
         return self._failed
+
+
+class _Budget:
+    """Bytes of events held for all of a hub's readers (queued, or taken and being written),
+    against ``limit`` (None: no bound)."""
+
+    __slots__ = ("limit", "readers", "used")
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.used = 0
+        self.readers = 0
+
+    def over(self, size: int) -> bool:
+        """Whether holding ``size`` bytes more would pass the bound."""
+        return self.limit is not None and self.used + size > self.limit
+
+    def share(self) -> float:
+        """One reader's equal share of the bound."""
+        return float("inf") if self.limit is None else self.limit / max(1, self.readers)
+
+
+# Rows matched by one group: the rows, their events, and the events' running lengths.
+_Batch = tuple[list[Sequence[Any]], list[bytes], list[int]]
+# A piece of a batch in a reader's queue: rows, events, start, stop.
+_Chunk = tuple[Sequence[Sequence[Any]], Sequence[bytes], int, int]
 
 
 class _Group:
@@ -328,6 +434,7 @@ class TailHub:
         *,
         queue_size: int = DEFAULT_QUEUE_SIZE,
         queue_bytes: int = DEFAULT_QUEUE_BYTES,
+        total_bytes: int | None = DEFAULT_TOTAL_BYTES,
         max_subscribers: int = DEFAULT_MAX_SUBSCRIBERS,
         max_per_key: int = DEFAULT_MAX_PER_KEY,
         heartbeat: float = DEFAULT_HEARTBEAT,
@@ -340,6 +447,9 @@ class TailHub:
         self.channel = tail_channel(schema)
         self.queue_size = queue_size
         self.queue_bytes = queue_bytes
+        self._budget = _Budget(total_bytes)
+        self._slots = asyncio.Semaphore(_WRITE_SLOTS)
+        self._watch: asyncio.Task[None] | None = None
         self.max_subscribers = max_subscribers
         self.max_per_key = max_per_key
         self.heartbeat = heartbeat
@@ -441,7 +551,7 @@ class TailHub:
         """End every subscription and stop listening; safe to call twice."""
         self._stopped = True
         self.close_subscribers()
-        for attr in ("_task", "_fanout"):
+        for attr in ("_task", "_fanout", "_watch"):
             task = getattr(self, attr)
             setattr(self, attr, None)
             if task is not None:
@@ -504,7 +614,7 @@ class TailHub:
             raise TailFull(
                 f"the collector already serves {self.max_subscribers} live tails", per_key=False
             )
-        sub = Subscription(filters, self.queue_size, self.queue_bytes, owner)
+        sub = Subscription(filters, self.queue_size, self.queue_bytes, owner, self._budget)
         groups = self._subs.setdefault(filters.project, {})
         key = _filters_key(filters, sub)
         group = groups.get(key)
@@ -512,6 +622,7 @@ class TailHub:
             group = groups[key] = _Group(filters)
         group.subs.add(sub)
         sub._listed = True
+        self._budget.readers += 1
         self._count += 1
         if owner is not None:
             self._per_owner[owner] += 1
@@ -532,6 +643,8 @@ class TailHub:
         if not sub._listed:
             return
         sub._listed = False
+        self._budget.readers -= 1
+        sub.written(sub.held)
         self._count -= 1
         if sub.owner is not None:
             self._per_owner[sub.owner] -= 1
@@ -616,13 +729,18 @@ class TailHub:
             done = 0
             try:
                 while done < len(rows):
-                    subs = self._count_subs(project)
-                    if not subs:
+                    groups = self._subs.get(project)
+                    if not groups:
                         break
-                    step = max(1, _SLICE_WORK // (1 + subs))
-                    self._deliver(project, rows[done : done + step])
+                    step = max(1, _SLICE_WORK // len(groups))
+                    matched = self._match(project, groups, rows[done : done + step])
                     done += step
                     await asyncio.sleep(0)
+                    for group, batch in matched:
+                        subs = list(group.subs)
+                        for start in range(0, len(subs), _SUB_SLICE):
+                            self._hand(subs[start : start + _SUB_SLICE], batch)
+                            await asyncio.sleep(0)
             except Exception:
                 # A bug, not a row: the rows of this batch are lost, the tail goes on.
                 self._counts["fanout_errors"] += 1
@@ -631,14 +749,26 @@ class TailHub:
                 self._backlog.popleft()
                 self._backlog_rows -= len(rows)
 
-    def _count_subs(self, project: str) -> int:
-        groups = self._subs.get(project)
-        return sum(len(g.subs) for g in groups.values()) if groups else 0
-
     def _deliver(self, project: str, rows: Sequence[Sequence[Any]]) -> None:
         groups = self._subs.get(project)
         if not groups:
             return
+        for group, batch in self._match(project, groups, rows):
+            self._hand(list(group.subs), batch)
+
+    def _hand(self, subs: list[Subscription], batch: _Batch) -> None:
+        # A group's matched rows to each of its readers at once.
+        rows, payloads, sizes = batch
+        for sub in subs:
+            if not sub.offer_many(rows, payloads, sizes) and sub.reason is not None:
+                self._forget(sub)
+
+    def _match(
+        self, project: str, groups: dict[Any, _Group], rows: Sequence[Sequence[Any]]
+    ) -> list[tuple[_Group, _Batch]]:
+        """Per group of filters, the rows it matches (new ones only) with their events, each
+        row serialised once."""
+        found: dict[int, tuple[_Group, _Batch]] = {}
         for row in rows:
             try:
                 attrs = _attrs(row[ATTRS])
@@ -662,9 +792,14 @@ class TailHub:
                 except Exception:
                     self._counts["unserialisable_rows"] += 1
                     break
-                for sub in list(group.subs):
-                    if not sub.offer(row, payload) and sub.reason is not None:
-                        self._forget(sub)
+                entry = found.get(id(group))
+                if entry is None:
+                    entry = found[id(group)] = (group, ([], [], [0]))
+                matched, payloads, sizes = entry[1]
+                matched.append(row)
+                payloads.append(payload)
+                sizes.append(sizes[-1] + len(payload))
+        return list(found.values())
 
     def _remember_row(self, key: int) -> None:
         self._recent_keys.add(key)
@@ -770,10 +905,14 @@ class TailHub:
             sub = self.subscribe(filters, owner=parsed[0] if parsed else None)
         except TailFull as exc:
             if exc.per_key:
-                raise web.HTTPTooManyRequests(
-                    text=str(exc), headers={"Retry-After": str(self.retry_after)}
+                raise RateLimited(
+                    str(exc), self.retry_after, "concurrency", bound="max_tail_per_key"
                 ) from None
-            raise Unavailable(str(exc), reason="tail_full") from None
+            raise Unavailable(str(exc), reason="tail_full", bound="max_tail_subscribers") from None
+        sub._key = key
+        sub._gone = lambda: request.transport is None or request.transport.is_closing()
+        if self._watch is None or self._watch.done():
+            self._watch = asyncio.create_task(self._watch_streams(), name="atrace-tail-keys")
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",
@@ -789,37 +928,31 @@ class TailHub:
             # after.
             await response.write(b": tail started\n\n")
             reported = 0
-            last_sent = next_check = loop.time()
-            next_check += self.key_recheck
+            last_sent = loop.time()
             while True:
-                now = loop.time()
-                # Awake at least every key_recheck: for the key, and to notice a reader gone.
-                wait = min(self.heartbeat - (now - last_sent), next_check - now)
+                wait = self.heartbeat - (loop.time() - last_sent)
                 try:
                     events = await sub.take_events(max(0.0, wait))
                 except TailClosed:
                     break
                 if request.transport is None or request.transport.is_closing():
                     break  # the reader went away: its slot is free at once
-                if loop.time() >= next_check:
-                    if key is not None and not await self._key_valid(key):
-                        self.end(sub, "revoked", "the API key is no longer valid")
-                        break
-                    next_check = loop.time() + self.key_recheck
                 if not events and sub.dropped <= reported:
                     if loop.time() - last_sent >= self.heartbeat:
-                        if not await _send(response, sub, b": heartbeat\n\n"):
+                        if not await _send(response, sub, b": heartbeat\n\n", self._slots):
                             break
                         last_sent = loop.time()
                     continue
                 chunk = b"".join(events)
+                taken = len(chunk)
                 if sub.dropped > reported:
                     # A comment, so EventSource readers skip it; atrace's clients count it.
                     notice = f": dropped {sub.dropped - reported} total {sub.dropped}\n\n"
                     chunk += notice.encode()
                     reported = sub.dropped
-                if not await _send(response, sub, chunk):
+                if not await _send(response, sub, chunk, self._slots):
                     break
+                sub.written(taken)
                 last_sent = loop.time()
             if sub.reason is not None:
                 last = b"event: error\ndata: " + orjson.dumps({"error": sub.reason}) + b"\n\n"
@@ -834,6 +967,22 @@ class TailHub:
         finally:
             self.unsubscribe(sub)
         return response
+
+    async def _watch_streams(self) -> None:
+        """Every ``key_recheck`` seconds: end the streams whose reader left, and those whose
+        API key is no longer valid (one check per distinct key)."""
+        while self._count:
+            await asyncio.sleep(self.key_recheck)
+            by_key: dict[str, list[Subscription]] = {}
+            for sub in self._all():
+                if sub._gone is not None and sub._gone():
+                    self.unsubscribe(sub)
+                elif sub._key is not None:
+                    by_key.setdefault(sub._key, []).append(sub)
+            for key, subs in by_key.items():
+                if not await self._key_valid(key):
+                    for sub in subs:
+                        self.end(sub, "revoked", "the API key is no longer valid")
 
     async def _key_valid(self, key: str) -> bool:
         assert self.keys is not None
@@ -906,6 +1055,7 @@ class TailHub:
         c = self._counts
         metrics.gauge("tail_subscribers", lambda: self._count)
         metrics.gauge("tail_queued_bytes", lambda: sum(s.queued_bytes for s in self._all()))
+        metrics.gauge("tail_held_bytes", lambda: self._budget.used)
         metrics.gauge("tail_backlog_rows", lambda: self._backlog_rows)
         metrics.gauge("tail_healthy", lambda: 1 if self.healthy else 0)
         metrics.counter(
@@ -937,12 +1087,22 @@ class TailHub:
         )
 
 
-async def _send(response: web.StreamResponse, sub: Subscription, data: bytes) -> bool:
+async def _send(
+    response: web.StreamResponse, sub: Subscription, data: bytes, slots: asyncio.Semaphore
+) -> bool:
     # Write, unless the hub ends the subscription first: a reader that stopped reading must not
-    # hold its writer (and the hub's bound) while the socket's buffers stay full.
-    write = asyncio.ensure_future(response.write(data))
-    failed = sub.failed()
-    await asyncio.wait((write, failed), return_when=asyncio.FIRST_COMPLETED)
+    # hold its writer (and the hub's bound) while the socket's buffers stay full. At most a
+    # few writes start at once (``slots``), each holding its slot for _SLOT_HOLD at most: a
+    # batch fanned out to thousands of readers is written in turns, not in one long turn of
+    # the loop that would keep every other request waiting.
+    async with slots:
+        write = asyncio.ensure_future(response.write(data))
+        failed = sub.failed()
+        done, _ = await asyncio.wait(
+            (write, failed), timeout=_SLOT_HOLD, return_when=asyncio.FIRST_COMPLETED
+        )
+    if not done:
+        await asyncio.wait((write, failed), return_when=asyncio.FIRST_COMPLETED)
     if write.done():
         write.result()
         return True

@@ -288,4 +288,8 @@ def log_row(
 
 
 def too_many(count: int, max_records: int, what: str) -> WireError:
-    return WireError(f"{count} {what} in one request; at most {max_records} accepted", status=413)
+    return WireError(
+        f"{count} {what} in one request; at most {max_records} accepted",
+        status=413,
+        bound="max_records",
+    )

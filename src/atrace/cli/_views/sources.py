@@ -103,16 +103,21 @@ class UrlSource:
             PermissionDeniedError,
             ServerError,
             TransportError,
+            redact,
         )
 
         try:
             return await coro
         except TransportError as exc:
-            raise Unreachable(f"cannot reach the collector at {self.url}: {exc}") from exc
+            # The message without the request's URL: the collector's address says enough.
+            reason = redact(exc.message)
+            raise Unreachable(f"cannot reach the collector at {self.url}: {reason}") from exc
         except (AuthenticationError, PermissionDeniedError) as exc:
-            raise Unreachable(f"the collector at {self.url} refused the API key: {exc}") from exc
+            reason = redact(exc.message)
+            raise Unreachable(f"the collector at {self.url} refused the API key: {reason}") from exc
         except ServerError as exc:
-            raise Unreachable(f"the collector at {self.url} failed: {exc}") from exc
+            reason = redact(f"{exc.status} {exc.message}")
+            raise Unreachable(f"the collector at {self.url} failed: {reason}") from exc
         except NotFoundError:
             return None
 

@@ -128,6 +128,8 @@ MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 # What a record's JSON adds to its text fields: names, ids, numbers, punctuation.
 _RECORD_OVERHEAD = 400
 MAX_BUCKETS = 10_000
+# About the fewest bytes one bucket of a stats answer takes as JSON, its service aside.
+_BUCKET_OVERHEAD = 64
 INTERVALS = {"1m": 60, "5m": 300, "15m": 900, "1h": 3600, "1d": 86400}
 _SELECT = ", ".join(COLUMNS)
 
@@ -322,7 +324,7 @@ def _stats_sql(schema: str, service: bool) -> str:
     return (
         f"SELECT date_bin($2::text::interval, ts, timestamptz 'epoch') AS bucket, service, level, "
         f"count(*) AS n FROM {schema}.records WHERE {where} "
-        "GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+        f"GROUP BY 1, 2, 3 ORDER BY 1, 2, 3 LIMIT ${6 if service else 5}"
     )
 
 
@@ -350,9 +352,13 @@ async def stats(
     service: str | None = None,
     durations: bool = False,
     now: int | None = None,
+    max_bytes: int = MAX_RESPONSE_BYTES,
 ) -> dict[str, Any]:
     """Record counts per ``interval`` bucket, service and level over ``[since, until)`` (default:
-    the last 24 h), and with ``durations`` the p50/p95 span duration per service and name."""
+    the last 24 h), and with ``durations`` the p50/p95 span duration per service and name.
+
+    The buckets take about ``max_bytes`` of answer at most (many services over many intervals
+    could take any amount): past it the earliest are kept and ``truncated`` is true."""
     now = time.time_ns() if now is None else now
     step = _interval_seconds(interval)
     since, until = time_range(since, until, now)
@@ -361,7 +367,16 @@ async def stats(
     args: list[Any] = [project, f"{step} seconds", since // 1000, until // 1000]
     if service:
         args.append(service)
+    args.append(max_bytes // _BUCKET_OVERHEAD + 1)
     rows = await conn.fetch(_stats_sql(schema, bool(service)), *args)
+    kept, total = len(rows), 0
+    for i, r in enumerate(rows):
+        total += _BUCKET_OVERHEAD + len(r["service"])
+        if total > max_bytes:
+            kept = i
+            break
+    truncated = kept < len(rows)
+    rows = rows[:kept]
     out: dict[str, Any] = {
         "interval": f"{step}s" if interval is None else interval,
         "interval_ns": step * NS_PER_S,
@@ -376,6 +391,7 @@ async def stats(
             }
             for r in rows
         ],
+        "truncated": truncated,
     }
     if durations:
         dargs: list[Any] = [project, since // 1000, until // 1000]

@@ -74,6 +74,30 @@ def _errors_sql(
     return sql, a.values
 
 
+# Rows read from the cursor at a time while the scan is held to a byte budget.
+_PREFETCH = 500
+_TEXT_COLUMNS = ("name", "error_type", "msg", "stack", "http_route", "http_host", "service")
+
+
+async def _fetch_within(
+    conn: Any, sql: str, args: list[Any], max_bytes: int
+) -> tuple[list[Any], bool]:
+    """The rows of ``sql``, read a few hundred at a time and no further once their text passes
+    ``max_bytes`` (True then): the rows a scan holds are bounded in bytes, not only in count."""
+    rows: list[Any] = []
+    total = 0
+    async with conn.transaction(readonly=True):
+        async for row in conn.cursor(sql, *args, prefetch=_PREFETCH):
+            rows.append(row)
+            for column in _TEXT_COLUMNS:
+                value = row[column]
+                if value is not None:
+                    total += len(value)
+            if total > max_bytes:
+                return rows, True
+    return rows, False
+
+
 def http_failure(row: Mapping[str, Any]) -> tuple[int, str, str] | None:
     """``(status, method, route)`` of a span that failed on its HTTP status with no exception.
 
@@ -273,19 +297,24 @@ async def errors(
     limit: int = 50,
     scan: int = DEFAULT_ERROR_SCAN,
     now: int | None = None,
+    max_bytes: int | None = None,
 ) -> dict[str, Any]:
     """Error groups of ``[since, until)`` (default: the last 24 h), at most ``limit`` groups
     (``group_count`` says how many there were), from the newest ``scan`` error rows (records,
-    linked ones included); ``truncated`` says the range held more and older ones were not read.
-    See :func:`group_errors` for what a group holds and what it counts."""
+    linked ones included) and at most about ``max_bytes`` of their text; ``truncated`` says the
+    range held more and older ones were not read. See :func:`group_errors` for what a group
+    holds and what it counts."""
     now = time.time_ns() if now is None else now
     if since is None:
         since = (now if until is None else until) - DEFAULT_RANGE_NS
     if not 1 <= scan <= MAX_ERROR_SCAN:
         raise QueryError("scan", scan, f"expected 1 to {MAX_ERROR_SCAN}")
     sql, args = _errors_sql(schema, project, since, until, service, scan)
-    rows = await conn.fetch(sql, *args)
-    truncated = len(rows) > scan
+    if max_bytes is None:
+        rows, cut = await conn.fetch(sql, *args), False
+    else:
+        rows, cut = await _fetch_within(conn, sql, args, max_bytes)
+    truncated = cut or len(rows) > scan
     rows = rows[:scan]
     # Hashing and regexes over thousands of rows: off the loop, so other requests keep going.
     groups = await asyncio.to_thread(group_errors, rows)
