@@ -172,23 +172,24 @@ async def _tail_then_ingest(url: str, key: str, stop: asyncio.Event, body: Any) 
         writer.close()
 
 
+# kvlist levels of the deep attribute: four JSON levels each, so 240 stay under the 1,024
+# levels a JSON parser takes (the body is decoded, and the value then cut at atrace's depth).
+DEEP_LEVELS = 240
+
+
 def _otlp_huge() -> bytes:
-    nested: Any = {"stringValue": "leaf"}
-    for _ in range(300):
-        nested = {"kvlistValue": {"values": [{"key": "k", "value": nested}]}}
-    span = {
-        "traceId": uuid.uuid4().hex,
-        "spanId": uuid.uuid4().hex[:16],
-        "name": "huge",
-        "startTimeUnixNano": str(time.time_ns()),
-        "endTimeUnixNano": str(time.time_ns() + 1000),
-        "attributes": [
-            {"key": "big", "value": {"stringValue": "x" * 2_000_000}},
-            {"key": "deep", "value": nested},
-        ],
-    }
-    body = {"resourceSpans": [{"resource": {}, "scopeSpans": [{"spans": [span]}]}]}
-    return json.dumps(body).encode()
+    # Written as text: json.dumps itself would recurse past Python's limit on such a value.
+    deep = '{"kvlistValue":{"values":[{"key":"k","value":' * DEEP_LEVELS
+    deep += '{"stringValue":"leaf"}' + "}]}}" * DEEP_LEVELS
+    span = (
+        f'{{"traceId":"{uuid.uuid4().hex}","spanId":"{uuid.uuid4().hex[:16]}","name":"huge",'
+        f'"startTimeUnixNano":"{time.time_ns()}","endTimeUnixNano":"{time.time_ns() + 1000}",'
+        f'"attributes":[{{"key":"big","value":{{"stringValue":"{"x" * 2_000_000}"}}}},'
+        f'{{"key":"deep","value":{deep}}}]}}'
+    )
+    body = f'{{"resourceSpans":[{{"resource":{{}},"scopeSpans":[{{"spans":[{span}]}}]}}]}}'
+    json.loads(body)  # well-formed, whatever the collector makes of it
+    return body.encode()
 
 
 async def _huge_otlp(url: str, key: str, stop: asyncio.Event) -> None:
@@ -235,7 +236,7 @@ def attacks(evil_body: Any) -> list[tuple[str, Attack]]:
         ("64 slow uploads", _slow_uploads),
         ("500 idle connections", _idle_connections),
         ("200 tails never read + ingest", lambda u, k, s: _tail_then_ingest(u, k, s, evil_body)),
-        ("OTLP 2 MB / 300-deep attrs", _huge_otlp),
+        (f"OTLP 2 MB / {DEEP_LEVELS}-deep attrs", _huge_otlp),
         ("ingest flood, 8 clients", lambda u, k, s: _flood(u, k, s, evil_body)),
     ]
 

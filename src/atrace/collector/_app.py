@@ -151,6 +151,14 @@ def _observe(metrics: Metrics, retry_after: int) -> Any:
             if status in (408, 413):
                 response.force_close()
             return response
+        except ConnectionError:
+            # The client went away mid-request (reset, or closed in the middle of its body):
+            # nothing to answer, nothing written, and no bug either; counted, and logged once
+            # a minute at most, since any client can do it at will.
+            metrics.error("client_gone")
+            status = 400
+            throttled.warn("client_gone", "clients went away in the middle of a request")
+            return _error(400, "connection lost")
         except Exception:
             # A database error worth retrying arrives as Unavailable (collector._state.database);
             # anything else is a bug.
