@@ -233,7 +233,7 @@ class TestServer:
         rows = {r["name"]: r for r in await spans_of(configure_memory)}
         assert sorted(rows) == ["GET /stream", "POST /upload"]
         sid = format_span_id(rows["GET /stream"]["span_id"])
-        assert streamed == f"00-{rows['GET /stream']['trace_id']}-{sid}-01"
+        assert streamed == f"00-{rows['GET /stream']['trace_id']}-{sid}-03"
 
     async def test_skip_paths_and_options(self, configure_memory: MemorySink) -> None:
         """Skipped paths get no span; service and record_client apply to the others."""
@@ -263,7 +263,7 @@ class TestClient:
         rows = {r["name"]: r for r in await spans_of(configure_memory)}
         client = rows["HTTP GET"]
         assert client["parent_id"] == caller.span_id and client["trace_id"] == caller.trace_id
-        assert received == f"00-{caller.trace_id}-{format_span_id(client['span_id'])}-01"
+        assert received == f"00-{caller.trace_id}-{format_span_id(client['span_id'])}-03"
         port = int(url.rsplit(":", 1)[1])
         assert client["attrs"] == {
             "http.request.method": "GET",

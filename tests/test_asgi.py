@@ -21,7 +21,8 @@ from starlette.websockets import WebSocket
 
 import atrace
 from atrace._emit.ids import format_span_id, parse_span_id
-from atrace.integrations._http import parse_traceparent, skip_rule, split_host
+from atrace._emit.tracecontext import parse_traceparent
+from atrace.integrations._http import skip_rule, split_host
 from atrace.integrations.asgi import AtraceMiddleware
 from atrace.testing import MemorySink
 

@@ -178,13 +178,14 @@ class TestTraceContext:
 
 class TestW3C:
     def test_inject_extract_round_trip(self) -> None:
-        """traceparent written for a span parses back to the same trace and span."""
+        """traceparent written for a span parses back to the same trace, span and flags."""
         with atrace.trace_context(), atrace.span("x") as sp:
             headers = atrace.inject({})
         ctx = atrace.extract(headers)
         assert ctx is not None
         assert ctx.trace_id == sp.trace_id and ctx.span_id == sp.span_id
-        assert headers["traceparent"].endswith("-01")
+        # A trace atrace starts is sampled, and its id's right-most 7 bytes are random.
+        assert headers["traceparent"].endswith("-03") and ctx.flags == sp.flags == 3
 
     @pytest.mark.parametrize(
         "value",

@@ -83,7 +83,7 @@ class TestHooks:
         (caller,) = by_name(rows, "caller")
         (sp,) = by_name(rows, "HTTP GET")
         assert sp["parent_id"] == caller["span_id"] and sp["trace_id"] == caller["trace_id"]
-        assert received == f"00-{sp['trace_id']}-{format_span_id(sp['span_id'])}-01"
+        assert received == f"00-{sp['trace_id']}-{format_span_id(sp['span_id'])}-03"
         assert sp["attrs"] == {
             "http.request.method": "GET",
             "url.full": f"{url}/echo?q=1",
@@ -103,7 +103,7 @@ class TestHooks:
             received = (await client.get(f"{url}/echo")).text
         (sp,) = by_name(await spans_of(configure_memory), "HTTP GET")
         assert sp["parent_id"] == caller.span_id
-        assert received == f"00-{caller.trace_id}-{format_span_id(sp['span_id'])}-01"
+        assert received == f"00-{caller.trace_id}-{format_span_id(sp['span_id'])}-03"
 
     async def test_error_status_and_redirect_hops(self, configure_memory: MemorySink) -> None:
         """A 5xx fails the span; each redirect hop is a span whose id the next server sees."""
@@ -120,7 +120,7 @@ class TestHooks:
         assert codes["hop"]["status"] == 1  # a redirect is not a failure
         assert (
             received
-            == f"00-{codes['echo']['trace_id']}-{format_span_id(codes['echo']['span_id'])}-01"
+            == f"00-{codes['echo']['trace_id']}-{format_span_id(codes['echo']['span_id'])}-03"
         )
 
     async def test_failed_request_leaves_nothing_open(self, configure_memory: MemorySink) -> None:
@@ -155,7 +155,7 @@ class TestTransports:
         rows = by_name(await spans_of(configure_memory), "HTTP GET")
         ok = next(r for r in rows if r["attrs"]["http.response.status_code"] == 200)
         missing = next(r for r in rows if r["attrs"]["http.response.status_code"] == 404)
-        assert received == f"00-{ok['trace_id']}-{format_span_id(ok['span_id'])}-01"
+        assert received == f"00-{ok['trace_id']}-{format_span_id(ok['span_id'])}-03"
         assert ok["status"] == 1 and missing["status"] == 2
 
     async def test_async_transport_records_connection_errors(
@@ -184,7 +184,7 @@ class TestTransports:
         rows = await spans_of(configure_memory)
         (post,) = by_name(rows, "HTTP POST")
         (failed,) = by_name(rows, "HTTP GET")
-        assert received == f"00-{post['trace_id']}-{format_span_id(post['span_id'])}-01"
+        assert received == f"00-{post['trace_id']}-{format_span_id(post['span_id'])}-03"
         assert failed["status"] == 2 and failed["error_type"] == "httpx.ConnectError"
         assert inner.closed
 

@@ -7,10 +7,6 @@ from ._emit.context import Thread as Thread
 from ._emit.context import current_span as current_span
 from ._emit.context import current_span_id as current_span_id
 from ._emit.context import current_trace_id as current_trace_id
-from ._emit.context import extract as extract
-from ._emit.context import format_traceparent as format_traceparent
-from ._emit.context import inject as inject
-from ._emit.context import parse_traceparent as parse_traceparent
 from ._emit.context import run_in_executor as run_in_executor
 from ._emit.context import trace_context as trace_context
 from ._emit.context import wrap as wrap
@@ -30,6 +26,10 @@ from ._emit.log import warning as warning
 from ._emit.span import Span as Span
 from ._emit.span import span as span
 from ._emit.span import traced as traced
+from ._emit.tracecontext import extract as extract
+from ._emit.tracecontext import format_traceparent as format_traceparent
+from ._emit.tracecontext import inject as inject
+from ._emit.tracecontext import parse_traceparent as parse_traceparent
 from ._emit.tracer import Tracer as Tracer
 from ._pipeline.metrics import Metrics as Metrics
 from ._pipeline.state import aflush as aflush

@@ -359,44 +359,79 @@ cdef class SpanContext:
     :ivar trace_id: the trace, as 32 hex digits.
     :ivar span_id: the parent span as a signed 64-bit integer, or None (a trace without a
         parent span here).
-    :ivar sampled: the W3C ``sampled`` flag the caller sent.
+    :ivar flags: the W3C trace flags (8 bits) as the caller sent them: bit 0 "sampled", bit 1
+        "random trace id". Spans under it keep only those two, as the W3C asks of unknown flags.
+    :ivar trace_state: the caller's ``tracestate``, validated and normalised ("" when none).
+    :ivar sampled: bit 0 of ``flags``; ``sampled=`` given to the constructor sets that bit.
     """
 
     cdef readonly object trace_id
     cdef readonly object span_id
-    cdef readonly object sampled
+    cdef readonly int flags
+    cdef readonly str trace_state
 
-    def __init__(self, trace_id, span_id=None, sampled=True):
+    def __init__(self, trace_id, span_id=None, sampled=None, *, flags=1, trace_state=""):
+        if type(flags) is not int or not 0 <= flags <= 255:
+            from ..errors import ConfigError
+
+            raise ConfigError("flags", flags, "expected an integer from 0 to 255")
+        if type(trace_state) is not str:
+            from ..errors import ConfigError
+
+            raise ConfigError("trace_state", trace_state, "expected a tracestate value (str)")
+        if sampled is not None:
+            flags = (flags & 0xFE) | (1 if sampled else 0)
         self.trace_id = trace_id
         self.span_id = span_id
-        self.sampled = sampled
+        self.flags = flags
+        self.trace_state = trace_state
+
+    @property
+    def sampled(self):
+        """Whether the caller may have recorded its part of the trace (W3C flag bit 0)."""
+        return bool(self.flags & 1)
 
     def __repr__(self):
-        # The span id in the hex form that traceparent headers and the CLI show.
+        # The span id in the hex form that traceparent headers and the CLI show; flags and
+        # tracestate only when they say more than a plain sampled parent.
         sid = None if self.span_id is None else "%016x" % (self.span_id & 0xFFFFFFFFFFFFFFFF)
-        return f"SpanContext(trace_id={self.trace_id!r}, span_id={sid!r})"
+        extra = "" if self.flags == 1 else f", flags={self.flags:#04x}"
+        if self.trace_state:
+            extra += f", trace_state={self.trace_state!r}"
+        return f"SpanContext(trace_id={self.trace_id!r}, span_id={sid!r}{extra})"
 
     def __eq__(self, other):
         if type(other) is not SpanContext:
             return NotImplemented
         cdef SpanContext o = <SpanContext>other
         return (
-            self.trace_id == o.trace_id and self.span_id == o.span_id and self.sampled == o.sampled
+            self.trace_id == o.trace_id and self.span_id == o.span_id and self.flags == o.flags
+            and self.trace_state == o.trace_state
         )
 
     def __hash__(self):
-        return hash((self.trace_id, self.span_id, self.sampled))
+        return hash((self.trace_id, self.span_id, self.flags, self.trace_state))
 
     def __reduce__(self):
-        return (SpanContext, (self.trace_id, self.span_id, self.sampled))
+        return (_span_context, (self.trace_id, self.span_id, self.flags, self.trace_state))
 
     def as_dict(self):
         """The fields as a plain dict."""
-        return {"trace_id": self.trace_id, "span_id": self.span_id, "sampled": self.sampled}
+        return {
+            "trace_id": self.trace_id,
+            "span_id": self.span_id,
+            "flags": self.flags,
+            "trace_state": self.trace_state,
+        }
 
     def replace(self, **changes):
-        """A copy with some fields changed."""
+        """A copy with some fields changed (``sampled=`` sets bit 0 of the flags)."""
         return SpanContext(**{**self.as_dict(), **changes})
+
+
+def _span_context(trace_id, span_id, flags, trace_state):
+    # What pickle calls: the flags and tracestate are keyword-only in the constructor.
+    return SpanContext(trace_id, span_id, flags=flags, trace_state=trace_state)
 
 
 cdef class Span:
@@ -416,9 +451,11 @@ cdef class Span:
     cdef public object _parent
     cdef public object _token
     cdef object _tid  # trace id text; None while only _hi/_lo hold it (formatted on demand)
+    cdef object _ts  # the tracestate inherited from the parent; None when there is none
     cdef uint64_t _hi
     cdef uint64_t _lo
     cdef int64_t _sid  # 0 until the span starts
+    cdef int _flags  # W3C trace flags: 1 sampled (recorded), 2 random trace id
     cdef public int status
     cdef public int level
     cdef public bint announced
@@ -450,37 +487,73 @@ cdef class Span:
         """Nanoseconds from start to end (None while running)."""
         return None if self.end_ns == 0 else self.end_ns - self.start_ns
 
+    @property
+    def flags(self):
+        """The W3C trace flags this span propagates: 1 sampled, 2 random trace id (0 before it
+        starts). A span whose parent was not sampled is not recorded, nor are its children."""
+        return self._flags
+
+    @property
+    def trace_state(self):
+        """The W3C ``tracestate`` this span propagates, as its remote parent sent it ("" if
+        none)."""
+        return "" if self._ts is None else self._ts
+
     cpdef _begin(self, parent):
         cdef Span p
+        cdef SpanContext c
         if parent is None:
             self._hi = ((<uint64_t>(atrace_now_ns() // 1000000) & 0xFFFFFFFFFFFF) << 16) | (atrace_next() >> 48)
             self._lo = atrace_next()
             self.parent_id = None
+            # Sampled, and the id's right-most 7 bytes are random (the W3C "random" flag).
+            self._flags = 3
         elif type(parent) is Span:
             p = <Span>parent
             self._tid = p._tid
             self._hi = p._hi
             self._lo = p._lo
             self.parent_id = p._sid
+            self._flags = p._flags
+            self._ts = p._ts
+        elif type(parent) is SpanContext:
+            c = <SpanContext>parent
+            self._tid = c.trace_id
+            self.parent_id = c.span_id
+            # Flags this version does not define go out as zero (W3C).
+            self._flags = c.flags & 3
+            if c.trace_state:
+                self._ts = c.trace_state
         else:
             self._tid = parent.trace_id
             self.parent_id = parent.span_id
+            self._flags = getattr(parent, "flags", 1) & 3
+            self._ts = getattr(parent, "trace_state", None) or None
         self._parent = parent
         self._sid = _span_id()
-        PySet_Add(_open_spans, self)
+        if self._flags & 1:
+            # A span that is not recorded is never announced either.
+            PySet_Add(_open_spans, self)
         self.start_ns = atrace_now_ns()
 
     cpdef _end(self, exc):
         self.end_ns = atrace_now_ns()
-        PySet_Discard(_open_spans, self)
+        cdef bint recorded = self._flags & 1
+        if recorded:
+            PySet_Discard(_open_spans, self)
         if exc is not None:
-            self.error, self.attrs = _catch(exc, self.span_id, True, self.attrs)
+            if recorded:
+                self.error, self.attrs = _catch(exc, self.span_id, True, self.attrs)
             # Cancellation and generator close are control flow: keep the cause, not a failure.
             if isinstance(exc, Exception):
                 self.status = 2
         elif self.status == 0:
             self.status = 1
         self.level = 40 if self.status == 2 else 20
+        if not recorded:
+            # Its parent was not sampled (OpenTelemetry's ParentBased sampler): the span keeps
+            # its ids for its children and outgoing calls, and no row is written.
+            return
         if self.error is None:
             # Out of the collector's lists while buffered (see _log); back in when encoded. A
             # failed span keeps being tracked: its traceback may lead back to it.
@@ -574,7 +647,10 @@ cdef class Span:
 
     def record_exception(self, exc, *, failed=True):
         """Record a handled exception on this span; by default the span is then marked failed."""
-        self.error, self.attrs = _catch(exc, self.span_id, True, self.attrs)
+        # A span that will never be written (started under a not-sampled parent) must not
+        # claim the exception; one not started yet may still be.
+        if self._flags & 1 or self._sid == 0:
+            self.error, self.attrs = _catch(exc, self.span_id, True, self.attrs)
         if failed:
             self.status = 2
         return self

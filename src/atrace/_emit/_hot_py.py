@@ -112,31 +112,64 @@ class SpanContext(Frozen):
     :ivar trace_id: the trace, as 32 hex digits.
     :ivar span_id: the parent span as a signed 64-bit integer, or None (a trace without a
         parent span here).
-    :ivar sampled: the W3C ``sampled`` flag the caller sent.
+    :ivar flags: the W3C trace flags (8 bits) as the caller sent them: bit 0 "sampled", bit 1
+        "random trace id". Spans under it keep only those two, as the W3C asks of unknown flags.
+    :ivar trace_state: the caller's ``tracestate``, validated and normalised ("" when none).
+    :ivar sampled: bit 0 of ``flags``; ``sampled=`` given to the constructor sets that bit.
     """
 
-    __slots__ = ("sampled", "span_id", "trace_id")
+    __slots__ = ("flags", "span_id", "trace_id", "trace_state")
 
     trace_id: str
     span_id: int | None
-    sampled: bool
+    flags: int
+    trace_state: str
 
-    def __init__(self, trace_id: str, span_id: int | None = None, sampled: bool = True) -> None:
+    def __init__(
+        self,
+        trace_id: str,
+        span_id: int | None = None,
+        sampled: bool | None = None,
+        *,
+        flags: int = 1,
+        trace_state: str = "",
+    ) -> None:
+        if type(flags) is not int or not 0 <= flags <= 255:
+            from ..errors import ConfigError
+
+            raise ConfigError("flags", flags, "expected an integer from 0 to 255")
+        if type(trace_state) is not str:
+            from ..errors import ConfigError
+
+            raise ConfigError("trace_state", trace_state, "expected a tracestate value (str)")
+        if sampled is not None:
+            flags = (flags & 0xFE) | (1 if sampled else 0)
         # Slot descriptors directly: a request's remote parent is built per request.
         _TRACE_ID(self, trace_id)
         _SPAN_ID(self, span_id)
-        _SAMPLED(self, sampled)
+        _FLAGS(self, flags)
+        _TRACE_STATE(self, trace_state)
+
+    @property
+    def sampled(self) -> bool:
+        """Whether the caller may have recorded its part of the trace (W3C flag bit 0)."""
+        return bool(self.flags & 1)
 
     def __repr__(self) -> str:
-        # The span id in the hex form that traceparent headers and the CLI show.
+        # The span id in the hex form that traceparent headers and the CLI show; flags and
+        # tracestate only when they say more than a plain sampled parent.
         sid = None if self.span_id is None else "%016x" % (self.span_id & _U64)
-        return f"SpanContext(trace_id={self.trace_id!r}, span_id={sid!r})"
+        extra = "" if self.flags == 1 else f", flags={self.flags:#04x}"
+        if self.trace_state:
+            extra += f", trace_state={self.trace_state!r}"
+        return f"SpanContext(trace_id={self.trace_id!r}, span_id={sid!r}{extra})"
 
 
 _SLOTS = SpanContext.__dict__
 _TRACE_ID = _SLOTS["trace_id"].__set__
 _SPAN_ID = _SLOTS["span_id"].__set__
-_SAMPLED = _SLOTS["sampled"].__set__
+_FLAGS = _SLOTS["flags"].__set__
+_TRACE_STATE = _SLOTS["trace_state"].__set__
 
 
 class Span:
@@ -148,8 +181,10 @@ class Span:
     """
 
     __slots__ = (
+        "_flags",
         "_parent",
         "_token",
+        "_ts",
         "announced",
         "attrs",
         "end_ns",
@@ -188,11 +223,27 @@ class Span:
         # Until entered: the parent to use when the context has none (a Tracer's remote parent).
         self._parent: Any = None
         self._token: Any = None
+        # W3C trace flags (1 sampled, 2 random trace id), set when it starts, as is _ts (the
+        # tracestate); 0 until then, as in the compiled Span.
+        self._flags = 0
 
     @property
     def duration_ns(self) -> int | None:
         """Nanoseconds from start to end (None while running)."""
         return None if self.end_ns == 0 else self.end_ns - self.start_ns
+
+    @property
+    def flags(self) -> int:
+        """The W3C trace flags this span propagates: 1 sampled, 2 random trace id (0 before it
+        starts). A span whose parent was not sampled is not recorded, nor are its children."""
+        return self._flags
+
+    @property
+    def trace_state(self) -> str:
+        """The W3C ``tracestate`` this span propagates, as its remote parent sent it ("" if
+        none)."""
+        state: str = getattr(self, "_ts", "")
+        return state
 
     # -- lifecycle (hot path) -------------------------------------------------------------------
 
@@ -200,16 +251,32 @@ class Span:
         if parent is None:
             self.trace_id = new_trace_id()
             self.parent_id = None
+            # Sampled, and the id's right-most 7 bytes are random (the W3C "random" flag).
+            self._flags = flags = 3
+            self._ts = ""
+        elif type(parent) is Span:
+            self.trace_id = parent.trace_id
+            self.parent_id = parent.span_id
+            self._flags = flags = parent._flags
+            self._ts = parent._ts
         else:
             self.trace_id = parent.trace_id
             self.parent_id = parent.span_id
+            # Flags this version does not define go out as zero (W3C).
+            self._flags = flags = getattr(parent, "flags", 1) & 3
+            self._ts = getattr(parent, "trace_state", None) or ""
         self._parent = parent
         self.span_id = new_span_id()
-        _open_spans.add(self)
+        if flags & 1:
+            # A span that is not recorded is never announced either.
+            _open_spans.add(self)
         self.start_ns = _time_ns()
 
     def _end(self, exc: BaseException | None) -> None:
         self.end_ns = _time_ns()
+        if not self._flags & 1:
+            self._end_unrecorded(exc)
+            return
         _open_spans.discard(self)
         if exc is not None:
             self.error, self.attrs = catch(exc, self.span_id, True, self.attrs)
@@ -220,6 +287,16 @@ class Span:
             self.status = 1
         self.level = _ERROR if self.status == 2 else _INFO
         runtime.push(self)
+
+    def _end_unrecorded(self, exc: BaseException | None) -> None:
+        # Its parent was not sampled (OpenTelemetry's ParentBased sampler): the span keeps its
+        # ids for its children and outgoing calls, its outcome for the caller, and no row is
+        # written. Nor does it claim the exception, which a log may record first.
+        if exc is not None and isinstance(exc, Exception):
+            self.status = 2
+        elif exc is None and self.status == 0:
+            self.status = 1
+        self.level = _ERROR if self.status == 2 else _INFO
 
     def _record(self) -> tuple[Any, ...]:
         """The row-shaped tuple of the ended span (built by the flusher, not on the hot path)."""
@@ -313,7 +390,10 @@ class Span:
 
     def record_exception(self, exc: BaseException, *, failed: bool = True) -> Span:
         """Record a handled exception on this span; by default the span is then marked failed."""
-        self.error, self.attrs = catch(exc, self.span_id, True, self.attrs)
+        # A span that will never be written (started under a not-sampled parent) must not
+        # claim the exception; one not started yet may still be.
+        if self._flags & 1 or self.span_id is None:
+            self.error, self.attrs = catch(exc, self.span_id, True, self.attrs)
         if failed:
             self.status = 2
         return self

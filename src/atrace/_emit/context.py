@@ -1,4 +1,4 @@
-"""The current span, carried by contextvars across tasks, threads and executors; W3C propagation."""
+"""The current span, carried by contextvars across tasks, threads and executors."""
 
 from __future__ import annotations
 
@@ -12,6 +12,9 @@ from .hot import SpanContext, new_trace_id, reset_current
 from .ids import format_span_id, parse_span_id, parse_trace_id
 from .runtime import current
 
+# W3C propagation lives in tracecontext; its functions are reachable from here as well.
+from .tracecontext import extract, format_traceparent, inject, parse_traceparent
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -24,6 +27,11 @@ if TYPE_CHECKING:
 
         trace_id: str
         span_id: int | None
+
+        @property
+        def flags(self) -> int: ...
+        @property
+        def trace_state(self) -> str: ...
 
 
 __all__ = (
@@ -69,21 +77,31 @@ class trace_context:
     """Run a block in a given trace (or a fresh one): spans opened inside join it.
 
     ``trace_id`` takes 32 hex digits (dashes allowed); ``parent_id`` a span id as 16 hex digits
-    or a signed integer, for work continuing a span started elsewhere. Use ``with`` or
+    or a signed integer, for work continuing a span started elsewhere. A SpanContext (what
+    ``extract()`` returns) is used as it is, with its flags and tracestate. Use ``with`` or
     ``async with``; the value bound by ``as`` is the SpanContext.
     """
 
     __slots__ = ("_ctx", "_prev", "_token")
 
-    def __init__(self, trace_id: str | None = None, *, parent_id: str | int | None = None) -> None:
+    def __init__(
+        self, trace_id: str | SpanContext | None = None, *, parent_id: str | int | None = None
+    ) -> None:
+        if isinstance(trace_id, SpanContext):
+            if parent_id is not None:
+                raise ConfigError("parent_id", parent_id, "not with a SpanContext, which has one")
+            self._ctx = trace_id
+            return
         if trace_id is None:
-            tid = new_trace_id()
+            # atrace's ids have random right-most 7 bytes: sampled (1) and "random" (2).
+            tid, flags = new_trace_id(), 3
         else:
             parsed = parse_trace_id(trace_id) if isinstance(trace_id, str) else None
             if parsed is None:
                 raise ConfigError("trace_id", trace_id, "expected 32 hex digits, not all zero")
-            tid = parsed
-        self._ctx = SpanContext(tid, coerce_span_id(parent_id))
+            # How a given id was made cannot be told: no "random" flag.
+            tid, flags = parsed, 1
+        self._ctx = SpanContext(tid, coerce_span_id(parent_id), flags=flags)
 
     def __enter__(self) -> SpanContext:
         self._prev = _current.get()
@@ -123,66 +141,6 @@ def coerce_span_id(value: str | int | None) -> int | None:
     if parsed is None:
         raise ConfigError("parent_id", value, "expected 16 hex digits, not all zero")
     return parsed
-
-
-# ---- W3C trace context -----------------------------------------------------------------------
-
-
-def format_traceparent(span: SpanLike | None = None) -> str | None:
-    """The W3C ``traceparent`` header value for a span (default: the current one)."""
-    if span is None:
-        span = _current.get()
-    if span is None or span.span_id is None:
-        return None
-    return f"00-{span.trace_id}-{format_span_id(span.span_id)}-01"
-
-
-def parse_traceparent(value: str) -> SpanContext | None:
-    """A remote parent from a ``traceparent`` value, or None if it breaks the W3C rules."""
-    parts = value.strip().split("-")
-    if len(parts) < 4:
-        return None
-    version, tid, sid, flags = parts[0], parts[1], parts[2], parts[3]
-    if len(version) != 2 or version.lower() == "ff" or len(flags) != 2:
-        return None
-    if version == "00" and len(parts) != 4:
-        return None
-    try:
-        flag_bits = int(flags, 16)
-        int(version, 16)
-    except ValueError:
-        return None
-    if len(tid) != 32 or len(sid) != 16 or tid != tid.lower() or sid != sid.lower():
-        return None
-    trace_id = parse_trace_id(tid)
-    span_id = parse_span_id(sid)
-    if trace_id is None or span_id is None:
-        return None
-    return SpanContext(trace_id, span_id, sampled=bool(flag_bits & 1))
-
-
-def extract(headers: Any) -> SpanContext | None:
-    """The remote parent carried by request headers: ``traceparent``, else ``X-Trace-ID``."""
-    getter = headers.get
-    tp = getter("traceparent") or getter("Traceparent")
-    if tp:
-        ctx = parse_traceparent(tp)
-        if ctx is not None:
-            return ctx
-    xt = getter("x-trace-id") or getter("X-Trace-ID")
-    if xt:
-        tid = parse_trace_id(xt.strip())
-        if tid is not None:
-            return SpanContext(tid, None)
-    return None
-
-
-def inject(headers: dict[str, str], span: SpanLike | None = None) -> dict[str, str]:
-    """Add ``traceparent`` for the current (or given) span to a headers dict, and return it."""
-    tp = format_traceparent(span)
-    if tp is not None:
-        headers["traceparent"] = tp
-    return headers
 
 
 # ---- threads and executors -------------------------------------------------------------------

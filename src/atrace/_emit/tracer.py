@@ -52,7 +52,9 @@ class Tracer:
             tid = new_trace_id() if trace_id is None else parse_trace_id(trace_id)
             if tid is None:
                 raise ConfigError("trace_id", trace_id, "expected 32 hex digits, not all zero")
-            self._parent = SpanContext(tid, coerce_span_id(parent_id))
+            # An id atrace made has random right-most 7 bytes: the W3C "random" flag (2) too.
+            flags = 3 if trace_id is None else 1
+            self._parent = SpanContext(tid, coerce_span_id(parent_id), flags=flags)
 
     def __repr__(self) -> str:
         return f"Tracer(service={self.service!r}, bound={self._bound!r})"

@@ -1,13 +1,11 @@
-"""What the HTTP integrations share: server and client spans, trace headers, skip rules."""
+"""What the HTTP integrations share: server and client spans, skip rules, host parsing.
+
+The trace headers themselves are read and written by ``atrace._emit.tracecontext``.
+"""
 
 from __future__ import annotations
 
-import re
-from binascii import unhexlify as _unhex
-
-from .._emit.context import SpanContext
 from .._emit.hot import Span, begin, end, get_current
-from .._emit.ids import parse_trace_id
 from .._emit.runtime import runtime
 from ..errors import ConfigError
 
@@ -22,12 +20,9 @@ __all__ = (
     "finish_server_span",
     "forget_open",
     "method_attrs",
-    "parse_traceparent",
-    "remote_parent",
     "skip_rule",
     "split_host",
     "start_client_span",
-    "traceparent_of",
 )
 
 # The methods of RFC 9110 and PATCH (RFC 5789), as OpenTelemetry's semantic conventions list them;
@@ -38,7 +33,6 @@ METHODS = frozenset(
 # Attribute names of OpenTelemetry's HTTP semantic conventions.
 ROUTE = "http.route"
 STATUS = "http.response.status_code"
-_U64 = (1 << 64) - 1
 
 
 def method_attrs(method: str, attrs: dict[str, Any]) -> str:
@@ -49,68 +43,6 @@ def method_attrs(method: str, attrs: dict[str, Any]) -> str:
     attrs["http.request.method"] = "_OTHER"
     attrs["http.request.method_original"] = method
     return "HTTP"
-
-
-# W3C trace context: version, trace id, parent id, flags, all lowercase hex; versions after 00 may
-# append fields.
-_TP = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?", re.DOTALL)
-_HEX = b"0123456789abcdef"
-_ODD = frozenset(b"13579bdf")
-_from_bytes = int.from_bytes
-
-
-def parse_traceparent(value: bytes | str) -> SpanContext | None:
-    """The caller's span from a ``traceparent`` value, or None when it breaks the W3C rules.
-
-    Invalid: another shape or length, uppercase hex, version ``ff``, a version-00 value with
-    more fields, an all-zero trace id or parent id.
-    """
-    if isinstance(value, str):
-        value = value.encode("latin-1", "replace")
-    # The usual value (version 00, no padding) is checked by slicing: no regex on the hot path.
-    if len(value) == 55 and value.translate(None, _HEX) == b"---" and value[:3] != b"ff-":
-        if value[2] != 45 or value[35] != 45 or value[52] != 45:
-            return None
-    else:
-        m = _TP.fullmatch(value.strip())
-        if m is None:
-            return None
-        version, rest = m[1], m[5]
-        if version == b"ff" or (rest is not None and version == b"00"):
-            return None
-        value = m[0]
-    # Signed, as atrace stores span ids; zero stays zero, which is invalid.
-    span_id = _from_bytes(_unhex(value[36:52]), "big", signed=True)
-    trace_id = value[3:35].decode()
-    if span_id == 0 or trace_id == "00000000000000000000000000000000":
-        return None
-    # The flags' low bit is "sampled"; its hex digit is odd exactly when that bit is set.
-    return SpanContext(trace_id, span_id, value[54] in _ODD)
-
-
-def remote_parent(
-    traceparent: bytes | str | None, trace_id: bytes | str | None
-) -> SpanContext | None:
-    """The caller's span from a ``traceparent`` value, else a trace from an ``X-Trace-ID`` value.
-
-    A value breaking the W3C rules is ignored, as the W3C recommendation asks: the request then
-    starts a new trace (or joins the ``X-Trace-ID`` one).
-    """
-    if traceparent:
-        ctx = parse_traceparent(traceparent)
-        if ctx is not None:
-            return ctx
-    if trace_id:
-        text = trace_id.decode("latin-1") if isinstance(trace_id, bytes) else trace_id
-        tid = parse_trace_id(text.strip())
-        if tid is not None:
-            return SpanContext(tid, None)
-    return None
-
-
-def traceparent_of(sp: Span) -> str:
-    """The ``traceparent`` value naming a started span as the parent."""
-    return f"00-{sp.trace_id}-{(sp.span_id or 0) & _U64:016x}-01"
 
 
 def skip_rule(skip_paths: Iterable[str] | str) -> Callable[[str], bool] | None:

@@ -10,16 +10,15 @@ from __future__ import annotations
 import contextvars
 
 from .._emit.hot import Span, begin, get_current, reset_current, set_current
+from .._emit.tracecontext import remote_parent, traceparent_of
 from ..errors import MissingExtraError
 from ._http import (
     finish_client_span,
     finish_server_span,
     method_attrs,
-    remote_parent,
     skip_rule,
     split_host,
     start_client_span,
-    traceparent_of,
 )
 
 try:
@@ -56,10 +55,10 @@ def create_middleware(
 
     One server span per request, named ``"GET /items/{id}"`` from the matched resource's
     canonical path (``"GET"`` when nothing matched), with OpenTelemetry's attribute names. It joins
-    the caller's trace from ``traceparent`` (else ``X-Trace-ID``), adds both headers to the
-    response (raised ``HTTPException`` responses included), records an exception and re-raises
-    it; a 5xx fails the span, a 4xx does not. ``skip_paths``: paths with no span, each entry also
-    covering the paths below it.
+    the caller's trace from ``traceparent`` and ``tracestate`` (else ``X-Trace-ID``), adds
+    ``traceparent`` and ``X-Trace-ID`` to the response (raised ``HTTPException`` responses
+    included), records an exception and re-raises it; a 5xx fails the span, a 4xx does not.
+    ``skip_paths``: paths with no span, each entry also covering the paths below it.
     """
     skip = skip_rule(skip_paths)
 
@@ -83,7 +82,11 @@ def create_middleware(
         if agent is not None:
             attrs["user_agent.original"] = agent
         prev = get_current()
-        remote = remote_parent(headers.get("traceparent"), headers.get("X-Trace-ID"))
+        # Every line of each header: a repeated traceparent is invalid, tracestate lines join.
+        tp = headers.getall("traceparent", None)
+        remote = remote_parent(
+            tp, headers.getall("tracestate", None) if tp else None, headers.get("X-Trace-ID")
+        )
         sp = Span(base, attrs, None, service)
         begin(sp, prev if remote is None else remote)
         token = set_current(sp)
@@ -158,7 +161,8 @@ def trace_config() -> TraceConfig:
     The span (``"HTTP GET"``, with ``http.request.method``, ``url.full``, ``server.address``,
     ``server.port`` and ``http.response.status_code``) is a child of the current span, covers the
     request up to the response headers, redirects included, and fails on an exception or a 4xx or
-    5xx status. ``traceparent`` naming it is added to the outgoing headers.
+    5xx status. ``traceparent`` naming it (with its flags) is added to the outgoing headers,
+    and the trace's ``tracestate`` when it has one.
     """
     config = TraceConfig()
     config.on_request_start.append(_on_request_start)
@@ -174,7 +178,11 @@ async def _on_request_start(
     if url.user is not None or url.password is not None:
         url = url.with_user(None)  # credentials never go into a record
     sp = start_client_span(params.method, str(url), url.host, url.port)
-    params.headers["traceparent"] = traceparent_of(sp)
+    headers = params.headers
+    headers["traceparent"] = traceparent_of(sp)
+    state = sp.trace_state
+    if state:
+        headers["tracestate"] = state
     ctx.atrace_span = sp
 
 

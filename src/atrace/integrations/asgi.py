@@ -9,15 +9,9 @@ from __future__ import annotations
 import logging
 
 from .._emit.hot import Span, begin, get_current, reset_current, set_current
+from .._emit.tracecontext import remote_parent, traceparent_of
 from .._pipeline.state import ashutdown
-from ._http import (
-    METHODS,
-    finish_server_span,
-    method_attrs,
-    remote_parent,
-    skip_rule,
-    split_host,
-)
+from ._http import METHODS, finish_server_span, method_attrs, skip_rule, split_host
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -34,6 +28,7 @@ __all__ = ("AtraceMiddleware",)
 
 # Header names as ASGI servers give them: lowercase bytes.
 _TRACEPARENT = b"traceparent"
+_TRACESTATE = b"tracestate"
 _X_TRACE_ID = b"x-trace-id"
 _USER_AGENT = b"user-agent"
 _HOST = b"host"
@@ -51,9 +46,10 @@ class AtraceMiddleware:
     matched route (Starlette and FastAPI do, in ``scope["route"]``), else ``"GET"`` alone, which
     keeps span names few (``url.path`` holds the path). A WebSocket connection is one span named
     ``"WEBSOCKET /ws"`` (or ``"WEBSOCKET"``). Attributes follow OpenTelemetry's HTTP semantic
-    conventions. A valid ``traceparent`` (else ``X-Trace-ID``) header joins the caller's trace;
-    the response carries ``traceparent`` and ``X-Trace-ID`` naming this span. An exception is
-    recorded on the span and re-raised; a 5xx status fails the span, a 4xx does not.
+    conventions. A valid ``traceparent`` (with ``tracestate``; else ``X-Trace-ID``) joins the
+    caller's trace; the response carries ``traceparent`` and ``X-Trace-ID`` naming this span.
+    An exception is recorded on the span and re-raised; a 5xx status fails the span, a 4xx
+    does not.
 
     ``skip_paths``: paths with no span; each entry also covers the paths below it (``"/health"``
     skips ``/health/live``, not ``/healthz``). ``service`` names the service of these spans
@@ -132,7 +128,12 @@ class AtraceMiddleware:
         sp = Span(base, attrs, None, self.service)
         tp = headers.get(_TRACEPARENT)
         if tp is not None or _X_TRACE_ID in headers:
-            remote = remote_parent(tp, headers.get(_X_TRACE_ID))
+            state = None
+            if tp is not None:
+                # The dict kept one line of each header: a repeated traceparent is invalid and
+                # repeated tracestate lines are joined, so both are read from the raw list.
+                tp, state = _trace_lines(scope["headers"])
+            remote = remote_parent(tp, state, headers.get(_X_TRACE_ID))
             # The span copies its parent's ids; holding on to the remote parent would only keep
             # one more garbage-collected object alive while the span waits in the ring.
             begin(sp, prev if remote is None else remote, keep_parent=False)
@@ -227,16 +228,28 @@ class _Responder:
         if kind != "http.response.body" and kind in _STARTS:
             self.status = message.get("status")
             sp = self.span
-            tid = sp.trace_id
             ours = [
-                (_TRACEPARENT, f"00-{tid}-{sp.span_id_hex}-01".encode()),
-                (_X_TRACE_ID, tid.encode()),
+                (_TRACEPARENT, traceparent_of(sp).encode()),
+                (_X_TRACE_ID, sp.trace_id.encode()),
             ]
             headers = message.get("headers")
             # A copy: the app may reuse its message dicts, which must not collect our headers.
             message = dict(message)
             message["headers"] = [*headers, *ours] if headers else ours
         return self.send(message)
+
+
+def _trace_lines(raw: Iterable[tuple[bytes, bytes]]) -> tuple[list[bytes], list[bytes]]:
+    """Every ``traceparent`` and every ``tracestate`` line of a request, in order (ASGI names
+    are lowercase)."""
+    parents: list[bytes] = []
+    states: list[bytes] = []
+    for name, value in raw:
+        if name == _TRACEPARENT:
+            parents.append(value)
+        elif name == _TRACESTATE:
+            states.append(value)
+    return parents, states
 
 
 def _parse_host(raw: bytes) -> tuple[str, int | None]:

@@ -1,4 +1,4 @@
-"""httpx: client spans with ``traceparent`` injected, by event hooks or by a wrapping transport.
+"""httpx: client spans with the trace headers injected, by event hooks or by a wrapping transport.
 
 ``httpx.Client(event_hooks=event_hooks())`` and ``httpx.AsyncClient(event_hooks=
 async_event_hooks())`` start a span when a request is sent and end it when its response arrives.
@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import httpx
 
-from ._http import finish_client_span, forget_open, start_client_span, traceparent_of
+from .._emit.tracecontext import traceparent_of
+from ._http import finish_client_span, forget_open, start_client_span
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -32,7 +33,8 @@ def event_hooks() -> dict[str, list[Callable[..., Any]]]:
     The span (``"HTTP GET"``, with ``http.request.method``, ``url.full``, ``server.address``,
     ``server.port`` and ``http.response.status_code``) is a child of the current span and covers
     the request up to the response headers; a 4xx or 5xx status fails it. Each redirect hop is a
-    request of its own. ``traceparent`` naming it is added to the request's headers.
+    request of its own. ``traceparent`` naming it (with its flags) is added to the request's
+    headers, and the trace's ``tracestate`` when it has one.
     """
     return {"request": [_on_request], "response": [_on_response]}
 
@@ -47,7 +49,11 @@ def _start(request: httpx.Request) -> Span:
     if url.userinfo:
         url = url.copy_with(username=None, password=None)  # credentials never go into a record
     sp = start_client_span(request.method, str(url), url.host or None, url.port)
-    request.headers["traceparent"] = traceparent_of(sp)
+    headers = request.headers
+    headers["traceparent"] = traceparent_of(sp)
+    state = sp.trace_state
+    if state:
+        headers["tracestate"] = state
     return sp
 
 

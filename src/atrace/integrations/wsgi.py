@@ -3,14 +3,8 @@
 from __future__ import annotations
 
 from .._emit.hot import Span, begin, get_current, reset_current, set_current
-from ._http import (
-    finish_server_span,
-    method_attrs,
-    remote_parent,
-    skip_rule,
-    split_host,
-    traceparent_of,
-)
+from .._emit.tracecontext import remote_parent, traceparent_of
+from ._http import finish_server_span, method_attrs, skip_rule, split_host
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -28,10 +22,11 @@ class AtraceWSGIMiddleware:
 
     One server span per request, named ``"GET"`` or, when the app names its route (the
     ``http.route`` attribute on the current span), ``"GET /items/<id>"``. It joins the caller's
-    trace from ``traceparent`` (else ``X-Trace-ID``), adds both headers to the response, records
-    an exception and re-raises it, fails on a 5xx status, and ends when the server closes the
-    response iterable. The span is current while the app runs and while each body chunk is made.
-    ``skip_paths``, ``service`` and ``record_client`` as for the ASGI middleware.
+    trace from ``traceparent`` and ``tracestate`` (else ``X-Trace-ID``), adds ``traceparent`` and
+    ``X-Trace-ID`` to the response, records an exception and re-raises it, fails on a 5xx
+    status, and ends when the server closes the response iterable. The span is current while
+    the app runs and while each body chunk is made. ``skip_paths``, ``service`` and
+    ``record_client`` as for the ASGI middleware.
     """
 
     __slots__ = ("_skip", "app", "record_client", "service")
@@ -80,7 +75,12 @@ class AtraceWSGIMiddleware:
             attrs["user_agent.original"] = agent
 
         prev = get_current()
-        remote = remote_parent(environ.get("HTTP_TRACEPARENT"), environ.get("HTTP_X_TRACE_ID"))
+        # The server joins a repeated header's lines with commas (PEP 3333, as CGI): a repeated
+        # traceparent then holds a comma and is refused, tracestate lines are joined already.
+        tp = environ.get("HTTP_TRACEPARENT")
+        remote = remote_parent(
+            tp, environ.get("HTTP_TRACESTATE") if tp else None, environ.get("HTTP_X_TRACE_ID")
+        )
         sp = Span(base, attrs, None, self.service)
         begin(sp, prev if remote is None else remote)
         call = _Call(sp, base, start_response, prev)
