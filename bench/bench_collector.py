@@ -64,7 +64,9 @@ def make_rows(n: int) -> list[tuple[Any, ...]]:
                 None if span else f"order {i} loaded",
                 b'{"http.status_code": 200, "order_id": %d}' % i,
                 None, None, None, "orders.py:42",
-            )
+                # span_kind, trace_state, trace_flags, status_message (schema 5)
+                *((2, None, 3, None) if span else (None, None, None, None)),
+            )[: len(COLUMNS)]
         )  # fmt: skip
     return rows
 

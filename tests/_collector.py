@@ -238,6 +238,10 @@ def make_rows(n: int, *, service: str = "svc", trace_id: str | None = None) -> l
                 "bad value" if failed else None,
                 "Traceback ..." if failed else None,
                 f"app.py:{i + 1}",
+                None if kind == 0 else 1 + i % 5,
+                f"vendor=v{i}" if kind >= 2 and i % 2 else None,
+                None if kind == 0 else 3,
+                "gave up" if failed and kind >= 2 else None,
             )
         )
     assert all(len(r) == len(COLUMNS) for r in rows)

@@ -128,7 +128,8 @@ class TestServer:
         await atrace.aflush()
         row = only(configure_memory.spans())
         port = int(url.rsplit(":", 1)[1])
-        assert row["name"] == "GET /items/{id}" and row["status"] == 1
+        assert row["name"] == "GET /items/{id}" and row["status"] == 0  # unset
+        assert row["span_kind"] == 2  # server
         assert row["attrs"] == {
             "http.request.method": "GET",
             "url.path": "/items/5",
@@ -172,10 +173,10 @@ class TestServer:
                 assert resp.status == 404
         rows = {r["attrs"]["url.path"]: r for r in await spans_of(configure_memory)}
         raised, unrouted = rows["/missing/1"], rows["/not/routed"]
-        assert raised["name"] == "GET /missing/{id}" and raised["status"] == 1
+        assert raised["name"] == "GET /missing/{id}" and raised["status"] == 0
         assert raised["attrs"]["http.response.status_code"] == 404
-        assert raised["error_type"] is None
-        assert unrouted["name"] == "GET" and unrouted["status"] == 1
+        assert raised["error_type"] is None and raised["status_message"] is None
+        assert unrouted["name"] == "GET" and unrouted["status"] == 0
 
     async def test_raised_5xx_fails(self, configure_memory: MemorySink) -> None:
         """A raised 5xx HTTPException fails the span with the exception's type."""
@@ -272,7 +273,8 @@ class TestClient:
             "server.port": port,
             "http.response.status_code": 200,
         }
-        assert client["status"] == 1
+        assert client["status"] == 0  # a 200 leaves the status unset
+        assert client["span_kind"] == 3 and rows["caller"]["span_kind"] == 1  # client, internal
 
     async def test_error_status_fails_client_span(self, configure_memory: MemorySink) -> None:
         """A 4xx or 5xx answer fails a client span."""
@@ -284,6 +286,7 @@ class TestClient:
             assert resp.status == 404
         row = only(await spans_of(configure_memory))
         assert row["status"] == 2 and row["attrs"]["http.response.status_code"] == 404
+        assert row["status_message"] == "HTTP 404" and row["error_message"] is None
 
     async def test_connection_error_recorded(self, configure_memory: MemorySink) -> None:
         """A request that cannot connect fails its span with the exception, which propagates."""

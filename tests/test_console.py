@@ -51,7 +51,7 @@ def make_row(**fields: Any) -> tuple[Any, ...]:
     unknown = set(fields) - set(COLUMNS)
     assert not unknown, unknown
     values = {**_DEFAULTS, **fields}
-    return tuple(values[c] for c in COLUMNS)
+    return tuple(values.get(c) for c in COLUMNS)
 
 
 def span_row(
@@ -237,6 +237,15 @@ class TestTreeMode:
         """A failed span shows ``error_type: error_message`` after its failure mark."""
         lines = await tree_output([trace_rows()[0]])
         assert lines[1] == "└─ charge 8.0ms ✗ ValueError: card declined"
+
+    async def test_error_status_message_shows_without_an_exception(self) -> None:
+        """A span failed by its status alone (``set_status("error", msg)``, a 5xx) shows the
+        status message after its failure mark; JSON lines name its kind as the API does."""
+        row = span_row(9, None, "GET /x", 0, level=40, status=2, status_message="HTTP 503")
+        lines = await tree_output([row])
+        assert lines[1] == "└─ GET /x 1.5ms ✗ HTTP 503"
+        (obj,) = await json_output([span_row(9, None, "GET /x", 0, span_kind=2)])
+        assert obj["span_kind"] == "server"
 
     async def test_running_span_marker(self) -> None:
         """A span start row with no end yet is marked as running."""

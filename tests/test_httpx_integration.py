@@ -91,7 +91,8 @@ class TestHooks:
             "server.port": int(url.rsplit(":", 1)[1]),
             "http.response.status_code": 200,
         }
-        assert sp["status"] == 1
+        assert sp["status"] == 0  # a 200 leaves the status unset
+        assert sp["span_kind"] == 3 and caller["span_kind"] == 1  # client, internal
 
     async def test_async_client(self, configure_memory: MemorySink) -> None:
         """The async hooks do the same for AsyncClient."""
@@ -102,7 +103,7 @@ class TestHooks:
         ):
             received = (await client.get(f"{url}/echo")).text
         (sp,) = by_name(await spans_of(configure_memory), "HTTP GET")
-        assert sp["parent_id"] == caller.span_id
+        assert sp["parent_id"] == caller.span_id and sp["span_kind"] == 3
         assert received == f"00-{caller.trace_id}-{format_span_id(sp['span_id'])}-03"
 
     async def test_error_status_and_redirect_hops(self, configure_memory: MemorySink) -> None:
@@ -115,9 +116,12 @@ class TestHooks:
             received = (await client.get(f"{url}/hop")).text
         rows = by_name(await spans_of(configure_memory), "HTTP GET")
         codes = {r["attrs"]["url.full"].rsplit("/", 1)[1]: r for r in rows}
-        assert codes["502"]["status"] == 2 and codes["502"]["error_message"] == "HTTP 502"
+        # The failed HTTP status is the status message; there was no exception.
+        assert codes["502"]["status"] == 2 and codes["502"]["status_message"] == "HTTP 502"
+        assert codes["502"]["error_type"] is None and codes["502"]["error_message"] is None
         assert codes["hop"]["attrs"]["http.response.status_code"] == 302
-        assert codes["hop"]["status"] == 1  # a redirect is not a failure
+        assert codes["hop"]["status"] == 0  # a redirect is not a failure (nor set OK)
+        assert codes["hop"]["status_message"] is None
         assert (
             received
             == f"00-{codes['echo']['trace_id']}-{format_span_id(codes['echo']['span_id'])}-03"
@@ -156,7 +160,9 @@ class TestTransports:
         ok = next(r for r in rows if r["attrs"]["http.response.status_code"] == 200)
         missing = next(r for r in rows if r["attrs"]["http.response.status_code"] == 404)
         assert received == f"00-{ok['trace_id']}-{format_span_id(ok['span_id'])}-03"
-        assert ok["status"] == 1 and missing["status"] == 2
+        assert ok["status"] == 0 and missing["status"] == 2
+        assert missing["status_message"] == "HTTP 404" and missing["error_message"] is None
+        assert ok["span_kind"] == missing["span_kind"] == 3
 
     async def test_async_transport_records_connection_errors(
         self, configure_memory: MemorySink

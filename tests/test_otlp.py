@@ -55,10 +55,16 @@ def row(**values: Any) -> tuple[Any, ...]:
         "error_message": None,
         "stack_trace": None,
         "location": "app/pay.py:42",
+        "span_kind": 1,  # INTERNAL (a log row has none)
+        "trace_state": None,
+        "trace_flags": None,
+        "status_message": None,
     }
     unknown = set(values) - set(COLUMNS)
     assert not unknown, unknown
     base.update(values)
+    if base["kind"] == 0 and "span_kind" not in values:
+        base["span_kind"] = None
     if isinstance(base["attrs"], dict):
         base["attrs"] = orjson.dumps(base["attrs"])
     return tuple(base[c] for c in COLUMNS)
@@ -123,6 +129,55 @@ def hex_to_base64(document: Any) -> Any:
     return document
 
 
+def base64_to_hex(document: Any) -> Any:
+    """The standard protobuf JSON mapping's base64 ids turned into OTLP/JSON's hex."""
+    if isinstance(document, dict):
+        return {
+            key: base64.b64decode(value).hex()
+            if key in ("traceId", "spanId", "parentSpanId")
+            else base64_to_hex(value)
+            for key, value in document.items()
+        }
+    if isinstance(document, list):
+        return [base64_to_hex(v) for v in document]
+    return document
+
+
+def otlp_json(request: Any) -> bytes:
+    """A request as OTLP/JSON: the standard JSON mapping (enum names, integers as it writes
+    them), with hex ids."""
+    return orjson.dumps(base64_to_hex(json_format.MessageToDict(request)))
+
+
+def decoded(request: Any, encoding: str) -> list[dict[str, Any]]:
+    """A request's rows by column name, decoded from protobuf or from OTLP/JSON."""
+    logs = isinstance(request, ExportLogsServiceRequest)
+    decode = otlp.decode_logs if logs else otlp.decode_traces
+    if encoding == "protobuf":
+        return [as_dict(r) for r in decode(request.SerializeToString(), PB)]
+    return [as_dict(r) for r in decode(otlp_json(request), JSON)]
+
+
+def spans_request(count: int) -> tuple[Any, list[Any]]:
+    """A request with ``count`` spans of one trace (span ids 1, 2, ...), and the spans."""
+    request = ExportTraceServiceRequest()
+    spans = request.resource_spans.add().scope_spans.add().spans
+    for i in range(count):
+        sp = spans.add()
+        sp.trace_id, sp.span_id = bytes.fromhex(TRACE), (i + 1).to_bytes(8, "big")
+        sp.start_time_unix_nano, sp.end_time_unix_nano = T0, T0 + 1
+    return request, list(spans)
+
+
+def add_exception(sp: Any, etype: str, message: str) -> None:
+    """An ``exception`` event on ``sp``."""
+    event = sp.events.add()
+    event.name, event.time_unix_nano = "exception", T0 + 1
+    for key, value in (("exception.type", etype), ("exception.message", message)):
+        kv = event.attributes.add()
+        kv.key, kv.value.string_value = key, value
+
+
 def json_keys(document: Any) -> Iterator[str]:
     if isinstance(document, dict):
         for key, value in document.items():
@@ -153,7 +208,7 @@ EVERY_TYPE_BACK["obj"] = {"a": 1, "b": {"c": "d"}}
 class TestProtobufEncoding:
     def test_span_ids_times_status_and_resource(self) -> None:
         """A complete span carries hex-equal ids, ns times, status, kind and its resource."""
-        request = traces_pb([row(attrs={"span.kind": "server", "order": 42})])
+        request = traces_pb([row(span_kind=2, attrs={"order": 42})])
         (rs,) = request.resource_spans
         assert attrs_of(rs.resource.attributes) == {
             "service.name": "checkout",
@@ -187,6 +242,7 @@ class TestProtobufEncoding:
             error_type="ValueError",
             error_message="bad amount",
             stack_trace="Traceback (most recent call last):\n  ...\nValueError: bad amount\n",
+            status_message="bad amount",
         )
         (sp,) = traces_pb([failed]).resource_spans[0].scope_spans[0].spans
         assert sp.status.code == 2 and sp.status.message == "bad amount"
@@ -316,6 +372,7 @@ class TestJsonEncoding:
                 status=2,
                 error_type="KeyError",
                 error_message="'sku'",
+                status_message="'sku'",
             ),
             row(span_id=78, status=0),
         ]
@@ -373,8 +430,9 @@ class TestJsonEncoding:
 @pytest.fixture
 async def emitted(configure_memory: MemorySink) -> list[tuple[Any, ...]]:
     """Rows atrace itself made: nested spans, a failure, logs in and out of spans."""
-    async with atrace.span("checkout", order_id=42, tags=["a", "b"], meta={"k": 1.5}) as root:
-        root.set(**{"span.kind": "server"})
+    async with atrace.span(
+        "checkout", kind="server", order_id=42, tags=["a", "b"], meta={"k": 1.5}
+    ):
         with atrace.span("reserve", sku="X-1", sql=SQL):
             atrace.info("reserved", qty=3, ok=True)
         try:
@@ -405,9 +463,13 @@ class TestRoundTrip:
             back_spans = otlp.decode_traces(otlp.traces_json(emitted), JSON)
             back_logs = otlp.decode_logs(otlp.logs_json(emitted), JSON)
         key = lambda r: (r[0], r[4] or 0)  # noqa: E731
-        assert [as_dict(r) for r in sorted(back_spans, key=key)] == [
-            as_dict(r) for r in sorted(spans, key=key)
-        ]
+        expected = [as_dict(r) for r in sorted(spans, key=key)]
+        for d in expected:
+            # OTLP describes a failure in the status: a failed span without a description of its
+            # own comes back with the one its exception gave it, as OpenTelemetry's SDKs word it.
+            if d["status"] == 2 and d["status_message"] is None:
+                d["status_message"] = f"{d['error_type']}: {d['error_message']}"
+        assert [as_dict(r) for r in sorted(back_spans, key=key)] == expected
         assert [as_dict(r) for r in sorted(back_logs, key=key)] == [
             as_dict(r) for r in sorted(logs, key=key)
         ]
@@ -415,6 +477,7 @@ class TestRoundTrip:
         assert [(f["name"], f["error_type"], f["error_message"]) for f in failed] == [
             ("charge", "ValueError", "card declined")
         ]
+        assert {r[COLUMNS.index("span_kind")] for r in back_spans} == {1, 2}
 
     def test_end_row_comes_back_as_a_complete_span(self) -> None:
         """A kind 2 end row carries all a span has, so it returns as kind 3."""
@@ -432,6 +495,7 @@ class TestRoundTrip:
         for _ in range(200):
             text = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 30)))
             status = rng.choice((0, 1, 2))
+            error_type = rng.choice((None, "ValueError")) if status == 2 else None
             attrs = {
                 "s": text,
                 "i": rng.randint(-(2**63), 2**63 - 1),
@@ -447,10 +511,16 @@ class TestRoundTrip:
                     duration_ns=rng.randint(0, 10**12),
                     status=status,
                     level=40 if status == 2 else 20,
-                    error_message=text if status == 2 else None,
+                    error_type=error_type,
+                    error_message=text[::-1] if error_type else None,
+                    # (only an error's description travels: OTLP drops it from other statuses)
+                    status_message=text if status == 2 else None,
                     name=text,
                     attrs=attrs,
                     location=rng.choice((None, f"{text}.py:{rng.randint(1, 999)}")),
+                    span_kind=rng.randint(0, 5),
+                    trace_state=rng.choice((None, text)),
+                    trace_flags=rng.choice((None, 1, 2, 3, 255)),
                 )
             )
         pb = otlp.decode_traces(otlp.traces_request(rows).SerializeToString(), PB)
@@ -481,7 +551,7 @@ class TestDecode:
             None,
             None,
         )
-        assert d["attrs"] == {"service.version": "2.1", "span.kind": "client"}
+        assert d["attrs"] == {"service.version": "2.1"} and d["span_kind"] == 3
         assert (d["duration_ns"], d["status"], d["level"], d["name"]) == (0, 0, 20, None)
 
     def test_unnamed_service(self) -> None:
@@ -512,7 +582,7 @@ class TestDecode:
         d = as_dict(back)
         assert d["service"] == "unknown_service" and d["trace_id"] == TRACE
         assert d["span_id"] == 255 and d["duration_ns"] == 1
-        assert d["attrs"] == {"span.kind": "producer"}
+        assert d["attrs"] is None and d["span_kind"] == 4
 
     def test_events_become_linked_log_rows(self) -> None:
         """Span events are kind 0 rows linked to the span; an exception event has level 40."""
@@ -573,6 +643,114 @@ class TestDecode:
         assert [b["level"] for b in back[:-1]] == [level for _, _, level in cases]
         assert all(b["name"] == "my.module" and b["ts"] == T0 for b in back)
         assert back[-1]["message"] == '{"user":7}'
+
+
+ENCODINGS = pytest.mark.parametrize("encoding", ["protobuf", "json"])
+# A span with an event takes the decoders' general path; one without, their common-span path.
+WITH_EVENT = pytest.mark.parametrize("with_event", [False, True], ids=["plain", "event"])
+SPAN_CONTEXT = ("span_kind", "trace_state", "trace_flags", "status_message")
+
+
+class TestSpanColumns:
+    @ENCODINGS
+    @WITH_EVENT
+    def test_span_kind_is_a_column(self, encoding: str, with_event: bool) -> None:
+        """Each OTLP span kind (0-5) lands in span_kind, an unknown one as 0, none in attrs."""
+        kinds = (0, 1, 2, 3, 4, 5, 7)
+        request, spans = spans_request(len(kinds))
+        for sp, kind in zip(spans, kinds, strict=True):
+            sp.kind = kind
+            if with_event:
+                sp.events.add().name = "tick"
+        back = decoded(request, encoding)
+        got = [(d["span_kind"], d["attrs"]) for d in back if d["kind"] == 3]
+        assert got == [(k, None) for k in (0, 1, 2, 3, 4, 5, 0)]
+        events = [d for d in back if d["kind"] == 0]
+        assert len(events) == (len(kinds) if with_event else 0)
+        assert all(d[column] is None for d in events for column in SPAN_CONTEXT)
+
+    @ENCODINGS
+    @WITH_EVENT
+    def test_trace_state_and_flags(self, encoding: str, with_event: bool) -> None:
+        """trace_state is kept as clean text (none when empty); trace_flags is the low byte of
+        flags, none when flags is not sent."""
+        cases = [
+            ("rojo=00f067aa0ba902b7,congo=t61rcWkgMzE", 0x01, 1),
+            ("", 0x301, 1),  # (bits 8 and 9: the parent is remote, and that is known)
+            ("k=v\x00", 0x100, 0),
+            ("v=" + "x" * 600, 0, None),
+            ("é=✓", 0xFFFF_FFFF, 255),
+        ]
+        request, spans = spans_request(len(cases))
+        for sp, (state, flags, _) in zip(spans, cases, strict=True):
+            sp.trace_state, sp.flags = state, flags
+            if with_event:
+                sp.events.add().name = "tick"
+        back = [d for d in decoded(request, encoding) if d["kind"] == 3]
+        assert [d["trace_flags"] for d in back] == [flags for _, _, flags in cases]
+        states = [d["trace_state"] for d in back]
+        assert states[:3] == ["rojo=00f067aa0ba902b7,congo=t61rcWkgMzE", None, "k=v\ufffd"]
+        assert states[3] == "v=" + "x" * 510 + "…[truncated 90 chars]" and states[4] == "é=✓"
+
+    @ENCODINGS
+    def test_status_message_is_kept_apart_from_the_error(self, encoding: str) -> None:
+        """The status message is kept whatever the code; the error columns come from an
+        exception event alone."""
+        cases: list[tuple[int, str, tuple[str, str] | None]] = [
+            (1, "fine", None),
+            (0, "unset, still said", None),
+            (2, "boom", None),
+        ]
+        cases += [(2, "boom", ("E", "exc says")), (2, "", ("E", "exc says")), (1, "", None)]
+        request, spans = spans_request(len(cases))
+        for sp, (code, message, exception) in zip(spans, cases, strict=True):
+            sp.status.code, sp.status.message = code, message
+            if exception is not None:
+                add_exception(sp, *exception)
+        back = decoded(request, encoding)
+        assert [d["kind"] for d in back] == [3] * len(cases)  # (exceptions of failed spans)
+        got = [
+            (d["status"], d["level"], d["status_message"], d["error_type"], d["error_message"])
+            for d in back
+        ]
+        assert got == [
+            (1, 20, "fine", None, None),
+            (0, 20, "unset, still said", None, None),
+            (2, 40, "boom", None, None),
+            (2, 40, "boom", "E", "exc says"),
+            (2, 40, None, "E", "exc says"),
+            (1, 20, None, None, None),
+        ]
+
+    @ENCODINGS
+    def test_an_exception_on_a_span_that_did_not_fail(self, encoding: str) -> None:
+        """An exception event on a span that did not fail stays an error log row; the span keeps
+        its status message and no error."""
+        request, (sp,) = spans_request(1)
+        sp.status.code, sp.status.message = 1, "recovered"
+        add_exception(sp, "TimeoutError", "slow")
+        span_row, event = decoded(request, encoding)
+        assert (span_row["status_message"], span_row["error_message"]) == ("recovered", None)
+        assert (event["level"], event["error_type"], event["error_message"]) == (
+            40,
+            "TimeoutError",
+            "slow",
+        )
+        assert all(event[column] is None for column in SPAN_CONTEXT)
+
+    @ENCODINGS
+    def test_log_rows_take_trace_flags_alone(self, encoding: str) -> None:
+        """A log record's flags give its trace_flags (none when not sent); it has no span kind,
+        trace state or status message."""
+        request = ExportLogsServiceRequest()
+        records = request.resource_logs.add().scope_logs.add().log_records
+        for flags in (0x01, 0x103, 0):
+            rec = records.add()
+            rec.time_unix_nano, rec.flags = T0, flags
+            rec.trace_id, rec.span_id = bytes.fromhex(TRACE), (1).to_bytes(8, "big")
+        back = decoded(request, encoding)
+        assert [d["trace_flags"] for d in back] == [1, 3, None]
+        assert all(d[c] is None for d in back for c in SPAN_CONTEXT if c != "trace_flags")
 
 
 @pytest.fixture
@@ -695,12 +873,14 @@ class TestOpenTelemetrySdk:
         assert root["span_id"] == int.from_bytes(bytes.fromhex(ids["root"]), "big", signed=True)
         assert root["parent_id"] is None
         assert child["parent_id"] == root["span_id"] == charge["parent_id"]
-        assert root["attrs"]["span.kind"] == "server" and root["attrs"]["n"] == 3
+        assert root["span_kind"] == 2 and root["attrs"]["n"] == 3
+        assert "span.kind" not in root["attrs"] and child["span_kind"] == 1
         assert root["status"] == 0 and root["level"] == 20
         assert child["attrs"]["db.statement"] == SQL and child["attrs"]["rows"] == [1, 2, 3]
         assert child["status"] == 1
         assert (charge["status"], charge["level"], charge["error_type"]) == (2, 40, "ValueError")
         assert charge["error_message"] == "card declined"
+        assert charge["status_message"] == "ValueError: card declined"
         assert "ValueError: card declined" in charge["stack_trace"]
         event_logs = [lg for lg in logs if lg["message"] == "cache.miss"]
         assert [(e["span_id"], e["attrs"]["key"]) for e in event_logs] == [
@@ -709,10 +889,12 @@ class TestOpenTelemetrySdk:
         linked = next(lg for lg in logs if lg["message"] == "query ran")
         assert (linked["level"], linked["name"], linked["trace_id"]) == (30, "sdk.logger", trace_id)
         assert linked["span_id"] == child["span_id"] and linked["attrs"]["ms"] == 12.5
+        assert linked["trace_flags"] & 1  # sampled (its other bits are the SDK's choice)
         assert linked["service"] == "sdk-svc"
         loose = next(lg for lg in logs if lg["level"] == 40)
         assert orjson.loads(loose["message"]) == {"event": "shutdown", "codes": [1, 2]}
         assert loose["trace_id"] is None and loose["span_id"] is None
+        assert loose["trace_flags"] is None
 
 
 def span_request(**fields: Any) -> Any:
@@ -786,6 +968,10 @@ class TestMalformed:
             (json_span(endTimeUnixNano=-1), r"endTimeUnixNano: -1 is out of range"),
             (json_span(name=5), r"spans\[0\].name: expected a string, got a number"),
             (json_span(kind="server"), r"kind: expected an integer enum value"),
+            (json_span(traceState=5), r"spans\[0\].traceState: expected a string"),
+            (json_span(flags=-1), r"spans\[0\].flags: -1 is out of range"),
+            (json_span(flags=2**32), r"spans\[0\].flags: 4294967296 is out of range"),
+            (json_span(flags="x"), r"spans\[0\].flags: expected an integer"),
             (json_span(status=[]), r"status: expected an object, got an array"),
             (
                 json_span(attributes=[{"key": "k", "value": {"intValue": "x1"}}]),
@@ -840,7 +1026,14 @@ class TestMalformed:
         """A long stack trace or error message is not cut to an attribute value's limit."""
         stack = "Traceback (most recent call last):\n" + "  frame\n" * 3000
         message = "m" * 20_000
-        failed = row(status=2, level=40, error_type="E", error_message=message, stack_trace=stack)
+        failed = row(
+            status=2,
+            level=40,
+            error_type="E",
+            error_message=message,
+            stack_trace=stack,
+            status_message=message[::2],
+        )
         log = row(
             kind=0,
             parent_id=None,
@@ -868,7 +1061,10 @@ class TestMalformed:
             attrs={"k\x00": "v\x00", "nested": ["a\x00"]},
             status=2,
             level=40,
+            error_type="E",
             error_message="bad\x00",
+            status_message="said\x00",
+            trace_state="k=v\x00",
         )
         log = row(kind=0, message="hello\x00world", name="lg\x00", attrs={"x": "\x00"})
         if encoding == "protobuf":
@@ -880,7 +1076,8 @@ class TestMalformed:
         span, lg = as_dict(spans[0]), as_dict(logs[0])
         assert span["service"] == "svc\ufffd" and span["name"] == "span\ufffdname"
         assert span["attrs"] == {"k\ufffd": "v\ufffd", "nested": ["a\ufffd"]}
-        assert span["error_message"] == "bad\ufffd"
+        assert span["error_message"] == "bad\ufffd" and span["status_message"] == "said\ufffd"
+        assert span["trace_state"] == "k=v\ufffd"
         assert (lg["message"], lg["name"], lg["attrs"]) == (
             "hello\ufffdworld",
             "lg\ufffd",
@@ -895,7 +1092,7 @@ class TestMalformed:
         """More spans, events or log records than max_records is refused with status 413."""
         rows = [row(span_id=i + 1) for i in range(11)]
         logs = [row(kind=0) for _ in range(11)]
-        failing = [row(span_id=i + 1, status=0, error_message="e") for i in range(6)]
+        failing = [row(span_id=i + 1, status=0, error_type="E") for i in range(6)]
         if encoding == "protobuf":
             cases = [
                 (otlp.decode_traces, otlp.traces_request(rows).SerializeToString(), "11 spans"),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import importlib
+import itertools
 import os
 import random
 import struct
@@ -12,12 +14,13 @@ from typing import Any
 
 import orjson
 import pytest
+from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from atrace._formats import otlp
-from atrace._formats.otlp import _pb_py
+from atrace._formats.otlp import _pb_py, json_decode
 from atrace._formats.otlp import rows as _otlp_rows
 from atrace._records import COLUMNS
 from atrace._speedups import FORCE_TWINS
@@ -76,6 +79,31 @@ def rows(fast: types.ModuleType, body: Any, logs: bool = False, max_records: int
     return out
 
 
+def hex_ids(document: Any) -> Any:
+    """The standard protobuf JSON mapping's base64 ids turned into OTLP/JSON's hex."""
+    if isinstance(document, dict):
+        return {
+            key: base64.b64decode(value).hex()
+            if key in ("traceId", "spanId", "parentSpanId")
+            else hex_ids(value)
+            for key, value in document.items()
+        }
+    if isinstance(document, list):
+        return [hex_ids(v) for v in document]
+    return document
+
+
+def everywhere(fast: types.ModuleType, request: Any) -> Any:
+    """Decode an official request object compiled, by the twin and as OTLP/JSON; all three must
+    give equal rows. Returns the rows."""
+    logs = isinstance(request, ExportLogsServiceRequest)
+    out = rows(fast, request.SerializeToString(), logs=logs)
+    document = orjson.dumps(hex_ids(json_format.MessageToDict(request)))
+    decode = json_decode.decode_logs_json if logs else json_decode.decode_traces_json
+    assert decode(document, 100_000) == out
+    return out
+
+
 # ---- bodies -----------------------------------------------------------------------------------
 
 
@@ -100,6 +128,10 @@ def ld(number: int, payload: bytes) -> bytes:
 
 def fixed64(number: int, value: int) -> bytes:
     return tag(number, 1) + value.to_bytes(8, "little")
+
+
+def fixed32(number: int, value: int) -> bytes:
+    return tag(number, 5) + value.to_bytes(4, "little")
 
 
 def group(number: int, content: bytes = b"") -> bytes:
@@ -175,6 +207,10 @@ def random_rows(rng: random.Random, n: int) -> list[tuple[Any, ...]]:
             "error_message": text if status == 2 else None,
             "stack_trace": "Traceback ...\n" if status == 2 else None,
             "location": rng.choice((None, f"{text}.py:{rng.randint(1, 999)}")),
+            "span_kind": rng.choice((None, 0, 1, 2, 3, 4, 5)) if kind else None,
+            "trace_state": rng.choice((None, "", text)),
+            "trace_flags": rng.choice((None, 0, 1, 3, 255)),
+            "status_message": rng.choice((None, "", text)) if kind else None,
         }
         values["attrs"] = None if values["attrs"] is None else orjson.dumps(values["attrs"])
         rows.append(tuple(values[c] for c in COLUMNS))
@@ -390,9 +426,54 @@ class TestSameRows:
     def test_what_the_sdk_sends(self, fast: types.ModuleType) -> None:
         """The OpenTelemetry SDK's exporter bodies (resource, kinds, events, errors) agree."""
         trace_body, log_body = sdk_bodies()
-        spans = rows(fast, trace_body)
+        spans = everywhere(fast, ExportTraceServiceRequest.FromString(trace_body))
         assert len(spans) == 7 and {r[12] for r in spans} == {"GET /orders", "db.query", "charge"}
-        assert len(rows(fast, log_body, logs=True)) == 6
+        assert {r[COLUMNS.index("span_kind")] for r in spans} == {1, 2, 3}
+        assert len(everywhere(fast, ExportLogsServiceRequest.FromString(log_body))) == 6
+
+    def test_span_context_columns(self, fast: types.ModuleType) -> None:
+        """Span kinds (unknown ones too), trace states, flags and status messages of every code
+        come out alike from all three decoders, on the common-span path and the general one."""
+        request = ExportTraceServiceRequest()
+        rs = request.resource_spans.add()
+        kv = rs.resource.attributes.add()
+        kv.key, kv.value.string_value = "service.version", "1"
+        spans = rs.scope_spans.add().spans
+        states = ("", "rojo=00f067aa0ba902b7", "k\x00=v", "é" * 600)
+        flags = (0, 1, 0x100, 0x301, 0xFFFF_FFFF)
+        statuses = ((0, ""), (1, "ok"), (0, "unset, still said"), (2, "boom"), (2, ""))
+        for i, (kind, state, flag) in enumerate(
+            itertools.product((0, 1, 2, 3, 4, 5, 7, -3, 2**31 - 1), states, flags)
+        ):
+            sp = spans.add()
+            sp.trace_id, sp.span_id = TRACE, (i + 1).to_bytes(8, "big")
+            sp.start_time_unix_nano, sp.end_time_unix_nano = T0, T0 + i
+            sp.kind, sp.trace_state, sp.flags = kind, state, flag
+            sp.status.code, sp.status.message = statuses[i % len(statuses)]
+            attr = sp.attributes.add()
+            attr.key, attr.value.string_value = ("span.kind", "n")[i % 2], "server"
+            if i % 3 == 1:
+                sp.events.add().name = "tick"
+            elif i % 3 == 2:
+                event = sp.events.add()
+                event.name = "exception"
+                attr = event.attributes.add()
+                attr.key, attr.value.string_value = "exception.message", f"exception {i}"
+        out = everywhere(fast, request)
+        span_rows = [r for r in out if r[1] == 3]
+        assert {r[COLUMNS.index("span_kind")] for r in span_rows} == {0, 1, 2, 3, 4, 5}
+        assert {r[COLUMNS.index("trace_flags")] for r in span_rows} == {None, 0, 1, 255}
+        assert len(span_rows) == len(spans) and len(out) > len(spans)
+
+    def test_log_flags(self, fast: types.ModuleType) -> None:
+        """A log record's flags give the same trace_flags in all three decoders."""
+        request = ExportLogsServiceRequest()
+        records = request.resource_logs.add().scope_logs.add().log_records
+        for flags in (0, 1, 0x103, 0xFFFF_FFFF):
+            record = records.add()
+            record.time_unix_nano, record.flags = T0, flags
+        out = everywhere(fast, request)
+        assert [r[COLUMNS.index("trace_flags")] for r in out] == [None, 1, 3, 255]
 
     def test_every_value_type(self, fast: types.ModuleType) -> None:
         """Strings, booleans, ints, doubles, bytes, arrays, kvlists, string indexes, unset."""
@@ -519,6 +600,12 @@ class TestSameRows:
             span(ld(9, kv(b"span.kind", s("x"))), tag(6, 0) + varint(2)),
             span(ld(9, kv(b"code.filepath", s("a.py"))), ld(9, kv(b"code.lineno", s("3")))),
             span(ld(9, kv(b"code.file.path", s("b.py")))),
+            span(ld(3, b"a=1"), ld(3, b"b=2")),
+            span(ld(3, b"a=1"), tag(3, 0) + varint(1), ld(15, ld(2, b"x")), ld(15, ld(2, b""))),
+            span(fixed32(16, 0x301), fixed32(16, 0x2)),
+            span(fixed32(16, 0x301), tag(16, 0) + varint(1), fixed64(16, 7)),
+            span(tag(6, 0) + varint(2**40 + 2)),
+            span(tag(6, 0) + varint(7), ld(11, ld(2, b"ev")), fixed32(16, 5), ld(3, b"s")),
         ]
         resource = ld(1, kv(b"service.version", s("1"))) + ld(1, kv(b"code.lineno", s("9")))
         for fields in cases:
@@ -528,6 +615,8 @@ class TestSameRows:
         bodies = ld(5, arrays) + ld(5, s("x")) + ld(5, ld(6, ld(1, kv(b"a", s("b")))))
         rows(fast, logs(fixed64(1, T0) + bodies), logs=True)
         rows(fast, logs(fixed64(1, T0) + ld(5, s("a")) + ld(5, tag(3, 0) + varint(1))), logs=True)
+        rows(fast, logs(fixed64(1, T0) + fixed32(8, 0x103) + fixed32(8, 2)), logs=True)
+        rows(fast, logs(fixed64(1, T0) + fixed32(8, 1) + tag(8, 0) + varint(3)), logs=True)
 
     def test_many_attributes(self, fast: types.ModuleType) -> None:
         """Spans with more attributes than usual, under a resource with hundreds of them."""

@@ -236,6 +236,61 @@ class TestEncodings:
         assert [r.body.string_value for r in logs.logs()] == ["m0"]
 
     @pytest.mark.parametrize("protocol", ["http/protobuf", "http/json"])
+    async def test_span_kind_context_and_status(
+        self, server: OtlpServer, make_sink: Any, protocol: str
+    ) -> None:
+        """Each span goes out with its kind, tracestate and trace flags; its status is unset
+        unless set or failed, an error's description is its status message, else the exception
+        as "Type: message"; only an exception makes an ``exception`` event."""
+        sink = await make_sink(server.url, protocol=protocol)
+        rows = [
+            row(
+                span_id=1,
+                name="serve",
+                span_kind=2,
+                trace_state="v=1",
+                trace_flags=1,
+                status=2,
+                status_message="quota exceeded",
+                level=40,
+            ),
+            row(span_id=2, name="call", span_kind=3, trace_flags=3, status=0),
+            row(
+                span_id=3,
+                name="fail",
+                span_kind=1,
+                trace_flags=3,
+                status=2,
+                level=40,
+                error_type="ValueError",
+                error_message="bad",
+                stack_trace="Traceback: ...",
+            ),
+            row(span_id=4, name="fine", span_kind=5, status=1),
+        ]
+        await sink.write(Batch(rows))
+        (traces,) = server.to("/v1/traces")
+        got = {
+            sp.name: (
+                sp.kind,
+                sp.trace_state,
+                sp.flags,
+                sp.status.code,
+                sp.status.message,
+                [e.name for e in sp.events],
+            )
+            for sp in traces.spans()
+        }
+        assert got == {
+            "serve": (2, "v=1", 1, 2, "quota exceeded", []),
+            "call": (3, "", 3, 0, "", []),
+            "fail": (1, "", 3, 2, "ValueError: bad", ["exception"]),
+            "fine": (5, "", 0, 1, "", []),
+        }
+        # The kind is the span's, not an attribute.
+        assert all(a.key != "span.kind" for sp in traces.spans() for a in sp.attributes)
+
+    @pytest.mark.parametrize("protocol", ["http/protobuf", "http/json"])
     async def test_gzip(self, server: OtlpServer, make_sink: Any, protocol: str) -> None:
         """compression gzip sends gzip bodies with Content-Encoding; the server inflates them."""
         sink = await make_sink(server.url, compression="gzip", protocol=protocol)

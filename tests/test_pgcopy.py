@@ -55,7 +55,7 @@ async def copy_raw(conn: Any, schema: str, data: bytes, extra: tuple[str, ...] =
     await conn.copy_to_table(
         "records",
         schema_name=schema,
-        columns=COLUMNS + extra,
+        columns=pgcopy.COPY_COLUMNS + extra,
         source=memoryview(pgcopy.HEADER + data + pgcopy.TRAILER),  # bytes would be a path
         format="binary",
     )

@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 import atrace
+from atrace._formats.pgcopy import COPY_COLUMNS
 from atrace._pipeline.encode import Encoder
 from atrace._postgres.schema import SCHEMA_VERSION, ensure_schema, partition_name
 from atrace._postgres.session import connection_init
@@ -117,7 +118,8 @@ class TestRows:
         for s in steps:
             root = roots[s["attrs"]["i"]]
             assert s["parent_id"] == root["span_id"] and s["trace_id"] == root["trace_id"]
-            assert s["kind"] == 3 and s["status"] == 1
+            assert s["kind"] == 3 and s["status"] == 0 and s["span_kind"] == 1
+            assert s["trace_flags"] == root["trace_flags"] == 3 and s["trace_state"] is None
         step_ids = {(s["attrs"]["i"], s["attrs"]["step"]): s["span_id"] for s in steps}
         for log in logs:
             assert log["span_id"] == step_ids[(log["attrs"]["i"], log["attrs"]["step"])]
@@ -144,6 +146,48 @@ class TestRows:
             "LookupError",
             "no such order",
         )
+
+    async def test_span_context_and_status_message_columns(
+        self, pg_configured: tuple[str, str], db: Any
+    ) -> None:
+        """A span's kind, tracestate, trace flags and status message land in their columns; a
+        log leaves them null."""
+        _, schema = pg_configured
+        remote = atrace.SpanContext(
+            "0af7651916cd43dd8448eb211c80319c", 5, flags=1, trace_state="v=1"
+        )
+        with atrace.trace_context(remote), atrace.span("serve", kind="server") as sp:
+            sp.set_status("error", "quota exceeded")
+        with atrace.span("call", kind=atrace.SpanKind.CLIENT) as ok:
+            ok.set_status("ok", "ignored")
+        atrace.info("plain log")
+        await atrace.aflush()
+        rows = {r["name"] if r["kind"] else "log": r for r in await fetch(db, schema)}
+        cols = ("span_kind", "trace_state", "trace_flags", "status", "status_message")
+        got = {name: tuple(r[c] for c in cols) for name, r in rows.items()}
+        assert got == {
+            "serve": (2, "v=1", 1, 2, "quota exceeded"),
+            "call": (3, None, 3, 1, None),
+            "log": (None, None, None, 0, None),
+        }
+        assert rows["serve"]["error_message"] is None and rows["serve"]["error_type"] is None
+
+    async def test_nanoseconds_kept_in_ts_frac(self, pg_schema: tuple[str, str], db: Any) -> None:
+        """The nanoseconds below ts's microsecond go to ts_frac (null when there are none)."""
+        dsn, schema = pg_schema
+        await ensure_schema(db, schema)
+        base = int(dt.datetime.now().timestamp()) * 10**9 + 123_456_000
+        fields = {"kind": 0, "level": 20, "status": 0, "service": "s"}
+        rows = [tuple({**fields, "ts": ts}.get(c) for c in COLUMNS) for ts in (base, base + 789)]
+        conn = await asyncpg.connect(dsn)
+        try:
+            await connection_init(conn)
+            await copy_rows(conn, schema, rows)
+        finally:
+            await conn.close()
+        stored = await db.fetch(f"SELECT ts, ts_frac FROM {schema}.records ORDER BY ts_frac")
+        assert [r["ts_frac"] for r in stored] == [789, None]
+        assert stored[0]["ts"] == stored[1]["ts"]  # the same microsecond
 
     async def test_attrs_round_trip(self, pg_configured: tuple[str, str], db: Any) -> None:
         """Attributes of every JSON type, and common Python types, round-trip through jsonb."""
@@ -191,7 +235,7 @@ class TestRows:
             assert [(r["kind"], r["status"]) for r in running] == [(1, 0)]
         await atrace.aflush()
         done = await fetch(db, schema, "span_id = $1", sp.span_id)
-        assert [(r["kind"], r["status"]) for r in done] == [(1, 0), (2, 1)]
+        assert [(r["kind"], r["status"]) for r in done] == [(1, 0), (2, 0)]
 
 
 class Unprintable:
@@ -357,8 +401,11 @@ class TestExactlyOnce:
                 schema,
             )
         ]
-        # The columns atrace writes, then the project (filled by default for direct writers).
-        assert tuple(cols) == (*COLUMNS, "project")
+        # The columns atrace writes up to location, the project (filled by default for direct
+        # writers, added by schema 3), then the columns schema 5 added: COPY names each one.
+        location = COLUMNS.index("location") + 1
+        assert tuple(cols) == (*COLUMNS[:location], "project", *COLUMNS[location:], "ts_frac")
+        assert set(COPY_COLUMNS) == set(cols) - {"project"}
 
 
 class TestFailures:

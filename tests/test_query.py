@@ -52,8 +52,11 @@ def make_row(
     error_type: str | None = None,
     error_message: str | None = None,
     stack_trace: str | None = None,
+    span_kind: int | None = None,
+    trace_state: str | None = None,
+    status_message: str | None = None,
 ) -> tuple[Any, ...]:
-    """A row in COLUMNS order."""
+    """A row in COLUMNS order (a span's kind defaults to internal)."""
     return (
         ts,
         kind,
@@ -74,6 +77,10 @@ def make_row(
         error_message,
         stack_trace,
         "app.py:1",
+        span_kind if span_kind is not None or kind == 0 else 1,
+        trace_state,
+        None if kind == 0 else 1,
+        status_message,
     )
 
 

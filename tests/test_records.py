@@ -23,10 +23,12 @@ from atrace._records import (
     KIND_NAMES,
     LEVELS,
     MAX_LEVEL,
+    SPAN_KIND_NAMES,
     STATUS_NAMES,
     Batch,
     Kind,
     Level,
+    SpanKind,
     Status,
     broken_row,
     level_name,
@@ -66,6 +68,26 @@ class TestStorageContract:
         """Statuses are stored as 0 unset, 1 ok, 2 error."""
         assert {s.name: s.value for s in Status} == {"UNSET": 0, "OK": 1, "ERROR": 2}
 
+    def test_span_kind_numbers(self) -> None:
+        """Span kinds are stored as OpenTelemetry's protocol numbers, named in lower case."""
+        assert {k.name: k.value for k in SpanKind} == {
+            "UNSPECIFIED": 0,
+            "INTERNAL": 1,
+            "SERVER": 2,
+            "CLIENT": 3,
+            "PRODUCER": 4,
+            "CONSUMER": 5,
+        }
+        assert SPAN_KIND_NAMES == {
+            0: "unspecified",
+            1: "internal",
+            2: "server",
+            3: "client",
+            4: "producer",
+            5: "consumer",
+        }
+        assert atrace.SpanKind is SpanKind
+
     def test_levels_are_python_logging_numbers(self) -> None:
         """Every named level is the number Python's logging gives the same name."""
         assert [lv.name for lv in Level] == [
@@ -91,10 +113,16 @@ class TestStorageContract:
         fine = cap.span("fine")
         broken = cap.span("broken")
         assert (log.kind, log.level, log.status) == (Kind.LOG, Level.WARNING, Status.UNSET)
-        assert (fine.kind, fine.level, fine.status) == (Kind.SPAN, Level.INFO, Status.OK)
+        # A span that did not fail, with no status set, stays unset (OpenTelemetry's rule).
+        assert (fine.kind, fine.level, fine.status) == (Kind.SPAN, Level.INFO, Status.UNSET)
         assert (broken.kind, broken.level, broken.status) == (Kind.SPAN, Level.ERROR, Status.ERROR)
         for rec in (log, fine, broken):
             assert {type(rec.kind), type(rec.level), type(rec.status)} == {int}
+        # A log has no span kind; a span's is a plain int too.
+        assert log.span_kind is None and log.trace_flags is None
+        assert (fine.span_kind, broken.span_kind) == (SpanKind.INTERNAL, SpanKind.INTERNAL)
+        for rec in (fine, broken):
+            assert type(rec.span_kind) is int and type(rec.trace_flags) is int
 
     def test_status_names_are_those_spans_accept(self) -> None:
         """``set_status`` takes each status name of the table and stores its number."""
@@ -117,6 +145,8 @@ class TestStorageContract:
             ("kind", max(Kind), max(Kind) + 1),
             ("status", max(Status), max(Status) + 1),
             ("level", MAX_LEVEL, MAX_LEVEL + 1),
+            ("span_kind", max(SpanKind), max(SpanKind) + 1),
+            ("trace_flags", 255, 256),
         ],
     )
     def test_wire_format_takes_exactly_the_stored_range(
@@ -134,7 +164,15 @@ class TestStorageContract:
 class TestColumns:
     def test_each_index_names_its_column(self) -> None:
         """The index constant of every column is that column's position in COLUMNS."""
-        assert len(COLUMNS) == 19
+        assert len(COLUMNS) == 23
+        # Schema 5 added four columns after location.
+        assert COLUMNS[18:] == (
+            "location",
+            "span_kind",
+            "trace_state",
+            "trace_flags",
+            "status_message",
+        )
         for position, name in enumerate(COLUMNS):
             assert getattr(records, name.upper()) == position
             assert name.upper() in records.__all__

@@ -8,7 +8,11 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 import atrace
+from atrace import SpanKind
+from atrace._records import Status
 from atrace.testing import MemorySink
+
+KIND_WORDS = ("internal", "server", "client", "producer", "consumer")
 
 
 def by_name(rows: list[dict], name: str) -> dict:
@@ -30,7 +34,12 @@ class TestSpanContextManager:
         o, i = by_name(rows, "outer"), by_name(rows, "inner")
         assert o["parent_id"] is None and i["parent_id"] == o["span_id"]
         assert o["trace_id"] == i["trace_id"] == outer.trace_id
-        assert o["kind"] == 3 and o["status"] == 1 and o["level"] == 20
+        # Neither failed nor had a status set: unset (OpenTelemetry's rule), at info level.
+        assert o["kind"] == 3 and o["status"] == Status.UNSET and o["level"] == 20
+        assert o["span_kind"] == i["span_kind"] == SpanKind.INTERNAL
+        # A new trace is sampled and random-flagged; the child inherits the flags.
+        assert o["trace_flags"] == i["trace_flags"] == 3
+        assert o["trace_state"] is None and o["status_message"] is None
         assert o["attrs"] == {"a": 1}
         assert o["duration_ns"] >= i["duration_ns"] > 0
         assert o["service"] == "test"
@@ -63,7 +72,8 @@ class TestSpanContextManager:
         assert "Traceback" in row["stack_trace"] and "raise err" in row["stack_trace"]
 
     async def test_record_exception_and_status(self, configure_memory: MemorySink) -> None:
-        """A handled exception can be recorded; set_status overrides the outcome."""
+        """A handled exception can be recorded without failing the span; set_status overrides
+        the outcome, and an error's description is the status message, not the span's error."""
         with atrace.span("handled") as sp:
             try:
                 raise ValueError("bad input")
@@ -73,11 +83,54 @@ class TestSpanContextManager:
             sp2.set_status("error", "quota exceeded")
         await atrace.aflush()
         handled = by_name(configure_memory.spans(), "handled")
-        assert handled["status"] == 1 and handled["error_type"] == "ValueError"
+        assert handled["status"] == Status.UNSET and handled["level"] == 20
+        assert handled["error_type"] == "ValueError" and handled["status_message"] is None
         explicit = by_name(configure_memory.spans(), "explicit")
-        assert explicit["status"] == 2 and explicit["error_message"] == "quota exceeded"
+        assert explicit["status"] == Status.ERROR and explicit["level"] == 40
+        assert explicit["status_message"] == "quota exceeded"
+        assert explicit["error_type"] is None and explicit["error_message"] is None
+        assert explicit["stack_trace"] is None
         with pytest.raises(atrace.ConfigError):
             sp2.set_status("maybe")
+
+    async def test_status_stays_unset_unless_set(self, configure_memory: MemorySink) -> None:
+        """A span that did not fail stays unset; set_status("ok") makes it OK, and "unset" puts
+        it back. A message given with "ok" or "unset" is ignored (OpenTelemetry's rule)."""
+        with atrace.span("plain"):
+            pass
+        with atrace.span("ok") as sp:
+            sp.set_status("ok", "all good")
+        with atrace.span("ok-number") as sp:
+            sp.set_status(Status.OK)
+        with atrace.span("back-to-unset") as sp:
+            sp.set_status("error", "first")
+            sp.set_status("unset", "ignored")
+        await atrace.aflush()
+        rows = configure_memory.spans()
+        plain = by_name(rows, "plain")
+        assert plain["status"] == Status.UNSET and plain["level"] == 20
+        assert plain["status_message"] is None and plain["error_message"] is None
+        ok = by_name(rows, "ok")
+        assert ok["status"] == Status.OK and ok["level"] == 20
+        assert ok["status_message"] is None and ok["error_message"] is None
+        assert by_name(rows, "ok-number")["status"] == Status.OK
+        back = by_name(rows, "back-to-unset")
+        assert back["status"] == Status.UNSET and back["level"] == 20
+        assert back["status_message"] is None
+
+    async def test_error_status_message_beside_exception(
+        self, configure_memory: MemorySink
+    ) -> None:
+        """A span failed by an exception after set_status("error", msg) keeps both: the
+        exception as its error, the message as its status message."""
+        with pytest.raises(KeyError), atrace.span("both") as sp:
+            sp.set_status("error", "lookup failed")
+            raise KeyError("k")
+        await atrace.aflush()
+        row = by_name(configure_memory.spans(), "both")
+        assert row["status"] == Status.ERROR and row["level"] == 40
+        assert row["status_message"] == "lookup failed"
+        assert row["error_type"] == "KeyError" and row["error_message"] == "'k'"
 
     async def test_custom_exception_type_is_qualified(self, configure_memory: MemorySink) -> None:
         """A non-builtin exception type is recorded with its module."""
@@ -110,6 +163,111 @@ class TestSpanContextManager:
         row = by_name(configure_memory.spans(), "cancelled-work")
         assert row["status"] == 0 and row["level"] == 20
         assert row["error_type"] == "asyncio.exceptions.CancelledError"
+
+
+class TestSpanKind:
+    async def test_kind_by_name_member_or_number(self, configure_memory: MemorySink) -> None:
+        """A span's kind is given by name (any case), as an atrace.SpanKind, or as its number;
+        the row stores OpenTelemetry's number, and internal is the default."""
+        with atrace.span("default"):
+            pass
+        for name in KIND_WORDS:
+            with atrace.span(f"named {name}", kind=name):
+                pass
+        with atrace.span("upper", kind="SERVER"):
+            pass
+        with atrace.span("member", kind=SpanKind.PRODUCER, k=1) as member:
+            pass
+        with atrace.span("number", kind=3):
+            pass
+        assert member.kind == SpanKind.PRODUCER
+        await atrace.aflush()
+        rows = configure_memory.spans()
+        assert by_name(rows, "default")["span_kind"] == SpanKind.INTERNAL
+        named = [by_name(rows, f"named {n}")["span_kind"] for n in KIND_WORDS]
+        assert named == [1, 2, 3, 4, 5]
+        assert by_name(rows, "upper")["span_kind"] == SpanKind.SERVER
+        row = by_name(rows, "member")
+        # The kind is a column, not an attribute: the attributes are the caller's alone.
+        assert row["span_kind"] == SpanKind.PRODUCER and row["attrs"] == {"k": 1}
+        assert by_name(rows, "number")["span_kind"] == SpanKind.CLIENT
+        assert all(type(r["span_kind"]) is int for r in rows)
+
+    def test_span_kind_members(self) -> None:
+        """atrace.SpanKind holds OpenTelemetry's protocol numbers."""
+        assert {k.name: k.value for k in SpanKind} == {
+            "UNSPECIFIED": 0,
+            "INTERNAL": 1,
+            "SERVER": 2,
+            "CLIENT": 3,
+            "PRODUCER": 4,
+            "CONSUMER": 5,
+        }
+        assert "SpanKind" in atrace.__all__
+
+    async def test_opentelemetry_api_kind(self, configure_memory: MemorySink) -> None:
+        """OpenTelemetry's API enum is read by member name (its own values are one lower)."""
+        from opentelemetry.trace import SpanKind as OtelSpanKind
+
+        for member in OtelSpanKind:
+            with atrace.span(f"otel {member.name}", kind=member):
+                pass
+        await atrace.aflush()
+        rows = configure_memory.spans()
+        assert by_name(rows, "otel SERVER")["span_kind"] == 2
+        assert {m.name: by_name(rows, f"otel {m.name}")["span_kind"] for m in OtelSpanKind} == {
+            "INTERNAL": 1,
+            "SERVER": 2,
+            "CLIENT": 3,
+            "PRODUCER": 4,
+            "CONSUMER": 5,
+        }
+
+    @pytest.mark.parametrize(
+        "bad", ["server ", "", "unspecified", "request", 0, 6, -1, True, 2.0, b"server", object()]
+    )
+    def test_bad_kind_is_a_config_error(self, bad: object) -> None:
+        """A kind that names none of the five raises ConfigError, before any span starts."""
+        with pytest.raises(atrace.ConfigError, match="kind"):
+            atrace.span("x", kind=bad)
+        with pytest.raises(atrace.ConfigError, match="kind"):
+            atrace.traced(kind=bad)
+        assert atrace.current_span() is None
+
+    async def test_traced_kind(self, configure_memory: MemorySink) -> None:
+        """@traced(kind=...) gives every span of the function that kind, sync or async."""
+
+        @atrace.traced(kind="consumer")
+        def handle(msg: str) -> str:
+            return msg
+
+        @atrace.traced("publish", kind=SpanKind.PRODUCER)
+        async def publish() -> None:
+            pass
+
+        @atrace.traced
+        def plain() -> None:
+            pass
+
+        assert handle("m") == "m"
+        await publish()
+        plain()
+        await atrace.aflush()
+        rows = configure_memory.spans()
+        qual = f"{__name__}.TestSpanKind.test_traced_kind.<locals>"
+        assert by_name(rows, f"{qual}.handle")["span_kind"] == SpanKind.CONSUMER
+        assert by_name(rows, "publish")["span_kind"] == SpanKind.PRODUCER
+        assert by_name(rows, f"{qual}.plain")["span_kind"] == SpanKind.INTERNAL
+
+    async def test_kind_is_on_the_start_row(self, memory_sink: MemorySink) -> None:
+        """A long span's start row already carries its kind."""
+        atrace.configure(service="test", sink=memory_sink, flush_interval=0.01)
+        async with atrace.span("long-server", kind="server") as sp:
+            await asyncio.sleep(0.05)
+            await atrace.aflush()
+        await atrace.aflush()
+        rows = [r for r in memory_sink.records() if r["span_id"] == sp.span_id]
+        assert [(r["kind"], r["span_kind"]) for r in rows] == [(1, 2), (2, 2)]
 
 
 class TestTraced:
@@ -173,7 +331,7 @@ class TestTraced:
         g.close()
         await atrace.aflush()
         (row,) = configure_memory.spans()
-        assert row["status"] == 1
+        assert row["status"] == Status.UNSET and row["level"] == 20
 
     async def test_generator_error_propagates(self, configure_memory: MemorySink) -> None:
         """An error inside a traced async generator reaches the consumer and fails the span."""
@@ -219,8 +377,11 @@ class TestLongSpans:
         await atrace.aflush()
         rows = [r for r in memory_sink.records() if r["span_id"] == sp.span_id]
         assert [r["kind"] for r in rows] == [1, 2]
-        assert rows[1]["duration_ns"] >= 100_000_000 and rows[1]["status"] == 1
+        assert rows[1]["duration_ns"] >= 100_000_000 and rows[1]["status"] == Status.UNSET
         assert rows[0]["ts"] == rows[1]["ts"]
+        # Both rows carry the span's kind and trace flags.
+        assert [r["span_kind"] for r in rows] == [SpanKind.INTERNAL] * 2
+        assert [r["trace_flags"] for r in rows] == [3, 3]
 
     async def test_short_span_is_one_row(self, configure_memory: MemorySink) -> None:
         """A span that ends before any flush costs exactly one row."""

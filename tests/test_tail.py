@@ -52,6 +52,7 @@ class TestHub:
             Filters(project=A, service="api", min_level=30, q="PAY", attrs={"region": "eu"})
         )
         spans = hub.subscribe(Filters(project=A, kinds=(1, 2, 3)))
+        servers = hub.subscribe(Filters(project=A, span_kind=2))
         other = hub.subscribe(Filters(project=B))
         rows = [
             make_row(NOW, level=40, message="payment failed", attrs={"region": "eu"}),
@@ -59,13 +60,15 @@ class TestHub:
             make_row(NOW + 2, level=20, message="payment ok", attrs={"region": "eu"}),
             make_row(NOW + 3, level=40, service="web", message="PAYMENT", attrs={"region": "eu"}),
             make_row(NOW + 4, kind=3, name="GET /", message="span"),
+            make_row(NOW + 5, kind=3, name="GET /x", message="served", span_kind=2),
         ]
         hub.publish(A, rows)
-        assert every.pending() == 5 and other.pending() == 0
+        assert every.pending() == 6 and other.pending() == 0
         assert [r[13] for r in picky.peek()] == ["payment failed"]
-        assert [r[13] for r in spans.peek()] == ["span"]
+        assert [r[13] for r in spans.peek()] == ["span", "served"]
+        assert [r[13] for r in servers.peek()] == ["served"]
         hub.publish(B, rows[:1])
-        assert other.pending() == 1 and every.pending() == 5
+        assert other.pending() == 1 and every.pending() == 6
 
     def test_slow_subscriber_is_bounded(self) -> None:
         """A subscriber that does not read keeps at most queue_size rows; the rest are counted."""

@@ -13,6 +13,7 @@ import pytest
 import atrace
 from atrace import pytest_plugin, testing
 from atrace._pipeline import state
+from atrace._records import COLUMNS
 from atrace.testing import Capture, FakeClock, MemorySink, Record, capture
 
 pytest_plugins = ["pytester"]
@@ -42,16 +43,23 @@ class TestRecords:
         assert len(cap.records) == 4
 
     def test_span_fields(self, cap: Capture) -> None:
-        """A span record has its name, attributes, status, duration and ids."""
+        """A span record has its name, attributes, status, duration, ids, kind and flags."""
         with atrace.span("work", n=1) as sp:
             pass
         rec = cap.span("work")
+        # Not failed and no status set: unset (OpenTelemetry's rule), at info level.
         assert (rec.name, rec.attrs, rec.status, rec.level, rec.kind) == (
             "work",
             {"n": 1},
-            1,
+            0,
             20,
             3,
+        )
+        assert (rec.span_kind, rec.trace_state, rec.trace_flags, rec.status_message) == (
+            1,
+            None,
+            3,
+            None,
         )
         assert (rec.trace_id, rec.span_id, rec.parent_id) == (sp.trace_id, sp.span_id, None)
         assert rec.duration_ns == sp.duration_ns and rec.duration_ns is not None
@@ -110,6 +118,19 @@ class TestRecords:
         (log,) = cap.logs
         assert (log.error_type, log.level) == ("ZeroDivisionError", 40)
 
+    def test_status_set_by_the_code(self, cap: Capture) -> None:
+        """set_status("error", msg) fails a span with a status message and no error;
+        set_status("ok", msg) makes it OK and drops the message."""
+        with atrace.span("refused", kind="server") as sp:
+            sp.set_status("error", "quota exceeded")
+        with atrace.span("fine") as sp:
+            sp.set_status("ok", "ignored")
+        refused, fine = cap.span("refused"), cap.span("fine")
+        assert (refused.status, refused.level, refused.failed) == (2, 40, True)
+        assert refused.status_message == "quota exceeded" and refused.span_kind == 2
+        assert (refused.error_type, refused.error_message, refused.stack_trace) == (None,) * 3
+        assert (fine.status, fine.failed, fine.status_message) == (1, False, None)
+
     def test_find_by_name_and_attributes(self, cap: Capture) -> None:
         """find() filters spans by name and by attribute values."""
         for i in range(3):
@@ -158,9 +179,48 @@ class TestRecords:
     def test_record_from_row(self) -> None:
         """A row in column order becomes a record with attributes decoded."""
         row = (1, 0, 20, None, None, None, None, 0, "svc", None, "h", 1, "n", "m", b'{"a":1}')
-        rec = Record.from_row((*row, None, None, None, "f.py:1"))
+        rec = Record.from_row((*row, None, None, None, "f.py:1", None, None, None, None))
         assert (rec.attrs, rec.location, rec.message) == ({"a": 1}, "f.py:1", "m")
+        assert (rec.span_kind, rec.trace_state, rec.trace_flags, rec.status_message) == (None,) * 4
         assert str(rec) == "log 'n' 'm' {'a': 1}"
+        span = (1, 3, 40, "ab" * 16, 7, None, 5, 2, "svc", None, "h", 1, "op", None, None)
+        rec = Record.from_row((*span, None, None, None, None, 2, "k=v", 1, "HTTP 503"))
+        assert (rec.span_kind, rec.trace_state, rec.trace_flags, rec.status_message) == (
+            2,
+            "k=v",
+            1,
+            "HTTP 503",
+        )
+        assert rec.failed and rec.as_dict()["status_message"] == "HTTP 503"
+        assert list(rec.as_dict()) == list(COLUMNS)
+        # A row of the old width (19 columns) is refused, not read with columns shifted.
+        with pytest.raises(ValueError):
+            Record.from_row((*row, None, None, None, "f.py:1"))
+
+    def test_record_new_fields_default_to_none(self) -> None:
+        """Records built by hand without the schema 5 fields still work: they are None."""
+        rec = Record(
+            1,
+            0,
+            20,
+            None,
+            None,
+            None,
+            None,
+            0,
+            "svc",
+            None,
+            None,
+            None,
+            "n",
+            "m",
+            {},
+            None,
+            None,
+            None,
+            None,
+        )
+        assert (rec.span_kind, rec.trace_state, rec.trace_flags, rec.status_message) == (None,) * 4
 
 
 class TestPipeline:

@@ -774,11 +774,31 @@ class TestSpanFlags:
             sp = hot.Span("quiet")
             hot.begin(sp, parent)
             hot.end(sp, exc)
-            assert sp.end_ns and sp.status == (2 if exc else 1) and sp.error is None
+            assert sp.end_ns and sp.status == (2 if exc else 0) and sp.error is None
         sp = hot.Span("recorded")
         hot.begin(sp, hot.SpanContext(TRACE, 5, True))
         hot.end(sp, None)
         assert pushed == [sp]
+
+    def test_records_carry_kind_state_flags_and_status_message(
+        self, hot: Any, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Both implementations put the span's kind, tracestate, flags and status message at
+        the end of its start and end records (the start record has no status message yet)."""
+        monkeypatch.setattr(runtime, "push", lambda _: None)
+        sp = hot.span("joined", kind="client")
+        hot.begin(sp, hot.SpanContext(TRACE, 5, flags=1, trace_state="a=1"))
+        sp.set_status("error", "refused")
+        assert hot.start_record(sp)[-4:] == (3, "a=1", 1, None)
+        hot.end(sp, None)
+        assert sp._record()[-4:] == (3, "a=1", 1, "refused")
+        root = hot.Span("root")
+        hot.begin(root, None)
+        runtime.open_spans.discard(root)
+        hot.end(root, None)
+        assert root._record()[-4:] == (1, None, 3, None) and root.status == 0
+        with pytest.raises(atrace.ConfigError, match="kind"):
+            hot.span("bad", kind="sideways")
 
     def test_record_exception(self, hot: Any) -> None:
         """record_exception fails an unsampled span without taking the exception; a span not
@@ -883,6 +903,29 @@ class TestSampledParent:
             pass
         await atrace.aflush()
         assert sorted(r["name"] for r in configure_memory.spans()) == ["child", "server"]
+
+    async def test_rows_carry_flags_and_trace_state(self, configure_memory: MemorySink) -> None:
+        """Span rows store the trace flags and the tracestate of the span's context: a new trace
+        is sampled and random (3) with no tracestate (null, not ""); a remote parent's are
+        inherited by the span and its children. Logs carry neither."""
+        with atrace.span("root"), atrace.span("root-child"):
+            pass
+        remote = atrace.SpanContext(TRACE, 5, flags=1, trace_state="a=1,b=2")
+        with atrace.trace_context(remote), atrace.span("joined"), atrace.span("joined-child"):
+            atrace.info("inside")
+        with atrace.trace_context(atrace.SpanContext(TRACE, 5, True)), atrace.span("plain"):
+            pass
+        await atrace.aflush()
+        got = {r["name"]: (r["trace_flags"], r["trace_state"]) for r in configure_memory.spans()}
+        assert got == {
+            "root": (3, None),
+            "root-child": (3, None),
+            "joined": (1, "a=1,b=2"),
+            "joined-child": (1, "a=1,b=2"),
+            "plain": (1, None),
+        }
+        (log,) = configure_memory.logs()
+        assert (log["trace_flags"], log["trace_state"], log["span_kind"]) == (None, None, None)
 
     async def test_not_announced_while_running(self, configure_memory: MemorySink) -> None:
         """A long unsampled span is never announced by a start row: it is not tracked as open."""

@@ -1,4 +1,5 @@
-"""Tracer: service override, bound attributes, the classic log(message, attr), remote parent."""
+"""Tracer: service override, bound attributes, span kinds, the classic log(message, attr), remote
+parent."""
 
 from __future__ import annotations
 
@@ -87,6 +88,42 @@ class TestTracer:
         await atrace.aflush()
         row = configure_memory.spans()[0]
         assert (row["name"], row["service"], row["attrs"]) == ("work", "svc", {"team": "a"})
+
+    async def test_span_and_traced_kind(self, configure_memory: MemorySink) -> None:
+        """tracer.span and tracer.traced take a kind, as atrace.span does; the default is
+        internal, and the kind does not join the bound attributes."""
+        import pytest
+
+        t = atrace.Tracer(service="svc", team="a")
+        with t.span("serve", kind="server", step=1):
+            pass
+        with t.span("plain"):
+            pass
+
+        @t.traced("consume", kind=atrace.SpanKind.CONSUMER)
+        def consume() -> None:
+            pass
+
+        @t.traced(kind="producer")
+        def produce() -> None:
+            pass
+
+        consume()
+        produce()
+        await atrace.aflush()
+        rows = {r["name"].rsplit(".", 1)[-1]: r for r in configure_memory.spans()}
+        assert {name: r["span_kind"] for name, r in rows.items()} == {
+            "serve": 2,
+            "plain": 1,
+            "consume": 5,
+            "produce": 4,
+        }
+        assert rows["serve"]["attrs"] == {"team": "a", "step": 1}
+        assert all(r["service"] == "svc" for r in rows.values())
+        with pytest.raises(atrace.ConfigError, match="kind"):
+            t.span("bad", kind="sideways")
+        with pytest.raises(atrace.ConfigError, match="kind"):
+            t.traced(kind=9)
 
     def test_invalid_parent(self) -> None:
         """A malformed parent_id is a ConfigError naming parent_id."""

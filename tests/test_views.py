@@ -86,6 +86,14 @@ async def seed(dsn: str, schema: str) -> Seeded:
     return Seeded(dsn, schema, trace_id, inflight)
 
 
+def as_status_message(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """An HTTP-failed span row as the integrations write it since schema 5: "HTTP 502" as the
+    status message, no error message, a server span."""
+    values = dict(zip(COLUMNS, row, strict=True))
+    values.update(status_message=values["error_message"], error_message=None, span_kind=2)
+    return tuple(values[c] for c in COLUMNS)
+
+
 @pytest.fixture
 async def seeded(pg_schema: tuple[str, str]) -> Seeded:
     return await seed(*pg_schema)
@@ -154,6 +162,26 @@ class TestShow:
         assert [s["name"] for s in tree["spans"]] == ["checkout"]
         assert [c["name"] for c in tree["spans"][0]["children"]] == ["reserve stock", "charge card"]
 
+    async def test_span_kind_and_status_message(self, pg_schema: tuple[str, str]) -> None:
+        """A span's kind other than internal is shown beside it, and an error status set with a
+        message shows that message (there is no exception to show)."""
+        dsn, schema = pg_schema
+        atrace.configure(service="shop", sink=dsn, schema=schema, flush_interval=0.05)
+        async with atrace.span("GET /orders", kind="server"):
+            trace_id = atrace.current_trace_id()
+            async with atrace.span("quota check") as check:
+                check.set_status("error", "quota exceeded")
+        assert await atrace.aflush(timeout=30)
+        await atrace.ashutdown()
+        code, out, err = await run("show", trace_id or "", "--dsn", dsn, "--schema", schema)
+        assert code == 0, err
+        lines = out.splitlines()
+        root = next(line for line in lines if "GET /orders" in line)
+        check_line = next(line for line in lines if "quota check" in line)
+        assert "server" in root and "internal" not in check_line
+        assert "status: quota exceeded" in out
+        assert "error: quota exceeded" not in out
+
     async def test_unknown_trace_and_bad_id(self, seeded: Seeded) -> None:
         """An unknown trace exits 1, a malformed id 2, each with one line on stderr."""
         code, out, err = await run(*seeded.db("show", "ab" * 16))
@@ -216,8 +244,11 @@ class TestErrors:
             ("ValueError", 1, 1)
         ]
 
-    async def test_http_labels(self, pg_schema: tuple[str, str]) -> None:
-        """HTTP-status failures show as "HTTP 502 GET /route", one row per status and route."""
+    @pytest.mark.parametrize("stored_as", ["status_message", "error_message"])
+    async def test_http_labels(self, pg_schema: tuple[str, str], stored_as: str) -> None:
+        """HTTP-status failures show as "HTTP 502 GET /route", one row per status and route:
+        as the integrations store them now ("HTTP 502" the status message, no error), and as
+        rows stored before schema 5 have them (the error message)."""
         dsn, schema = pg_schema
         now = time.time_ns()
         rows = [
@@ -225,6 +256,8 @@ class TestErrors:
         ]
         rows += [http_span(now - 5_000_000_000, 500, "GET", "/order/{order_id}")]
         rows += [http_span(now - 6_000_000_000, 502, "POST", "/pay")]
+        if stored_as == "status_message":
+            rows = [as_status_message(r) for r in rows]
         conn = await asyncpg.connect(dsn)
         try:
             await connection_init(conn)

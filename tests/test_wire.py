@@ -266,8 +266,8 @@ class TestRowValidation:
             ({"ts": 1}, "rows[1]: expected an array, got dict"),
             ("abc", "rows[1]: expected an array, got str"),
             (None, "rows[1]: expected an array, got NoneType"),
-            (list(row())[:5], "rows[1]: expected 19 values (one per column), got 5"),
-            ([*row(), None], "rows[1]: expected 19 values (one per column), got 20"),
+            (list(row())[:5], "rows[1]: expected 23 values (one per column), got 5"),
+            ([*row(), None], "rows[1]: expected 23 values (one per column), got 24"),
         ],
     )
     def test_malformed_rows(self, fmt: str, bad_row: Any, text: str) -> None:
@@ -278,7 +278,7 @@ class TestRowValidation:
 
     def test_every_row_of_the_wrong_length(self) -> None:
         """Rows all one value short are caught although they agree with each other."""
-        with pytest.raises(WireError, match=r"rows\[0\]: expected 19 values"):
+        with pytest.raises(WireError, match=r"rows\[0\]: expected 23 values"):
             decode(body([row()[:-1]] * 3))
 
     def test_lone_surrogate_in_json_text(self) -> None:

@@ -136,7 +136,8 @@ class TestWSGI:
         assert resp.headers["content-length"] == "5"  # a list body keeps its length
         row = only(await spans_of(configure_memory))
         port = int(url.rsplit(":", 1)[1])
-        assert row["name"] == "GET" and row["kind"] == 3 and row["status"] == 1
+        assert row["name"] == "GET" and row["kind"] == 3 and row["status"] == 0  # unset
+        assert row["span_kind"] == 2  # server
         assert row["attrs"] == {
             "http.request.method": "GET",
             "url.path": "/anything",
@@ -213,7 +214,9 @@ class TestWSGI:
         assert resp.status_code == code and "traceparent" in resp.headers
         row = only(await spans_of(configure_memory))
         assert row["attrs"]["http.response.status_code"] == code
-        assert row["status"] == (2 if failed else 1)
+        assert row["status"] == (2 if failed else 0)
+        assert row["status_message"] == (f"HTTP {code}" if failed else None)
+        assert row["error_message"] is None
 
     async def test_span_ends_when_the_body_is_closed(self, configure_memory: MemorySink) -> None:
         """The span is current while chunks are made and at close, and ends only after close."""

@@ -41,6 +41,7 @@ from ._pipeline.state import initialize as initialize
 from ._pipeline.state import metrics as metrics
 from ._pipeline.state import reset as reset
 from ._pipeline.state import shutdown as shutdown
+from ._records import SpanKind as SpanKind
 from ._version import __version__ as __version__
 from .config import Config as Config
 from .errors import AtraceError as AtraceError
@@ -58,6 +59,7 @@ __all__ = (
     "SinkError",
     "Span",
     "SpanContext",
+    "SpanKind",
     "Thread",
     "Tracer",
     "__version__",

@@ -39,16 +39,22 @@ __all__ = (
     "PID",
     "SERVICE",
     "SPAN_ID",
+    "SPAN_KIND",
+    "SPAN_KIND_NAMES",
     "STACK_TRACE",
     "STATUS",
+    "STATUS_MESSAGE",
     "STATUS_NAMES",
+    "TRACE_FLAGS",
     "TRACE_ID",
+    "TRACE_STATE",
     "TS",
     "Batch",
     "Frozen",
     "Kind",
     "Level",
     "Row",
+    "SpanKind",
     "Status",
     "broken_row",
     "level_name",
@@ -67,6 +73,18 @@ class Kind(enum.IntEnum):
     SPAN_END = 2
     # A span written once, when it ended.
     SPAN = 3
+
+
+class SpanKind(enum.IntEnum):
+    """A span's role in a trace (the ``span_kind`` column): OpenTelemetry's numbers, so that they
+    travel through OTLP as they are. A log row has none (null)."""
+
+    UNSPECIFIED = 0
+    INTERNAL = 1
+    SERVER = 2
+    CLIENT = 3
+    PRODUCER = 4
+    CONSUMER = 5
 
 
 class Status(enum.IntEnum):
@@ -94,6 +112,7 @@ MAX_LEVEL = 100
 # What users see for each number: the API's JSON, the CLI, the console sink, testing's records.
 KIND_NAMES: dict[int, str] = {kind.value: kind.name.lower() for kind in Kind}
 STATUS_NAMES: dict[int, str] = {status.value: status.name.lower() for status in Status}
+SPAN_KIND_NAMES: dict[int, str] = {kind.value: kind.name.lower() for kind in SpanKind}
 LEVEL_NAMES: dict[int, str] = {level.value: level.name.lower() for level in Level}
 # The names a level may be given by (log calls, query filters), with logging's and structlog's
 # aliases. Values are plain ints: a log call hands them to the hot path as they are.
@@ -150,6 +169,11 @@ COLUMNS = (
     "error_message",
     "stack_trace",
     "location",  # "file:line"
+    # Added in schema 5 (a batch may leave them out: null):
+    "span_kind",  # SpanKind, spans only
+    "trace_state",  # the W3C tracestate of the span's context, or None when empty
+    "trace_flags",  # the W3C trace flags (bit 0 sampled, bit 1 random), or None if unknown
+    "status_message",  # the status description set with the status, apart from any error
 )
 # Positions in a row, one per column: plain ints, because rows are read column by column in
 # per-row loops (tail filters, console, OTLP), where an enum member would cost a lookup each.
@@ -173,6 +197,10 @@ COLUMNS = (
     ERROR_MESSAGE,
     STACK_TRACE,
     LOCATION,
+    SPAN_KIND,
+    TRACE_STATE,
+    TRACE_FLAGS,
+    STATUS_MESSAGE,
 ) = range(len(COLUMNS))
 
 if TYPE_CHECKING:

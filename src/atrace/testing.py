@@ -110,6 +110,10 @@ class Record:
     error_message: str | None
     stack_trace: str | None
     location: str | None
+    span_kind: int | None = None
+    trace_state: str | None = None
+    trace_flags: int | None = None
+    status_message: str | None = None
 
     @classmethod
     def from_row(cls, row: Row) -> Record:
@@ -145,6 +149,8 @@ class Record:
             text += f" {self.message!r}"
         if self.attrs:
             text += f" {self.attrs!r}"
+        if self.status_message:
+            text += f" status={self.status_message!r}"
         if self.error_type or self.error_message:
             text += f" error={self.error_type}: {self.error_message}"
         return text

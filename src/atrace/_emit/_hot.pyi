@@ -58,6 +58,8 @@ class Span:
     error: Any
     parent_id: int | None
     status: int
+    status_message: str | None
+    kind: int
     level: int
     announced: bool
     start_ns: int
@@ -70,6 +72,7 @@ class Span:
         attrs: dict[str, Any] | None = None,
         location: str | tuple[str, int] | None = None,
         service: str | None = None,
+        kind: int = 1,
     ) -> None: ...
     @property
     def trace_id(self) -> str: ...

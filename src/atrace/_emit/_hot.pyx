@@ -10,7 +10,7 @@ from libc.stdint cimport int64_t, uint64_t
 
 import os
 
-from .slow import build, catch, format_message, misused, snapshot
+from .slow import build, catch, format_message, misused, snapshot, span_kind
 from .runtime import current, runtime
 
 cdef extern from *:
@@ -450,6 +450,7 @@ cdef class Span:
     cdef public object parent_id
     cdef public object _parent
     cdef public object _token
+    cdef public object status_message
     cdef object _tid  # trace id text; None while only _hi/_lo hold it (formatted on demand)
     cdef object _ts  # the tracestate inherited from the parent; None when there is none
     cdef uint64_t _hi
@@ -457,16 +458,18 @@ cdef class Span:
     cdef int64_t _sid  # 0 until the span starts
     cdef int _flags  # W3C trace flags: 1 sampled (recorded), 2 random trace id
     cdef public int status
+    cdef int _kind  # OpenTelemetry's SpanKind number; 0 until set, which reads as internal
     cdef public int level
     cdef public bint announced
     cdef public int64_t start_ns
     cdef public int64_t end_ns
 
-    def __init__(self, name, attrs=None, location=None, service=None):
+    def __init__(self, name, attrs=None, location=None, service=None, kind=1):
         self.name = name
         self.attrs = None if attrs is None else _frozen(attrs)
         self.location = location
         self.service = service
+        self._kind = kind
 
     @property
     def trace_id(self):
@@ -486,6 +489,16 @@ cdef class Span:
     def duration_ns(self):
         """Nanoseconds from start to end (None while running)."""
         return None if self.end_ns == 0 else self.end_ns - self.start_ns
+
+    @property
+    def kind(self):
+        """OpenTelemetry's span kind, as stored: 1 internal, 2 server, 3 client, 4 producer,
+        5 consumer (see :class:`~atrace.SpanKind`)."""
+        return self._kind or 1
+
+    @kind.setter
+    def kind(self, value):
+        self._kind = value
 
     @property
     def flags(self):
@@ -547,8 +560,7 @@ cdef class Span:
             # Cancellation and generator close are control flow: keep the cause, not a failure.
             if isinstance(exc, Exception):
                 self.status = 2
-        elif self.status == 0:
-            self.status = 1
+        # A span that did not fail stays unset unless its status was set (OpenTelemetry).
         self.level = 40 if self.status == 2 else 20
         if not recorded:
             # Its parent was not sampled (OpenTelemetry's ParentBased sampler): the span keeps
@@ -579,6 +591,10 @@ cdef class Span:
             self.attrs,
             self.error,
             self.location,
+            self._kind or 1,
+            self._ts,
+            self._flags,
+            self.status_message,
         )
 
     def _start_record(self):
@@ -598,6 +614,10 @@ cdef class Span:
             None if self.attrs is None else dict(self.attrs),
             None,
             self.location,
+            self._kind or 1,
+            self._ts,
+            self._flags,
+            None,
         )
 
     def __enter__(self):
@@ -634,15 +654,19 @@ cdef class Span:
     set_attributes = set
 
     def set_status(self, status, message=None):
-        """Set the outcome: ``"ok"``, ``"error"`` or ``"unset"`` (an exception sets error)."""
+        """Set the outcome: ``"ok"``, ``"error"`` or ``"unset"`` (an exception sets error).
+
+        A span that ends without failing and without a status set stays unset, which is
+        healthy (OpenTelemetry's rule). ``message`` describes an error, kept apart from any
+        exception's message; with ``"ok"`` or ``"unset"`` it is ignored, as OpenTelemetry asks.
+        """
         code = _STATUS_NAMES.get(status) if isinstance(status, str) else status
         if code not in (0, 1, 2):
             from ..errors import ConfigError
 
             raise ConfigError("status", status, "expected 'ok', 'error' or 'unset'")
         self.status = code
-        if message is not None and code == 2 and self.error is None:
-            self.error = (None, message, None)
+        self.status_message = None if code != 2 or message is None else str(message)
         return self
 
     def record_exception(self, exc, *, failed=True):
@@ -699,12 +723,22 @@ def set_parent(Span span, parent):
 
 
 def span(name, /, **attrs):
-    """A span named ``name`` with attributes; use ``with`` or ``async with``."""
+    """A span named ``name`` with attributes; use ``with`` or ``async with``.
+
+    ``kind=``: ``"internal"`` (the default), ``"server"``, ``"client"``, ``"producer"`` or
+    ``"consumer"`` (or a :class:`~atrace.SpanKind`), OpenTelemetry's span kinds; the span's
+    own, not an attribute.
+    """
     if type(name) is not str and callable(name):
         misused(name)
     cdef Span sp = Span.__new__(Span)
     sp.name = name
-    sp.attrs = _frozen(attrs) if attrs else None
+    if attrs:
+        # ``kind`` is the span's own, not an attribute (read here: a keyword-only parameter
+        # beside **attrs would cost every call its parsing).
+        if "kind" in attrs:
+            sp._kind = span_kind(attrs.pop("kind"))
+        sp.attrs = _frozen(attrs) if attrs else None
     sp.location = _location()
     return sp
 

@@ -13,7 +13,7 @@ from types import TracebackType
 
 from .._records import Frozen
 from .runtime import current, runtime
-from .slow import ATOMIC, build, catch, format_message, freeze, misused
+from .slow import ATOMIC, build, catch, format_message, freeze, misused, span_kind
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -189,6 +189,7 @@ class Span:
         "attrs",
         "end_ns",
         "error",
+        "kind",
         "level",
         "location",
         "name",
@@ -197,6 +198,7 @@ class Span:
         "span_id",
         "start_ns",
         "status",
+        "status_message",
         "trace_id",
     )
 
@@ -206,12 +208,16 @@ class Span:
         attrs: dict[str, Any] | None = None,
         location: str | tuple[str, int] | None = None,
         service: str | None = None,
+        kind: int = 1,
     ) -> None:
         self.name = name
         self.attrs = None if attrs is None else freeze(attrs)
         self.location = location
         self.service = service
+        # OpenTelemetry's SpanKind number (0 read as internal, as in the compiled Span).
+        self.kind = kind
         self.status = 0
+        self.status_message: str | None = None
         self.level = 20
         self.error: Any = None
         self.announced = False
@@ -283,8 +289,7 @@ class Span:
             # Cancellation and generator close are control flow: keep the cause, not a failure.
             if isinstance(exc, Exception):
                 self.status = 2
-        elif self.status == 0:
-            self.status = 1
+        # A span that did not fail stays unset unless its status was set (OpenTelemetry).
         self.level = _ERROR if self.status == 2 else _INFO
         runtime.push(self)
 
@@ -294,8 +299,6 @@ class Span:
         # written. Nor does it claim the exception, which a log may record first.
         if exc is not None and isinstance(exc, Exception):
             self.status = 2
-        elif exc is None and self.status == 0:
-            self.status = 1
         self.level = _ERROR if self.status == 2 else _INFO
 
     def _record(self) -> tuple[Any, ...]:
@@ -315,6 +318,10 @@ class Span:
             self.attrs,
             self.error,
             self.location,
+            self.kind or 1,
+            self._ts or None,
+            self._flags,
+            self.status_message,
         )
 
     def _start_record(self) -> tuple[Any, ...]:
@@ -334,6 +341,10 @@ class Span:
             None if self.attrs is None else dict(self.attrs),
             None,
             self.location,
+            self.kind or 1,
+            self._ts or None,
+            self._flags,
+            None,
         )
 
     def __enter__(self) -> Span:
@@ -377,15 +388,19 @@ class Span:
     set_attributes = set
 
     def set_status(self, status: str | int, message: str | None = None) -> Span:
-        """Set the outcome: ``"ok"``, ``"error"`` or ``"unset"`` (an exception sets error)."""
+        """Set the outcome: ``"ok"``, ``"error"`` or ``"unset"`` (an exception sets error).
+
+        A span that ends without failing and without a status set stays unset, which is
+        healthy (OpenTelemetry's rule). ``message`` describes an error, kept apart from any
+        exception's message; with ``"ok"`` or ``"unset"`` it is ignored, as OpenTelemetry asks.
+        """
         code = _STATUS_NAMES.get(status) if isinstance(status, str) else status
         if code not in (0, 1, 2):
             from ..errors import ConfigError
 
             raise ConfigError("status", status, "expected 'ok', 'error' or 'unset'")
         self.status = code
-        if message is not None and code == 2 and self.error is None:
-            self.error = (None, message, None)
+        self.status_message = None if code != 2 or message is None else str(message)
         return self
 
     def record_exception(self, exc: BaseException, *, failed: bool = True) -> Span:
@@ -442,11 +457,18 @@ def set_parent(span: Span, parent: Any) -> None:
 
 
 def span(name: str, /, **attrs: Any) -> Span:
-    """A span named ``name`` with attributes; use ``with`` or ``async with``."""
+    """A span named ``name`` with attributes; use ``with`` or ``async with``.
+
+    ``kind=``: ``"internal"`` (the default), ``"server"``, ``"client"``, ``"producer"`` or
+    ``"consumer"`` (or a :class:`~atrace.SpanKind`), OpenTelemetry's span kinds; the span's
+    own, not an attribute.
+    """
     if type(name) is not str and callable(name):
         misused(name)
     frame = _getframe(1)
-    return Span(name, attrs or None, (frame.f_code.co_filename, frame.f_lineno))
+    location = (frame.f_code.co_filename, frame.f_lineno)
+    kind = span_kind(attrs.pop("kind")) if "kind" in attrs else 1
+    return Span(name, attrs or None, location, None, kind)
 
 
 def _level_function(level: int, name: str, default_exc_info: bool = False) -> Callable[..., None]:

@@ -31,6 +31,7 @@ __all__ = (
     "freeze",
     "misused",
     "snapshot",
+    "span_kind",
 )
 
 # Set on the exception object itself: (hex span id, whether that record was the span's own).
@@ -156,6 +157,35 @@ def format_message(msg: Any, args: tuple[Any, ...]) -> Any:
             " keyword attributes (atrace.info('user logged in', user=name)) or as %-style"
             " arguments that match the message",
         ) from None
+
+
+# OpenTelemetry's span kinds by name, as stored (its protocol's numbers).
+_SPAN_KINDS = {"internal": 1, "server": 2, "client": 3, "producer": 4, "consumer": 5}
+
+
+def span_kind(value: Any) -> int:
+    """The stored number of a span kind given as a name (``"server"``), an
+    :class:`~atrace.SpanKind`, or an enum member with such a name (OpenTelemetry's API
+    ``SpanKind.SERVER``, whose own numbers differ from its protocol's)."""
+    if type(value) is str:
+        name = value.lower()
+    elif isinstance(value, int) and not isinstance(value, bool):
+        if type(value) is not int and hasattr(value, "name"):  # an IntEnum: by its name
+            name = str(value.name).lower()
+        elif 1 <= value <= 5:
+            return int(value)
+        else:
+            name = ""
+    else:
+        name = str(getattr(value, "name", "")).lower()
+    kind = _SPAN_KINDS.get(name)
+    if kind is None:
+        from ..errors import ConfigError
+
+        raise ConfigError(
+            "kind", value, "expected 'internal', 'server', 'client', 'producer' or 'consumer'"
+        )
+    return kind
 
 
 def misused(name: Any) -> NoReturn:

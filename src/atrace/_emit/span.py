@@ -6,6 +6,7 @@ import functools
 
 from ..errors import ConfigError
 from .hot import Span, begin, end, get_current, parent_of, reset_current, set_current, span
+from .slow import span_kind
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -29,23 +30,29 @@ __all__ = ("Span", "span", "traced")
 @overload
 def traced(fn: F, /) -> F: ...
 @overload
-def traced(name: str | None = None, /, **attrs: Any) -> Callable[[F], F]: ...  # noqa: F811
+def traced(  # noqa: F811
+    name: str | None = None, /, *, kind: Any = None, **attrs: Any
+) -> Callable[[F], F]: ...
 
 
-def traced(arg: Any = None, /, **attrs: Any) -> Any:  # noqa: F811
+def traced(arg: Any = None, /, *, kind: Any = None, **attrs: Any) -> Any:  # noqa: F811
     """Wrap a function in a span named after its qualified name (or the name given).
 
     Works on sync and async functions, and on sync and async generators, where the span covers
-    the whole iteration and is current only while the generator body runs.
+    the whole iteration and is current only while the generator body runs. ``kind`` is the
+    span's kind, as for :func:`atrace.span`.
     """
+    number = 1 if kind is None else span_kind(kind)
     if callable(arg):
-        return decorate(arg, None, attrs, None)
+        return decorate(arg, None, attrs, None, number)
     if arg is not None and not isinstance(arg, str):
         raise ConfigError("name", arg, "expected a span name (str) or a function")
-    return functools.partial(decorate, name=arg, attrs=attrs, service=None)
+    return functools.partial(decorate, name=arg, attrs=attrs, service=None, kind=number)
 
 
-def decorate(fn: F, name: str | None, attrs: dict[str, Any], service: str | None) -> F:
+def decorate(
+    fn: F, name: str | None, attrs: dict[str, Any], service: str | None, kind: int = 1
+) -> F:
     import inspect
 
     target = inspect.unwrap(fn)
@@ -55,7 +62,7 @@ def decorate(fn: F, name: str | None, attrs: dict[str, Any], service: str | None
     bound = dict(attrs) or None
 
     def new() -> Span:
-        return Span(span_name, None if bound is None else dict(bound), location, service)
+        return Span(span_name, None if bound is None else dict(bound), location, service, kind)
 
     if inspect.isasyncgenfunction(target):
 

@@ -19,7 +19,7 @@ HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
 TRAILER = b"\xff\xff"
 
 cdef int64_t PG_EPOCH_US = 946684800000000
-cdef int N_COLUMNS = 19
+cdef int N_COLUMNS = 23
 
 # Column kinds in COLUMNS order (see encode.COLUMNS and schema.py).
 DEF T_TS = 0
@@ -30,9 +30,10 @@ DEF T_TEXT = 4
 DEF T_INT4 = 5
 DEF T_JSONB = 6
 
-cdef int[19] KINDS = [
+cdef int[23] KINDS = [
     T_TS, T_INT2, T_INT2, T_UUID, T_INT8, T_INT8, T_INT8, T_INT2,
     T_TEXT, T_TEXT, T_TEXT, T_INT4, T_TEXT, T_TEXT, T_JSONB, T_TEXT, T_TEXT, T_TEXT, T_TEXT,
+    T_INT2, T_TEXT, T_INT2, T_TEXT,
 ]
 
 
@@ -168,10 +169,11 @@ cdef int put_row(Buf* b, tuple row, list extra) except -1:
     cdef int i, kind
     cdef object v
     cdef int64_t x
+    cdef int64_t frac = 0
     if len(row) != N_COLUMNS:
         raise ValueError(f"a row has {len(row)} columns, expected {N_COLUMNS}")
     grow(b, 2)
-    put16(b.data + b.size, <int16_t>(N_COLUMNS + len(extra)))
+    put16(b.data + b.size, <int16_t>(N_COLUMNS + 1 + len(extra)))
     b.size += 2
     for i in range(N_COLUMNS):
         v = row[i]
@@ -186,7 +188,9 @@ cdef int put_row(Buf* b, tuple row, list extra) except -1:
         elif kind == T_INT8 or kind == T_TS:
             x = v  # OverflowError / TypeError for what is not an int64
             if kind == T_TS:
-                # nanoseconds since 1970 → microseconds since 2000 (// floors: cdivision off)
+                # nanoseconds since 1970 → microseconds since 2000 (// floors: cdivision off);
+                # the nanoseconds below go to ts_frac
+                frac = x % 1000
                 x = x // 1000 - PG_EPOCH_US
             grow(b, 12)
             put32(b.data + b.size, 8)
@@ -212,6 +216,16 @@ cdef int put_row(Buf* b, tuple row, list extra) except -1:
             put_uuid(b, v)
         else:  # T_JSONB
             put_text(b, v, 1)
+    # ts_frac, after COLUMNS: null for 0, as most clocks give whole microseconds
+    if frac:
+        grow(b, 6)
+        put32(b.data + b.size, 2)
+        put16(b.data + b.size + 4, <int16_t>frac)
+        b.size += 6
+    else:
+        grow(b, 4)
+        put32(b.data + b.size, -1)
+        b.size += 4
     for v in extra:
         put_text(b, v, 0)
     return 0

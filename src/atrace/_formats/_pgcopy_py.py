@@ -12,7 +12,7 @@ HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
 TRAILER = b"\xff\xff"
 
 _PG_EPOCH_US = 946_684_800_000_000
-_N_COLUMNS = 19
+_N_COLUMNS = 23
 _NULL = b"\xff\xff\xff\xff"
 _I16 = struct.Struct("!ih").pack
 _I32 = struct.Struct("!ii").pack
@@ -65,7 +65,7 @@ def _row(row: tuple[Any, ...], extra: Sequence[Any]) -> bytes:
         raise ValueError(f"a row has {len(row)} columns, expected {_N_COLUMNS}")
     (ts, kind, level, trace, span, parent, dur, status, *texts1) = row[:11]
     pid = row[11]
-    parts = [_COUNT(_N_COLUMNS + len(extra))]
+    parts = [_COUNT(_N_COLUMNS + 1 + len(extra))]
     add = parts.append
     i64 = (-(2**63), 2**63 - 1, "a bigint")
     i16 = (-(2**15), 2**15 - 1, "a smallint")
@@ -85,6 +85,14 @@ def _row(row: tuple[Any, ...], extra: Sequence[Any]) -> bytes:
     add(_NULL if attrs is None else _text(attrs, jsonb=True))
     for v in row[15:19]:
         add(_NULL if v is None else _text(v))
+    span_kind, state, flags, status_message = row[19:23]
+    add(_NULL if span_kind is None else _I16(2, _int(span_kind, *i16)))
+    add(_NULL if state is None else _text(state))
+    add(_NULL if flags is None else _I16(2, _int(flags, *i16)))
+    add(_NULL if status_message is None else _text(status_message))
+    # ts_frac: the nanoseconds below ts's microsecond (0 is stored as null: most clocks).
+    frac = None if ts is None else ts % 1000
+    add(_I16(2, frac) if frac else _NULL)
     for v in extra:
         add(_NULL if v is None else _text(v))
     return b"".join(parts)

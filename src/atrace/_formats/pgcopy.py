@@ -3,8 +3,14 @@
 import typing
 
 from .. import _speedups
+from .._records import COLUMNS
 
-__all__ = ("HEADER", "IMPLEMENTATION", "TRAILER", "encode_rows")
+__all__ = ("COPY_COLUMNS", "HEADER", "IMPLEMENTATION", "TRAILER", "encode_rows")
+
+# The columns an encoded row fills, in order: COLUMNS, then ``ts_frac``, the nanoseconds of
+# ``ts`` that its timestamptz (microseconds) cannot hold, so that a time reads back exact. The
+# caller's extra columns (the project) follow.
+COPY_COLUMNS = (*COLUMNS, "ts_frac")
 
 if typing.TYPE_CHECKING:
     # The stub and the twin declare one API; the checker reads the twin's.

@@ -18,7 +18,11 @@ msgpack (``application/msgpack``) is the default encoding; JSON (``application/j
 alternative. Row values: ``ts`` int nanoseconds since the epoch (2000-01-01 to 2200-01-01);
 ``kind`` 0-3; ``level`` 0-100; ``status`` 0-2; ``trace_id`` 32 lowercase hex digits or null;
 ``span_id`` and ``parent_id`` signed 64-bit ints or null; ``duration_ns`` 0 to 2**63-1 or null;
-``pid`` 0 to 2**31-1 or null; ``service`` a string; the other columns strings or null.
+``pid`` 0 to 2**31-1 or null; ``span_kind`` 0-5 or null; ``trace_flags`` 0-255 or null;
+``service`` a string; the other columns strings or null. A batch from an older client, without
+the columns schema 5 added (``span_kind``, ``trace_state``, ``trace_flags``,
+``status_message``), reads them as null; a collector older than its clients refuses their
+batches (400): upgrade collectors first.
 
 :func:`decode_batch` is the collector's decoder of untrusted input. Anything malformed is refused
 whole (a :class:`~atrace.errors.WireError` naming the row and column, nothing decoded is kept);
@@ -50,7 +54,7 @@ from typing import Any, NoReturn
 import orjson
 
 from .._pipeline.sanitize import sanitize_text, sanitize_value
-from .._records import COLUMNS, MAX_LEVEL, Batch, Kind, Level, Row, Status
+from .._records import COLUMNS, MAX_LEVEL, Batch, Kind, Level, Row, SpanKind, Status
 from ..errors import MissingExtraError, WireError
 from .bounds import (
     MAX_ATTRS_BYTES,
@@ -113,6 +117,8 @@ TEXT_LIMITS = {
     "error_message": 32_768,
     "stack_trace": 131_072,
     "location": 4096,
+    "trace_state": 512,
+    "status_message": 32_768,
 }
 _HEX_DIGITS = b"0123456789abcdef"
 _NUL_ESCAPE = b"\\u0000"
@@ -514,6 +520,8 @@ _CHECKS: dict[str, Callable[..., list[Any] | None]] = {
     "duration_ns": _checked_ints(0, _I64_MAX, True),
     "status": _checked_ints(min(Status).value, max(Status).value, False),
     "pid": _checked_ints(0, _I32_MAX, True),
+    "span_kind": _checked_ints(min(SpanKind).value, max(SpanKind).value, True),
+    "trace_flags": _checked_ints(0, 255, True),
     **{name: _checked_text(limit, name != "service") for name, limit in TEXT_LIMITS.items()},
 }
 

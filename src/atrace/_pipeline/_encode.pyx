@@ -53,8 +53,15 @@ def encode_rows(encoder, records):
         try:
             if type(rec) is not tuple:
                 rec = rec._record()  # an ended Span is its own record
-            (kind, ts, level, trace_id, span_id, parent_id, dur, status, service, name, msg,
-             attrs, err, loc) = rec
+            if len(<tuple>rec) == 14:  # a log
+                (kind, ts, level, trace_id, span_id, parent_id, dur, status, service, name, msg,
+                 attrs, err, loc) = rec
+                span_kind = state = flags = status_msg = None
+            else:  # a span: its context and status description follow
+                (kind, ts, level, trace_id, span_id, parent_id, dur, status, service, name, msg,
+                 attrs, err, loc, span_kind, state, flags, status_msg) = rec
+                if status_msg is not None and not _plain(status_msg, limit):
+                    status_msg = text(status_msg, limit)
             if g is not None:
                 attrs = {**g, **attrs} if attrs else g
             if attrs:
@@ -92,7 +99,8 @@ def encode_rows(encoder, records):
             if msg is not None and not _plain(msg, limit):
                 msg = text(msg, limit)
             row = (ts, kind, level, trace_id, span_id, parent_id, dur, status, service,
-                   environment, host, pid, name, msg, js, etype, emsg, estack, loc)
+                   environment, host, pid, name, msg, js, etype, emsg, estack, loc, span_kind,
+                   state, flags, status_msg)
             # A row holds only str, int, bytes and None: it can never be part of a cycle, so
             # the collector need not walk the thousands a batch keeps alive.
             PyObject_GC_UnTrack(row)

@@ -31,11 +31,19 @@ def _row(encoder: Any, rec: Any) -> tuple[Any, ...]:
     # One record as a row in COLUMNS order (ts stays integer nanoseconds). A record is an ended
     # Span (its ``_record()`` gives the tuple) or a tuple built on the emit path: ``(kind, ts_ns,
     # level, trace_id, span_id, parent_id, duration_ns, status, service or None, name, message,
-    # attrs or None, error, location)``. ``error`` is what the caller had at hand (an exception,
+    # attrs or None, error, location)``, a span's followed by ``(span_kind, trace_state,
+    # trace_flags, status_message)``. ``error`` is what the caller had at hand (an exception,
     # a stack summary, or strings; see ``error_fields``); ``location`` is ``"file:line"`` or a
     # ``(file, line)`` pair.
     if type(rec) is not tuple:
         rec = rec._record()  # an ended Span is its own record
+    if len(rec) == 14:  # a log
+        span_kind = state = flags = status_msg = None
+    else:
+        span_kind, state, flags, status_msg = rec[14:]
+        rec = rec[:14]
+        if status_msg is not None:
+            status_msg = encoder.text(status_msg, encoder.max_message_length)
     (
         kind,
         ts,
@@ -90,4 +98,8 @@ def _row(encoder: Any, rec: Any) -> tuple[Any, ...]:
         emsg,
         estack,
         loc,
+        span_kind,
+        state,
+        flags,
+        status_msg,
     )

@@ -19,7 +19,7 @@ __all__ = (
     "tail_channel",
 )
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 PARTITION_DAYS_AHEAD = 3
 _log = logging.getLogger("atrace.schema")
 
@@ -148,6 +148,21 @@ def migrations(schema: str) -> list[tuple[int, list[str]]]:
                 f"CREATE INDEX records_ts_idx ON {s}.records (project, ts)",
                 f"""CREATE INDEX records_errors_idx ON {s}.records (project, ts)
                     WHERE level >= 40 OR status = 2""",
+            ],
+        ),
+        (
+            5,
+            [
+                # OpenTelemetry's and W3C's span context and status, kept as they came: the
+                # span's kind, its tracestate and trace flags, the status description apart
+                # from the error; and the nanoseconds of ts that timestamptz cannot hold (null
+                # for 0), so that a time reads back exact. All null on older rows.
+                f"""ALTER TABLE {s}.records
+                    ADD COLUMN span_kind smallint,
+                    ADD COLUMN trace_state text,
+                    ADD COLUMN trace_flags smallint,
+                    ADD COLUMN status_message text,
+                    ADD COLUMN ts_frac smallint""",
             ],
         ),
     ]

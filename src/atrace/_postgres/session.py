@@ -10,8 +10,8 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
-from .._formats.pgcopy import HEADER, TRAILER, encode_rows
-from .._records import COLUMNS, Row
+from .._formats.pgcopy import COPY_COLUMNS, HEADER, TRAILER, encode_rows
+from .._records import Row
 
 __all__ = ("COPY_SLICE", "connection_init", "copy_rows")
 
@@ -79,7 +79,7 @@ async def copy_rows(
     await conn.copy_to_table(
         "records",
         schema_name=schema,
-        columns=COLUMNS + extra_columns,
+        columns=COPY_COLUMNS + extra_columns,
         source=source(),
         format="binary",
     )

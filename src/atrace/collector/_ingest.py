@@ -47,9 +47,9 @@ from .._formats.bounds import (
     bound_rows,
     split_window,
 )
-from .._formats.pgcopy import HEADER, TRAILER, encode_rows
+from .._formats.pgcopy import COPY_COLUMNS, HEADER, TRAILER, encode_rows
 from .._postgres.schema import PARTITION_DAYS_AHEAD, ensure_partitions
-from .._records import COLUMNS, Row
+from .._records import Row
 from ..errors import Unavailable, WireError
 from ._limits import Admission, Limits
 from ._prometheus import Metrics
@@ -68,7 +68,7 @@ _DEFAULT_NATIVE = "application/msgpack"
 _OTLP_TYPES = {"application/x-protobuf": "protobuf", "application/json": "json"}
 # An empty Export{Trace,Logs}ServiceResponse: full success, no partial_success.
 _OTLP_OK = {"protobuf": b"", "json": b"{}"}
-_COPY_COLUMNS = (*COLUMNS, "project")
+_COPY_COLUMNS = (*COPY_COLUMNS, "project")
 _NS = 1_000_000_000
 _MAX_AHEAD_NS = 28 * _NS_PER_DAY
 

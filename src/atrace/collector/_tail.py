@@ -479,7 +479,7 @@ class TailHub:
         self._failing = False
         self._stopped = False
         self._fetch_sql = (
-            f"SELECT {', '.join(COLUMNS)} FROM {schema}.records WHERE project = $1 "
+            f"SELECT {', '.join(COLUMNS)}, ts_frac FROM {schema}.records WHERE project = $1 "
             "AND ts >= (timestamptz 'epoch' + $2::bigint * interval '1 microsecond') "
             "AND ts <= (timestamptz 'epoch' + $3::bigint * interval '1 microsecond') "
             "AND xmin = $4::text::xid ORDER BY ts LIMIT $5"
@@ -1121,7 +1121,14 @@ def _filters_key(filters: Filters, sub: Subscription) -> Any:
     # Equal filters share a group; filters that cannot be keyed get a group of their own.
     try:
         attrs = orjson.dumps(dict(filters.attrs), option=orjson.OPT_SORT_KEYS)
-        key = (filters.service, filters.min_level, filters.kinds, filters.q, attrs)
+        key = (
+            filters.service,
+            filters.min_level,
+            filters.kinds,
+            filters.span_kind,
+            filters.q,
+            attrs,
+        )
         return (*key, filters.trace_id, filters.since, filters.until)
     except TypeError:
         return id(sub)

@@ -15,7 +15,9 @@ if TYPE_CHECKING:
     from typing import Any
 
 __all__ = (
+    "CLIENT",
     "METHODS",
+    "SERVER",
     "finish_client_span",
     "finish_server_span",
     "forget_open",
@@ -30,6 +32,9 @@ __all__ = (
 METHODS = frozenset(
     ("CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "QUERY", "TRACE")
 )
+# Span kinds (the stored numbers of atrace.SpanKind): server spans answer, client spans call.
+SERVER = 2
+CLIENT = 3
 # Attribute names of OpenTelemetry's HTTP semantic conventions.
 ROUTE = "http.route"
 STATUS = "http.response.status_code"
@@ -92,8 +97,8 @@ def finish_server_span(
         if status >= 500 and sp.status != 2:
             # OpenTelemetry's rule for server spans: 5xx is a failure, 4xx is the client's.
             sp.status = 2
-            if sp.error is None:
-                sp.error = (None, f"HTTP {status}", None)
+            if sp.status_message is None:
+                sp.status_message = f"HTTP {status}"
     chosen = attrs.get(ROUTE)  # a route the handler set itself wins
     if isinstance(chosen, str) and chosen:
         sp.name = f"{base} {chosen}"
@@ -112,7 +117,7 @@ def start_client_span(method: str, url: str, host: str | None, port: int | None)
         attrs["server.address"] = host
     if port is not None:
         attrs["server.port"] = port
-    sp = Span("HTTP" if word == "HTTP" else f"HTTP {word}", attrs)
+    sp = Span("HTTP" if word == "HTTP" else f"HTTP {word}", attrs, None, None, CLIENT)
     begin(sp, get_current())
     return sp
 
@@ -129,6 +134,6 @@ def finish_client_span(sp: Span, status: int | None, exc: BaseException | None) 
         sp.attrs[STATUS] = status
         if status >= 400 and sp.status != 2:
             sp.status = 2
-            if sp.error is None:
-                sp.error = (None, f"HTTP {status}", None)
+            if sp.status_message is None:
+                sp.status_message = f"HTTP {status}"
     end(sp, exc)

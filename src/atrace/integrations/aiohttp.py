@@ -13,6 +13,7 @@ from .._emit.hot import Span, begin, get_current, reset_current, set_current
 from .._emit.tracecontext import remote_parent, traceparent_of
 from ..errors import MissingExtraError
 from ._http import (
+    SERVER,
     finish_client_span,
     finish_server_span,
     method_attrs,
@@ -87,7 +88,7 @@ def create_middleware(
         remote = remote_parent(
             tp, headers.getall("tracestate", None) if tp else None, headers.get("X-Trace-ID")
         )
-        sp = Span(base, attrs, None, service)
+        sp = Span(base, attrs, None, service, SERVER)
         begin(sp, prev if remote is None else remote)
         token = set_current(sp)
         serving = _serving.set(sp)

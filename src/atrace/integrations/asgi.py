@@ -11,7 +11,7 @@ import logging
 from .._emit.hot import Span, begin, get_current, reset_current, set_current
 from .._emit.tracecontext import remote_parent, traceparent_of
 from .._pipeline.state import ashutdown
-from ._http import METHODS, finish_server_span, method_attrs, skip_rule, split_host
+from ._http import METHODS, SERVER, finish_server_span, method_attrs, skip_rule, split_host
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -125,7 +125,7 @@ class AtraceMiddleware:
             attrs["user_agent.original"] = agent.decode("latin-1")
 
         prev = get_current()
-        sp = Span(base, attrs, None, self.service)
+        sp = Span(base, attrs, None, self.service, SERVER)
         tp = headers.get(_TRACEPARENT)
         if tp is not None or _X_TRACE_ID in headers:
             state = None

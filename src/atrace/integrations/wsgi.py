@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .._emit.hot import Span, begin, get_current, reset_current, set_current
 from .._emit.tracecontext import remote_parent, traceparent_of
-from ._http import finish_server_span, method_attrs, skip_rule, split_host
+from ._http import SERVER, finish_server_span, method_attrs, skip_rule, split_host
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -81,7 +81,7 @@ class AtraceWSGIMiddleware:
         remote = remote_parent(
             tp, environ.get("HTTP_TRACESTATE") if tp else None, environ.get("HTTP_X_TRACE_ID")
         )
-        sp = Span(base, attrs, None, self.service)
+        sp = Span(base, attrs, None, self.service, SERVER)
         begin(sp, prev if remote is None else remote)
         call = _Call(sp, base, start_response, prev)
         token = set_current(sp)

@@ -28,8 +28,11 @@ from .._records import (
     PARENT_ID,
     SERVICE,
     SPAN_ID,
+    SPAN_KIND,
+    SPAN_KIND_NAMES,
     STACK_TRACE,
     STATUS,
+    STATUS_MESSAGE,
     TRACE_ID,
     TS,
     Batch,
@@ -162,6 +165,9 @@ def _json_object(row: tuple[Any, ...]) -> dict[str, Any]:
             continue
         if i == KIND:
             value = KIND_NAMES.get(value, value) if isinstance(value, int) else value
+        elif i == SPAN_KIND:
+            # By name, as the query API gives it.
+            value = SPAN_KIND_NAMES.get(value, value) if isinstance(value, int) else value
         elif i == TRACE_ID:
             value = _trace_hex(value)
         elif i in (SPAN_ID, PARENT_ID):
@@ -528,6 +534,8 @@ class ConsoleSink:
         if message[0]:
             line.append(f" {message[0]}")
         extra = message[1:]
+        if row[STATUS] == Status.ERROR and row[STATUS_MESSAGE] is not None:
+            line.append(f" {_clean(row[STATUS_MESSAGE]).split(chr(10))[0]}", style="red")
         if row[ERROR_TYPE] is not None or row[ERROR_MESSAGE] is not None:
             parts = [_clean(v) for v in (row[ERROR_TYPE], row[ERROR_MESSAGE]) if v is not None]
             error = ": ".join(parts).split("\n")

@@ -12,11 +12,17 @@ It walks the protobuf objects with plain loops; every text goes through ``saniti
 
 Choices where OTLP and atrace differ:
 
-* A span's kind other than INTERNAL is kept in ``attrs`` as ``span.kind`` (``"server"`` …) and
-  read back from there when encoding.
+* A span's kind, W3C ``trace_state`` and flags (the low 8 bits of OTLP's ``flags``) and its
+  status message have columns of their own (``span_kind``, ``trace_state``, ``trace_flags``,
+  ``status_message``); rows stored before them kept a non-internal kind in ``attrs`` as
+  ``span.kind``, which encoding still reads. A status is unset unless it was set; an error
+  status's message is the span's ``status_message``, else its exception as OpenTelemetry's SDKs
+  describe one (``"ValueError: bad"``).
 * An ``exception`` event on a span whose status is ERROR is the span's own failure: it fills the
   span row's error columns (as atrace records a failed span) instead of becoming a log row. Any
   other event becomes a log row linked to the span; an ``exception`` event then has level 40.
+  Encoding writes an ``exception`` event only for a span with an exception (an error type or a
+  stack), never for an error status alone.
 * A log's ``name`` (its logger) travels as the ``logger.name`` attribute; logs without it take
   the instrumentation scope's name, which is what OpenTelemetry's logging bridges put there.
 * ``location`` travels as ``code.filepath`` / ``code.lineno``; decoding also reads the newer

@@ -27,12 +27,14 @@ import binascii
 
 import orjson
 
-from .common import FILE_KEYS, KIND_KEY, OTLP_KIND_NAMES, MAX_ANY_DEPTH, OTLP_STATUS_ERROR
+from .common import FILE_KEYS, MAX_ANY_DEPTH, OTLP_STATUS_ERROR, W3C_FLAGS_MASK
 from .rows import (
     KEY_CHARS,
     LONG_VALUE_CHARS,
+    MAX_SPAN_KIND,
     MESSAGE_CHARS,
     NAME_CHARS,
+    TRACE_STATE_CHARS,
     VALUE_CHARS,
     encode_attrs,
     Event,
@@ -59,9 +61,11 @@ cdef Py_ssize_t KEY_LIMIT = KEY_CHARS
 cdef Py_ssize_t VALUE_LIMIT = VALUE_CHARS
 cdef Py_ssize_t NAME_LIMIT = NAME_CHARS
 cdef Py_ssize_t MESSAGE_LIMIT = MESSAGE_CHARS
+cdef Py_ssize_t TRACE_STATE_LIMIT = TRACE_STATE_CHARS
 cdef int MAX_DEPTH = MAX_ANY_DEPTH
 cdef int32_t STATUS_ERROR = OTLP_STATUS_ERROR
-cdef dict KIND_NAMES = OTLP_KIND_NAMES
+cdef int32_t KIND_LAST = MAX_SPAN_KIND
+cdef uint32_t W3C_FLAGS = W3C_FLAGS_MASK
 cdef dict LONG_VALUES = LONG_VALUE_CHARS
 cdef object FILE_KEY, FILE_KEY_NEW
 FILE_KEY, FILE_KEY_NEW = FILE_KEYS
@@ -126,6 +130,7 @@ cdef enum:
     ENVELOPE_SCHEMA_URL = 3  # of a ResourceSpans/ResourceLogs or ScopeSpans/ScopeLogs
     SPAN_TRACE_ID = 1
     SPAN_SPAN_ID = 2
+    SPAN_TRACE_STATE = 3
     SPAN_PARENT_ID = 4
     SPAN_NAME = 5
     SPAN_KIND = 6
@@ -134,7 +139,8 @@ cdef enum:
     SPAN_ATTRS = 9
     SPAN_EVENTS = 11
     SPAN_STATUS = 15
-    SPAN_SLOTS = 16
+    SPAN_FLAGS = 16
+    SPAN_SLOTS = 17
     EVENT_TIME = 1
     EVENT_NAME = 2
     EVENT_ATTRS = 3
@@ -151,6 +157,7 @@ cdef enum:
     LOG_SEVERITY_TEXT = 3
     LOG_BODY = 5
     LOG_ATTRS = 6
+    LOG_FLAGS = 8
     LOG_TRACE_ID = 9
     LOG_SPAN_ID = 10
     LOG_OBSERVED = 11
@@ -162,12 +169,13 @@ cdef enum:
 
 # Of each message, the fields this module knows: a message type (parsed and checked as that
 # message), "string" (UTF-8 checked), "bytes" (only the length matters), or the wire type of a
-# scalar. Any other field, or one sent with another wire type, is an unknown field.
+# scalar ("varint", "fixed64" or "fixed32"). Any other field, or one sent with another wire
+# type, is an unknown field.
 _SCHEMA = {
     M_SPAN: {
         SPAN_TRACE_ID: "bytes",
         SPAN_SPAN_ID: "bytes",
-        3: "string",  # trace_state
+        SPAN_TRACE_STATE: "string",
         SPAN_PARENT_ID: "bytes",
         SPAN_NAME: "string",
         SPAN_KIND: "varint",
@@ -177,6 +185,7 @@ _SCHEMA = {
         SPAN_EVENTS: M_EVENT,
         13: M_LINK,
         SPAN_STATUS: M_STATUS,
+        SPAN_FLAGS: "fixed32",
     },
     M_EVENT: {EVENT_TIME: "fixed64", EVENT_NAME: "string", EVENT_ATTRS: M_KEY_VALUE},
     M_LINK: {3: "string", 4: M_KEY_VALUE},
@@ -194,6 +203,7 @@ _SCHEMA = {
         LOG_SEVERITY_TEXT: "string",
         LOG_BODY: M_ANY,
         LOG_ATTRS: M_KEY_VALUE,
+        LOG_FLAGS: "fixed32",
         LOG_TRACE_ID: "bytes",
         LOG_SPAN_ID: "bytes",
         LOG_OBSERVED: "fixed64",
@@ -225,7 +235,7 @@ cdef enum:
     F_MESSAGE = 2  # parsed (and checked) as the message type given alongside
 
 cdef enum:
-    MAX_FIELD = 16  # the schema's field numbers are below this
+    MAX_FIELD = 17  # the schema's field numbers are below this
     NOT_READ = 7  # the wire type of a field the schema does not know (no field has it)
 
 cdef struct FieldType:
@@ -253,6 +263,8 @@ cdef int _load_schema(dict schema) except -1:
                 t.wt = 0
             elif what == "fixed64":
                 t.wt = 1
+            elif what == "fixed32":
+                t.wt = 5
             else:
                 t.wt = 2
                 if what == "string":
@@ -567,7 +579,7 @@ cdef inline int _field(cptr* p, cptr end, Field* f) except -1:
 cdef struct Slot:
     cptr data  # a length-delimited field's payload
     Py_ssize_t size
-    uint64_t val  # a varint or fixed64 field's value
+    uint64_t val  # a varint, fixed64 or fixed32 field's value
     Py_ssize_t count  # how often the field came
 
 
@@ -878,10 +890,10 @@ cdef Py_ssize_t _records_cap(object max_records) except? -1:
 # ---- attrs JSON written directly, for the common span ----------------------------------------
 #
 # orjson.dumps of the twin's attrs dict is '{' + the resource's extra attributes + the span's
-# attributes in order + span.kind + '}'. Written here from the wire when every key is plain
-# and unique, text values need no escaping, and numbers are integers or booleans; any other
-# value is serialised by orjson itself and spliced in, so the bytes come out the same. Anything
-# rarer (a duplicate key, a location attribute, an odd key) takes the twin's dict path.
+# attributes in order + '}'. Written here from the wire when every key is plain and unique,
+# text values need no escaping, and numbers are integers or booleans; any other value is
+# serialised by orjson itself and spliced in, so the bytes come out the same. Anything rarer
+# (a duplicate key, a location attribute, an odd key) takes the twin's dict path.
 
 cdef object _FALLBACK = object()
 cdef enum:
@@ -1004,10 +1016,8 @@ cdef inline bint _is(cptr p, Py_ssize_t n, bytes key) noexcept:
     return n == PyBytes_GET_SIZE(key) and memcmp(p, PyBytes_AS_STRING(key), n) == 0
 
 
-cdef bytes _SPAN_KIND_KEY = KIND_KEY.encode()
 cdef bytes _FILE_KEY_BYTES = FILE_KEY.encode()
 cdef bytes _FILE_KEY_NEW_BYTES = FILE_KEY_NEW.encode()
-cdef uint64_t _SPAN_KIND_HASH = _hash(<cptr>PyBytes_AS_STRING(_SPAN_KIND_KEY), len(_SPAN_KIND_KEY))
 
 
 # ---- the walk both requests share -----------------------------------------------------------
@@ -1212,7 +1222,7 @@ cdef class _Traces(_Walk):
             refs[i].hash = h
         return 0
 
-    cdef object attrs_json(self, cptr p, cptr end, int32_t kind):
+    cdef object attrs_json(self, cptr p, cptr end):
         # The span's attrs as the twin's orjson.dumps(attrs) gives them, or _FALLBACK.
         cdef Buf* b = &self.buf
         cdef KeyRef keys[MAX_KEYS]
@@ -1273,20 +1283,6 @@ cdef class _Traces(_Walk):
                     _put_json(b, _double(a.val) if a.case == 4 else _nested(&a, 0))
                 except Exception:
                     return _FALLBACK  # (orjson refuses nothing decoded here; the dict path decides)
-        if kind > 1:
-            kp = <cptr>PyBytes_AS_STRING(_SPAN_KIND_KEY)
-            kn = PyBytes_GET_SIZE(_SPAN_KIND_KEY)
-            if _among(keys, n_keys, _SPAN_KIND_HASH, kp, kn) or self.in_extra(
-                _SPAN_KIND_HASH, kp, kn
-            ):
-                return _FALLBACK
-            _put_key(b, kp, kn, empty)
-            empty = False
-            name = KIND_NAMES.get(kind)
-            if name is None:
-                _put_int(b, kind)
-            else:
-                _put_json(b, name)
         if empty:
             return None
         _put_byte(b, 125)  # '}'
@@ -1297,16 +1293,19 @@ cdef class _Traces(_Walk):
         cdef Slot s[SPAN_SLOTS]
         cdef Slot* tid = &s[SPAN_TRACE_ID]
         cdef Slot* status = &s[SPAN_STATUS]
+        cdef Slot* state = &s[SPAN_TRACE_STATE]
         cdef Field f
         cdef cptr q
         cdef cptr msg_p = NULL
         cdef Py_ssize_t msg_n = 0, n_events
         cdef int32_t kind, code = 0
+        cdef uint32_t flags
         cdef uint64_t start, stop
         cdef dict attrs
         cdef list events
         _read(p, end, M_SPAN, SPAN_SLOTS, s)
         kind = <int32_t><uint32_t>s[SPAN_KIND].val
+        flags = <uint32_t>s[SPAN_FLAGS].val
         start = s[SPAN_START].val
         stop = s[SPAN_END].val
         n_events = s[SPAN_EVENTS].count
@@ -1329,13 +1328,11 @@ cdef class _Traces(_Walk):
             raise WireError(f"{self.where()}.start_time_unix_nano: missing")
         if not (n_events or code == STATUS_ERROR):
             # The common span, no events and no failure: its row is built right here.
-            attrs_json = self.attrs_json(p, end, kind)
+            attrs_json = self.attrs_json(p, end)
             if attrs_json is not _FALLBACK:
                 location = None
             else:
                 attrs = _attrs(self.extra, s, p, end, SPAN_ATTRS)
-                if kind > 1:
-                    attrs[KIND_KEY] = KIND_NAMES.get(kind, kind)
                 if FILE_KEY in attrs or FILE_KEY_NEW in attrs:
                     location = pop_location(attrs)
                 else:
@@ -1362,6 +1359,10 @@ cdef class _Traces(_Walk):
                     None,
                     None,
                     location,
+                    kind if 0 <= kind <= KIND_LAST else 0,
+                    _limited(state.data, state.size, TRACE_STATE_LIMIT) or None,
+                    (flags & W3C_FLAGS) if flags else None,
+                    _limited(msg_p, msg_n, MESSAGE_LIMIT) or None,
                 )
             )
             return 0
@@ -1388,6 +1389,8 @@ cdef class _Traces(_Walk):
             stop,
             code,
             _str(msg_p, msg_n),
+            _str(state.data, state.size),
+            flags,
             attrs,
             events,
         )
@@ -1492,6 +1495,7 @@ cdef class _Logs(_Walk):
                 trace_id,
                 span_id,
                 _str(s[LOG_EVENT_NAME].data, s[LOG_EVENT_NAME].size),
+                <uint32_t>s[LOG_FLAGS].val,
             )
         )
         return 0

@@ -12,8 +12,6 @@ from ..._records import Row
 from ...errors import WireError
 from .common import (
     FILE_KEYS,
-    KIND_KEY,
-    OTLP_KIND_NAMES,
     OTLP_STATUS_ERROR,
     DecodeError,
     ExportLogsServiceRequest,
@@ -21,15 +19,19 @@ from .common import (
 )
 from .pb_values import pb_body, pb_into
 from .rows import (
+    MESSAGE_CHARS,
     NAME_CHARS,
+    TRACE_STATE_CHARS,
     Event,
     Resource,
     clean_text,
     encode_attrs,
     log_row,
     pop_location,
+    span_kind,
     span_rows,
     too_many,
+    trace_flags,
     unpack_q,
 )
 
@@ -143,14 +145,13 @@ def decode_traces_pb(body: bytes, max_records: int) -> list[Row]:
                         sp.end_time_unix_nano,
                         code,
                         sp.status.message,
+                        sp.trace_state,
+                        sp.flags,
                         attrs,
                         events,
                     )
                     continue
                 # The common span, no events and no failure: its row is built right here.
-                kind = sp.kind
-                if kind > 1:
-                    attrs[KIND_KEY] = OTLP_KIND_NAMES.get(kind, kind)
                 location = (
                     pop_location(attrs) if FILE_KEYS[0] in attrs or FILE_KEYS[1] in attrs else None
                 )
@@ -158,6 +159,8 @@ def decode_traces_pb(body: bytes, max_records: int) -> list[Row]:
                 if not name.isascii() or len(name) > NAME_CHARS or "\x00" in name:
                     name = clean_text(name, NAME_CHARS)
                 end = sp.end_time_unix_nano
+                state = sp.trace_state
+                message = sp.status.message
                 append(
                     (
                         start,
@@ -179,6 +182,10 @@ def decode_traces_pb(body: bytes, max_records: int) -> list[Row]:
                         None,
                         None,
                         location,
+                        span_kind(sp.kind),
+                        clean_text(state, TRACE_STATE_CHARS) if state else None,
+                        trace_flags(sp.flags),
+                        clean_text(message, MESSAGE_CHARS) if message else None,
                     )
                 )
     return out
@@ -222,6 +229,7 @@ def decode_logs_pb(body: bytes, max_records: int) -> list[Row]:
                         trace_id,
                         span_id,
                         rec.event_name,
+                        rec.flags,
                     )
                 )
     return out

@@ -24,6 +24,7 @@ SCOPE_NAME = "atrace"
 
 INT64_MIN = -(1 << 63)
 INT64_MAX = (1 << 63) - 1
+UINT32_MAX = (1 << 32) - 1
 UINT64_MAX = (1 << 64) - 1
 
 # Nesting of array / kvlist values kept before the rest is replaced by a marker.
@@ -41,6 +42,9 @@ OTLP_KIND_NAMES = {2: "server", 3: "client", 4: "producer", 5: "consumer"}
 KIND_NUMBERS = {v: k for k, v in OTLP_KIND_NAMES.items()}
 SPAN_KIND_UNSPECIFIED = 0
 SPAN_KIND_INTERNAL = 1
+# The low byte of a span's or log record's ``flags``: the W3C trace flags (OTLP keeps whether
+# the parent is remote in the bits above).
+W3C_FLAGS_MASK = 0xFF
 # OTLP's status codes (they happen to match atrace's Status; each side names its own).
 STATUS_OK = 1
 OTLP_STATUS_ERROR = 2

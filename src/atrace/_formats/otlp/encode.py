@@ -25,9 +25,13 @@ from ..._records import (
     PID,
     SERVICE,
     SPAN_ID,
+    SPAN_KIND,
     STACK_TRACE,
     STATUS,
+    STATUS_MESSAGE,
+    TRACE_FLAGS,
     TRACE_ID,
+    TRACE_STATE,
     TS,
     Kind,
     Row,
@@ -164,13 +168,17 @@ def resource_items(key: tuple[Any, Any, Any, Any]) -> list[tuple[str, Any]]:
 
 
 def span_attrs(row: Row) -> tuple[dict[str, Any], int]:
-    """A span's attributes for OTLP, and its span kind (taken out of ``span.kind``)."""
+    """A span's attributes for OTLP, and its span kind: the ``span_kind`` column, else (a row
+    stored before schema 5) the ``span.kind`` attribute taken out, else internal."""
     attrs = _row_attrs(row[ATTRS])
-    kind = SPAN_KIND_INTERNAL
+    kind = row[SPAN_KIND]
     named = attrs.get(KIND_KEY)
     if isinstance(named, str) and named in KIND_NUMBERS:
-        kind = KIND_NUMBERS[named]
+        if kind is None:
+            kind = KIND_NUMBERS[named]
         del attrs[KIND_KEY]
+    if kind is None:
+        kind = SPAN_KIND_INTERNAL
     path, line = _split_location(row[LOCATION])
     if path is not None:
         attrs[FILE_KEYS[0]] = path
@@ -196,8 +204,33 @@ def log_attrs(row: Row) -> dict[str, Any]:
     return attrs
 
 
+# OTLP's status code of a span nobody set a status on.
+STATUS_UNSET = 0
+
+
+def span_status(row: Row) -> tuple[int, str | None]:
+    """A span's OTLP status code and message: unset unless set or failed (OpenTelemetry's
+    rule); an error's message is the status description the span was given, else the
+    exception as OpenTelemetry's SDKs describe it (``"ValueError: bad"``), else (a row stored
+    before schema 5, or a failed HTTP status) the error message alone."""
+    status = row[STATUS]
+    if status == Status.OK:
+        return STATUS_OK, None
+    if status != Status.ERROR:
+        return STATUS_UNSET, None
+    message = row[STATUS_MESSAGE]
+    etype, emsg = row[ERROR_TYPE], row[ERROR_MESSAGE]
+    if message is None and etype is None:
+        message = emsg
+    elif message is None:
+        message = etype if emsg is None else f"{etype}: {emsg}"
+    return OTLP_STATUS_ERROR, message
+
+
 def exception_attrs(row: Row) -> dict[str, Any] | None:
-    if row[ERROR_TYPE] is None and row[ERROR_MESSAGE] is None and row[STACK_TRACE] is None:
+    """The attributes of a span's ``exception`` event, or None: only an exception makes one
+    (an error status with a message alone is a status, not an exception)."""
+    if row[ERROR_TYPE] is None and row[STACK_TRACE] is None:
         return None
     out: dict[str, Any] = {}
     if row[ERROR_TYPE] is not None:
@@ -295,18 +328,20 @@ def traces_request(rows: Iterable[Row]) -> ExportTraceServiceRequest:
             sp.name = row[NAME]
         attrs, span_kind = span_attrs(row)
         sp.kind = span_kind
+        if row[TRACE_STATE]:
+            sp.trace_state = row[TRACE_STATE]
+        if row[TRACE_FLAGS] is not None:
+            sp.flags = row[TRACE_FLAGS] & 0xFF
         sp.start_time_unix_nano = row[TS]
         end = end_ns(row)
         sp.end_time_unix_nano = end
         if attrs:
             _pb_attrs(sp.attributes, attrs)
-        status = row[STATUS]
-        if status == Status.ERROR:
-            sp.status.code = OTLP_STATUS_ERROR
-            if row[ERROR_MESSAGE] is not None:
-                sp.status.message = row[ERROR_MESSAGE]
-        elif status == Status.OK:
-            sp.status.code = STATUS_OK
+        code, message = span_status(row)
+        if code != STATUS_UNSET:
+            sp.status.code = code
+            if message:
+                sp.status.message = message
         exc = exception_attrs(row)
         if exc is not None:
             event = sp.events.add()

@@ -14,6 +14,7 @@ from .common import (
     INT64_MAX,
     INT64_MIN,
     MAX_ANY_DEPTH,
+    UINT32_MAX,
     UINT64_MAX,
 )
 from .rows import (
@@ -102,6 +103,13 @@ def _j_u64(obj: dict[str, Any], key: str, where: str) -> int:
     if value is None:
         return 0
     return _j_int(value, f"{where}.{key}", 0, UINT64_MAX)
+
+
+def _j_u32(obj: dict[str, Any], key: str, where: str) -> int:
+    value = obj.get(key)
+    if value is None:
+        return 0
+    return _j_int(value, f"{where}.{key}", 0, UINT32_MAX)
 
 
 def _j_enum(obj: dict[str, Any], key: str, where: str, names: Mapping[str, int]) -> int:
@@ -298,6 +306,8 @@ def decode_traces_json(body: bytes, max_records: int) -> list[Row]:
                     _j_u64(sp, "endTimeUnixNano", where),
                     _j_enum(status, "code", f"{where}.status", _STATUS_CODES),
                     _j_str(status, "message", f"{where}.status"),
+                    _j_str(sp, "traceState", where),
+                    _j_u32(sp, "flags", where),
                     attrs,
                     events,
                 )
@@ -353,6 +363,7 @@ def decode_logs_json(body: bytes, max_records: int) -> list[Row]:
                         trace_id,
                         span_id,
                         _j_str(rec, "eventName", where),
+                        _j_u32(rec, "flags", where),
                     )
                 )
     return out

@@ -10,32 +10,30 @@ import orjson
 
 from ..._pipeline.sanitize import sanitize_value
 from ..._records import (
-    ERROR_MESSAGE,
     KIND,
     LEVEL,
     MESSAGE,
     NAME,
     PARENT_ID,
     SPAN_ID,
-    STATUS,
+    TRACE_FLAGS,
     TRACE_ID,
+    TRACE_STATE,
     TS,
     Kind,
     Row,
-    Status,
 )
 from ..._version import __version__
 from .common import (
     INT64_MAX,
     INT64_MIN,
     MAX_ANY_DEPTH,
-    OTLP_STATUS_ERROR,
     SCOPE_NAME,
-    STATUS_OK,
     logging_severity_text,
     severity_number,
 )
 from .encode import (
+    STATUS_UNSET,
     end_ns,
     exception_attrs,
     log_attrs,
@@ -43,6 +41,7 @@ from .encode import (
     resource_key,
     span_attrs,
     span_bytes,
+    span_status,
     trace_bytes,
 )
 
@@ -122,6 +121,10 @@ def traces_json(rows: Iterable[Row]) -> bytes:
         if row[NAME]:
             span["name"] = row[NAME]
         span["kind"] = span_kind
+        if row[TRACE_STATE]:
+            span["traceState"] = row[TRACE_STATE]
+        if row[TRACE_FLAGS] is not None:
+            span["flags"] = row[TRACE_FLAGS] & 0xFF
         if row[TS]:
             span["startTimeUnixNano"] = str(row[TS])
         if end:
@@ -133,13 +136,9 @@ def traces_json(rows: Iterable[Row]) -> bytes:
             span["events"] = [
                 {"timeUnixNano": str(end), "name": "exception", "attributes": _json_attrs(exc)}
             ]
-        status = row[STATUS]
-        if status == Status.ERROR:
-            span["status"] = {"code": OTLP_STATUS_ERROR}
-            if row[ERROR_MESSAGE]:
-                span["status"]["message"] = row[ERROR_MESSAGE]
-        elif status == Status.OK:
-            span["status"] = {"code": STATUS_OK}
+        code, message = span_status(row)
+        if code != STATUS_UNSET:
+            span["status"] = {"code": code, "message": message} if message else {"code": code}
         groups.setdefault(resource_key(row), []).append(span)
     return _dumps(
         {

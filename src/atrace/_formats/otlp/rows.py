@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from ..._pipeline.sanitize import sanitize_text, sanitize_value
-from ..._records import Kind, Level, Row, Status
+from ..._records import Kind, Level, Row, SpanKind, Status
 from ...errors import WireError
 from .common import (
     DEFAULT_SERVICE,
@@ -21,17 +21,15 @@ from .common import (
     HOST_KEY,
     INT64_MAX,
     INT64_MIN,
-    KIND_KEY,
     LINE_KEYS,
     LOGGER_KEY,
-    OTLP_KIND_NAMES,
     OTLP_STATUS_ERROR,
     PID_KEY,
     SCOPE_NAME,
     SERVICE_KEY,
-    SPAN_KIND_INTERNAL,
     SPAN_KIND_UNSPECIFIED,
     STATUS_OK,
+    W3C_FLAGS_MASK,
     level_from_severity,
 )
 
@@ -41,6 +39,8 @@ VALUE_CHARS = 4096
 _SHORT_LIMIT = 256  # service, environment, host
 NAME_CHARS = 1024
 MESSAGE_CHARS = 32_768
+# W3C Trace Context asks that at least 512 characters of a tracestate be kept.
+TRACE_STATE_CHARS = 512
 _STACK_LIMIT = 4 * MESSAGE_CHARS
 _LOCATION_LIMIT = 4096
 # Attributes that become error columns keep those columns' limits, not an attribute's.
@@ -56,6 +56,8 @@ _ERROR = Level.ERROR.value
 _UNSET = Status.UNSET.value
 # OTLP status code → atrace status; an unknown code reads as unset.
 _STATUSES = {STATUS_OK: Status.OK.value, OTLP_STATUS_ERROR: Status.ERROR.value}
+# OTLP's span kinds are the stored ones; any other number reads as unspecified.
+MAX_SPAN_KIND = max(SpanKind).value
 
 
 def clean_text(value: str, limit: int) -> str:
@@ -69,6 +71,17 @@ def clean_key(key: str) -> str:
         return key
     # Cut, without a marker: a key is a name, and the marker would push it past the limit.
     return sanitize_text(key, len(key))[:KEY_CHARS]
+
+
+def span_kind(kind: int) -> int:
+    """The ``span_kind`` column for an OTLP span kind as sent."""
+    return kind if SPAN_KIND_UNSPECIFIED <= kind <= MAX_SPAN_KIND else SPAN_KIND_UNSPECIFIED
+
+
+def trace_flags(flags: int) -> int | None:
+    """The ``trace_flags`` column for an OTLP ``flags`` field: its W3C byte, or None when the
+    field is zero (proto3 cannot tell a zero sent from none sent)."""
+    return flags & W3C_FLAGS_MASK if flags else None
 
 
 class Resource:
@@ -163,12 +176,16 @@ def span_rows(
     end: int,
     code: int,
     status_message: str,
+    trace_state: str,
+    flags: int,
     attrs: dict[str, Any],
     events: list[Event],
 ) -> None:
-    """The span's row, then a log row for each of its events (shared by both decoders)."""
-    if kind != SPAN_KIND_INTERNAL and kind != SPAN_KIND_UNSPECIFIED:
-        attrs[KIND_KEY] = OTLP_KIND_NAMES.get(kind, kind)
+    """The span's row, then a log row for each of its events (shared by both decoders).
+
+    The error columns come from the last exception event of a failed span only; the status's
+    own message stays in ``status_message``, whatever the status.
+    """
     location = pop_location(attrs) if attrs else None
     etype = emsg = stack = None
     failed = code == OTLP_STATUS_ERROR
@@ -177,8 +194,6 @@ def span_rows(
             if events[i].name == "exception":
                 etype, emsg, stack = _pop_error(events.pop(i).attrs)
                 break
-        if emsg is None and status_message:
-            emsg = clean_text(status_message, MESSAGE_CHARS)
     out.append(
         (
             start,
@@ -200,6 +215,10 @@ def span_rows(
             emsg,
             stack,
             location,
+            span_kind(kind),
+            clean_text(trace_state, TRACE_STATE_CHARS) if trace_state else None,
+            trace_flags(flags),
+            clean_text(status_message, MESSAGE_CHARS) if status_message else None,
         )
     )
     for event in events:
@@ -231,6 +250,10 @@ def span_rows(
                 emsg,
                 stack,
                 None,
+                None,
+                None,
+                None,
+                None,
             )
         )
 
@@ -246,6 +269,7 @@ def log_row(
     trace_id: str | None,
     span_id: int | None,
     event_name: str,
+    flags: int,
 ) -> Row:
     logger = attrs.get(LOGGER_KEY)
     if isinstance(logger, str):
@@ -284,6 +308,10 @@ def log_row(
         emsg,
         stack,
         location,
+        None,
+        None,
+        trace_flags(flags),
+        None,
     )
 
 

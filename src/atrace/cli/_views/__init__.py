@@ -86,6 +86,9 @@ async def _traces_view(src: Any, args: argparse.Namespace) -> int:
 def _span_label(node: dict[str, Any]) -> str:
     label = f"[bold]{escape(node['name'])}[/] {fmt_duration(node['duration_ns'])} "
     label += status_mark(node["status"])
+    kind = node.get("span_kind")
+    if kind and kind != "internal":
+        label += f" [magenta]{escape(kind)}[/]"
     if node.get("in_flight"):
         label += f" [yellow]⏳ in flight ({fmt_duration(node.get('elapsed_ns'))})[/]"
     if node.get("orphan"):
@@ -96,6 +99,8 @@ def _span_label(node: dict[str, Any]) -> str:
 
 
 def _add_error(tree: Any, rec: dict[str, Any]) -> None:
+    if rec.get("status_message") and rec.get("status") == Status.ERROR:
+        tree.add(f"[red]status: {escape(rec['status_message'])}[/]")
     if rec.get("error_type") or rec.get("error_message"):
         tree.add(
             f"[red]{escape(rec.get('error_type') or 'error')}: "

@@ -36,9 +36,14 @@ from ..._records import (
     PID,
     SERVICE,
     SPAN_ID,
+    SPAN_KIND,
+    SPAN_KIND_NAMES,
     STACK_TRACE,
     STATUS,
+    STATUS_MESSAGE,
+    TRACE_FLAGS,
     TRACE_ID,
+    TRACE_STATE,
     TS,
     Level,
 )
@@ -131,17 +136,24 @@ MAX_BUCKETS = 10_000
 # About the fewest bytes one bucket of a stats answer takes as JSON, its service aside.
 _BUCKET_OVERHEAD = 64
 INTERVALS = {"1m": 60, "5m": 300, "15m": 900, "1h": 3600, "1d": 86400}
-_SELECT = ", ".join(COLUMNS)
+# COLUMNS, then the nanoseconds of ts below its microsecond (schema 5), which record_json adds.
+_SELECT = ", ".join(COLUMNS) + ", ts_frac"
+_FRAC = len(COLUMNS)
 
 
 # -- shaping ----------------------------------------------------------------------------------
 
 
 def record_json(row: Sequence[Any]) -> dict[str, Any]:
-    """One row (COLUMNS order, as stored or as published) as the API's JSON object."""
+    """One row (COLUMNS order, as stored or as published) as the API's JSON object.
+
+    A stored row may carry ``ts_frac`` after COLUMNS (the nanoseconds timestamptz cannot
+    hold); a published row's ``ts`` is exact already."""
     kind = row[KIND]
+    frac = row[_FRAC] if len(row) > _FRAC else None
+    span_kind = row[SPAN_KIND]
     return {
-        "ts": as_ns(row[TS]),
+        "ts": as_ns(row[TS]) + (frac or 0),
         "kind": KIND_NAMES.get(kind, str(kind)),
         "level": row[LEVEL],
         "trace_id": trace_hex(row[TRACE_ID]),
@@ -160,6 +172,10 @@ def record_json(row: Sequence[Any]) -> dict[str, Any]:
         "error_message": row[ERROR_MESSAGE],
         "stack_trace": row[STACK_TRACE],
         "location": row[LOCATION],
+        "span_kind": None if span_kind is None else SPAN_KIND_NAMES.get(span_kind, str(span_kind)),
+        "trace_state": row[TRACE_STATE],
+        "trace_flags": row[TRACE_FLAGS],
+        "status_message": row[STATUS_MESSAGE],
     }
 
 
@@ -182,6 +198,8 @@ def _search_sql(schema: str, f: Filters) -> tuple[str, list[Any]]:
             where.append(ERROR_ROWS)
     if f.kinds is not None:
         where.append(f"kind = ANY({a.add(list(f.kinds))}::smallint[])")
+    if f.span_kind is not None:
+        where.append(f"span_kind = {a.add(f.span_kind)}::smallint")
     words = tsquery(a.add(f.q)) if f.q else None
     if f.attrs:
         where.extend(_attrs_sql(a, f.attrs))

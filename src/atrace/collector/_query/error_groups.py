@@ -47,7 +47,7 @@ def _attr_text(names: tuple[str, ...]) -> str:
 _ERRORS_COLUMNS = (
     "ts, kind, status, trace_id, span_id, parent_id, duration_ns, service, "
     "left(name, 512) AS name, "
-    "error_type, left(coalesce(error_message, message), 2048) AS msg, "
+    "error_type, left(coalesce(error_message, status_message, message), 2048) AS msg, "
     "CASE WHEN length(stack_trace) <= 16384 THEN stack_trace "
     "ELSE left(stack_trace, 8192) || E'\\n' || right(stack_trace, 8192) END AS stack, "
     f"attrs ->> '{ORIGIN}' AS origin, "

@@ -27,6 +27,8 @@ from ..._records import (
     MESSAGE,
     NAME,
     SERVICE,
+    SPAN_KIND,
+    SPAN_KIND_NAMES,
     TRACE_ID,
     Kind,
 )
@@ -46,6 +48,8 @@ _KIND_FILTERS: dict[str, tuple[int, ...]] = {
     **{str(kind): (kind,) for kind in KIND_NAMES},
     KIND_NAMES[Kind.SPAN]: (Kind.SPAN_START.value, Kind.SPAN_END.value, Kind.SPAN.value),
 }
+# span_kind=server: OpenTelemetry's span kinds by name (unspecified is not a filter).
+_SPAN_KINDS = {name: kind for kind, name in SPAN_KIND_NAMES.items() if kind}
 NS_PER_S = 1_000_000_000
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 # ASCII only: str.isdigit() and \d also take "²" or "٣", which int() refuses or misreads.
@@ -279,6 +283,7 @@ class Filters:
     service: str | None = None
     min_level: int | None = None
     kinds: tuple[int, ...] | None = None
+    span_kind: int | None = None
     q: str | None = None
     attrs: Mapping[str, Any] = field(default_factory=dict)
     trace_id: str | None = None
@@ -297,6 +302,8 @@ class Filters:
         if self.min_level is not None and row[LEVEL] < self.min_level:
             return False
         if self.kinds is not None and row[KIND] not in self.kinds:
+            return False
+        if self.span_kind is not None and row[SPAN_KIND] != self.span_kind:
             return False
         if self.trace_id is not None and trace_hex(row[TRACE_ID]) != self.trace_id:
             return False
@@ -392,6 +399,11 @@ def parse_filters(
     kind = seen.get("kind")
     if kind is not None and kind.strip().lower() not in _KIND_FILTERS:
         raise refuse("kind", kind, "expected log, span, span_start or span_end")
+    span_kind = seen.get("span_kind")
+    if span_kind is not None and span_kind.strip().lower() not in _SPAN_KINDS:
+        raise refuse(
+            "span_kind", span_kind, "expected internal, server, client, producer or consumer"
+        )
     q = (seen.get("q") or "").strip()
     level = seen.get("level")
     service = seen.get("service")
@@ -412,6 +424,7 @@ def parse_filters(
         service=service or None,
         min_level=parse_level(level) if level else None,
         kinds=_KIND_FILTERS[kind.strip().lower()] if kind else None,
+        span_kind=_SPAN_KINDS[span_kind.strip().lower()] if span_kind else None,
         q=q or None,
         attrs=attrs,
         trace_id=parse_trace_param(trace_id) if trace_id else None,
@@ -421,7 +434,7 @@ def parse_filters(
 
 
 _FILTER_KEYS = frozenset(
-    ("service", "level", "kind", "since", "until", "q", "trace_id", "limit", "cursor")
+    ("service", "level", "kind", "span_kind", "since", "until", "q", "trace_id", "limit", "cursor")
 )
 _FILTER_NAMES = ", ".join(sorted(_FILTER_KEYS)) + ", attr.KEY"
 

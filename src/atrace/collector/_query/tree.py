@@ -27,11 +27,15 @@ _SPAN_FIELDS = (
     "error_message",
     "stack_trace",
     "location",
+    "span_kind",
+    "trace_state",
+    "trace_flags",
+    "status_message",
 )
 
 
 def _span_node(rec: dict[str, Any]) -> dict[str, Any]:
-    node = {k: rec[k] for k in _SPAN_FIELDS}
+    node = {k: rec.get(k) for k in _SPAN_FIELDS}
     node.update(
         type="span",
         start=rec["ts"],
@@ -51,8 +55,9 @@ def _span_node(rec: dict[str, Any]) -> dict[str, Any]:
 def _close_span(node: dict[str, Any], rec: dict[str, Any]) -> None:
     # The end row or a complete span carries the final status, attributes, error and duration.
     for k in _SPAN_FIELDS:
-        if rec[k] is not None and rec[k] != {}:
-            node[k] = rec[k]
+        value = rec.get(k)
+        if value is not None and value != {}:
+            node[k] = value
     duration = rec["duration_ns"] or 0
     node.update(
         start=rec["ts"],
