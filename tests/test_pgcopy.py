@@ -207,3 +207,46 @@ class TestCopyRows:
             await c.close()
         n = await conn.fetchval(f"SELECT count(*) FROM {schema}.records WHERE project = 'p1'")
         assert n == 2_500
+
+
+class TestOptionalColumns:
+    def test_a_batch_sends_only_the_optional_columns_it_has_values_in(self) -> None:
+        """Logs on whole microseconds send none of schema 5's columns; a span's kind and
+        flags, a trace state, a status message and nanoseconds each bring their own."""
+        base = pgcopy.COPY_COLUMNS[: len(COLUMNS) - 4]
+        whole = NOW // 1000 * 1000  # on a microsecond
+        logs = [row(kind=0, ts=whole), row(kind=0, ts=whole + 1000)]
+        assert pgcopy.copy_columns(logs) == (base, 0)
+        spans = [
+            row(span_kind=2, trace_flags=3, ts=whole),
+            row(span_kind=1, trace_flags=1, ts=whole + 7),
+        ]
+        names, keep = pgcopy.copy_columns(spans)
+        assert names == (*base, "span_kind", "trace_flags", "ts_frac") and keep == 0b10101
+        full = [
+            row(span_kind=3, trace_state="a=1", trace_flags=3, status_message="x", ts=whole + 1)
+        ]
+        assert pgcopy.copy_columns(full) == (pgcopy.COPY_COLUMNS, pgcopy.ALL_OPTIONAL)
+
+    async def test_columns_left_out_read_back_null_and_the_rest_exact(
+        self, impl: ModuleType, conn: Any, pg_schema: tuple[str, str]
+    ) -> None:
+        """A batch COPYed with only some optional columns stores the others as null and the
+        sent ones as they were, nanoseconds included."""
+        _, schema = pg_schema
+        whole = NOW // 1000 * 1000
+        rows = [row(span_kind=2, ts=whole + 789), row(kind=0, ts=whole + 2000)]
+        names, keep = pgcopy.copy_columns(rows)
+        data = impl.encode_rows(rows, keep=keep)
+        await conn.copy_to_table(
+            "records",
+            schema_name=schema,
+            columns=names,
+            source=memoryview(pgcopy.HEADER + data + pgcopy.TRAILER),
+            format="binary",
+        )
+        got = await conn.fetch(
+            f"SELECT span_kind, trace_state, trace_flags, status_message, ts_frac "
+            f"FROM {schema}.records ORDER BY ts"
+        )
+        assert [tuple(r) for r in got] == [(2, None, None, None, 789), (None,) * 5]

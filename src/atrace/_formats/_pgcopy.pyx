@@ -20,6 +20,8 @@ TRAILER = b"\xff\xff"
 
 cdef int64_t PG_EPOCH_US = 946684800000000
 cdef int N_COLUMNS = 23
+# span_kind's place: the four columns from here, then ts_frac, are optional (``keep``'s bits).
+cdef int FIRST_OPTIONAL = 19
 
 # Column kinds in COLUMNS order (see encode.COLUMNS and schema.py).
 DEF T_TS = 0
@@ -165,7 +167,7 @@ cdef int put_uuid(Buf* b, object value) except -1:
     return 0
 
 
-cdef int put_row(Buf* b, tuple row, list extra) except -1:
+cdef int put_row(Buf* b, tuple row, list extra, int keep, int fields) except -1:
     cdef int i, kind
     cdef object v
     cdef int64_t x
@@ -173,9 +175,11 @@ cdef int put_row(Buf* b, tuple row, list extra) except -1:
     if len(row) != N_COLUMNS:
         raise ValueError(f"a row has {len(row)} columns, expected {N_COLUMNS}")
     grow(b, 2)
-    put16(b.data + b.size, <int16_t>(N_COLUMNS + 1 + len(extra)))
+    put16(b.data + b.size, <int16_t>fields)
     b.size += 2
     for i in range(N_COLUMNS):
+        if i >= FIRST_OPTIONAL and not (keep >> (i - FIRST_OPTIONAL)) & 1:
+            continue  # an optional column this batch does not send
         v = row[i]
         if v is None:
             grow(b, 4)
@@ -216,8 +220,10 @@ cdef int put_row(Buf* b, tuple row, list extra) except -1:
             put_uuid(b, v)
         else:  # T_JSONB
             put_text(b, v, 1)
-    # ts_frac, after COLUMNS: null for 0, as most clocks give whole microseconds
-    if frac:
+    # ts_frac, after COLUMNS (when the batch sends it): null for 0
+    if not keep & 16:
+        pass
+    elif frac:
         grow(b, 6)
         put32(b.data + b.size, 2)
         put16(b.data + b.size + 4, <int16_t>frac)
@@ -231,9 +237,11 @@ cdef int put_row(Buf* b, tuple row, list extra) except -1:
     return 0
 
 
-def encode_rows(rows, Py_ssize_t start=0, Py_ssize_t stop=-1, extra=(), on_error=None):
+def encode_rows(rows, Py_ssize_t start=0, Py_ssize_t stop=-1, extra=(), on_error=None,
+                int keep=0x1F):
     """``rows[start:stop]`` as binary COPY tuples (no header or trailer), plus ``extra`` text
-    values appended to every row (columns after COLUMNS, such as the project).
+    values appended to every row (columns after COLUMNS, such as the project). ``keep`` says
+    which optional columns are sent (``pgcopy.copy_columns``; default all).
 
     A row that cannot be encoded is replaced by ``on_error(row, exc)`` (a row describing the
     problem) so one bad row never fails the rest; without ``on_error`` the error propagates.
@@ -241,6 +249,11 @@ def encode_rows(rows, Py_ssize_t start=0, Py_ssize_t stop=-1, extra=(), on_error
     cdef Buf b
     cdef Py_ssize_t i, mark, n = len(rows)
     cdef list more = list(extra)
+    cdef int n_keep = 0, bit
+    for bit in range(5):
+        if (keep >> bit) & 1:
+            n_keep += 1
+    cdef int fields = N_COLUMNS - 4 + n_keep + len(more)
     if stop < 0 or stop > n:
         stop = n
     if start < 0:
@@ -254,12 +267,12 @@ def encode_rows(rows, Py_ssize_t start=0, Py_ssize_t stop=-1, extra=(), on_error
         for i in range(start, stop):
             mark = b.size
             try:
-                put_row(&b, <tuple?>rows[i], more)
+                put_row(&b, <tuple?>rows[i], more, keep, fields)
             except Exception as exc:
                 if on_error is None:
                     raise
                 b.size = mark
-                put_row(&b, <tuple?>on_error(rows[i], exc), more)
+                put_row(&b, <tuple?>on_error(rows[i], exc), more, keep, fields)
         return PyBytes_FromStringAndSize(b.data, b.size)
     finally:
         PyMem_Free(b.data)

@@ -60,12 +60,12 @@ def _int(value: Any, lo: int, hi: int, kind: str) -> int:
     return value
 
 
-def _row(row: tuple[Any, ...], extra: Sequence[Any]) -> bytes:
+def _row(row: tuple[Any, ...], extra: Sequence[Any], keep: int) -> bytes:
     if len(row) != _N_COLUMNS:
         raise ValueError(f"a row has {len(row)} columns, expected {_N_COLUMNS}")
     (ts, kind, level, trace, span, parent, dur, status, *texts1) = row[:11]
     pid = row[11]
-    parts = [_COUNT(_N_COLUMNS + 1 + len(extra))]
+    parts = [_COUNT(_N_COLUMNS - 4 + bin(keep & 0x1F).count("1") + len(extra))]
     add = parts.append
     i64 = (-(2**63), 2**63 - 1, "a bigint")
     i16 = (-(2**15), 2**15 - 1, "a smallint")
@@ -85,14 +85,20 @@ def _row(row: tuple[Any, ...], extra: Sequence[Any]) -> bytes:
     add(_NULL if attrs is None else _text(attrs, jsonb=True))
     for v in row[15:19]:
         add(_NULL if v is None else _text(v))
+    # The optional columns the batch sends (see pgcopy.copy_columns): bit i of ``keep``.
     span_kind, state, flags, status_message = row[19:23]
-    add(_NULL if span_kind is None else _I16(2, _int(span_kind, *i16)))
-    add(_NULL if state is None else _text(state))
-    add(_NULL if flags is None else _I16(2, _int(flags, *i16)))
-    add(_NULL if status_message is None else _text(status_message))
-    # ts_frac: the nanoseconds below ts's microsecond (0 is stored as null: most clocks).
-    frac = None if ts is None else ts % 1000
-    add(_I16(2, frac) if frac else _NULL)
+    if keep & 1:
+        add(_NULL if span_kind is None else _I16(2, _int(span_kind, *i16)))
+    if keep & 2:
+        add(_NULL if state is None else _text(state))
+    if keep & 4:
+        add(_NULL if flags is None else _I16(2, _int(flags, *i16)))
+    if keep & 8:
+        add(_NULL if status_message is None else _text(status_message))
+    if keep & 16:
+        # ts_frac: the nanoseconds below ts's microsecond (0 is stored as null).
+        frac = None if ts is None else ts % 1000
+        add(_I16(2, frac) if frac else _NULL)
     for v in extra:
         add(_NULL if v is None else _text(v))
     return b"".join(parts)
@@ -104,9 +110,11 @@ def encode_rows(
     stop: int = -1,
     extra: Sequence[Any] = (),
     on_error: Callable[[tuple[Any, ...], Exception], tuple[Any, ...]] | None = None,
+    keep: int = 0x1F,
 ) -> bytes:
     """``rows[start:stop]`` as binary COPY tuples (no header or trailer), plus ``extra`` text
-    values appended to every row (columns after COLUMNS, such as the project).
+    values appended to every row (columns after COLUMNS, such as the project). ``keep`` says
+    which optional columns are sent (``pgcopy.copy_columns``; default all).
 
     A row that cannot be encoded is replaced by ``on_error(row, exc)`` (a row describing the
     problem) so one bad row never fails the rest; without ``on_error`` the error propagates.
@@ -120,9 +128,9 @@ def encode_rows(
         try:
             if type(row) is not tuple:
                 raise TypeError(f"expected tuple, got {type(row).__name__}")
-            out.append(_row(row, extra))
+            out.append(_row(row, extra, keep))
         except Exception as exc:
             if on_error is None:
                 raise
-            out.append(_row(on_error(row, exc), extra))
+            out.append(_row(on_error(row, exc), extra, keep))
     return b"".join(out)

@@ -1,16 +1,47 @@
 """Binary COPY encoding of rows that runs: the compiled ``_pgcopy``, or its twin ``_pgcopy_py``."""
 
 import typing
+from collections.abc import Sequence
 
 from .. import _speedups
-from .._records import COLUMNS
+from .._records import COLUMNS, TS
 
-__all__ = ("COPY_COLUMNS", "HEADER", "IMPLEMENTATION", "TRAILER", "encode_rows")
+__all__ = (
+    "ALL_OPTIONAL",
+    "COPY_COLUMNS",
+    "HEADER",
+    "IMPLEMENTATION",
+    "OPTIONAL",
+    "TRAILER",
+    "copy_columns",
+    "encode_rows",
+)
 
-# The columns an encoded row fills, in order: COLUMNS, then ``ts_frac``, the nanoseconds of
+# The columns an encoded row may fill, in order: COLUMNS, then ``ts_frac``, the nanoseconds of
 # ``ts`` that its timestamptz (microseconds) cannot hold, so that a time reads back exact. The
 # caller's extra columns (the project) follow.
 COPY_COLUMNS = (*COLUMNS, "ts_frac")
+# The columns of schema 5, null on most rows: a batch sends only those it has values in (each
+# field costs PostgreSQL's COPY and heap alike, null or not). Bit i of ``keep`` is OPTIONAL[i].
+OPTIONAL = ("span_kind", "trace_state", "trace_flags", "status_message", "ts_frac")
+ALL_OPTIONAL = (1 << len(OPTIONAL)) - 1
+_FIRST = len(COLUMNS) - 4  # span_kind's place in a row
+_BASE = COLUMNS[:_FIRST]
+
+
+def copy_columns(rows: Sequence[tuple[object, ...]]) -> tuple[tuple[str, ...], int]:
+    """The COPY column list for ``rows`` and the ``keep`` mask :func:`encode_rows` takes: the
+    base columns, then each optional one that some row has a value in."""
+    keep = 0
+    for bit in range(4):
+        i = _FIRST + bit
+        if any(r[i] is not None for r in rows):
+            keep |= 1 << bit
+    if any(type(t) is int and t % 1000 for t in (r[TS] for r in rows)):
+        keep |= 1 << 4
+    names = _BASE + tuple(name for bit, name in enumerate(OPTIONAL) if keep >> bit & 1)
+    return names, keep
+
 
 if typing.TYPE_CHECKING:
     # The stub and the twin declare one API; the checker reads the twin's.

@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
-from .._formats.pgcopy import COPY_COLUMNS, HEADER, TRAILER, encode_rows
+from .._formats.pgcopy import HEADER, TRAILER, copy_columns, encode_rows
 from .._records import Row
 
 __all__ = ("COPY_SLICE", "connection_init", "copy_rows")
@@ -68,18 +68,21 @@ async def copy_rows(
     unless ``on_error(row, exc)`` gives the row to write in its place.
     """
 
+    # Only the optional columns the batch has values in: each field costs PostgreSQL.
+    columns, keep = copy_columns(rows)
+
     async def source() -> AsyncIterator[bytes]:
         yield HEADER
         for start in range(0, len(rows), step):
             if start:
                 await asyncio.sleep(0)
-            yield encode_rows(rows, start, start + step, extra_values, on_error)
+            yield encode_rows(rows, start, start + step, extra_values, on_error, keep)
         yield TRAILER
 
     await conn.copy_to_table(
         "records",
         schema_name=schema,
-        columns=COPY_COLUMNS + extra_columns,
+        columns=columns + extra_columns,
         source=source(),
         format="binary",
     )

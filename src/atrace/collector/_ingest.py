@@ -47,7 +47,7 @@ from .._formats.bounds import (
     bound_rows,
     split_window,
 )
-from .._formats.pgcopy import COPY_COLUMNS, HEADER, TRAILER, encode_rows
+from .._formats.pgcopy import HEADER, TRAILER, copy_columns, encode_rows
 from .._postgres.schema import PARTITION_DAYS_AHEAD, ensure_partitions
 from .._records import Row
 from ..errors import Unavailable, WireError
@@ -68,7 +68,6 @@ _DEFAULT_NATIVE = "application/msgpack"
 _OTLP_TYPES = {"application/x-protobuf": "protobuf", "application/json": "json"}
 # An empty Export{Trace,Logs}ServiceResponse: full success, no partial_success.
 _OTLP_OK = {"protobuf": b"", "json": b"{}"}
-_COPY_COLUMNS = (*COPY_COLUMNS, "project")
 _NS = 1_000_000_000
 _MAX_AHEAD_NS = 28 * _NS_PER_DAY
 
@@ -258,7 +257,7 @@ class Ingestor:
         self.admission.take(n)
         try:
             # Encoded before a connection is taken: the connection is held only for I/O.
-            data = _encode(rows, project)
+            data, columns = _encode(rows, project)
             conn = await self._acquire(pool)
             try:
                 if self._partitions_due():
@@ -270,7 +269,7 @@ class Ingestor:
                     await conn.copy_to_table(
                         "records",
                         schema_name=self.schema,
-                        columns=_COPY_COLUMNS,
+                        columns=columns,
                         source=data,
                         format="binary",
                     )
@@ -314,16 +313,18 @@ class Ingestor:
             self._covered_until_ns = int(end.timestamp()) * 1_000_000_000
 
 
-def _encode(rows: list[Row], project: str) -> memoryview:
-    """The rows as one binary COPY stream, ``project`` appended to each: encoded in one call
-    (compiled), sent as one buffer, with no per-value codec call on the way."""
+def _encode(rows: list[Row], project: str) -> tuple[memoryview, tuple[str, ...]]:
+    """The rows as one binary COPY stream, ``project`` appended to each, and its columns:
+    encoded in one call (compiled), sent as one buffer, with no per-value codec call on the
+    way; the optional columns only when the batch has values in them."""
+    columns, keep = copy_columns(rows)
     try:
-        body = encode_rows(rows, extra=(project,))
+        body = encode_rows(rows, extra=(project,), keep=keep)
     except (TypeError, ValueError, OverflowError) as exc:
         # The decoders hand over valid rows only; were one not, nothing of the batch is written.
         raise WireError(f"records cannot be stored: {exc}") from None
     # A memoryview: asyncpg would take bytes for a file name.
-    return memoryview(b"".join((HEADER, body, TRAILER)))
+    return memoryview(b"".join((HEADER, body, TRAILER))), (*columns, "project")
 
 
 def _drop(conn: Any) -> None:
