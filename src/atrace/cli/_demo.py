@@ -46,7 +46,7 @@ async def charge(order_id: int, amount: float) -> str:
 
 
 async def handle_request(order_id: int) -> str:
-    async with atrace.span("POST /checkout", order_id=order_id, method="POST") as sp:
+    async with atrace.span("POST /checkout", kind="server", order_id=order_id, method="POST") as sp:
         items = await load_cart(order_id)
         amount = round(sum(i["qty"] for i in items) * 9.99, 2)
         sp.set(amount=amount)
