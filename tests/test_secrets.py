@@ -224,7 +224,8 @@ async def test_keys_revoke_never_echoes_a_secret(pg_schema: tuple[str, str], mis
     assert created.returncode == 0, created.stderr
     key = created.stdout.strip()
     secret = key.split("_", 2)[2]
-    done = _run("keys", "revoke", "--dsn", dsn, "--schema", schema, mistyped(key))
+    # "--": a secret may begin with "-" (URL-safe base64), which would read as an option.
+    done = _run("keys", "revoke", "--dsn", dsn, "--schema", schema, "--", mistyped(key))
     assert done.returncode == 1
     output = done.stdout + done.stderr
     assert secret[:-1] not in output and secret[1:] not in output, output
