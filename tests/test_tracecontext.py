@@ -17,12 +17,15 @@ import importlib
 import json
 import pickle
 import re
+import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any, NamedTuple
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import aiohttp
 import httpx
 import pytest
+import uvicorn
 from aiohttp import web
 from multidict import CIMultiDict
 from starlette.applications import Starlette
@@ -32,9 +35,6 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 import atrace
-import test_aiohttp_integration
-import test_asgi
-import test_wsgi
 from atrace._emit.runtime import runtime
 from atrace._emit.tracecontext import (
     extract,
@@ -964,15 +964,58 @@ class TestSampledParent:
 # ---- (c) over real HTTP --------------------------------------------------------------------------
 
 
-# The real servers of the integration tests, reused: aiohttp's AppRunner, uvicorn in this loop,
-# wsgiref in a thread.
-aiohttp_serving = test_aiohttp_integration.serving
-wsgiref_serving = test_wsgi.serving
+@contextlib.asynccontextmanager
+async def aiohttp_serving(app: web.Application) -> AsyncIterator[str]:
+    """``app`` on 127.0.0.1 (a free port); yields its base URL."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        await runner.cleanup()
 
 
-def uvicorn_serving(app: Any) -> contextlib.AbstractAsyncContextManager[str]:
-    """uvicorn serving ``app`` on 127.0.0.1 (a free port), without lifespan events."""
-    return test_asgi.serving(app, lifespan="off")
+@contextlib.asynccontextmanager
+async def uvicorn_serving(app: Any) -> AsyncIterator[str]:
+    """uvicorn serving ``app`` on 127.0.0.1 (a free port) in this loop; yields its base URL."""
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=0, lifespan="off", log_config=None, access_log=False
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+            raise RuntimeError("uvicorn stopped before it started")
+        await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def wsgiref_serving(app: Any) -> Iterator[str]:
+    """wsgiref serving ``app`` on 127.0.0.1 (a free port) in a thread; yields its base URL."""
+    server = make_server("127.0.0.1", 0, app, server_class=WSGIServer, handler_class=_Quiet)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
 
 
 def downstream_app() -> web.Application:
