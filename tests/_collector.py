@@ -242,6 +242,11 @@ def make_rows(n: int, *, service: str = "svc", trace_id: str | None = None) -> l
                 f"vendor=v{i}" if kind >= 2 and i % 2 else None,
                 None if kind == 0 else 3,
                 "gave up" if failed and kind >= 2 else None,
+                # (as PostgreSQL's jsonb writes it back: shorter keys first, ", " and ": ")
+                f'[{{"span_id": "{i:016x}", "trace_id": "{trace}"}}]'.encode()
+                if kind == 3 and i % 2
+                else None,
+                b'{"severity_text": "Information"}' if kind == 0 and i % 8 == 4 else None,
             )
         )
     assert all(len(r) == len(COLUMNS) for r in rows)

@@ -505,7 +505,9 @@ class TestMalformed:
         key = await collector_server.create_key("alpha")
         rows = [list(r) for r in make_rows(10)]
         for r in rows:
-            r[COLUMNS.index("attrs")] = orjson.loads(r[COLUMNS.index("attrs")])
+            for column in ("attrs", "links", "otlp"):
+                raw = r[COLUMNS.index(column)]
+                r[COLUMNS.index(column)] = None if raw is None else orjson.loads(raw)
         rows[6][COLUMNS.index("ts")] = "yesterday"
         doc = {"v": 1, "batch": uuid.uuid4().hex, "columns": COLUMNS, "rows": rows}
         resp = await collector_server.post(
@@ -561,7 +563,9 @@ _SQLISH = (
     "\\x00\\'; COPY records TO '/tmp/x'; --",
     "'||pg_sleep(10)||'",
 )
-_TEXT_COLUMNS = [c for c in COLUMNS[8:] if c not in ("pid", "attrs", "span_kind", "trace_flags")]
+_TEXT_COLUMNS = [
+    c for c in COLUMNS[8:] if c not in ("pid", "attrs", "span_kind", "trace_flags", "links", "otlp")
+]
 
 
 class TestHostileValues:
@@ -578,6 +582,9 @@ class TestHostileValues:
             for i in text_columns:
                 values[i] = text
             values[COLUMNS.index("attrs")] = orjson.dumps({text: text, "nested": {text: [text]}})
+            link = {"trace_id": "ab" * 16, "span_id": "cd" * 8, "attrs": {text: text}}
+            values[COLUMNS.index("links")] = orjson.dumps([link])
+            values[COLUMNS.index("otlp")] = orjson.dumps({"severity_text": text})
             rows.append(tuple(values))
         for fmt in ("msgpack", "json"):
             _, body = native_body(rows, fmt)
@@ -594,6 +601,9 @@ class TestHostileValues:
                 assert record[column] == expected, column
             attrs = orjson.loads(record["attrs"])
             assert attrs == {expected: expected, "nested": {expected: [expected]}}
+            (link,) = orjson.loads(record["links"])
+            assert link["attrs"] == {expected: expected}
+            assert orjson.loads(record["otlp"]) == {"severity_text": expected}
         # The schema is intact: the tables those strings name are still there.
         assert len(await collector_server.fetch("SELECT * FROM {schema}.batches")) == 2
 

@@ -101,7 +101,23 @@ def _body(path: str, fmt: str, records: list[tuple[int, dict[str, Any]]], trace:
         rows = []
         for n, (ts, attrs) in enumerate(records):
             row = (ts, 3, 20, trace, n + 1, None, 1000, 1, "svc", None, None, None, "op")
-            rows.append((*row, None, _attrs_json(attrs), None, None, None, None, 1, None, 3, None))
+            rows.append(
+                (
+                    *row,
+                    None,
+                    _attrs_json(attrs),
+                    None,
+                    None,
+                    None,
+                    None,
+                    1,
+                    None,
+                    3,
+                    None,
+                    None,
+                    None,
+                )
+            )
         return native_body(rows, fmt)[1]
     if fmt == "json":
         items = []

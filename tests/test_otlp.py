@@ -59,6 +59,8 @@ def row(**values: Any) -> tuple[Any, ...]:
         "trace_state": None,
         "trace_flags": None,
         "status_message": None,
+        "links": None,
+        "otlp": None,
     }
     unknown = set(values) - set(COLUMNS)
     assert not unknown, unknown

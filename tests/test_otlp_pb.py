@@ -211,6 +211,8 @@ def random_rows(rng: random.Random, n: int) -> list[tuple[Any, ...]]:
             "trace_state": rng.choice((None, "", text)),
             "trace_flags": rng.choice((None, 0, 1, 3, 255)),
             "status_message": rng.choice((None, "", text)) if kind else None,
+            "links": None,
+            "otlp": None,
         }
         values["attrs"] = None if values["attrs"] is None else orjson.dumps(values["attrs"])
         rows.append(tuple(values[c] for c in COLUMNS))

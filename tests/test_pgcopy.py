@@ -211,9 +211,10 @@ class TestCopyRows:
 
 class TestOptionalColumns:
     def test_a_batch_sends_only_the_optional_columns_it_has_values_in(self) -> None:
-        """Logs on whole microseconds send none of schema 5's columns; a span's kind and
-        flags, a trace state, a status message and nanoseconds each bring their own."""
-        base = pgcopy.COPY_COLUMNS[: len(COLUMNS) - 4]
+        """Logs on whole microseconds send none of schemas 5 and 6's columns; a span's kind
+        and flags, a trace state, a status message, links, an otlp document and nanoseconds
+        each bring their own."""
+        base = pgcopy.COPY_COLUMNS[: len(COLUMNS) - 6]
         whole = NOW // 1000 * 1000  # on a microsecond
         logs = [row(kind=0, ts=whole), row(kind=0, ts=whole + 1000)]
         assert pgcopy.copy_columns(logs) == (base, 0)
@@ -222,9 +223,20 @@ class TestOptionalColumns:
             row(span_kind=1, trace_flags=1, ts=whole + 7),
         ]
         names, keep = pgcopy.copy_columns(spans)
-        assert names == (*base, "span_kind", "trace_flags", "ts_frac") and keep == 0b10101
+        assert names == (*base, "span_kind", "trace_flags", "ts_frac") and keep == 0b1000101
+        linked = [row(span_kind=1, links=b"[]", ts=whole), row(kind=0, otlp=b"{}", ts=whole)]
+        names, keep = pgcopy.copy_columns(linked)
+        assert names == (*base, "span_kind", "links", "otlp") and keep == 0b0110001
         full = [
-            row(span_kind=3, trace_state="a=1", trace_flags=3, status_message="x", ts=whole + 1)
+            row(
+                span_kind=3,
+                trace_state="a=1",
+                trace_flags=3,
+                status_message="x",
+                links=b'[{"trace_id":"01","span_id":"02"}]',
+                otlp=b'{"flags":256}',
+                ts=whole + 1,
+            )
         ]
         assert pgcopy.copy_columns(full) == (pgcopy.COPY_COLUMNS, pgcopy.ALL_OPTIONAL)
 
@@ -235,7 +247,10 @@ class TestOptionalColumns:
         sent ones as they were, nanoseconds included."""
         _, schema = pg_schema
         whole = NOW // 1000 * 1000
-        rows = [row(span_kind=2, ts=whole + 789), row(kind=0, ts=whole + 2000)]
+        rows = [
+            row(span_kind=2, ts=whole + 789, links=b'[{"span_id":"00f067aa0ba902b7"}]'),
+            row(kind=0, ts=whole + 2000),
+        ]
         names, keep = pgcopy.copy_columns(rows)
         data = impl.encode_rows(rows, keep=keep)
         await conn.copy_to_table(
@@ -246,7 +261,10 @@ class TestOptionalColumns:
             format="binary",
         )
         got = await conn.fetch(
-            f"SELECT span_kind, trace_state, trace_flags, status_message, ts_frac "
-            f"FROM {schema}.records ORDER BY ts"
+            f"SELECT span_kind, trace_state, trace_flags, status_message, links::text, otlp, "
+            f"ts_frac FROM {schema}.records ORDER BY ts"
         )
-        assert [tuple(r) for r in got] == [(2, None, None, None, 789), (None,) * 5]
+        assert [tuple(r) for r in got] == [
+            (2, None, None, None, '[{"span_id": "00f067aa0ba902b7"}]', None, 789),
+            (None,) * 7,
+        ]

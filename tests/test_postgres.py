@@ -402,9 +402,17 @@ class TestExactlyOnce:
             )
         ]
         # The columns atrace writes up to location, the project (filled by default for direct
-        # writers, added by schema 3), then the columns schema 5 added: COPY names each one.
+        # writers, added by schema 3), then the columns schemas 5 and 6 added: COPY names each
+        # one.
         location = COLUMNS.index("location") + 1
-        assert tuple(cols) == (*COLUMNS[:location], "project", *COLUMNS[location:], "ts_frac")
+        status_message = COLUMNS.index("status_message") + 1
+        assert tuple(cols) == (
+            *COLUMNS[:location],
+            "project",
+            *COLUMNS[location:status_message],
+            "ts_frac",
+            *COLUMNS[status_message:],
+        )
         assert set(COPY_COLUMNS) == set(cols) - {"project"}
 
 

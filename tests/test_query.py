@@ -55,6 +55,8 @@ def make_row(
     span_kind: int | None = None,
     trace_state: str | None = None,
     status_message: str | None = None,
+    links: list[dict[str, Any]] | None = None,
+    otlp: dict[str, Any] | None = None,
 ) -> tuple[Any, ...]:
     """A row in COLUMNS order (a span's kind defaults to internal)."""
     return (
@@ -81,6 +83,8 @@ def make_row(
         trace_state,
         None if kind == 0 else 1,
         status_message,
+        None if links is None else orjson.dumps(links),
+        None if otlp is None else orjson.dumps(otlp),
     )
 
 

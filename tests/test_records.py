@@ -164,14 +164,16 @@ class TestStorageContract:
 class TestColumns:
     def test_each_index_names_its_column(self) -> None:
         """The index constant of every column is that column's position in COLUMNS."""
-        assert len(COLUMNS) == 23
-        # Schema 5 added four columns after location.
+        assert len(COLUMNS) == 25
+        # Schema 5 added four columns after location, schema 6 two more.
         assert COLUMNS[18:] == (
             "location",
             "span_kind",
             "trace_state",
             "trace_flags",
             "status_message",
+            "links",
+            "otlp",
         )
         for position, name in enumerate(COLUMNS):
             assert getattr(records, name.upper()) == position

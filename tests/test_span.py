@@ -165,6 +165,98 @@ class TestSpanContextManager:
         assert row["error_type"] == "asyncio.exceptions.CancelledError"
 
 
+class TestSpanLinks:
+    async def test_links_in_every_form(self, configure_memory: MemorySink) -> None:
+        """A span links to spans given as a SpanContext, a span, a (trace, span[, attrs])
+        tuple or OpenTelemetry's SpanContext and Link; the row keeps them in order with hex
+        ids, and they are the span's own, not attributes."""
+        from opentelemetry import trace as otel
+
+        other = "0af7651916cd43dd8448eb211c80319c"
+        remote = atrace.SpanContext(other, -2, flags=3, trace_state="rojo=1")
+        otel_ctx = otel.SpanContext(
+            int(other, 16), 0xB7AD6B7169203331, is_remote=True, trace_flags=otel.TraceFlags(1)
+        )
+        with atrace.span("earlier") as earlier:
+            pass
+        with atrace.span(
+            "batch",
+            links=[
+                remote,
+                earlier,
+                (other, "00f067aa0ba902b7", {"messaging.batch.index": 2}),
+                (int(other, 16), 5),
+                otel.Link(otel_ctx, {"why": "retry"}),
+            ],
+            k=1,
+        ):
+            pass
+        await atrace.aflush()
+        row = by_name(configure_memory.spans(), "batch")
+        assert row["attrs"] == {"k": 1}
+        assert row["links"] == [
+            {"trace_id": other, "span_id": "fffffffffffffffe", "trace_state": "rojo=1", "flags": 3},
+            {
+                "trace_id": earlier.trace_id,
+                "span_id": f"{earlier.span_id & (2**64 - 1):016x}",
+                "flags": earlier.flags,
+            },
+            {
+                "trace_id": other,
+                "span_id": "00f067aa0ba902b7",
+                "attrs": {"messaging.batch.index": 2},
+            },
+            {"trace_id": other, "span_id": "0000000000000005"},
+            {
+                "trace_id": other,
+                "span_id": "b7ad6b7169203331",
+                "flags": 1,
+                "attrs": {"why": "retry"},
+            },
+        ]
+        assert by_name(configure_memory.spans(), "earlier")["links"] is None
+
+    async def test_traced_and_tracer_spans_take_links(self, configure_memory: MemorySink) -> None:
+        """@traced, Tracer.span and Tracer.traced take links= as atrace.span does."""
+        target = ("ab" * 16, "cd" * 8)
+
+        @atrace.traced(links=[target])
+        def job() -> None:
+            pass
+
+        tracer = atrace.Tracer("worker")
+
+        @tracer.traced("consume", links=[target])
+        async def consume() -> None:
+            pass
+
+        job()
+        await consume()
+        with tracer.span("handle", links=[target]):
+            pass
+        await atrace.aflush()
+        link = {"trace_id": "ab" * 16, "span_id": "cd" * 8}
+        spans = configure_memory.spans()
+        assert by_name(spans, "consume")["links"] == [link]
+        assert by_name(spans, "handle")["links"] == [link]
+        assert [r["links"] for r in spans if r["name"].endswith("job")] == [[link]]
+
+    @pytest.mark.parametrize(
+        "bad",
+        [
+            "0af7651916cd43dd8448eb211c80319c",  # one string, not a list
+            [("nothex", "00f067aa0ba902b7")],
+            [("0af7651916cd43dd8448eb211c80319c", "short")],
+            [object()],
+            [("0af7651916cd43dd8448eb211c80319c", 1, ["not", "a", "mapping"])],
+        ],
+    )
+    def test_a_wrong_link_fails_at_the_call(self, bad: object) -> None:
+        """A link that names no span is a ConfigError where the span is made."""
+        with pytest.raises(atrace.ConfigError, match="links"):
+            atrace.span("x", links=bad)
+
+
 class TestSpanKind:
     async def test_kind_by_name_member_or_number(self, configure_memory: MemorySink) -> None:
         """A span's kind is given by name (any case), as an atrace.SpanKind, or as its number;

@@ -783,20 +783,21 @@ class TestSpanFlags:
     def test_records_carry_kind_state_flags_and_status_message(
         self, hot: Any, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """Both implementations put the span's kind, tracestate, flags and status message at
-        the end of its start and end records (the start record has no status message yet)."""
+        """Both implementations put the span's kind, tracestate, flags, status message and
+        links at the end of its start and end records (the start record has no status message
+        yet, and leaves the links to the end record)."""
         monkeypatch.setattr(runtime, "push", lambda _: None)
         sp = hot.span("joined", kind="client")
         hot.begin(sp, hot.SpanContext(TRACE, 5, flags=1, trace_state="a=1"))
         sp.set_status("error", "refused")
-        assert hot.start_record(sp)[-4:] == (3, "a=1", 1, None)
+        assert hot.start_record(sp)[-5:] == (3, "a=1", 1, None, None)
         hot.end(sp, None)
-        assert sp._record()[-4:] == (3, "a=1", 1, "refused")
+        assert sp._record()[-5:] == (3, "a=1", 1, "refused", None)
         root = hot.Span("root")
         hot.begin(root, None)
         runtime.open_spans.discard(root)
         hot.end(root, None)
-        assert root._record()[-4:] == (1, None, 3, None) and root.status == 0
+        assert root._record()[-5:] == (1, None, 3, None, None) and root.status == 0
         with pytest.raises(atrace.ConfigError, match="kind"):
             hot.span("bad", kind="sideways")
 

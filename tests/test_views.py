@@ -182,6 +182,29 @@ class TestShow:
         assert "status: quota exceeded" in out
         assert "error: quota exceeded" not in out
 
+    async def test_links_under_their_span(self, pg_schema: tuple[str, str]) -> None:
+        """A span's links are listed under it: the trace and span each points at, whole (what
+        `atrace show` takes), and the link's attributes."""
+        dsn, schema = pg_schema
+        atrace.configure(service="shop", sink=dsn, schema=schema, flush_interval=0.05)
+        async with atrace.span("enqueue") as producer:
+            pass
+        async with atrace.span(
+            "consume batch",
+            kind="consumer",
+            links=[(producer.trace_id, producer.span_id, {"n": 1})],
+        ):
+            trace_id = atrace.current_trace_id()
+        assert await atrace.aflush(timeout=30)
+        await atrace.ashutdown()
+        code, out, err = await run("show", trace_id or "", "--dsn", dsn, "--schema", schema)
+        assert code == 0, err
+        lines = out.splitlines()
+        at = next(i for i, line in enumerate(lines) if "consume batch" in line)
+        link = lines[at + 1]
+        assert "↪ link" in link and f"trace {producer.trace_id}" in link
+        assert f"span {producer.span_id & (2**64 - 1):016x}" in link and "n=1" in link
+
     async def test_unknown_trace_and_bad_id(self, seeded: Seeded) -> None:
         """An unknown trace exits 1, a malformed id 2, each with one line on stderr."""
         code, out, err = await run(*seeded.db("show", "ab" * 16))

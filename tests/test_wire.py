@@ -29,6 +29,7 @@ TRACE = "01a208e9d00773c265f2f08d84670389"
 SQL = "'; DROP TABLE atrace.records; -- Robert'); DELETE FROM atrace.batches WHERE 1=1;--"
 ATTRS_I = COLUMNS.index("attrs")
 MESSAGE_I = COLUMNS.index("message")
+N = len(COLUMNS)
 
 
 def row(**values: Any) -> tuple[Any, ...]:
@@ -266,8 +267,8 @@ class TestRowValidation:
             ({"ts": 1}, "rows[1]: expected an array, got dict"),
             ("abc", "rows[1]: expected an array, got str"),
             (None, "rows[1]: expected an array, got NoneType"),
-            (list(row())[:5], "rows[1]: expected 23 values (one per column), got 5"),
-            ([*row(), None], "rows[1]: expected 23 values (one per column), got 24"),
+            (list(row())[:5], f"rows[1]: expected {N} values (one per column), got 5"),
+            ([*row(), None], f"rows[1]: expected {N} values (one per column), got {N + 1}"),
         ],
     )
     def test_malformed_rows(self, fmt: str, bad_row: Any, text: str) -> None:
@@ -278,7 +279,7 @@ class TestRowValidation:
 
     def test_every_row_of_the_wrong_length(self) -> None:
         """Rows all one value short are caught although they agree with each other."""
-        with pytest.raises(WireError, match=r"rows\[0\]: expected 23 values"):
+        with pytest.raises(WireError, match=rf"rows\[0\]: expected {N} values"):
             decode(body([row()[:-1]] * 3))
 
     def test_lone_surrogate_in_json_text(self) -> None:
@@ -483,3 +484,60 @@ class TestPublicSurface:
         assert isinstance(wire.__all__, tuple)
         assert all(hasattr(wire, name) for name in wire.__all__)
         assert {n for n in defined if not n.startswith("_")} == set(wire.__all__)
+
+
+class TestDocuments:
+    LINKS = orjson.dumps([{"trace_id": TRACE, "span_id": "00f067aa0ba902b7", "attrs": {"n": 1}}])
+    OTLP = orjson.dumps({"severity_number": 10, "types": {"/attrs/b": "bytes"}})
+
+    @pytest.mark.parametrize("fmt", FORMATS)
+    def test_links_and_otlp_round_trip(self, fmt: str) -> None:
+        """A span's links and a row's otlp document arrive as the JSON bytes that are stored."""
+        rows = [row(kind=3, links=self.LINKS), row(otlp=self.OTLP), row()]
+        out = decode(body(rows, fmt), fmt)
+        assert [orjson.loads(r[-2]) if r[-2] else None for r in out] == [
+            orjson.loads(self.LINKS),
+            None,
+            None,
+        ]
+        assert [orjson.loads(r[-1]) if r[-1] else None for r in out] == [
+            None,
+            orjson.loads(self.OTLP),
+            None,
+        ]
+
+    @pytest.mark.parametrize(
+        ("column", "value", "text"),
+        [
+            ("links", b'{"trace_id": "x"}', "a JSON array of links"),
+            ("links", b'[{"span_id": "00f067aa0ba902b7"}]', "trace_id and span_id"),
+            ("links", b"[1]", "trace_id and span_id"),
+            ("links", b"[{", "invalid JSON"),
+            ("otlp", b"[]", "a JSON object"),
+            ("otlp", "text, not bytes", "as bytes"),
+        ],
+    )
+    def test_malformed_documents_refuse_the_batch(self, column: str, value: Any, text: str) -> None:
+        """A links column that is not an array of links, or an otlp column that is not an
+        object, refuses the batch and names the row and column."""
+        with pytest.raises(WireError) as err:
+            decode(body([row(), row(**{column: value})]))
+        assert err.value.status == 400
+        assert "rows[1]" in str(err.value) and column in str(err.value) and text in str(err.value)
+
+    def test_an_oversize_document_is_stored_as_null_and_counted(self) -> None:
+        """A links document past max_attrs_bytes is dropped (null) and counted as cut; the
+        rest of the row and batch is kept."""
+        big = orjson.dumps([{"trace_id": TRACE, "span_id": "0" * 16, "attrs": {"x": "y" * 5000}}])
+        rows = [row(kind=3, links=big, message="kept"), row(kind=3, links=self.LINKS)]
+        _, out, cut = wire.decode_batch_counted(
+            body(rows), CONTENT_TYPES["msgpack"], max_attrs_bytes=4096
+        )
+        assert cut == 1
+        assert out[0][-2] is None and out[0][MESSAGE_I] == "kept"
+        assert out[1][-2] == self.LINKS
+
+    def test_nul_escapes_in_a_document_are_replaced(self) -> None:
+        """\\u0000 (which jsonb refuses) in an otlp document becomes U+FFFD."""
+        out = decode(body([row(otlp=b'{"severity_text": "a\\u0000b"}')]))
+        assert orjson.loads(out[0][-1]) == {"severity_text": "a\ufffdb"}

@@ -30,11 +30,13 @@ __all__ = (
     "LEVEL",
     "LEVELS",
     "LEVEL_NAMES",
+    "LINKS",
     "LOCATION",
     "MAX_LEVEL",
     "MESSAGE",
     "NAME",
     "ORIGIN",
+    "OTLP",
     "PARENT_ID",
     "PID",
     "SERVICE",
@@ -174,6 +176,9 @@ COLUMNS = (
     "trace_state",  # the W3C tracestate of the span's context, or None when empty
     "trace_flags",  # the W3C trace flags (bit 0 sampled, bit 1 random), or None if unknown
     "status_message",  # the status description set with the status, apart from any error
+    # Added in schema 6 (a batch may leave them out: null):
+    "links",  # JSON bytes of a span's links (see LINKS_FORMAT), or None
+    "otlp",  # JSON bytes of what OTLP sent that has no column of its own (see OTLP_FORMAT)
 )
 # Positions in a row, one per column: plain ints, because rows are read column by column in
 # per-row loops (tail filters, console, OTLP), where an enum member would cost a lookup each.
@@ -201,6 +206,8 @@ COLUMNS = (
     TRACE_STATE,
     TRACE_FLAGS,
     STATUS_MESSAGE,
+    LINKS,
+    OTLP,
 ) = range(len(COLUMNS))
 
 if TYPE_CHECKING:

@@ -60,12 +60,13 @@ class MemorySink:
         self.closed += 1
 
     def records(self) -> list[dict[str, Any]]:
-        """Every row as a dict keyed by column name, attrs decoded from JSON."""
+        """Every row as a dict keyed by column name, attrs, links and otlp decoded from JSON."""
         out = []
         for row in self.rows:
             rec = row_dict(row)
-            if rec["attrs"] is not None:
-                rec["attrs"] = orjson.loads(rec["attrs"])
+            for column in ("attrs", "links", "otlp"):
+                if rec[column] is not None:
+                    rec[column] = orjson.loads(rec[column])
             out.append(rec)
         return out
 
@@ -114,13 +115,20 @@ class Record:
     trace_state: str | None = None
     trace_flags: int | None = None
     status_message: str | None = None
+    links: tuple[dict[str, Any], ...] = ()
+    otlp: dict[str, Any] | None = None
 
     @classmethod
     def from_row(cls, row: Row) -> Record:
-        """A record from a row in COLUMNS order (``attrs`` as JSON bytes or None)."""
+        """A record from a row in COLUMNS order (``attrs``, ``links`` and ``otlp`` as JSON
+        bytes or None)."""
         values = row_dict(row)
         raw = values["attrs"]
         values["attrs"] = {} if raw is None else orjson.loads(raw)
+        raw = values["links"]
+        values["links"] = () if raw is None else tuple(orjson.loads(raw))
+        raw = values["otlp"]
+        values["otlp"] = None if raw is None else orjson.loads(raw)
         return cls(**values)
 
     @property

@@ -60,6 +60,7 @@ class Span:
     status: int
     status_message: str | None
     kind: int
+    links: tuple[dict[str, Any], ...] | None
     level: int
     announced: bool
     start_ns: int
@@ -73,6 +74,7 @@ class Span:
         location: str | tuple[str, int] | None = None,
         service: str | None = None,
         kind: int = 1,
+        links: tuple[dict[str, Any], ...] | None = None,
     ) -> None: ...
     @property
     def trace_id(self) -> str: ...

@@ -10,7 +10,7 @@ from libc.stdint cimport int64_t, uint64_t
 
 import os
 
-from .slow import build, catch, format_message, misused, snapshot, span_kind
+from .slow import build, catch, format_message, misused, snapshot, span_kind, span_links
 from .runtime import current, runtime
 
 cdef extern from *:
@@ -451,6 +451,7 @@ cdef class Span:
     cdef public object _parent
     cdef public object _token
     cdef public object status_message
+    cdef public object links  # as slow.span_links gives them; None when there are none
     cdef object _tid  # trace id text; None while only _hi/_lo hold it (formatted on demand)
     cdef object _ts  # the tracestate inherited from the parent; None when there is none
     cdef uint64_t _hi
@@ -464,12 +465,13 @@ cdef class Span:
     cdef public int64_t start_ns
     cdef public int64_t end_ns
 
-    def __init__(self, name, attrs=None, location=None, service=None, kind=1):
+    def __init__(self, name, attrs=None, location=None, service=None, kind=1, links=None):
         self.name = name
         self.attrs = None if attrs is None else _frozen(attrs)
         self.location = location
         self.service = service
         self._kind = kind
+        self.links = links or None
 
     @property
     def trace_id(self):
@@ -595,6 +597,7 @@ cdef class Span:
             self._ts,
             self._flags,
             self.status_message,
+            self.links,
         )
 
     def _start_record(self):
@@ -617,6 +620,7 @@ cdef class Span:
             self._kind or 1,
             self._ts,
             self._flags,
+            None,
             None,
         )
 
@@ -727,17 +731,22 @@ def span(name, /, **attrs):
 
     ``kind=``: ``"internal"`` (the default), ``"server"``, ``"client"``, ``"producer"`` or
     ``"consumer"`` (or a :class:`~atrace.SpanKind`), OpenTelemetry's span kinds; the span's
-    own, not an attribute.
+    own, not an attribute. ``links=``: spans this one is causally related to (a batch's
+    messages, the request that scheduled a job), each a :class:`SpanContext`, a span, an
+    OpenTelemetry ``SpanContext`` or ``Link``, or a ``(trace_id, span_id[, attributes])``
+    tuple; also the span's own, not an attribute.
     """
     if type(name) is not str and callable(name):
         misused(name)
     cdef Span sp = Span.__new__(Span)
     sp.name = name
     if attrs:
-        # ``kind`` is the span's own, not an attribute (read here: a keyword-only parameter
-        # beside **attrs would cost every call its parsing).
+        # ``kind`` and ``links`` are the span's own, not attributes (read here: keyword-only
+        # parameters beside **attrs would cost every call their parsing).
         if "kind" in attrs:
             sp._kind = span_kind(attrs.pop("kind"))
+        if "links" in attrs:
+            sp.links = span_links(attrs.pop("links")) or None
         sp.attrs = _frozen(attrs) if attrs else None
     sp.location = _location()
     return sp

@@ -13,7 +13,7 @@ from types import TracebackType
 
 from .._records import Frozen
 from .runtime import current, runtime
-from .slow import ATOMIC, build, catch, format_message, freeze, misused, span_kind
+from .slow import ATOMIC, build, catch, format_message, freeze, misused, span_kind, span_links
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -191,6 +191,7 @@ class Span:
         "error",
         "kind",
         "level",
+        "links",
         "location",
         "name",
         "parent_id",
@@ -209,6 +210,7 @@ class Span:
         location: str | tuple[str, int] | None = None,
         service: str | None = None,
         kind: int = 1,
+        links: tuple[dict[str, Any], ...] | None = None,
     ) -> None:
         self.name = name
         self.attrs = None if attrs is None else freeze(attrs)
@@ -216,6 +218,8 @@ class Span:
         self.service = service
         # OpenTelemetry's SpanKind number (0 read as internal, as in the compiled Span).
         self.kind = kind
+        # The spans this one links to, as slow.span_links gives them (None: none).
+        self.links = links or None
         self.status = 0
         self.status_message: str | None = None
         self.level = 20
@@ -322,6 +326,7 @@ class Span:
             self._ts or None,
             self._flags,
             self.status_message,
+            self.links,
         )
 
     def _start_record(self) -> tuple[Any, ...]:
@@ -344,6 +349,7 @@ class Span:
             self.kind or 1,
             self._ts or None,
             self._flags,
+            None,
             None,
         )
 
@@ -461,14 +467,18 @@ def span(name: str, /, **attrs: Any) -> Span:
 
     ``kind=``: ``"internal"`` (the default), ``"server"``, ``"client"``, ``"producer"`` or
     ``"consumer"`` (or a :class:`~atrace.SpanKind`), OpenTelemetry's span kinds; the span's
-    own, not an attribute.
+    own, not an attribute. ``links=``: spans this one is causally related to (a batch's
+    messages, the request that scheduled a job), each a :class:`SpanContext`, a span, an
+    OpenTelemetry ``SpanContext`` or ``Link``, or a ``(trace_id, span_id[, attributes])``
+    tuple; also the span's own, not an attribute.
     """
     if type(name) is not str and callable(name):
         misused(name)
     frame = _getframe(1)
     location = (frame.f_code.co_filename, frame.f_lineno)
     kind = span_kind(attrs.pop("kind")) if "kind" in attrs else 1
-    return Span(name, attrs or None, location, None, kind)
+    links = span_links(attrs.pop("links")) if "links" in attrs else None
+    return Span(name, attrs or None, location, None, kind, links)
 
 
 def _level_function(level: int, name: str, default_exc_info: bool = False) -> Callable[..., None]:

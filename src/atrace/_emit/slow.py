@@ -32,6 +32,7 @@ __all__ = (
     "misused",
     "snapshot",
     "span_kind",
+    "span_links",
 )
 
 # Set on the exception object itself: (hex span id, whether that record was the span's own).
@@ -283,3 +284,69 @@ def build(
         err,
         (frame.f_code.co_filename, frame.f_lineno),
     )
+
+
+_LINK_HELP = (
+    "expected a list of links, each a SpanContext, a Span, an OpenTelemetry SpanContext or"
+    " Link, or a (trace_id, span_id) or (trace_id, span_id, attributes) tuple"
+)
+
+
+def _link_id(value: Any, digits: int) -> str | None:
+    # An id as lower-case hex: given as hex text (a trace id may have dashes, as a UUID) or as
+    # an int (a signed 64-bit span id as atrace keeps it, or OpenTelemetry's unsigned one).
+    if isinstance(value, int) and not isinstance(value, bool):
+        if -(1 << 63) <= value < (1 << (4 * digits)):
+            return f"{value & ((1 << (4 * digits)) - 1):0{digits}x}"
+        return None
+    if type(value) is str:
+        text = value.replace("-", "").lower() if digits == 32 else value.lower()
+        if len(text) == digits and all(c in "0123456789abcdef" for c in text):
+            return text
+    return None
+
+
+def span_links(value: Any) -> tuple[dict[str, Any], ...]:
+    """Links given to a span, as the ``links`` column keeps them: ``{"trace_id": 32 hex,
+    "span_id": 16 hex}`` with ``trace_state``, ``flags`` and ``attrs`` when they say
+    something. Checked here, when the span is made, so that a wrong link fails at the call."""
+    from ..errors import ConfigError
+
+    if value is None:
+        return ()
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise ConfigError("links", value, _LINK_HELP)
+    out = []
+    for item in value:
+        attrs: Any = None
+        context: Any = item
+        if type(item) is tuple and len(item) in (2, 3):
+            trace_id, span_id = item[0], item[1]
+            attrs = item[2] if len(item) == 3 else None
+            state: Any = ""
+            flags: Any = None
+        else:
+            if hasattr(item, "context") and hasattr(item, "attributes"):  # OpenTelemetry's Link
+                context, attrs = item.context, item.attributes
+            trace_id = getattr(context, "trace_id", None)
+            span_id = getattr(context, "span_id", None)
+            state = getattr(context, "trace_state", "")
+            flags = getattr(context, "trace_flags", getattr(context, "flags", None))
+            if state is not None and type(state) is not str:  # OpenTelemetry's TraceState
+                to_header = getattr(state, "to_header", None)
+                state = to_header() if callable(to_header) else ""
+        tid = _link_id(trace_id, 32)
+        sid = _link_id(span_id, 16)
+        if tid is None or sid is None:
+            raise ConfigError("links", item, _LINK_HELP)
+        link: dict[str, Any] = {"trace_id": tid, "span_id": sid}
+        if state:
+            link["trace_state"] = str(state)
+        if isinstance(flags, int) and not isinstance(flags, bool) and 0 < flags <= 255:
+            link["flags"] = int(flags)
+        if attrs:
+            if not hasattr(attrs, "items"):
+                raise ConfigError("links", item, "a link's attributes must be a mapping")
+            link["attrs"] = freeze(dict(attrs))
+        out.append(link)
+    return tuple(out)

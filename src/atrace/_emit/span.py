@@ -6,7 +6,7 @@ import functools
 
 from ..errors import ConfigError
 from .hot import Span, begin, end, get_current, parent_of, reset_current, set_current, span
-from .slow import span_kind
+from .slow import span_kind, span_links
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -31,27 +31,38 @@ __all__ = ("Span", "span", "traced")
 def traced(fn: F, /) -> F: ...
 @overload
 def traced(  # noqa: F811
-    name: str | None = None, /, *, kind: Any = None, **attrs: Any
+    name: str | None = None, /, *, kind: Any = None, links: Any = None, **attrs: Any
 ) -> Callable[[F], F]: ...
 
 
-def traced(arg: Any = None, /, *, kind: Any = None, **attrs: Any) -> Any:  # noqa: F811
+def traced(  # noqa: F811
+    arg: Any = None, /, *, kind: Any = None, links: Any = None, **attrs: Any
+) -> Any:
     """Wrap a function in a span named after its qualified name (or the name given).
 
     Works on sync and async functions, and on sync and async generators, where the span covers
-    the whole iteration and is current only while the generator body runs. ``kind`` is the
-    span's kind, as for :func:`atrace.span`.
+    the whole iteration and is current only while the generator body runs. ``kind`` and
+    ``links`` are the span's kind and links, as for :func:`atrace.span` (the same links on
+    every call).
     """
     number = 1 if kind is None else span_kind(kind)
+    linked = span_links(links) or None
     if callable(arg):
-        return decorate(arg, None, attrs, None, number)
+        return decorate(arg, None, attrs, None, number, linked)
     if arg is not None and not isinstance(arg, str):
         raise ConfigError("name", arg, "expected a span name (str) or a function")
-    return functools.partial(decorate, name=arg, attrs=attrs, service=None, kind=number)
+    return functools.partial(
+        decorate, name=arg, attrs=attrs, service=None, kind=number, links=linked
+    )
 
 
 def decorate(
-    fn: F, name: str | None, attrs: dict[str, Any], service: str | None, kind: int = 1
+    fn: F,
+    name: str | None,
+    attrs: dict[str, Any],
+    service: str | None,
+    kind: int = 1,
+    links: tuple[dict[str, Any], ...] | None = None,
 ) -> F:
     import inspect
 
@@ -62,7 +73,9 @@ def decorate(
     bound = dict(attrs) or None
 
     def new() -> Span:
-        return Span(span_name, None if bound is None else dict(bound), location, service, kind)
+        return Span(
+            span_name, None if bound is None else dict(bound), location, service, kind, links
+        )
 
     if inspect.isasyncgenfunction(target):
 

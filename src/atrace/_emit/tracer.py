@@ -11,7 +11,7 @@ from .context import SpanContext, coerce_span_id
 from .hot import set_parent
 from .log import level_number
 from .runtime import runtime
-from .slow import build, span_kind
+from .slow import build, span_kind, span_links
 from .span import Span, decorate
 
 TYPE_CHECKING = False
@@ -79,9 +79,9 @@ class Tracer:
             new._bound.pop(key, None)
         return new
 
-    def span(self, name: str, /, *, kind: Any = None, **attrs: Any) -> Span:
-        """A span of this tracer's service with the bound attributes (``kind`` as for
-        :func:`atrace.span`)."""
+    def span(self, name: str, /, *, kind: Any = None, links: Any = None, **attrs: Any) -> Span:
+        """A span of this tracer's service with the bound attributes (``kind`` and ``links``
+        as for :func:`atrace.span`)."""
         frame = _getframe(1)
         sp = Span(
             name,
@@ -89,17 +89,21 @@ class Tracer:
             (frame.f_code.co_filename, frame.f_lineno),
             self.service,
             1 if kind is None else span_kind(kind),
+            span_links(links) or None,
         )
         set_parent(sp, self._parent)
         return sp
 
-    def traced(self, arg: Any = None, /, *, kind: Any = None, **attrs: Any) -> Any:
+    def traced(
+        self, arg: Any = None, /, *, kind: Any = None, links: Any = None, **attrs: Any
+    ) -> Any:
         """Like :func:`atrace.traced`, for this tracer's service and bound attributes."""
         merged = {**self._bound, **attrs}
         number = 1 if kind is None else span_kind(kind)
+        linked = span_links(links) or None
         if callable(arg):
-            return decorate(arg, None, merged, self.service, number)
-        return lambda fn: decorate(fn, arg, merged, self.service, number)
+            return decorate(arg, None, merged, self.service, number, linked)
+        return lambda fn: decorate(fn, arg, merged, self.service, number, linked)
 
     def _record(
         self, level: int, msg: Any, attrs: dict[str, Any], kw: dict[str, Any]

@@ -19,9 +19,10 @@ HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
 TRAILER = b"\xff\xff"
 
 cdef int64_t PG_EPOCH_US = 946684800000000
-cdef int N_COLUMNS = 23
-# span_kind's place: the four columns from here, then ts_frac, are optional (``keep``'s bits).
+cdef int N_COLUMNS = 25
+# span_kind's place: the six columns from here, then ts_frac, are optional (``keep``'s bits).
 cdef int FIRST_OPTIONAL = 19
+cdef int N_OPTIONAL = 6
 
 # Column kinds in COLUMNS order (see encode.COLUMNS and schema.py).
 DEF T_TS = 0
@@ -32,10 +33,10 @@ DEF T_TEXT = 4
 DEF T_INT4 = 5
 DEF T_JSONB = 6
 
-cdef int[23] KINDS = [
+cdef int[25] KINDS = [
     T_TS, T_INT2, T_INT2, T_UUID, T_INT8, T_INT8, T_INT8, T_INT2,
     T_TEXT, T_TEXT, T_TEXT, T_INT4, T_TEXT, T_TEXT, T_JSONB, T_TEXT, T_TEXT, T_TEXT, T_TEXT,
-    T_INT2, T_TEXT, T_INT2, T_TEXT,
+    T_INT2, T_TEXT, T_INT2, T_TEXT, T_JSONB, T_JSONB,
 ]
 
 
@@ -221,7 +222,7 @@ cdef int put_row(Buf* b, tuple row, list extra, int keep, int fields) except -1:
         else:  # T_JSONB
             put_text(b, v, 1)
     # ts_frac, after COLUMNS (when the batch sends it): null for 0
-    if not keep & 16:
+    if not keep & 64:
         pass
     elif frac:
         grow(b, 6)
@@ -238,7 +239,7 @@ cdef int put_row(Buf* b, tuple row, list extra, int keep, int fields) except -1:
 
 
 def encode_rows(rows, Py_ssize_t start=0, Py_ssize_t stop=-1, extra=(), on_error=None,
-                int keep=0x1F):
+                int keep=0x7F):
     """``rows[start:stop]`` as binary COPY tuples (no header or trailer), plus ``extra`` text
     values appended to every row (columns after COLUMNS, such as the project). ``keep`` says
     which optional columns are sent (``pgcopy.copy_columns``; default all).
@@ -250,10 +251,10 @@ def encode_rows(rows, Py_ssize_t start=0, Py_ssize_t stop=-1, extra=(), on_error
     cdef Py_ssize_t i, mark, n = len(rows)
     cdef list more = list(extra)
     cdef int n_keep = 0, bit
-    for bit in range(5):
+    for bit in range(N_OPTIONAL + 1):
         if (keep >> bit) & 1:
             n_keep += 1
-    cdef int fields = N_COLUMNS - 4 + n_keep + len(more)
+    cdef int fields = N_COLUMNS - N_OPTIONAL + n_keep + len(more)
     if stop < 0 or stop > n:
         stop = n
     if start < 0:

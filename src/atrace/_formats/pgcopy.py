@@ -21,11 +21,13 @@ __all__ = (
 # ``ts`` that its timestamptz (microseconds) cannot hold, so that a time reads back exact. The
 # caller's extra columns (the project) follow.
 COPY_COLUMNS = (*COLUMNS, "ts_frac")
-# The columns of schema 5, null on most rows: a batch sends only those it has values in (each
-# field costs PostgreSQL's COPY and heap alike, null or not). Bit i of ``keep`` is OPTIONAL[i].
-OPTIONAL = ("span_kind", "trace_state", "trace_flags", "status_message", "ts_frac")
+# The columns of schemas 5 and 6, null on most rows: a batch sends only those it has values in
+# (each field costs PostgreSQL's COPY and heap alike, null or not). Bit i of ``keep`` is
+# OPTIONAL[i]; the last one, ts_frac, is not in a row but computed from ts.
+OPTIONAL = (*COLUMNS[COLUMNS.index("span_kind") :], "ts_frac")
 ALL_OPTIONAL = (1 << len(OPTIONAL)) - 1
-_FIRST = len(COLUMNS) - 4  # span_kind's place in a row
+_FIRST = COLUMNS.index("span_kind")  # the first optional column's place in a row
+_IN_ROW = len(OPTIONAL) - 1
 _BASE = COLUMNS[:_FIRST]
 
 
@@ -33,12 +35,12 @@ def copy_columns(rows: Sequence[tuple[object, ...]]) -> tuple[tuple[str, ...], i
     """The COPY column list for ``rows`` and the ``keep`` mask :func:`encode_rows` takes: the
     base columns, then each optional one that some row has a value in."""
     keep = 0
-    for bit in range(4):
+    for bit in range(_IN_ROW):
         i = _FIRST + bit
         if any(r[i] is not None for r in rows):
             keep |= 1 << bit
     if any(type(t) is int and t % 1000 for t in (r[TS] for r in rows)):
-        keep |= 1 << 4
+        keep |= 1 << _IN_ROW
     names = _BASE + tuple(name for bit, name in enumerate(OPTIONAL) if keep >> bit & 1)
     return names, keep
 

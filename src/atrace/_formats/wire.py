@@ -12,7 +12,9 @@ One document per batch::
   ``status`` reads as 0 (unset), any other missing column as null. A name atrace does not know is
   refused, so a layout this collector cannot store fails loudly instead of losing data.
 - ``rows`` holds one array per record, with the values in ``columns`` order (types below).
-- ``attrs`` is a JSON object: in msgpack its JSON text as ``bin``, in JSON the object itself.
+- ``attrs`` is a JSON object: in msgpack its JSON text as ``bin``, in JSON the object itself;
+  ``links`` (a JSON array of objects, each with ``trace_id`` and ``span_id`` as hex text) and
+  ``otlp`` (a JSON object) travel the same way.
 
 msgpack (``application/msgpack``) is the default encoding; JSON (``application/json``) the
 alternative. Row values: ``ts`` int nanoseconds since the epoch (2000-01-01 to 2200-01-01);
@@ -20,9 +22,10 @@ alternative. Row values: ``ts`` int nanoseconds since the epoch (2000-01-01 to 2
 ``span_id`` and ``parent_id`` signed 64-bit ints or null; ``duration_ns`` 0 to 2**63-1 or null;
 ``pid`` 0 to 2**31-1 or null; ``span_kind`` 0-5 or null; ``trace_flags`` 0-255 or null;
 ``service`` a string; the other columns strings or null. A batch from an older client, without
-the columns schema 5 added (``span_kind``, ``trace_state``, ``trace_flags``,
-``status_message``), reads them as null; a collector older than its clients refuses their
-batches (400): upgrade collectors first.
+the columns schemas 5 and 6 added (``span_kind``, ``trace_state``, ``trace_flags``,
+``status_message``, ``links``, ``otlp``), reads them as null; a collector older than its
+clients refuses their batches (400): upgrade collectors first. A ``links`` or ``otlp``
+document over ``max_attrs_bytes`` is stored as null and counted as cut.
 
 :func:`decode_batch` is the collector's decoder of untrusted input. Anything malformed is refused
 whole (a :class:`~atrace.errors.WireError` naming the row and column, nothing decoded is kept);
@@ -510,6 +513,66 @@ def _attrs_from_objects(name: str, col: Sequence[Any], b: _Bounds, nul: bool) ->
     return _fix_rows(column, objs, b)
 
 
+def _check_links(i: int, links: Any) -> None:
+    for link in links:
+        if (
+            type(link) is not dict
+            or type(link.get("trace_id")) is not str
+            or type(link.get("span_id")) is not str
+        ):
+            raise _bad(i, "links", "an array of objects with trace_id and span_id", link)
+
+
+def _documents(kind: type, what: str) -> Callable[..., list[Any] | None]:
+    """The check of a column of JSON documents of one type (``links``, ``otlp``): refused
+    unless each is one; one over ``max_attrs_bytes`` is stored as null and counted as cut."""
+
+    def check(name: str, col: Sequence[Any], b: _Bounds, fmt: str) -> list[Any] | None:
+        if col.count(None) == len(col):
+            return None
+        out: list[Any] = []
+        changed = fmt == "json"
+        for i, value in enumerate(col):
+            if value is None:
+                out.append(None)
+                continue
+            if fmt == "json":
+                obj = value
+                try:
+                    raw = _dumps(obj)
+                except orjson.JSONEncodeError:
+                    raise _bad(i, name, f"{what} (nested too deep)", obj) from None
+            else:
+                if type(value) is not bytes:
+                    raise _bad(i, name, f"{what} as bytes (bin) or null", value)
+                raw = value
+                try:
+                    obj = _loads(raw)
+                except orjson.JSONDecodeError as exc:
+                    raise WireError(f"rows[{i}], column {name!r}: invalid JSON: {exc}") from None
+            if type(obj) is not kind:
+                raise _bad(i, name, what, obj)
+            if kind is list:
+                _check_links(i, obj)
+            if _NUL_ESCAPE in raw:
+                raw = _dumps(sanitize_value(obj, len(raw)))
+                changed = True
+            if len(raw) > b.attrs:
+                b.cut += 1
+                changed = True
+                out.append(None)
+            else:
+                out.append(raw)
+        return out if changed else None
+
+    return check
+
+
+_DOCUMENTS = {
+    "links": _documents(list, "a JSON array of links"),
+    "otlp": _documents(dict, "a JSON object"),
+}
+
 _CHECKS: dict[str, Callable[..., list[Any] | None]] = {
     "ts": _checked_ints(TS_MIN_NS, TS_MAX_NS, False),
     "kind": _checked_ints(min(Kind).value, max(Kind).value, False),
@@ -615,6 +678,8 @@ def decode_batch_counted(
         if name == "attrs":
             check = _attrs_from_objects if fmt == "json" else _attrs_from_bytes
             fixed = check(name, col, bounds, _NUL_ESCAPE in body)
+        elif name in _DOCUMENTS:
+            fixed = _DOCUMENTS[name](name, col, bounds, fmt)
         else:
             fixed = _CHECKS[name](name, col, bounds)
         if fixed is not None:

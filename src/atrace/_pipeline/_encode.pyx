@@ -56,12 +56,14 @@ def encode_rows(encoder, records):
             if len(<tuple>rec) == 14:  # a log
                 (kind, ts, level, trace_id, span_id, parent_id, dur, status, service, name, msg,
                  attrs, err, loc) = rec
-                span_kind = state = flags = status_msg = None
-            else:  # a span: its context and status description follow
+                span_kind = state = flags = status_msg = links = None
+            else:  # a span: its context, status description and links follow
                 (kind, ts, level, trace_id, span_id, parent_id, dur, status, service, name, msg,
-                 attrs, err, loc, span_kind, state, flags, status_msg) = rec
+                 attrs, err, loc, span_kind, state, flags, status_msg, links) = rec
                 if status_msg is not None and not _plain(status_msg, limit):
                     status_msg = text(status_msg, limit)
+                if links is not None:
+                    links = encoder.links_json(links)
             if g is not None:
                 attrs = {**g, **attrs} if attrs else g
             if attrs:
@@ -100,7 +102,7 @@ def encode_rows(encoder, records):
                 msg = text(msg, limit)
             row = (ts, kind, level, trace_id, span_id, parent_id, dur, status, service,
                    environment, host, pid, name, msg, js, etype, emsg, estack, loc, span_kind,
-                   state, flags, status_msg)
+                   state, flags, status_msg, links, None)
             # A row holds only str, int, bytes and None: it can never be part of a cycle, so
             # the collector need not walk the thousands a batch keeps alive.
             PyObject_GC_UnTrack(row)

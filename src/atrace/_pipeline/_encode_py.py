@@ -32,18 +32,21 @@ def _row(encoder: Any, rec: Any) -> tuple[Any, ...]:
     # Span (its ``_record()`` gives the tuple) or a tuple built on the emit path: ``(kind, ts_ns,
     # level, trace_id, span_id, parent_id, duration_ns, status, service or None, name, message,
     # attrs or None, error, location)``, a span's followed by ``(span_kind, trace_state,
-    # trace_flags, status_message)``. ``error`` is what the caller had at hand (an exception,
+    # trace_flags, status_message, links)``. ``error`` is what the caller had at hand (an exception,
     # a stack summary, or strings; see ``error_fields``); ``location`` is ``"file:line"`` or a
     # ``(file, line)`` pair.
     if type(rec) is not tuple:
         rec = rec._record()  # an ended Span is its own record
+    links = None
     if len(rec) == 14:  # a log
         span_kind = state = flags = status_msg = None
     else:
-        span_kind, state, flags, status_msg = rec[14:]
+        span_kind, state, flags, status_msg, links = rec[14:]
         rec = rec[:14]
         if status_msg is not None:
             status_msg = encoder.text(status_msg, encoder.max_message_length)
+        if links is not None:
+            links = encoder.links_json(links)
     (
         kind,
         ts,
@@ -102,4 +105,6 @@ def _row(encoder: Any, rec: Any) -> tuple[Any, ...]:
         state,
         flags,
         status_msg,
+        links,
+        None,
     )

@@ -102,6 +102,17 @@ class Encoder:
         # exact-size copy is much cheaper than holding (and faulting in) those.
         return bytes(memoryview(out))
 
+    def links_json(self, links: Any) -> bytes:
+        """A span's links (``slow.span_links``) as JSON bytes; their attributes are bounded
+        as attributes are."""
+        out = []
+        for link in links:
+            attrs = link.get("attrs")
+            if attrs:
+                link = {**link, "attrs": orjson.loads(self.attrs_json(attrs))}
+            out.append(link)
+        return _dumps(out)
+
     def text(self, value: Any, limit: int) -> str:
         """Any value as text PostgreSQL accepts, at most ``limit`` characters (plus the marker)."""
         text: str = value if type(value) is str else safe_str(value)

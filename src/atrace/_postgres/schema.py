@@ -19,7 +19,7 @@ __all__ = (
     "tail_channel",
 )
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 PARTITION_DAYS_AHEAD = 3
 _log = logging.getLogger("atrace.schema")
 
@@ -163,6 +163,18 @@ def migrations(schema: str) -> list[tuple[int, list[str]]]:
                     ADD COLUMN trace_flags smallint,
                     ADD COLUMN status_message text,
                     ADD COLUMN ts_frac smallint""",
+            ],
+        ),
+        (
+            6,
+            [
+                # A span's links, and what OpenTelemetry sent that has no column of its own
+                # (a log's severity number and text, observed time and typed body, a span
+                # event's mark, an exception event's time and other attributes, the types of
+                # values JSON cannot hold): null on rows that have none.
+                f"""ALTER TABLE {s}.records
+                    ADD COLUMN links jsonb,
+                    ADD COLUMN otlp jsonb""",
             ],
         ),
     ]

@@ -19,10 +19,24 @@ Choices where OTLP and atrace differ:
   status's message is the span's ``status_message``, else its exception as OpenTelemetry's SDKs
   describe one (``"ValueError: bad"``).
 * An ``exception`` event on a span whose status is ERROR is the span's own failure: it fills the
-  span row's error columns (as atrace records a failed span) instead of becoming a log row. Any
-  other event becomes a log row linked to the span; an ``exception`` event then has level 40.
-  Encoding writes an ``exception`` event only for a span with an exception (an error type or a
-  stack), never for an error status alone.
+  span row's error columns (as atrace records a failed span) instead of becoming a log row; its
+  time (unless it is the span's end) and its other attributes go to the span's ``otlp``
+  document. Any other event becomes a log row linked to the span, marked ``"event": true`` in
+  its ``otlp`` document; an ``exception`` event then has level 40. Encoding puts those rows
+  back on their span as events (when the span is in the same request) and writes an
+  ``exception`` event only for a span with an exception (an error type or a stack), never for
+  an error status alone.
+* A span's links have a column of their own (``links``: ids in hex, trace state, flags,
+  attributes). OTLP's span flags above the W3C byte (whether the parent is remote) go to the
+  ``otlp`` document as ``flags``.
+* A log's severity number and text, its observed time, a body that is not a string and its
+  event name go to the ``otlp`` document, each only when it differs from what atrace would
+  send for the row (the level's number and logging's name for it, the observed time equal to
+  the time); a body's JSON text is the message, so it is searched and shown as any message.
+* Values JSON cannot hold keep their type: bytes are stored as base64 text and non-finite
+  doubles as ``"NaN"``, ``"Infinity"`` or ``"-Infinity"``, each named in the row's ``otlp``
+  document under ``types`` by a JSON pointer into the row (``{"/attrs/blob": "bytes",
+  "/links/0/attrs/x": "double"}``), so that they go out as bytes and doubles again.
 * A log's ``name`` (its logger) travels as the ``logger.name`` attribute; logs without it take
   the instrumentation scope's name, which is what OpenTelemetry's logging bridges put there.
 * ``location`` travels as ``code.filepath`` / ``code.lineno``; decoding also reads the newer

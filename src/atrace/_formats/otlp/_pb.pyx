@@ -23,8 +23,6 @@ from cpython.unicode cimport PyUnicode_1BYTE_DATA, PyUnicode_DecodeUTF8, PyUnico
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy, memset
 
-import binascii
-
 import orjson
 
 from .common import FILE_KEYS, MAX_ANY_DEPTH, OTLP_STATUS_ERROR, W3C_FLAGS_MASK
@@ -36,9 +34,11 @@ from .rows import (
     NAME_CHARS,
     TRACE_STATE_CHARS,
     VALUE_CHARS,
-    encode_attrs,
     Event,
+    Link,
+    NonFinite,
     clean_key,
+    flags_doc,
     log_row,
     pop_location,
     Resource,
@@ -70,7 +70,6 @@ cdef dict LONG_VALUES = LONG_VALUE_CHARS
 cdef object FILE_KEY, FILE_KEY_NEW
 FILE_KEY, FILE_KEY_NEW = FILE_KEYS
 cdef object _dumps = orjson.dumps
-cdef object _b2a = binascii.b2a_base64
 cdef str TOO_DEEP_TEXT = "<too deep>"
 cdef bytes _EMPTY = b""
 # Beyond this, max_records cannot be reached by any body; clamping keeps the budget a C integer.
@@ -138,6 +137,7 @@ cdef enum:
     SPAN_END = 8
     SPAN_ATTRS = 9
     SPAN_EVENTS = 11
+    SPAN_LINKS = 13
     SPAN_STATUS = 15
     SPAN_FLAGS = 16
     SPAN_SLOTS = 17
@@ -145,6 +145,12 @@ cdef enum:
     EVENT_NAME = 2
     EVENT_ATTRS = 3
     EVENT_SLOTS = 4
+    LINK_TRACE_ID = 1
+    LINK_SPAN_ID = 2
+    LINK_TRACE_STATE = 3
+    LINK_ATTRS = 4
+    LINK_FLAGS = 6
+    LINK_SLOTS = 7
     STATUS_MESSAGE = 2
     STATUS_CODE = 3
     STATUS_SLOTS = 4
@@ -183,12 +189,18 @@ _SCHEMA = {
         SPAN_END: "fixed64",
         SPAN_ATTRS: M_KEY_VALUE,
         SPAN_EVENTS: M_EVENT,
-        13: M_LINK,
+        SPAN_LINKS: M_LINK,
         SPAN_STATUS: M_STATUS,
         SPAN_FLAGS: "fixed32",
     },
     M_EVENT: {EVENT_TIME: "fixed64", EVENT_NAME: "string", EVENT_ATTRS: M_KEY_VALUE},
-    M_LINK: {3: "string", 4: M_KEY_VALUE},
+    M_LINK: {
+        LINK_TRACE_ID: "bytes",
+        LINK_SPAN_ID: "bytes",
+        LINK_TRACE_STATE: "string",
+        LINK_ATTRS: M_KEY_VALUE,
+        LINK_FLAGS: "fixed32",
+    },
     M_STATUS: {STATUS_MESSAGE: "string", STATUS_CODE: "varint"},
     M_RESOURCE: {RESOURCE_ATTRS: M_KEY_VALUE, 3: M_ENTITY_REF},
     M_SCOPE: {SCOPE_NAME: "string", 2: "string", 3: M_KEY_VALUE},
@@ -721,9 +733,12 @@ cdef inline bint _merged(AnyCase* a) noexcept:
 
 
 cdef inline object _double(uint64_t bits):
+    # ``rows.double`` of the twin: a double JSON cannot hold is marked as such.
     cdef double d
     memcpy(&d, &bits, 8)
-    return d
+    if d - d == 0.0:
+        return d
+    return NonFinite(d)
 
 
 cdef object _nested(AnyCase* a, int depth):
@@ -736,7 +751,7 @@ cdef object _nested(AnyCase* a, int depth):
     if depth >= MAX_DEPTH:
         return TOO_DEEP_TEXT
     if a.case == 7:
-        return _b2a(_bytes(a.data, a.size), newline=False).decode("ascii")
+        return _bytes(a.data, a.size)  # kept as bytes: the row notes its type
     p = a.data
     end = p + a.size
     if a.case == 5:
@@ -870,15 +885,6 @@ cdef object _resource(cptr p, cptr end):
         if f.num == ENVELOPE_RESOURCE and f.wt == 2:
             _into(attrs, f.data, f.data + f.size, RESOURCE_ATTRS, 0)
     return Resource(attrs)
-
-
-cdef object _dumps_attrs(dict attrs):
-    if not attrs:
-        return None
-    try:
-        return _dumps(attrs)
-    except Exception:
-        return encode_attrs(attrs)
 
 
 cdef Py_ssize_t _records_cap(object max_records) except? -1:
@@ -1297,7 +1303,7 @@ cdef class _Traces(_Walk):
         cdef Field f
         cdef cptr q
         cdef cptr msg_p = NULL
-        cdef Py_ssize_t msg_n = 0, n_events
+        cdef Py_ssize_t msg_n = 0, n_events, n_links
         cdef int32_t kind, code = 0
         cdef uint32_t flags
         cdef uint64_t start, stop
@@ -1309,6 +1315,7 @@ cdef class _Traces(_Walk):
         start = s[SPAN_START].val
         stop = s[SPAN_END].val
         n_events = s[SPAN_EVENTS].count
+        n_links = s[SPAN_LINKS].count
         if status.count == 1:
             _status(status.data, status.size, &code, &msg_p, &msg_n)
         elif status.count:
@@ -1326,18 +1333,23 @@ cdef class _Traces(_Walk):
         parent_id = self.span_id(&s[SPAN_PARENT_ID], False, "parent_span_id")
         if not start:
             raise WireError(f"{self.where()}.start_time_unix_nano: missing")
-        if not (n_events or code == STATUS_ERROR):
-            # The common span, no events and no failure: its row is built right here.
+        fast = not (n_events or n_links or code == STATUS_ERROR)
+        if fast:
+            # The common span, no events, links or failure: its row is built right here,
+            # unless a value needs its type kept (bytes, a double JSON cannot hold).
+            location = None
             attrs_json = self.attrs_json(p, end)
-            if attrs_json is not _FALLBACK:
-                location = None
-            else:
+            if attrs_json is _FALLBACK:
                 attrs = _attrs(self.extra, s, p, end, SPAN_ATTRS)
-                if FILE_KEY in attrs or FILE_KEY_NEW in attrs:
-                    location = pop_location(attrs)
+                try:
+                    attrs_json = _dumps(attrs) if attrs else None
+                except TypeError:
+                    fast = False
                 else:
-                    location = None
-                attrs_json = _dumps_attrs(attrs)
+                    if FILE_KEY in attrs or FILE_KEY_NEW in attrs:
+                        location = pop_location(attrs)
+                        attrs_json = _dumps(attrs) if attrs else None
+        if fast:
             self.out.append(
                 (
                     start,
@@ -1363,6 +1375,8 @@ cdef class _Traces(_Walk):
                     _limited(state.data, state.size, TRACE_STATE_LIMIT) or None,
                     (flags & W3C_FLAGS) if flags else None,
                     _limited(msg_p, msg_n, MESSAGE_LIMIT) or None,
+                    None,
+                    flags_doc(flags),
                 )
             )
             return 0
@@ -1373,10 +1387,13 @@ cdef class _Traces(_Walk):
                 self.max_records - self.budget, self.max_records, "spans and events"
             )
         events = []
+        links = [] if n_links else None
         q = p
         while _field(&q, end, &f):
             if f.num == SPAN_EVENTS and f.wt == 2:
                 events.append(_event(f.data, f.data + f.size))
+            elif f.num == SPAN_LINKS and f.wt == 2:
+                links.append(self.link(f.data, f.data + f.size, len(links)))
         span_rows(
             self.out,
             self.res,
@@ -1393,8 +1410,31 @@ cdef class _Traces(_Walk):
             flags,
             attrs,
             events,
+            links,
         )
         return 0
+
+    cdef object link(self, cptr p, cptr end, Py_ssize_t n):
+        # ``_links`` of the twin, for one link: ids of the wrong size refused, zero ones kept.
+        cdef Slot s[LINK_SLOTS]
+        _read(p, end, M_LINK, LINK_SLOTS, s)
+        if s[LINK_TRACE_ID].size != 16:
+            raise WireError(
+                f"{self.where()}.links[{n}].trace_id: expected 16 bytes, "
+                f"got {s[LINK_TRACE_ID].size}"
+            )
+        if s[LINK_SPAN_ID].size != 8:
+            raise WireError(
+                f"{self.where()}.links[{n}].span_id: expected 8 bytes, got {s[LINK_SPAN_ID].size}"
+            )
+        attrs = _attrs(None, s, p, end, LINK_ATTRS)
+        return Link(
+            _bytes(s[LINK_TRACE_ID].data, 16),
+            _bytes(s[LINK_SPAN_ID].data, 8),
+            _str(s[LINK_TRACE_STATE].data, s[LINK_TRACE_STATE].size),
+            <uint32_t>s[LINK_FLAGS].val,
+            attrs,
+        )
 
 
 cdef int _status(cptr p, Py_ssize_t n, int32_t* code, cptr* msg, Py_ssize_t* msg_n) except -1:
@@ -1426,7 +1466,7 @@ def decode_traces_pb(body, max_records):
 
 
 cdef object _body(cptr p, Py_ssize_t n, list parts):
-    # ``pb_body`` of the twin: a string as text, anything else as its JSON.
+    # ``pb_body`` of the twin: a string as sent, anything else as ``_any`` reads it.
     cdef AnyCase a
     cdef cptr end
     if parts is not None:
@@ -1440,9 +1480,8 @@ cdef object _body(cptr p, Py_ssize_t n, list parts):
     if a.case == 0:
         return None
     if a.case == 1:
-        return _limited(a.data, a.size, MESSAGE_LIMIT)
-    value = _any(p, end, 0)
-    return clean_text(_dumps(value).decode("utf-8"), MESSAGE_CHARS)
+        return _str(a.data, a.size)
+    return _any(p, end, 0)
 
 
 cdef class _Logs(_Walk):
@@ -1487,7 +1526,8 @@ cdef class _Logs(_Walk):
             log_row(
                 self.res,
                 self.scope_name,
-                s[LOG_TIME].val or s[LOG_OBSERVED].val,
+                s[LOG_TIME].val,
+                s[LOG_OBSERVED].val,
                 <int32_t><uint32_t>s[LOG_SEVERITY].val,
                 _str(s[LOG_SEVERITY_TEXT].data, s[LOG_SEVERITY_TEXT].size),
                 _body(body.data, body.size, parts),

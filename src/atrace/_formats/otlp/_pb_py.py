@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from ..._records import Row
 from ...errors import WireError
 from .common import (
@@ -23,9 +25,10 @@ from .rows import (
     NAME_CHARS,
     TRACE_STATE_CHARS,
     Event,
+    Link,
     Resource,
     clean_text,
-    encode_attrs,
+    flags_doc,
     log_row,
     pop_location,
     span_kind,
@@ -64,6 +67,25 @@ def _span_id(raw: bytes, where: str, field: str) -> int | None:
         raise WireError(f"{where}.{field}: expected 8 bytes, got {len(raw)}")
     value: int = unpack_q(raw)[0]
     return value or None
+
+
+def _links(sp: Any, where: str) -> list[Link]:
+    """A span's links; an id of the wrong size is refused, an all-zero one kept (OpenTelemetry
+    records a link with an invalid context when it has attributes or a trace state)."""
+    out: list[Link] = []
+    for n, link in enumerate(sp.links):
+        if len(link.trace_id) != 16:
+            raise WireError(
+                f"{where}.links[{n}].trace_id: expected 16 bytes, got {len(link.trace_id)}"
+            )
+        if len(link.span_id) != 8:
+            raise WireError(
+                f"{where}.links[{n}].span_id: expected 8 bytes, got {len(link.span_id)}"
+            )
+        attrs: dict[str, Any] = {}
+        pb_into(attrs, link.attributes)
+        out.append(Link(link.trace_id, link.span_id, link.trace_state, link.flags, attrs))
+    return out
 
 
 def _required(raw: bytes, where: str, field: str, size: int) -> WireError:
@@ -124,7 +146,18 @@ def decode_traces_pb(body: bytes, max_records: int) -> list[Row]:
                 pb_into(attrs, sp.attributes)
                 code = sp.status.code
                 n_events = len(sp.events)
-                if n_events or code == OTLP_STATUS_ERROR:
+                attrs_json: Any = None
+                location = None
+                if not (n_events or code == OTLP_STATUS_ERROR or sp.links) and attrs:
+                    try:
+                        attrs_json = orjson.dumps(attrs)
+                    except TypeError:
+                        attrs_json = _TYPED  # bytes or a double JSON cannot hold
+                    else:
+                        if FILE_KEYS[0] in attrs or FILE_KEYS[1] in attrs:
+                            location = pop_location(attrs)
+                            attrs_json = orjson.dumps(attrs) if attrs else None
+                if n_events or code == OTLP_STATUS_ERROR or sp.links or attrs_json is _TYPED:
                     events: list[Event] = []
                     budget -= n_events
                     if budget < 0:
@@ -149,18 +182,17 @@ def decode_traces_pb(body: bytes, max_records: int) -> list[Row]:
                         sp.flags,
                         attrs,
                         events,
+                        _links(sp, _where(i, j, k)) if sp.links else None,
                     )
                     continue
-                # The common span, no events and no failure: its row is built right here.
-                location = (
-                    pop_location(attrs) if FILE_KEYS[0] in attrs or FILE_KEYS[1] in attrs else None
-                )
+                # The common span, no events, links or failure: its row is built right here.
                 name = sp.name
                 if not name.isascii() or len(name) > NAME_CHARS or "\x00" in name:
                     name = clean_text(name, NAME_CHARS)
                 end = sp.end_time_unix_nano
                 state = sp.trace_state
                 message = sp.status.message
+                flags = sp.flags
                 append(
                     (
                         start,
@@ -177,18 +209,23 @@ def decode_traces_pb(body: bytes, max_records: int) -> list[Row]:
                         pid,
                         name or None,
                         None,
-                        encode_attrs(attrs),
+                        attrs_json,
                         None,
                         None,
                         None,
                         location,
                         span_kind(sp.kind),
                         clean_text(state, TRACE_STATE_CHARS) if state else None,
-                        trace_flags(sp.flags),
+                        trace_flags(flags),
                         clean_text(message, MESSAGE_CHARS) if message else None,
+                        None,
+                        flags_doc(flags),
                     )
                 )
     return out
+
+
+_TYPED = object()
 
 
 def _where(i: int, j: int, k: int) -> str:
@@ -221,7 +258,8 @@ def decode_logs_pb(body: bytes, max_records: int) -> list[Row]:
                     log_row(
                         res,
                         scope_name,
-                        rec.time_unix_nano or rec.observed_time_unix_nano,
+                        rec.time_unix_nano,
+                        rec.observed_time_unix_nano,
                         rec.severity_number,
                         rec.severity_text,
                         pb_body(rec.body),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import struct
 import uuid
 from collections.abc import Iterable, Mapping
@@ -18,9 +19,11 @@ from ..._records import (
     HOST,
     KIND,
     LEVEL,
+    LINKS,
     LOCATION,
     MESSAGE,
     NAME,
+    OTLP,
     PARENT_ID,
     PID,
     SERVICE,
@@ -65,6 +68,7 @@ from .common import (
     logging_severity_text,
     severity_number,
 )
+from .rows import NON_FINITE_VALUES, TYPE_BYTES
 
 _pack_q = struct.Struct(">q").pack
 
@@ -112,10 +116,16 @@ def partition(rows: Iterable[Row]) -> Partition:
     spans: list[Row] = []
     logs: list[Row] = []
     skipped = 0
+    rows = list(rows)
+    owners = _event_owners(rows)
     for row in rows:
         kind = row[KIND]
         if kind == Kind.LOG:
-            logs.append(row)
+            # A span event goes out on its span when that span goes in the same request.
+            if owners and row[OTLP] is not None and _event_key(row) in owners:
+                spans.append(row)
+            else:
+                logs.append(row)
         elif (
             (kind == Kind.SPAN or kind == Kind.SPAN_END)
             and trace_bytes(row[TRACE_ID]) is not None
@@ -125,6 +135,74 @@ def partition(rows: Iterable[Row]) -> Partition:
         else:
             skipped += 1
     return Partition(spans, logs, skipped)
+
+
+def row_doc(row: Row) -> dict[str, Any]:
+    """A row's ``otlp`` document ({} when it has none)."""
+    raw = row[OTLP]
+    if raw is None:
+        return {}
+    if isinstance(raw, Mapping):
+        return dict(raw)
+    try:
+        doc = orjson.loads(raw)
+    except (orjson.JSONDecodeError, TypeError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _event_key(row: Row) -> tuple[Any, Any] | None:
+    # The span a span event's row belongs to, or None for a row that is no span event.
+    doc = row_doc(row)
+    if doc.get("event") is not True:
+        return None
+    return (trace_bytes(row[TRACE_ID]), span_bytes(row[SPAN_ID]))
+
+
+def _event_owners(rows: list[Row]) -> set[tuple[Any, Any]]:
+    # The spans of ``rows`` that span events may go out on (none unless a row is an event).
+    if not any(row[KIND] == Kind.LOG and row[OTLP] is not None for row in rows):
+        return set()
+    return {
+        (trace_bytes(row[TRACE_ID]), span_bytes(row[SPAN_ID]))
+        for row in rows
+        if row[KIND] == Kind.SPAN or row[KIND] == Kind.SPAN_END
+    }
+
+
+def _restore_at(value: Any, path: list[str], kind: str) -> Any:
+    if not path:
+        if kind == TYPE_BYTES:
+            if isinstance(value, str):
+                try:
+                    return base64.b64decode(value, validate=True)
+                except ValueError:
+                    return value
+            return value
+        return NON_FINITE_VALUES.get(value, value) if isinstance(value, str) else value
+    step, rest = path[0], path[1:]
+    if isinstance(value, dict) and step in value:
+        value[step] = _restore_at(value[step], rest, kind)
+    elif isinstance(value, list) and step.isdigit() and int(step) < len(value):
+        value[int(step)] = _restore_at(value[int(step)], rest, kind)
+    return value
+
+
+def restore_types(value: Any, prefix: str, types: Mapping[str, str] | None) -> Any:
+    """``value`` (found at ``prefix`` of a row) with the bytes and non-finite doubles that the
+    row's ``types`` name under that prefix read back as they came (see ``rows.json_ready``)."""
+    if not types:
+        return value
+    start = prefix + "/"
+    for pointer, kind in types.items():
+        if pointer == prefix:
+            value = _restore_at(value, [], kind)
+        elif pointer.startswith(start):
+            path = [
+                p.replace("~1", "/").replace("~0", "~") for p in pointer[len(start) :].split("/")
+            ]
+            value = _restore_at(value, path, kind)
+    return value
 
 
 def _row_attrs(raw: Any) -> dict[str, Any]:
@@ -242,6 +320,126 @@ def exception_attrs(row: Row) -> dict[str, Any] | None:
     return out
 
 
+def span_flags(row: Row, doc: Mapping[str, Any]) -> int | None:
+    """OTLP's ``flags`` of a span: as sent when kept whole, else the W3C byte (or None)."""
+    flags = doc.get("flags")
+    if type(flags) is int:
+        return flags
+    return None if row[TRACE_FLAGS] is None else row[TRACE_FLAGS] & 0xFF
+
+
+def span_links(row: Row, doc: Mapping[str, Any]) -> list[tuple[bytes, bytes, str, int, Any]]:
+    """A span's links: (trace id, span id, trace state, flags, attributes)."""
+    raw = row[LINKS]
+    if raw is None:
+        return []
+    try:
+        links = orjson.loads(raw) if not isinstance(raw, list) else raw
+    except (orjson.JSONDecodeError, TypeError):
+        return []
+    types = doc.get("types")
+    out = []
+    for i, link in enumerate(links if isinstance(links, list) else ()):
+        if not isinstance(link, dict):
+            continue
+        try:
+            tid = bytes.fromhex(str(link.get("trace_id", "")))
+            sid = bytes.fromhex(str(link.get("span_id", "")))
+        except ValueError:
+            continue
+        if len(tid) != 16 or len(sid) != 8:
+            continue
+        attrs = link.get("attrs")
+        attrs = restore_types(attrs, f"/links/{i}/attrs", types) if attrs else None
+        flags = link.get("flags")
+        out.append(
+            (
+                tid,
+                sid,
+                str(link.get("trace_state") or ""),
+                flags if type(flags) is int else 0,
+                attrs if isinstance(attrs, dict) else None,
+            )
+        )
+    return out
+
+
+def span_events(
+    row: Row, doc: Mapping[str, Any], event_rows: list[Row]
+) -> list[tuple[int, str, dict[str, Any]]]:
+    """A span's events in time order: its span events' rows, and the exception that failed it
+    (at the time it was sent at, else the span's end)."""
+    events: list[tuple[int, str, dict[str, Any]]] = []
+    for ev in event_rows:
+        ev_doc = row_doc(ev)
+        attrs = restore_types(_row_attrs(ev[ATTRS]), "/attrs", ev_doc.get("types"))
+        for key, col in ((EXC_TYPE, ERROR_TYPE), (EXC_MESSAGE, ERROR_MESSAGE)):
+            if ev[col] is not None:
+                attrs[key] = ev[col]
+        if ev[STACK_TRACE] is not None:
+            attrs[EXC_STACK] = ev[STACK_TRACE]
+        events.append((int(ev[TS]), ev[MESSAGE] or "", attrs))
+    exc = exception_attrs(row)
+    if exc is not None:
+        folded = doc.get("exception")
+        when = end_ns(row)
+        if isinstance(folded, dict):
+            more = folded.get("attrs")
+            if isinstance(more, dict):
+                exc.update(restore_types(more, "/exception/attrs", doc.get("types")))
+            if type(folded.get("time")) is int:
+                when = folded["time"]
+        events.append((when, "exception", exc))
+    events.sort(key=lambda e: e[0])
+    return events
+
+
+def event_rows_by_span(rows: list[Row]) -> dict[tuple[Any, Any], list[Row]]:
+    """The span events among ``rows``, by the (trace id, span id) of their span."""
+    out: dict[tuple[Any, Any], list[Row]] = {}
+    for row in rows:
+        if row[KIND] == Kind.LOG and row[OTLP] is not None:
+            key = _event_key(row)
+            if key is not None:
+                out.setdefault(key, []).append(row)
+    return out
+
+
+def log_rows(rows: Iterable[Row]) -> list[Row]:
+    """The rows that go out as log records: logs, except span events whose span is among
+    ``rows`` (those go out on their span)."""
+    rows = list(rows)
+    owners = _event_owners(rows)
+    return [
+        row
+        for row in rows
+        if row[KIND] == Kind.LOG
+        and not (owners and row[OTLP] is not None and _event_key(row) in owners)
+    ]
+
+
+def log_fields(row: Row, doc: Mapping[str, Any]) -> tuple[int, int, int, str, Any, str]:
+    """A log row's (time, observed time, severity number, severity text, body, event name),
+    as they were sent when the ``otlp`` document kept them, else as atrace sends them."""
+    level = row[LEVEL]
+    ts = int(row[TS])
+    time_ns = doc.get("time", ts)
+    observed = doc.get("observed_time", ts)
+    number = doc.get("severity_number")
+    text = doc.get("severity_text")
+    body: Any = row[MESSAGE]
+    if "body" in doc:
+        body = restore_types(doc["body"], "/body", doc.get("types"))
+    return (
+        time_ns if type(time_ns) is int else ts,
+        observed if type(observed) is int else ts,
+        number if type(number) is int else severity_number(level),
+        text if type(text) is str else logging_severity_text(level),
+        body,
+        str(doc.get("event_name") or ""),
+    )
+
+
 def end_ns(row: Row) -> int:
     duration = row[DURATION_NS]
     return int(row[TS]) + (duration if type(duration) is int and duration > 0 else 0)
@@ -263,6 +461,8 @@ def _pb_value(av: Any, value: Any, depth: int = 0) -> None:
             av.string_value = str(value)
     elif t is float:
         av.double_value = value
+    elif t is bytes:
+        av.bytes_value = value
     elif depth >= MAX_ANY_DEPTH:
         av.string_value = "<too deep>"
     elif t is list or t is tuple:
@@ -301,6 +501,8 @@ def traces_request(rows: Iterable[Row]) -> ExportTraceServiceRequest:
     """
     request = ExportTraceServiceRequest()
     groups: dict[tuple[Any, Any, Any, Any], Any] = {}
+    rows = list(rows)
+    events_of = event_rows_by_span(rows)
     for row in rows:
         kind = row[KIND]
         if kind != Kind.SPAN and kind != Kind.SPAN_END:
@@ -326,15 +528,17 @@ def traces_request(rows: Iterable[Row]) -> ExportTraceServiceRequest:
             sp.parent_span_id = parent
         if row[NAME] is not None:
             sp.name = row[NAME]
+        doc = row_doc(row)
         attrs, span_kind = span_attrs(row)
+        attrs = restore_types(attrs, "/attrs", doc.get("types"))
         sp.kind = span_kind
         if row[TRACE_STATE]:
             sp.trace_state = row[TRACE_STATE]
-        if row[TRACE_FLAGS] is not None:
-            sp.flags = row[TRACE_FLAGS] & 0xFF
+        flags = span_flags(row, doc)
+        if flags is not None:
+            sp.flags = flags
         sp.start_time_unix_nano = row[TS]
-        end = end_ns(row)
-        sp.end_time_unix_nano = end
+        sp.end_time_unix_nano = end_ns(row)
         if attrs:
             _pb_attrs(sp.attributes, attrs)
         code, message = span_status(row)
@@ -342,12 +546,23 @@ def traces_request(rows: Iterable[Row]) -> ExportTraceServiceRequest:
             sp.status.code = code
             if message:
                 sp.status.message = message
-        exc = exception_attrs(row)
-        if exc is not None:
+        for when, name, ev_attrs in span_events(row, doc, events_of.get((trace_id, span_id), [])):
             event = sp.events.add()
-            event.time_unix_nano = end
-            event.name = "exception"
-            _pb_attrs(event.attributes, exc)
+            event.time_unix_nano = when
+            if name:
+                event.name = name
+            if ev_attrs:
+                _pb_attrs(event.attributes, ev_attrs)
+        for tid, sid, state, link_flags, link_attrs in span_links(row, doc):
+            link = sp.links.add()
+            link.trace_id = tid
+            link.span_id = sid
+            if state:
+                link.trace_state = state
+            if link_flags:
+                link.flags = link_flags
+            if link_attrs:
+                _pb_attrs(link.attributes, link_attrs)
     return request
 
 
@@ -355,9 +570,7 @@ def logs_request(rows: Iterable[Row]) -> ExportLogsServiceRequest:
     """An ``ExportLogsServiceRequest`` with a ``LogRecord`` for every log row."""
     request = ExportLogsServiceRequest()
     groups: dict[tuple[Any, Any, Any, Any], Any] = {}
-    for row in rows:
-        if row[KIND] != Kind.LOG:
-            continue
+    for row in log_rows(rows):
         key = resource_key(row)
         records = groups.get(key)
         if records is None:
@@ -368,14 +581,18 @@ def logs_request(rows: Iterable[Row]) -> ExportLogsServiceRequest:
             sl.scope.version = __version__
             records = groups[key] = sl.log_records
         rec = records.add()
-        rec.time_unix_nano = row[TS]
-        rec.observed_time_unix_nano = row[TS]
-        level = row[LEVEL]
-        rec.severity_number = severity_number(level)
-        rec.severity_text = logging_severity_text(level)
-        if row[MESSAGE] is not None:
-            rec.body.string_value = row[MESSAGE]
-        attrs = log_attrs(row)
+        doc = row_doc(row)
+        time_ns, observed, number, text, body, event_name = log_fields(row, doc)
+        rec.time_unix_nano = time_ns
+        rec.observed_time_unix_nano = observed
+        rec.severity_number = number  # type: ignore[assignment]
+        if text:
+            rec.severity_text = text
+        if body is not None:
+            _pb_value(rec.body, body)
+        if event_name:
+            rec.event_name = event_name
+        attrs = restore_types(log_attrs(row), "/attrs", doc.get("types"))
         if attrs:
             _pb_attrs(rec.attributes, attrs)
         trace_id = trace_bytes(row[TRACE_ID])
@@ -384,4 +601,6 @@ def logs_request(rows: Iterable[Row]) -> ExportLogsServiceRequest:
             span_id = span_bytes(row[SPAN_ID])
             if span_id is not None:
                 rec.span_id = span_id
+        if row[TRACE_FLAGS] is not None:
+            rec.flags = row[TRACE_FLAGS] & 0xFF
     return request

@@ -22,9 +22,11 @@ from .rows import (
     MESSAGE_CHARS,
     VALUE_CHARS,
     Event,
+    Link,
     Resource,
     clean_key,
     clean_text,
+    double,
     log_row,
     span_rows,
     too_many,
@@ -153,9 +155,9 @@ def _j_any(value: Any, where: str, depth: int, limit: int = VALUE_CHARS) -> Any:
     if "doubleValue" in av:
         number = av["doubleValue"]
         if type(number) in (int, float):
-            return float(number)
+            return double(float(number))
         if number in ("NaN", "Infinity", "-Infinity"):
-            return float(number)
+            return double(float(number))
         raise WireError(f"{where}.doubleValue: expected a number, got {_jtype(number)}")
     if depth >= MAX_ANY_DEPTH:
         return "<too deep>"
@@ -175,10 +177,9 @@ def _j_any(value: Any, where: str, depth: int, limit: int = VALUE_CHARS) -> Any:
     if "bytesValue" in av:
         raw = _j_str(av, "bytesValue", where)
         try:
-            base64.b64decode(raw, validate=True)
+            return base64.b64decode(raw, validate=True)  # bytes: the row notes the type
         except ValueError:
             raise WireError(f"{where}.bytesValue: expected base64") from None
-        return raw
     return None  # an unknown kind of value: ignored, as unknown fields are
 
 
@@ -293,6 +294,21 @@ def decode_traces_json(body: bytes, max_records: int) -> list[Row]:
                             ev_attrs,
                         )
                     )
+                links: list[Link] = []
+                for n, link_item in enumerate(_j_list(sp, "links", where)):
+                    where_l = f"{where}.links[{n}]"
+                    link = _j_obj(link_item, where_l)
+                    link_attrs: dict[str, Any] = {}
+                    _j_attrs(link_attrs, link, where_l)
+                    links.append(
+                        Link(
+                            _j_hex(link, "traceId", where_l, 16) or bytes(16),
+                            _j_hex(link, "spanId", where_l, 8) or bytes(8),
+                            _j_str(link, "traceState", where_l),
+                            _j_u32(link, "flags", where_l),
+                            link_attrs,
+                        )
+                    )
                 status = _j_sub(sp, "status", where)
                 span_rows(
                     out,
@@ -310,19 +326,15 @@ def decode_traces_json(body: bytes, max_records: int) -> list[Row]:
                     _j_u32(sp, "flags", where),
                     attrs,
                     events,
+                    links,
                 )
     return out
 
 
-def _j_body(rec: dict[str, Any], where: str) -> str | None:
+def _j_body(rec: dict[str, Any], where: str) -> Any:
     if rec.get("body") is None:
         return None
-    value = _j_any(rec["body"], f"{where}.body", 0)
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return clean_text(value, MESSAGE_CHARS)
-    return clean_text(orjson.dumps(value).decode("utf-8"), MESSAGE_CHARS)
+    return _j_any(rec["body"], f"{where}.body", 0, MESSAGE_CHARS)
 
 
 def decode_logs_json(body: bytes, max_records: int) -> list[Row]:
@@ -354,8 +366,8 @@ def decode_logs_json(body: bytes, max_records: int) -> list[Row]:
                     log_row(
                         res,
                         scope_name,
-                        _j_u64(rec, "timeUnixNano", where)
-                        or _j_u64(rec, "observedTimeUnixNano", where),
+                        _j_u64(rec, "timeUnixNano", where),
+                        _j_u64(rec, "observedTimeUnixNano", where),
                         _j_enum(rec, "severityNumber", where, _SEVERITY_NAMES),
                         _j_str(rec, "severityText", where),
                         _j_body(rec, where),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import math
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -11,8 +12,6 @@ import orjson
 from ..._pipeline.sanitize import sanitize_value
 from ..._records import (
     KIND,
-    LEVEL,
-    MESSAGE,
     NAME,
     PARENT_ID,
     SPAN_ID,
@@ -29,18 +28,23 @@ from .common import (
     INT64_MIN,
     MAX_ANY_DEPTH,
     SCOPE_NAME,
-    logging_severity_text,
-    severity_number,
 )
 from .encode import (
     STATUS_UNSET,
     end_ns,
-    exception_attrs,
+    event_rows_by_span,
     log_attrs,
+    log_fields,
+    log_rows,
     resource_items,
     resource_key,
+    restore_types,
+    row_doc,
     span_attrs,
     span_bytes,
+    span_events,
+    span_flags,
+    span_links,
     span_status,
     trace_bytes,
 )
@@ -67,6 +71,8 @@ def _json_value(value: Any, depth: int = 0) -> dict[str, Any]:
         }
     if value is None:
         return {}
+    if t is bytes:
+        return {"bytesValue": base64.b64encode(value).decode("ascii")}
     if depth >= MAX_ANY_DEPTH:
         return {"stringValue": "<too deep>"}
     if t is list or t is tuple:
@@ -101,9 +107,31 @@ def _dumps(document: Any) -> bytes:
         return orjson.dumps(sanitize_value(document, 1 << 30))
 
 
+def _json_event(when: int, name: str, attrs: dict[str, Any]) -> dict[str, Any]:
+    event: dict[str, Any] = {"timeUnixNano": str(when)}
+    if name:
+        event["name"] = name
+    if attrs:
+        event["attributes"] = _json_attrs(attrs)
+    return event
+
+
+def _json_link(tid: bytes, sid: bytes, state: str, flags: int, attrs: Any) -> dict[str, Any]:
+    link: dict[str, Any] = {"traceId": tid.hex(), "spanId": sid.hex()}
+    if state:
+        link["traceState"] = state
+    if attrs:
+        link["attributes"] = _json_attrs(attrs)
+    if flags:
+        link["flags"] = flags
+    return link
+
+
 def traces_json(rows: Iterable[Row]) -> bytes:
     """The OTLP/JSON form of :func:`traces_request`."""
     groups: dict[tuple[Any, Any, Any, Any], list[dict[str, Any]]] = {}
+    rows = list(rows)
+    events_of = event_rows_by_span(rows)
     for row in rows:
         kind = row[KIND]
         if kind != Kind.SPAN and kind != Kind.SPAN_END:
@@ -112,7 +140,9 @@ def traces_json(rows: Iterable[Row]) -> bytes:
         span_id = span_bytes(row[SPAN_ID])
         if trace_id is None or span_id is None:
             continue
+        doc = row_doc(row)
         attrs, span_kind = span_attrs(row)
+        attrs = restore_types(attrs, "/attrs", doc.get("types"))
         end = end_ns(row)
         span: dict[str, Any] = {"traceId": trace_id.hex(), "spanId": span_id.hex()}
         parent = span_bytes(row[PARENT_ID])
@@ -123,19 +153,21 @@ def traces_json(rows: Iterable[Row]) -> bytes:
         span["kind"] = span_kind
         if row[TRACE_STATE]:
             span["traceState"] = row[TRACE_STATE]
-        if row[TRACE_FLAGS] is not None:
-            span["flags"] = row[TRACE_FLAGS] & 0xFF
+        flags = span_flags(row, doc)
+        if flags is not None:
+            span["flags"] = flags
         if row[TS]:
             span["startTimeUnixNano"] = str(row[TS])
         if end:
             span["endTimeUnixNano"] = str(end)
         if attrs:
             span["attributes"] = _json_attrs(attrs)
-        exc = exception_attrs(row)
-        if exc is not None:
-            span["events"] = [
-                {"timeUnixNano": str(end), "name": "exception", "attributes": _json_attrs(exc)}
-            ]
+        events = span_events(row, doc, events_of.get((trace_id, span_id), []))
+        if events:
+            span["events"] = [_json_event(*event) for event in events]
+        links = span_links(row, doc)
+        if links:
+            span["links"] = [_json_link(*link) for link in links]
         code, message = span_status(row)
         if code != STATUS_UNSET:
             span["status"] = {"code": code, "message": message} if message else {"code": code}
@@ -156,19 +188,23 @@ def traces_json(rows: Iterable[Row]) -> bytes:
 def logs_json(rows: Iterable[Row]) -> bytes:
     """The OTLP/JSON form of :func:`logs_request`."""
     groups: dict[tuple[Any, Any, Any, Any], list[dict[str, Any]]] = {}
-    for row in rows:
-        if row[KIND] != Kind.LOG:
-            continue
-        level = row[LEVEL]
+    for row in log_rows(rows):
+        doc = row_doc(row)
+        time_ns, observed, number, text, body, event_name = log_fields(row, doc)
         rec: dict[str, Any] = {}
-        if row[TS]:
-            rec["timeUnixNano"] = str(row[TS])
-            rec["observedTimeUnixNano"] = str(row[TS])
-        rec["severityNumber"] = severity_number(level)
-        rec["severityText"] = logging_severity_text(level)
-        if row[MESSAGE] is not None:
-            rec["body"] = {"stringValue": row[MESSAGE]}
-        attrs = log_attrs(row)
+        if time_ns:
+            rec["timeUnixNano"] = str(time_ns)
+        if observed:
+            rec["observedTimeUnixNano"] = str(observed)
+        if number:
+            rec["severityNumber"] = number
+        if text:
+            rec["severityText"] = text
+        if body is not None:
+            rec["body"] = _json_value(body)
+        if event_name:
+            rec["eventName"] = event_name
+        attrs = restore_types(log_attrs(row), "/attrs", doc.get("types"))
         if attrs:
             rec["attributes"] = _json_attrs(attrs)
         trace_id = trace_bytes(row[TRACE_ID])
@@ -177,6 +213,8 @@ def logs_json(rows: Iterable[Row]) -> bytes:
             span_id = span_bytes(row[SPAN_ID])
             if span_id is not None:
                 rec["spanId"] = span_id.hex()
+        if row[TRACE_FLAGS] is not None:
+            rec["flags"] = row[TRACE_FLAGS] & 0xFF
         groups.setdefault(resource_key(row), []).append(rec)
     return _dumps(
         {

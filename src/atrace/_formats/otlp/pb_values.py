@@ -7,14 +7,11 @@ that both give the same result.
 
 from __future__ import annotations
 
-import base64
 from typing import Any
-
-import orjson
 
 from ..._pipeline.sanitize import sanitize_text
 from .common import MAX_ANY_DEPTH
-from .rows import KEY_CHARS, LONG_VALUE_CHARS, MESSAGE_CHARS, VALUE_CHARS, clean_key, clean_text
+from .rows import KEY_CHARS, LONG_VALUE_CHARS, VALUE_CHARS, clean_key, clean_text, double
 
 __all__ = ("pb_any", "pb_body", "pb_into")
 
@@ -29,7 +26,7 @@ def pb_any(av: Any, depth: int) -> Any:
     if which == "bool_value":
         return av.bool_value
     if which == "double_value":
-        return av.double_value
+        return double(av.double_value)
     if which is None:
         return None
     if depth >= MAX_ANY_DEPTH:
@@ -41,7 +38,7 @@ def pb_any(av: Any, depth: int) -> Any:
         pb_into(out, av.kvlist_value.values, depth + 1)
         return out
     if which == "bytes_value":
-        return base64.b64encode(av.bytes_value).decode("ascii")
+        return av.bytes_value  # kept as bytes: the row notes its type (rows.json_ready)
     return None
 
 
@@ -64,18 +61,19 @@ def pb_into(out: dict[str, Any], kvs: Any, depth: int = 0) -> None:
                 continue
             value = getattr(av, which)
             t = type(value)
-            if t is not int and t is not bool and t is not float and t is not str:
+            if t is float:
+                value = double(value)
+            elif t is not int and t is not bool and t is not str:
                 value = pb_any(av, depth)
         out[key] = value
 
 
-def pb_body(av: Any) -> str | None:
-    """A log record's body as its message: a string as it is, any other value as its JSON."""
+def pb_body(av: Any) -> Any:
+    """A log record's body as decoded (``rows.log_row`` makes the message of it): a string as
+    sent, any other value as :func:`pb_any` reads it."""
     which = av.WhichOneof("value")
     if which is None:
         return None
     if which == "string_value":
-        return clean_text(av.string_value, MESSAGE_CHARS)
-    value = pb_any(av, 0)
-    text = orjson.dumps(value).decode("utf-8")
-    return clean_text(text, MESSAGE_CHARS)
+        return av.string_value
+    return pb_any(av, 0)

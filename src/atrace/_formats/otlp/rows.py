@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import math
 import struct
 import time
 from typing import Any, NamedTuple
@@ -31,6 +33,8 @@ from .common import (
     STATUS_OK,
     W3C_FLAGS_MASK,
     level_from_severity,
+    logging_severity_text,
+    severity_number,
 )
 
 # Limits on decoded text, in characters (the encoder's defaults for rows atrace makes itself).
@@ -60,6 +64,49 @@ _STATUSES = {STATUS_OK: Status.OK.value, OTLP_STATUS_ERROR: Status.ERROR.value}
 MAX_SPAN_KIND = max(SpanKind).value
 
 
+class NonFinite(float):
+    """A double JSON cannot hold (NaN, Infinity, -Infinity), as the decoders hand it over: orjson
+    refuses the type, which sends the record down :func:`json_ready`'s typed path."""
+
+    __slots__ = ()
+
+
+def double(value: float) -> float:
+    """A decoded double: itself, or a :class:`NonFinite` when JSON cannot hold it."""
+    return value if value - value == 0.0 else NonFinite(value)
+
+
+# What JSON cannot hold, stored as text and named in the row's ``otlp`` document under
+# ``types`` (JSON pointer → type), so that it reads back as it came: bytes as base64, a double
+# that is not finite as JavaScript names it.
+TYPE_BYTES = "bytes"
+TYPE_DOUBLE = "double"
+NON_FINITE_NAMES = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+NON_FINITE_VALUES = {name: float(key) for key, name in NON_FINITE_NAMES.items()}
+
+
+def pointer_part(key: str) -> str:
+    """``key`` as one step of a JSON pointer (RFC 6901)."""
+    return key.replace("~", "~0").replace("/", "~1") if "~" in key or "/" in key else key
+
+
+def json_ready(value: Any, pointer: str, types: dict[str, str]) -> Any:
+    """``value`` with its bytes and non-finite doubles as text, each one's pointer and type
+    noted in ``types``."""
+    t = type(value)
+    if t is dict:
+        return {k: json_ready(v, f"{pointer}/{pointer_part(k)}", types) for k, v in value.items()}
+    if t is list:
+        return [json_ready(v, f"{pointer}/{i}", types) for i, v in enumerate(value)]
+    if t is bytes:
+        types[pointer] = TYPE_BYTES
+        return base64.b64encode(value).decode("ascii")
+    if isinstance(value, float) and not math.isfinite(value):
+        types[pointer] = TYPE_DOUBLE
+        return NON_FINITE_NAMES[repr(float(value))]
+    return value
+
+
 def clean_text(value: str, limit: int) -> str:
     if value.isascii() and len(value) <= limit and "\x00" not in value:
         return value
@@ -82,6 +129,22 @@ def trace_flags(flags: int) -> int | None:
     """The ``trace_flags`` column for an OTLP ``flags`` field: its W3C byte, or None when the
     field is zero (proto3 cannot tell a zero sent from none sent)."""
     return flags & W3C_FLAGS_MASK if flags else None
+
+
+_FLAGS_DOCS: dict[int, bytes] = {}
+
+
+def flags_doc(flags: int) -> bytes | None:
+    """The ``otlp`` column of a span with nothing else to keep there: OTLP's flags when they
+    say more than the W3C byte (bits 8 and 9: whether the parent is remote), else None."""
+    if flags <= W3C_FLAGS_MASK:
+        return None
+    doc = _FLAGS_DOCS.get(flags)
+    if doc is None:
+        doc = orjson.dumps({"flags": flags})
+        if len(_FLAGS_DOCS) < 64:
+            _FLAGS_DOCS[flags] = doc
+    return doc
 
 
 class Resource:
@@ -119,13 +182,33 @@ class Resource:
         self.extra = attrs
 
 
-def encode_attrs(attrs: dict[str, Any]) -> bytes | None:
+def encode_attrs(
+    attrs: dict[str, Any], types: dict[str, str] | None = None, pointer: str = "/attrs"
+) -> bytes | None:
+    """Attributes as JSON bytes; with ``types``, bytes and non-finite doubles are kept typed
+    (see :func:`json_ready`) instead of sanitised."""
     if not attrs:
         return None
     try:
         return orjson.dumps(attrs)
     except (orjson.JSONEncodeError, TypeError):
-        return orjson.dumps(sanitize_value(attrs, VALUE_CHARS))
+        pass
+    if types is not None:
+        try:
+            return orjson.dumps(json_ready(attrs, pointer, types))
+        except (orjson.JSONEncodeError, TypeError):
+            pass
+    return orjson.dumps(sanitize_value(attrs, VALUE_CHARS))
+
+
+def encode_doc(doc: dict[str, Any] | list[Any] | None) -> bytes | None:
+    """The ``links`` or ``otlp`` column of a row (already JSON-ready), or None when empty."""
+    if not doc:
+        return None
+    try:
+        return orjson.dumps(doc)
+    except (orjson.JSONEncodeError, TypeError):
+        return orjson.dumps(sanitize_value(doc, VALUE_CHARS))
 
 
 def pop_location(attrs: dict[str, Any]) -> str | None:
@@ -164,6 +247,31 @@ class Event(NamedTuple):
     attrs: dict[str, Any]
 
 
+class Link(NamedTuple):
+    """A span link as decoded: ids as bytes (checked by the decoder), the rest as sent."""
+
+    trace_id: bytes
+    span_id: bytes
+    trace_state: str
+    flags: int
+    attrs: dict[str, Any]
+
+
+def links_doc(links: list[Link], types: dict[str, str]) -> list[dict[str, Any]]:
+    """The ``links`` column: one object per link, ids in hex, empty fields left out."""
+    out: list[dict[str, Any]] = []
+    for i, link in enumerate(links):
+        item: dict[str, Any] = {"trace_id": link.trace_id.hex(), "span_id": link.span_id.hex()}
+        if link.trace_state:
+            item["trace_state"] = clean_text(link.trace_state, TRACE_STATE_CHARS)
+        if link.flags:
+            item["flags"] = link.flags
+        if link.attrs:
+            item["attrs"] = json_ready(link.attrs, f"/links/{i}/attrs", types)
+        out.append(item)
+    return out
+
+
 def span_rows(
     out: list[Row],
     res: Resource,
@@ -180,20 +288,40 @@ def span_rows(
     flags: int,
     attrs: dict[str, Any],
     events: list[Event],
+    links: list[Link] | None = None,
 ) -> None:
-    """The span's row, then a log row for each of its events (shared by both decoders).
+    """The span's row, then a log row for each of its events (shared by all decoders).
 
-    The error columns come from the last exception event of a failed span only; the status's
-    own message stays in ``status_message``, whatever the status.
+    The error columns come from the last exception event of a failed span only; that event's
+    time and other attributes go to the span's ``otlp`` document (``exception``). The status's
+    own message stays in ``status_message``, whatever the status. Each event's row is marked
+    ``"event": true`` in its ``otlp`` document, so that it goes out as an event of its span.
     """
     location = pop_location(attrs) if attrs else None
     etype = emsg = stack = None
+    doc: dict[str, Any] = {}
+    types: dict[str, str] = {}
     failed = code == OTLP_STATUS_ERROR
     if failed:
         for i in range(len(events) - 1, -1, -1):
             if events[i].name == "exception":
-                etype, emsg, stack = _pop_error(events.pop(i).attrs)
+                event = events.pop(i)
+                etype, emsg, stack = _pop_error(event.attrs)
+                # Kept unless as atrace would send it again: at the span's end, nothing more.
+                folded: dict[str, Any] = {}
+                if event.ts != end:
+                    folded["time"] = event.ts
+                if event.attrs:
+                    folded["attrs"] = json_ready(event.attrs, "/exception/attrs", types)
+                if folded:
+                    doc["exception"] = folded
                 break
+    if flags > W3C_FLAGS_MASK:
+        doc["flags"] = flags  # OTLP's bits above the W3C byte (whether the parent is remote)
+    attrs_json = encode_attrs(attrs, types)
+    links_json = encode_doc(links_doc(links, types)) if links else None
+    if types:
+        doc["types"] = types
     out.append(
         (
             start,
@@ -210,7 +338,7 @@ def span_rows(
             res.pid,
             clean_text(name, NAME_CHARS) if name else None,
             None,
-            encode_attrs(attrs),
+            attrs_json,
             etype,
             emsg,
             stack,
@@ -219,6 +347,8 @@ def span_rows(
             clean_text(trace_state, TRACE_STATE_CHARS) if trace_state else None,
             trace_flags(flags),
             clean_text(status_message, MESSAGE_CHARS) if status_message else None,
+            links_json,
+            encode_doc(doc),
         )
     )
     for event in events:
@@ -229,6 +359,11 @@ def span_rows(
             etype, emsg, stack = _pop_error(ev_attrs)
         if res.extra:
             ev_attrs = {**res.extra, **ev_attrs}
+        ev_types: dict[str, str] = {}
+        ev_json = encode_attrs(ev_attrs, ev_types)
+        ev_doc: dict[str, Any] = {"event": True}
+        if ev_types:
+            ev_doc["types"] = ev_types
         out.append(
             (
                 event.ts or start,
@@ -245,7 +380,7 @@ def span_rows(
                 res.pid,
                 None,
                 clean_text(event.name, MESSAGE_CHARS) if event.name else None,
-                encode_attrs(ev_attrs),
+                ev_json,
                 etype,
                 emsg,
                 stack,
@@ -254,6 +389,8 @@ def span_rows(
                 None,
                 None,
                 None,
+                None,
+                orjson.dumps(ev_doc),
             )
         )
 
@@ -262,15 +399,35 @@ def log_row(
     res: Resource,
     scope_name: str,
     ts: int,
+    observed: int,
     number: int,
     severity_text: str,
-    message: str | None,
+    body: Any,
     attrs: dict[str, Any],
     trace_id: str | None,
     span_id: int | None,
     event_name: str,
     flags: int,
 ) -> Row:
+    """A log record's row (shared by all decoders). ``body`` is the decoded value: a string is
+    the message; any other value is kept with its type in the ``otlp`` document, and its JSON
+    is the message. The severity number and text, the observed time and the event name go to
+    the ``otlp`` document too, each unless it is what atrace would send for the row anyway
+    (the level's number and name, the observed time equal to the time)."""
+    doc: dict[str, Any] = {}
+    types: dict[str, str] = {}
+    if body is None or type(body) is str:
+        message = clean_text(body, MESSAGE_CHARS) if body else None
+    else:
+        value = json_ready(body, "/body", types)
+        doc["body"] = value
+        message = clean_text(orjson.dumps(value).decode("utf-8"), MESSAGE_CHARS)
+    if not ts:
+        doc["time"] = 0  # sent without a time: ts is the observed time (or the arrival)
+    if observed and observed != ts:
+        doc["observed_time"] = observed
+    if event_name:
+        doc["event_name"] = clean_text(event_name, NAME_CHARS)
     logger = attrs.get(LOGGER_KEY)
     if isinstance(logger, str):
         del attrs[LOGGER_KEY]
@@ -280,16 +437,21 @@ def log_row(
         name = clean_text(scope_name, NAME_CHARS)
     else:
         name = None
-    if event_name:
-        attrs.setdefault("event.name", clean_text(event_name, VALUE_CHARS))
     location = pop_location(attrs) if attrs else None
     etype, emsg, stack = _pop_error(attrs) if attrs else (None, None, None)
     if number <= 0 and not severity_text and (etype is not None or emsg is not None):
         level = _ERROR
     else:
         level = level_from_severity(number, severity_text)
+    if number != severity_number(level):
+        doc["severity_number"] = number
+    if severity_text != logging_severity_text(level):
+        doc["severity_text"] = clean_text(severity_text, _SHORT_LIMIT)
+    attrs_json = encode_attrs(attrs, types)
+    if types:
+        doc["types"] = types
     return (
-        ts or time.time_ns(),
+        ts or observed or time.time_ns(),
         _LOG,
         level,
         trace_id,
@@ -303,7 +465,7 @@ def log_row(
         res.pid,
         name,
         message,
-        encode_attrs(attrs),
+        attrs_json,
         etype,
         emsg,
         stack,
@@ -312,6 +474,8 @@ def log_row(
         None,
         trace_flags(flags),
         None,
+        None,
+        encode_doc(doc),
     )
 
 

@@ -123,11 +123,28 @@ def _add_log(tree: Any, log: dict[str, Any]) -> None:
     _add_error(node, log)
 
 
+def _add_links(tree: Any, node: dict[str, Any]) -> None:
+    # Each link as the trace and span it points at (the trace id whole: it is what `atrace
+    # show` takes), then its attributes.
+    for link in node.get("links") or ():
+        if not isinstance(link, dict):
+            continue
+        text = (
+            f"[cyan]↪ link[/] trace {escape(str(link.get('trace_id')))} "
+            f"span {escape(str(link.get('span_id')))}"
+        )
+        extra = attrs_text(link.get("attrs"))
+        if extra:
+            text += f" [dim]{escape(extra)}[/]"
+        tree.add(text)
+
+
 def _add_span(tree: Any, node: dict[str, Any]) -> None:
     branch = tree.add(_span_label(node))
     extra = attrs_text(node.get("attrs"))
     if extra:
         branch.add(f"[dim]{escape(extra)}[/]")
+    _add_links(branch, node)
     _add_error(branch, node)
     items = [(log["ts"], 0, log) for log in node.get("logs", [])]
     items += [(child["start"], 1, child) for child in node.get("children", [])]

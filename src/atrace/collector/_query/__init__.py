@@ -29,9 +29,11 @@ from ..._records import (
     KIND,
     KIND_NAMES,
     LEVEL,
+    LINKS,
     LOCATION,
     MESSAGE,
     NAME,
+    OTLP,
     PARENT_ID,
     PID,
     SERVICE,
@@ -176,6 +178,8 @@ def record_json(row: Sequence[Any]) -> dict[str, Any]:
         "trace_state": row[TRACE_STATE],
         "trace_flags": row[TRACE_FLAGS],
         "status_message": row[STATUS_MESSAGE],
+        "links": jsonb_value(row[LINKS]),
+        "otlp": jsonb_value(row[OTLP]),
     }
 
 
@@ -277,12 +281,16 @@ async def search(
     return {"records": [record_json(tuple(r)[:-1]) for r in rows], "next_cursor": cursor}
 
 
+# The columns whose size varies: what an answer's size is counted from.
+_SIZED = (NAME, MESSAGE, ATTRS, ERROR_TYPE, ERROR_MESSAGE, STACK_TRACE, LOCATION, LINKS, OTLP)
+
+
 def _within(rows: Sequence[Any], max_bytes: int) -> int:
     """How many of ``rows`` (at least one) fit in about ``max_bytes`` of answer."""
     total = 0
     for i, row in enumerate(rows):
         size = _RECORD_OVERHEAD
-        for column in (NAME, MESSAGE, ATTRS, ERROR_TYPE, ERROR_MESSAGE, STACK_TRACE, LOCATION):
+        for column in _SIZED:
             value = row[column]
             if value is not None:
                 size += len(value)

@@ -31,6 +31,8 @@ _SPAN_FIELDS = (
     "trace_state",
     "trace_flags",
     "status_message",
+    "links",
+    "otlp",
 )
 
 
