@@ -247,6 +247,7 @@ def make_rows(n: int, *, service: str = "svc", trace_id: str | None = None) -> l
                 if kind == 3 and i % 2
                 else None,
                 b'{"severity_text": "Information"}' if kind == 0 and i % 8 == 4 else None,
+                None if i % 5 else -(i + 1),  # a resource id (its document sent apart)
             )
         )
     assert all(len(r) == len(COLUMNS) for r in rows)

@@ -564,7 +564,9 @@ _SQLISH = (
     "'||pg_sleep(10)||'",
 )
 _TEXT_COLUMNS = [
-    c for c in COLUMNS[8:] if c not in ("pid", "attrs", "span_kind", "trace_flags", "links", "otlp")
+    c
+    for c in COLUMNS[8:]
+    if c not in ("pid", "attrs", "span_kind", "trace_flags", "links", "otlp", "resource_id")
 ]
 
 

@@ -116,6 +116,7 @@ def _body(path: str, fmt: str, records: list[tuple[int, dict[str, Any]]], trace:
                     None,
                     None,
                     None,
+                    None,
                 )
             )
         return native_body(rows, fmt)[1]

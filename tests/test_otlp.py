@@ -61,6 +61,7 @@ def row(**values: Any) -> tuple[Any, ...]:
         "status_message": None,
         "links": None,
         "otlp": None,
+        "resource_id": None,
     }
     unknown = set(values) - set(COLUMNS)
     assert not unknown, unknown
@@ -72,9 +73,14 @@ def row(**values: Any) -> tuple[Any, ...]:
     return tuple(base[c] for c in COLUMNS)
 
 
+def bare(r: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A row without its resource_id: the resource travels apart (TestResources checks it)."""
+    return (*r[:-1], None)
+
+
 def as_dict(r: tuple[Any, ...]) -> dict[str, Any]:
-    """A row by column name, attrs decoded."""
-    out = dict(zip(COLUMNS, r, strict=True))
+    """A row by column name, attrs decoded, without its resource_id (see bare)."""
+    out = dict(zip(COLUMNS, bare(r), strict=True))
     if out["attrs"] is not None:
         out["attrs"] = orjson.loads(out["attrs"])
     return out
@@ -485,7 +491,7 @@ class TestRoundTrip:
         """A kind 2 end row carries all a span has, so it returns as kind 3."""
         end = row(kind=2, attrs={"a": 1})
         (back,) = otlp.decode_traces(otlp.traces_request([end]).SerializeToString(), PB)
-        assert back == (*end[:1], 3, *end[2:])
+        assert bare(back) == (*end[:1], 3, *end[2:])
 
     def test_seeded_random_rows_round_trip(self) -> None:
         """Random ids, times, attributes and texts round-trip through protobuf and JSON."""
@@ -527,13 +533,14 @@ class TestRoundTrip:
             )
         pb = otlp.decode_traces(otlp.traces_request(rows).SerializeToString(), PB)
         js = otlp.decode_traces(otlp.traces_json(rows), JSON)
-        assert pb == rows
-        assert js == rows
+        assert [bare(r) for r in pb] == rows
+        assert [bare(r) for r in js] == rows
 
 
 class TestDecode:
-    def test_resource_attributes_fill_columns_and_the_rest_goes_to_attrs(self) -> None:
-        """service/environment/host/pid become columns; other resource attributes join attrs."""
+    def test_resource_attributes_fill_columns_and_stay_the_resources(self) -> None:
+        """service/environment/host/pid become columns; the resource, all of it, is kept
+        apart (once), not merged into the records' attributes."""
         request = ExportTraceServiceRequest()
         rs = request.resource_spans.add()
         for key, value in (("service.name", "api"), ("deployment.environment", "staging")):
@@ -545,7 +552,8 @@ class TestDecode:
         sp.trace_id, sp.span_id = bytes.fromhex(TRACE), bytes(7) + b"\x01"
         sp.start_time_unix_nano, sp.end_time_unix_nano = T0, T0 - 5  # a skewed clock
         sp.kind = 3
-        (back,) = otlp.decode_traces(request.SerializeToString(), PB)
+        resources: dict[int, bytes] = {}
+        (back,) = otlp.decode_traces(request.SerializeToString(), PB, resources=resources)
         d = as_dict(back)
         assert (d["service"], d["environment"], d["host"], d["pid"]) == (
             "api",
@@ -553,7 +561,16 @@ class TestDecode:
             None,
             None,
         )
-        assert d["attrs"] == {"service.version": "2.1"} and d["span_kind"] == 3
+        assert d["attrs"] is None and d["span_kind"] == 3
+        assert orjson.loads(resources[back[-1]]) == {
+            "resource": {
+                "attrs": {
+                    "service.name": "api",
+                    "deployment.environment": "staging",
+                    "service.version": "2.1",
+                }
+            }
+        }
         assert (d["duration_ns"], d["status"], d["level"], d["name"]) == (0, 0, 20, None)
 
     def test_unnamed_service(self) -> None:
@@ -850,14 +867,15 @@ class TestOpenTelemetrySdk:
         trace_id, ids = await asyncio.to_thread(_run_sdk, url)
         spans: list[dict[str, Any]] = []
         logs: list[dict[str, Any]] = []
+        resources: dict[int, bytes] = {}
         for path, content_type, body in bodies:
             assert content_type == PB
             if path == "/v1/traces":
-                rows = otlp.decode_traces(body, content_type)
+                rows = otlp.decode_traces(body, content_type, resources=resources)
             else:
-                rows = otlp.decode_logs(body, content_type)
+                rows = otlp.decode_logs(body, content_type, resources=resources)
             for r in rows:
-                (spans if r[1] == 3 else logs).append(as_dict(r))
+                (spans if r[1] == 3 else logs).append({**as_dict(r), "rid": r[-1]})
         by_name = {s["name"]: s for s in spans}
         assert set(by_name) == {"GET /orders", "db.query", "charge"}
         root, child, charge = by_name["GET /orders"], by_name["db.query"], by_name["charge"]
@@ -869,8 +887,10 @@ class TestOpenTelemetrySdk:
                 "sdk-host",
                 4321,
             )
-            assert s["attrs"]["service.version"] == "1.2.3"
-            assert s["attrs"]["telemetry.sdk.name"] == "opentelemetry"
+            resource = orjson.loads(resources[s["rid"]])["resource"]["attrs"]
+            assert resource["service.version"] == "1.2.3"
+            assert resource["telemetry.sdk.name"] == "opentelemetry"
+            assert "service.version" not in (s["attrs"] or {})
             assert s["duration_ns"] >= 0 and s["ts"] > 1_600_000_000 * 10**9
         assert root["span_id"] == int.from_bytes(bytes.fromhex(ids["root"]), "big", signed=True)
         assert root["parent_id"] is None
@@ -1052,7 +1072,7 @@ class TestMalformed:
         else:
             (span,) = otlp.decode_traces(otlp.traces_json([failed]), JSON)
             (lg,) = otlp.decode_logs(otlp.logs_json([log]), JSON)
-        assert (span, lg) == (failed, log)
+        assert (bare(span), bare(lg)) == (failed, log)
 
     @pytest.mark.parametrize("encoding", ["protobuf", "json"])
     def test_nul_characters_are_replaced(self, encoding: str) -> None:
@@ -1129,7 +1149,7 @@ class TestMalformed:
         """Text that looks like SQL comes through unchanged, as data."""
         rows = [row(name=SQL, attrs={SQL: SQL})]
         (back,) = otlp.decode_traces(otlp.traces_json(rows), JSON)
-        assert back == rows[0]
+        assert bare(back) == rows[0]
 
 
 class TestPublicSurface:

@@ -1,8 +1,9 @@
 """The OTLP data model kept whole: what an OpenTelemetry SDK sends to ``atrace serve`` comes back
-out of atrace's OTLP encoders field for field and type for type (span events, links and flags,
-the exception event's own time and attributes, log severity number and text, observed time,
-typed bodies and event names, bytes and non-finite doubles), through protobuf and JSON, gzip
-and not. Built and read with the official ``opentelemetry-proto`` classes."""
+out of atrace's OTLP encoders field for field and type for type (resources and instrumentation
+scopes, span events, links and flags, the exception event's own time and attributes, log
+severity number and text, observed time, typed bodies and event names, bytes and non-finite
+doubles), through protobuf and JSON, gzip and not. Built and read with the official
+``opentelemetry-proto`` classes."""
 
 from __future__ import annotations
 
@@ -93,11 +94,40 @@ ATTRS = {
 }
 
 
+RESOURCE = {
+    "service.name": "otel-app",
+    "service.version": "2.4.1",
+    "deployment.environment.name": "staging",
+    "host.name": "web-3",
+    "process.pid": 4242,
+    "telemetry.sdk.name": "opentelemetry",
+    "k8s.pod.uid": b"\x12\x34",  # bytes in a resource too
+    "ratio": math.nan,
+}
+RESOURCE_URL = "https://opentelemetry.io/schemas/1.26.0"
+SCOPE_URL = "https://opentelemetry.io/schemas/1.24.0"
+
+
+def _origin(envelope: Any, scoped: Any, name: str) -> None:
+    _fill(envelope.resource.attributes, RESOURCE)
+    envelope.schema_url = RESOURCE_URL
+    scoped.scope.name, scoped.scope.version = name, "0.52.1"
+    _fill(scoped.scope.attributes, {"library.kind": "http", "weight": 1.0})
+    scoped.schema_url = SCOPE_URL
+
+
 def traces() -> ExportTraceServiceRequest:
     request = ExportTraceServiceRequest()
     rs = request.resource_spans.add()
-    _fill(rs.resource.attributes, {"service.name": "otel-app"})
-    spans = rs.scope_spans.add().spans
+    ss = rs.scope_spans.add()
+    _origin(rs, ss, "@opentelemetry/instrumentation-http")
+    spans = ss.spans
+    # A second scope of the same resource, with nothing in it but its name.
+    other = rs.scope_spans.add()
+    other.scope.name = "orders.db"
+    lone = other.spans.add()
+    lone.trace_id, lone.span_id = TRACE, bytes.fromhex("3333333333333333")
+    lone.name, lone.start_time_unix_nano, lone.end_time_unix_nano = "SELECT", T0 + 6, T0 + 7
 
     server = spans.add()
     server.trace_id, server.span_id = TRACE, bytes.fromhex("00f067aa0ba902b7")
@@ -151,8 +181,9 @@ def traces() -> ExportTraceServiceRequest:
 def logs() -> ExportLogsServiceRequest:
     request = ExportLogsServiceRequest()
     rl = request.resource_logs.add()
-    _fill(rl.resource.attributes, {"service.name": "otel-app"})
-    records = rl.scope_logs.add().log_records
+    sl = rl.scope_logs.add()
+    _origin(rl, sl, "orders.logger")  # a logging bridge's logger name
+    records = sl.log_records
 
     info2 = records.add()  # a severity atrace has no level of its own for
     info2.time_unix_nano, info2.observed_time_unix_nano = T0 + 10, T0 + 999_999
@@ -213,18 +244,27 @@ def log_view(rec: Any) -> dict[str, Any]:
     }
 
 
+def origin_view(envelope: Any, scoped: Any) -> dict[str, Any]:
+    return {
+        "resource": attrs_of(envelope.resource.attributes),
+        "resource_url": envelope.schema_url,
+        "scope": (scoped.scope.name, scoped.scope.version, attrs_of(scoped.scope.attributes)),
+        "scope_url": scoped.schema_url,
+    }
+
+
 def spans_of(request: ExportTraceServiceRequest) -> dict[str, dict[str, Any]]:
     out = {}
     for rs in request.resource_spans:
         for ss in rs.scope_spans:
             for sp in ss.spans:
-                out[sp.name] = span_view(sp)
+                out[sp.name] = {**span_view(sp), "origin": origin_view(rs, ss)}
     return out
 
 
 def logs_of(request: ExportLogsServiceRequest) -> list[dict[str, Any]]:
     out = [
-        log_view(rec)
+        {**log_view(rec), "origin": origin_view(rl, sl)}
         for rl in request.resource_logs
         for sl in rl.scope_logs
         for rec in sl.log_records
@@ -297,17 +337,24 @@ async def test_every_field_round_trips(
         assert resp.status == 200, resp
 
     rows = await _stored(collector_server, project)
+    stored = await collector_server.fetch(
+        f"SELECT resource_id, doc FROM {{schema}}.resources WHERE project = '{project}'"
+    )
+    resources = {r["resource_id"]: r["doc"] for r in stored}
+    # One document per resource and scope: two scopes of spans, one of logs.
+    assert len(resources) == 3
+    assert {row[-1] for row in rows} == set(resources)
     want_spans, want_logs = spans_of(sent_traces), logs_of(sent_logs)
     # A span's events go out on it, so that none of them comes back as a log record.
     parts = otlp.partition(rows)
     assert len(parts.spans) == len(want_spans) + 3 and not parts.skipped  # + 3 events
     out_spans = [
-        otlp.traces_request(parts.spans),
-        from_otlp_json(otlp.traces_json(parts.spans), ExportTraceServiceRequest()),
+        otlp.traces_request(parts.spans, resources),
+        from_otlp_json(otlp.traces_json(parts.spans, resources), ExportTraceServiceRequest()),
     ]
     out_logs = [
-        otlp.logs_request(parts.logs),
-        from_otlp_json(otlp.logs_json(parts.logs), ExportLogsServiceRequest()),
+        otlp.logs_request(parts.logs, resources),
+        from_otlp_json(otlp.logs_json(parts.logs, resources), ExportLogsServiceRequest()),
     ]
     for got_spans, got_logs in zip(out_spans, out_logs, strict=True):
         got = spans_of(got_spans)
@@ -332,8 +379,23 @@ async def test_the_query_api_shows_links_events_and_log_fields(
     found = await collector_server.request("GET", f"/v1/traces/{TRACE.hex()}", key=key)
     assert found.status == 200, found
     tree = found.json()
-    (server,) = tree["spans"]
+    server = next(s for s in tree["spans"] if s["name"] == "GET /orders")
     assert server["span_kind"] == "server" and server["trace_flags"] == 1
+    # Resource attributes are the resource's, once, not every record's.
+    assert "telemetry.sdk.name" not in server["attrs"]
+    doc = tree["resources"][server["resource_id"]]
+    assert doc["resource"]["attrs"]["service.version"] == "2.4.1"
+    assert doc["resource"]["schema_url"] == RESOURCE_URL
+    assert doc["scope"] == {
+        "name": "@opentelemetry/instrumentation-http",
+        "version": "0.52.1",
+        "attrs": {"library.kind": "http", "weight": 1.0},
+        "schema_url": SCOPE_URL,
+    }
+    assert doc["types"] == {
+        "/resource/attrs/k8s.pod.uid": "bytes",
+        "/resource/attrs/ratio": "double",
+    }
     assert server["links"][0] == {
         "trace_id": OTHER_TRACE.hex(),
         "span_id": "b7ad6b7169203331",
@@ -357,7 +419,10 @@ async def test_the_query_api_shows_links_events_and_log_fields(
     searched = await collector_server.request(
         "GET", "/v1/search?kind=log&q=placed&limit=10", key=key
     )
-    (placed,) = searched.json()["records"]
+    answer = searched.json()
+    (placed,) = answer["records"]
+    assert placed["name"] == "orders.logger"
+    assert answer["resources"][placed["resource_id"]]["scope"]["name"] == "orders.logger"
     assert placed["level"] == 20
     assert placed["otlp"]["severity_number"] == 10
     assert placed["otlp"]["severity_text"] == "Information"

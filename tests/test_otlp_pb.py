@@ -213,6 +213,7 @@ def random_rows(rng: random.Random, n: int) -> list[tuple[Any, ...]]:
             "status_message": rng.choice((None, "", text)) if kind else None,
             "links": None,
             "otlp": None,
+            "resource_id": None,
         }
         values["attrs"] = None if values["attrs"] is None else orjson.dumps(values["attrs"])
         rows.append(tuple(values[c] for c in COLUMNS))

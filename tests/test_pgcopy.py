@@ -214,7 +214,7 @@ class TestOptionalColumns:
         """Logs on whole microseconds send none of schemas 5 and 6's columns; a span's kind
         and flags, a trace state, a status message, links, an otlp document and nanoseconds
         each bring their own."""
-        base = pgcopy.COPY_COLUMNS[: len(COLUMNS) - 6]
+        base = pgcopy.COPY_COLUMNS[: len(COLUMNS) - 7]
         whole = NOW // 1000 * 1000  # on a microsecond
         logs = [row(kind=0, ts=whole), row(kind=0, ts=whole + 1000)]
         assert pgcopy.copy_columns(logs) == (base, 0)
@@ -223,10 +223,10 @@ class TestOptionalColumns:
             row(span_kind=1, trace_flags=1, ts=whole + 7),
         ]
         names, keep = pgcopy.copy_columns(spans)
-        assert names == (*base, "span_kind", "trace_flags", "ts_frac") and keep == 0b1000101
+        assert names == (*base, "span_kind", "trace_flags", "ts_frac") and keep == 0b10000101
         linked = [row(span_kind=1, links=b"[]", ts=whole), row(kind=0, otlp=b"{}", ts=whole)]
         names, keep = pgcopy.copy_columns(linked)
-        assert names == (*base, "span_kind", "links", "otlp") and keep == 0b0110001
+        assert names == (*base, "span_kind", "links", "otlp") and keep == 0b00110001
         full = [
             row(
                 span_kind=3,
@@ -235,6 +235,7 @@ class TestOptionalColumns:
                 status_message="x",
                 links=b'[{"trace_id":"01","span_id":"02"}]',
                 otlp=b'{"flags":256}',
+                resource_id=-7,
                 ts=whole + 1,
             )
         ]
@@ -248,7 +249,12 @@ class TestOptionalColumns:
         _, schema = pg_schema
         whole = NOW // 1000 * 1000
         rows = [
-            row(span_kind=2, ts=whole + 789, links=b'[{"span_id":"00f067aa0ba902b7"}]'),
+            row(
+                span_kind=2,
+                ts=whole + 789,
+                links=b'[{"span_id":"00f067aa0ba902b7"}]',
+                resource_id=2**63 - 1,
+            ),
             row(kind=0, ts=whole + 2000),
         ]
         names, keep = pgcopy.copy_columns(rows)
@@ -262,9 +268,9 @@ class TestOptionalColumns:
         )
         got = await conn.fetch(
             f"SELECT span_kind, trace_state, trace_flags, status_message, links::text, otlp, "
-            f"ts_frac FROM {schema}.records ORDER BY ts"
+            f"resource_id, ts_frac FROM {schema}.records ORDER BY ts"
         )
         assert [tuple(r) for r in got] == [
-            (2, None, None, None, '[{"span_id": "00f067aa0ba902b7"}]', None, 789),
-            (None,) * 7,
+            (2, None, None, None, '[{"span_id": "00f067aa0ba902b7"}]', None, 2**63 - 1, 789),
+            (None,) * 8,
         ]

@@ -57,6 +57,7 @@ def make_row(
     status_message: str | None = None,
     links: list[dict[str, Any]] | None = None,
     otlp: dict[str, Any] | None = None,
+    resource_id: int | None = None,
 ) -> tuple[Any, ...]:
     """A row in COLUMNS order (a span's kind defaults to internal)."""
     return (
@@ -85,6 +86,7 @@ def make_row(
         status_message,
         None if links is None else orjson.dumps(links),
         None if otlp is None else orjson.dumps(otlp),
+        resource_id,
     )
 
 
@@ -775,7 +777,7 @@ class TestRoutes:
         )
         assert [r["message"] for r in got.json()["records"]] == ["root log"]
         got = await server.request("GET", "/v1/search", key=key_b)
-        assert got.json() == {"records": [], "next_cursor": None}
+        assert got.json() == {"records": [], "next_cursor": None, "resources": {}}
         got = await server.request("GET", "/v1/search?level=loud", key=key_a)
         assert got.status == 400 and got.json()["field"] == "level"
         got = await server.request("GET", "/v1/stats?interval=1m&since=1h", key=key_a)

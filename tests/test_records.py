@@ -164,8 +164,8 @@ class TestStorageContract:
 class TestColumns:
     def test_each_index_names_its_column(self) -> None:
         """The index constant of every column is that column's position in COLUMNS."""
-        assert len(COLUMNS) == 25
-        # Schema 5 added four columns after location, schema 6 two more.
+        assert len(COLUMNS) == 26
+        # Schema 5 added four columns after location, schema 6 two more, schema 7 one.
         assert COLUMNS[18:] == (
             "location",
             "span_kind",
@@ -174,6 +174,7 @@ class TestColumns:
             "status_message",
             "links",
             "otlp",
+            "resource_id",
         )
         for position, name in enumerate(COLUMNS):
             assert getattr(records, name.upper()) == position

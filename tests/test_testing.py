@@ -180,15 +180,17 @@ class TestRecords:
         """A row in column order becomes a record with attributes decoded."""
         row = (1, 0, 20, None, None, None, None, 0, "svc", None, "h", 1, "n", "m", b'{"a":1}')
         rec = Record.from_row(
-            (*row, None, None, None, "f.py:1", None, None, None, None, None, b'{"event":true}')
+            (*row, None, None, None, "f.py:1", None, None, None, None, None, b'{"event":true}', 5)
         )
         assert (rec.attrs, rec.location, rec.message) == ({"a": 1}, "f.py:1", "m")
         assert (rec.span_kind, rec.trace_state, rec.trace_flags, rec.status_message) == (None,) * 4
-        assert (rec.links, rec.otlp) == ((), {"event": True})
+        assert (rec.links, rec.otlp, rec.resource_id) == ((), {"event": True}, 5)
         assert str(rec) == "log 'n' 'm' {'a': 1}"
         span = (1, 3, 40, "ab" * 16, 7, None, 5, 2, "svc", None, "h", 1, "op", None, None)
         link = b'[{"trace_id":"' + b"cd" * 16 + b'","span_id":"00000000000000ff"}]'
-        rec = Record.from_row((*span, None, None, None, None, 2, "k=v", 1, "HTTP 503", link, None))
+        rec = Record.from_row(
+            (*span, None, None, None, None, 2, "k=v", 1, "HTTP 503", link, None, None)
+        )
         assert rec.links == ({"trace_id": "cd" * 16, "span_id": "00000000000000ff"},)
         assert (rec.span_kind, rec.trace_state, rec.trace_flags, rec.status_message) == (
             2,

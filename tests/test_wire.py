@@ -29,6 +29,8 @@ TRACE = "01a208e9d00773c265f2f08d84670389"
 SQL = "'; DROP TABLE atrace.records; -- Robert'); DELETE FROM atrace.batches WHERE 1=1;--"
 ATTRS_I = COLUMNS.index("attrs")
 MESSAGE_I = COLUMNS.index("message")
+LINKS_I = COLUMNS.index("links")
+OTLP_I = COLUMNS.index("otlp")
 N = len(COLUMNS)
 
 
@@ -495,12 +497,12 @@ class TestDocuments:
         """A span's links and a row's otlp document arrive as the JSON bytes that are stored."""
         rows = [row(kind=3, links=self.LINKS), row(otlp=self.OTLP), row()]
         out = decode(body(rows, fmt), fmt)
-        assert [orjson.loads(r[-2]) if r[-2] else None for r in out] == [
+        assert [orjson.loads(r[LINKS_I]) if r[LINKS_I] else None for r in out] == [
             orjson.loads(self.LINKS),
             None,
             None,
         ]
-        assert [orjson.loads(r[-1]) if r[-1] else None for r in out] == [
+        assert [orjson.loads(r[OTLP_I]) if r[OTLP_I] else None for r in out] == [
             None,
             orjson.loads(self.OTLP),
             None,
@@ -534,10 +536,10 @@ class TestDocuments:
             body(rows), CONTENT_TYPES["msgpack"], max_attrs_bytes=4096
         )
         assert cut == 1
-        assert out[0][-2] is None and out[0][MESSAGE_I] == "kept"
-        assert out[1][-2] == self.LINKS
+        assert out[0][LINKS_I] is None and out[0][MESSAGE_I] == "kept"
+        assert out[1][LINKS_I] == self.LINKS
 
     def test_nul_escapes_in_a_document_are_replaced(self) -> None:
         """\\u0000 (which jsonb refuses) in an otlp document becomes U+FFFD."""
         out = decode(body([row(otlp=b'{"severity_text": "a\\u0000b"}')]))
-        assert orjson.loads(out[0][-1]) == {"severity_text": "a\ufffdb"}
+        assert orjson.loads(out[0][OTLP_I]) == {"severity_text": "a\ufffdb"}

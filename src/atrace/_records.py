@@ -39,6 +39,7 @@ __all__ = (
     "OTLP",
     "PARENT_ID",
     "PID",
+    "RESOURCE_ID",
     "SERVICE",
     "SPAN_ID",
     "SPAN_KIND",
@@ -178,7 +179,9 @@ COLUMNS = (
     "status_message",  # the status description set with the status, apart from any error
     # Added in schema 6 (a batch may leave them out: null):
     "links",  # JSON bytes of a span's links (see LINKS_FORMAT), or None
-    "otlp",  # JSON bytes of what OTLP sent that has no column of its own (see OTLP_FORMAT)
+    "otlp",  # JSON bytes of what OTLP sent that has no column of its own
+    # Added in schema 7 (a batch may leave it out: null):
+    "resource_id",  # the resource and instrumentation scope (``<schema>.resources``), or None
 )
 # Positions in a row, one per column: plain ints, because rows are read column by column in
 # per-row loops (tail filters, console, OTLP), where an enum member would cost a lookup each.
@@ -208,6 +211,7 @@ COLUMNS = (
     STATUS_MESSAGE,
     LINKS,
     OTLP,
+    RESOURCE_ID,
 ) = range(len(COLUMNS))
 
 if TYPE_CHECKING:

@@ -117,6 +117,7 @@ class Record:
     status_message: str | None = None
     links: tuple[dict[str, Any], ...] = ()
     otlp: dict[str, Any] | None = None
+    resource_id: int | None = None
 
     @classmethod
     def from_row(cls, row: Row) -> Record:

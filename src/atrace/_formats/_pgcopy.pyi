@@ -14,5 +14,5 @@ def encode_rows(
     stop: int = -1,
     extra: Sequence[Any] = (),
     on_error: Callable[[tuple[Any, ...], Exception], tuple[Any, ...]] | None = None,
-    keep: int = 0x7F,
+    keep: int = 0xFF,
 ) -> bytes: ...

@@ -19,10 +19,10 @@ HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
 TRAILER = b"\xff\xff"
 
 cdef int64_t PG_EPOCH_US = 946684800000000
-cdef int N_COLUMNS = 25
-# span_kind's place: the six columns from here, then ts_frac, are optional (``keep``'s bits).
+cdef int N_COLUMNS = 26
+# span_kind's place: the seven columns from here, then ts_frac, are optional (``keep``'s bits).
 cdef int FIRST_OPTIONAL = 19
-cdef int N_OPTIONAL = 6
+cdef int N_OPTIONAL = 7
 
 # Column kinds in COLUMNS order (see encode.COLUMNS and schema.py).
 DEF T_TS = 0
@@ -33,10 +33,10 @@ DEF T_TEXT = 4
 DEF T_INT4 = 5
 DEF T_JSONB = 6
 
-cdef int[25] KINDS = [
+cdef int[26] KINDS = [
     T_TS, T_INT2, T_INT2, T_UUID, T_INT8, T_INT8, T_INT8, T_INT2,
     T_TEXT, T_TEXT, T_TEXT, T_INT4, T_TEXT, T_TEXT, T_JSONB, T_TEXT, T_TEXT, T_TEXT, T_TEXT,
-    T_INT2, T_TEXT, T_INT2, T_TEXT, T_JSONB, T_JSONB,
+    T_INT2, T_TEXT, T_INT2, T_TEXT, T_JSONB, T_JSONB, T_INT8,
 ]
 
 
@@ -222,7 +222,7 @@ cdef int put_row(Buf* b, tuple row, list extra, int keep, int fields) except -1:
         else:  # T_JSONB
             put_text(b, v, 1)
     # ts_frac, after COLUMNS (when the batch sends it): null for 0
-    if not keep & 64:
+    if not keep & 128:
         pass
     elif frac:
         grow(b, 6)
@@ -239,7 +239,7 @@ cdef int put_row(Buf* b, tuple row, list extra, int keep, int fields) except -1:
 
 
 def encode_rows(rows, Py_ssize_t start=0, Py_ssize_t stop=-1, extra=(), on_error=None,
-                int keep=0x7F):
+                int keep=0xFF):
     """``rows[start:stop]`` as binary COPY tuples (no header or trailer), plus ``extra`` text
     values appended to every row (columns after COLUMNS, such as the project). ``keep`` says
     which optional columns are sent (``pgcopy.copy_columns``; default all).

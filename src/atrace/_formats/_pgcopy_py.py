@@ -12,8 +12,8 @@ HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
 TRAILER = b"\xff\xff"
 
 _PG_EPOCH_US = 946_684_800_000_000
-_N_COLUMNS = 25
-_N_OPTIONAL = 6  # the columns from span_kind on; ts_frac follows them
+_N_COLUMNS = 26
+_N_OPTIONAL = 7  # the columns from span_kind on; ts_frac follows them
 _NULL = b"\xff\xff\xff\xff"
 _I16 = struct.Struct("!ih").pack
 _I32 = struct.Struct("!ii").pack
@@ -66,7 +66,7 @@ def _row(row: tuple[Any, ...], extra: Sequence[Any], keep: int) -> bytes:
         raise ValueError(f"a row has {len(row)} columns, expected {_N_COLUMNS}")
     (ts, kind, level, trace, span, parent, dur, status, *texts1) = row[:11]
     pid = row[11]
-    parts = [_COUNT(_N_COLUMNS - _N_OPTIONAL + bin(keep & 0x7F).count("1") + len(extra))]
+    parts = [_COUNT(_N_COLUMNS - _N_OPTIONAL + bin(keep & 0xFF).count("1") + len(extra))]
     add = parts.append
     i64 = (-(2**63), 2**63 - 1, "a bigint")
     i16 = (-(2**15), 2**15 - 1, "a smallint")
@@ -87,7 +87,7 @@ def _row(row: tuple[Any, ...], extra: Sequence[Any], keep: int) -> bytes:
     for v in row[15:19]:
         add(_NULL if v is None else _text(v))
     # The optional columns the batch sends (see pgcopy.copy_columns): bit i of ``keep``.
-    span_kind, state, flags, status_message, links, otlp = row[19:25]
+    span_kind, state, flags, status_message, links, otlp, resource_id = row[19:26]
     if keep & 1:
         add(_NULL if span_kind is None else _I16(2, _int(span_kind, *i16)))
     if keep & 2:
@@ -101,6 +101,8 @@ def _row(row: tuple[Any, ...], extra: Sequence[Any], keep: int) -> bytes:
     if keep & 32:
         add(_NULL if otlp is None else _text(otlp, jsonb=True))
     if keep & 64:
+        add(_NULL if resource_id is None else _I64(8, _int(resource_id, *i64)))
+    if keep & 128:
         # ts_frac: the nanoseconds below ts's microsecond (0 is stored as null).
         frac = None if ts is None else ts % 1000
         add(_I16(2, frac) if frac else _NULL)
@@ -115,7 +117,7 @@ def encode_rows(
     stop: int = -1,
     extra: Sequence[Any] = (),
     on_error: Callable[[tuple[Any, ...], Exception], tuple[Any, ...]] | None = None,
-    keep: int = 0x7F,
+    keep: int = 0xFF,
 ) -> bytes:
     """``rows[start:stop]`` as binary COPY tuples (no header or trailer), plus ``extra`` text
     values appended to every row (columns after COLUMNS, such as the project). ``keep`` says

@@ -585,6 +585,7 @@ _CHECKS: dict[str, Callable[..., list[Any] | None]] = {
     "pid": _checked_ints(0, _I32_MAX, True),
     "span_kind": _checked_ints(min(SpanKind).value, max(SpanKind).value, True),
     "trace_flags": _checked_ints(0, 255, True),
+    "resource_id": _checked_ints(_I64_MIN, _I64_MAX, True),
     **{name: _checked_text(limit, name != "service") for name, limit in TEXT_LIMITS.items()},
 }
 

@@ -45,6 +45,7 @@ def encode_rows(encoder, records):
     host = encoder.host
     pid = encoder.pid
     g = encoder.global_attrs
+    resource_id = encoder.resource_id
     text = encoder.text
     attrs_json = encoder.attrs_json
     location_text = encoder.location_text
@@ -102,7 +103,7 @@ def encode_rows(encoder, records):
                 msg = text(msg, limit)
             row = (ts, kind, level, trace_id, span_id, parent_id, dur, status, service,
                    environment, host, pid, name, msg, js, etype, emsg, estack, loc, span_kind,
-                   state, flags, status_msg, links, None)
+                   state, flags, status_msg, links, None, resource_id)
             # A row holds only str, int, bytes and None: it can never be part of a cycle, so
             # the collector need not walk the thousands a batch keeps alive.
             PyObject_GC_UnTrack(row)

@@ -107,4 +107,5 @@ def _row(encoder: Any, rec: Any) -> tuple[Any, ...]:
         status_msg,
         links,
         None,
+        encoder.resource_id,
     )

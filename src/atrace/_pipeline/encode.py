@@ -52,6 +52,7 @@ class Encoder:
         "max_message_length",
         "max_value_length",
         "pid",
+        "resource_id",
         "service",
     )
 
@@ -71,6 +72,9 @@ class Encoder:
         self.host = host
         self.pid = pid
         self.global_attrs = dict(attributes) if attributes else None
+        # The id of this process's resource in ``<schema>.resources`` (None: its columns say
+        # it all).
+        self.resource_id: int | None = None
         self.max_message_length = max_message_length
         self.max_value_length = max_value_length
         self.locations: dict[Any, str] = {}

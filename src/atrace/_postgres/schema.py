@@ -19,7 +19,7 @@ __all__ = (
     "tail_channel",
 )
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 PARTITION_DAYS_AHEAD = 3
 _log = logging.getLogger("atrace.schema")
 
@@ -175,6 +175,23 @@ def migrations(schema: str) -> list[tuple[int, list[str]]]:
                 f"""ALTER TABLE {s}.records
                     ADD COLUMN links jsonb,
                     ADD COLUMN otlp jsonb""",
+            ],
+        ),
+        (
+            7,
+            [
+                # Where a record came from, kept as OpenTelemetry sends it: the resource (all of
+                # its attributes, service.name and the rest) and the instrumentation scope,
+                # stored once per distinct pair and project; a record names its pair by id (a
+                # hash of the document), null when its columns say it all.
+                f"""CREATE TABLE {s}.resources (
+                    project     text        NOT NULL,
+                    resource_id bigint      NOT NULL,
+                    doc         jsonb       NOT NULL,
+                    first_seen  timestamptz NOT NULL DEFAULT now(),
+                    PRIMARY KEY (project, resource_id)
+                )""",
+                f"ALTER TABLE {s}.records ADD COLUMN resource_id bigint",
             ],
         ),
     ]

@@ -73,17 +73,24 @@ _MAX_AHEAD_NS = 28 * _NS_PER_DAY
 
 
 class Decoded:
-    """What a request's body decoded to: its batch id, the rows to store, what was cut."""
+    """What a request's body decoded to: its batch id, the rows to store, what was cut, and the
+    documents of the resources and scopes its rows name (id → JSON bytes)."""
 
-    __slots__ = ("batch_id", "rejected", "rows", "truncated")
+    __slots__ = ("batch_id", "rejected", "resources", "rows", "truncated")
 
     def __init__(
-        self, batch_id: uuid.UUID, rows: list[Row], truncated: int = 0, rejected: int = 0
+        self,
+        batch_id: uuid.UUID,
+        rows: list[Row],
+        truncated: int = 0,
+        rejected: int = 0,
+        resources: dict[int, bytes] | None = None,
     ) -> None:
         self.batch_id = batch_id
         self.rows = rows
         self.truncated = truncated
         self.rejected = rejected
+        self.resources = resources
 
 
 class Bounds:
@@ -243,11 +250,27 @@ class Ingestor:
             f"INSERT INTO {schema}.batches (project, batch_id, records) VALUES ($1, $2, $3) "
             "ON CONFLICT DO NOTHING"
         )
+        self._resources = (
+            f"INSERT INTO {schema}.resources (project, resource_id, doc) "
+            "SELECT $1, r.id, r.doc FROM unnest($2::bigint[], $3::jsonb[]) AS r(id, doc) "
+            "ON CONFLICT DO NOTHING"
+        )
+        # (project, resource_id) pairs committed: a resource is written once per process, not
+        # once per batch. Bounded; forgetting only costs a write that does nothing.
+        self._known: set[tuple[str, int]] = set()
         metrics.gauge("inflight_requests", lambda: self.admission.requests)
         metrics.gauge("inflight_records", lambda: self.admission.records)
 
-    async def store(self, pool: Any, project: str, batch_id: uuid.UUID, rows: list[Row]) -> bool:
-        """Write ``rows`` for ``project`` once; False if the batch was stored before.
+    async def store(
+        self,
+        pool: Any,
+        project: str,
+        batch_id: uuid.UUID,
+        rows: list[Row],
+        resources: dict[int, bytes] | None = None,
+    ) -> bool:
+        """Write ``rows`` for ``project`` once, with the ``resources`` they name that are not
+        stored yet; False if the batch was stored before.
 
         Raises :class:`WireError` (400) when PostgreSQL refuses the data itself,
         :class:`Unavailable` when no connection is free within ``pool_wait``, and asyncpg's or
@@ -258,6 +281,7 @@ class Ingestor:
         try:
             # Encoded before a connection is taken: the connection is held only for I/O.
             data, columns = _encode(rows, project)
+            new = [rid for rid in resources or () if (project, rid) not in self._known]
             conn = await self._acquire(pool)
             try:
                 if self._partitions_due():
@@ -266,6 +290,10 @@ class Ingestor:
                     status = await conn.execute(self._ledger, project, batch_id, n)
                     if status != "INSERT 0 1":
                         return False  # stored before: the empty transaction commits nothing
+                    if new:
+                        assert resources is not None
+                        docs = [resources[rid] for rid in new]
+                        await conn.execute(self._resources, project, new, docs)
                     await conn.copy_to_table(
                         "records",
                         schema_name=self.schema,
@@ -273,6 +301,10 @@ class Ingestor:
                         source=data,
                         format="binary",
                     )
+                if new:
+                    if len(self._known) > _MAX_KNOWN:
+                        self._known.clear()
+                    self._known.update((project, rid) for rid in new)
                 return True
             except Exception as exc:
                 if refused_data(exc):  # rolled back; the session is fine
@@ -311,6 +343,9 @@ class Ingestor:
             last = await ensure_partitions(conn, self.schema, ahead=self.bounds.days_ahead())
             end = dt.datetime.combine(last + dt.timedelta(days=1), dt.time(), dt.timezone.utc)
             self._covered_until_ns = int(end.timestamp()) * 1_000_000_000
+
+
+_MAX_KNOWN = 100_000
 
 
 def _encode(rows: list[Row], project: str) -> tuple[memoryview, tuple[str, ...]]:
@@ -363,7 +398,9 @@ async def _admitted(
             return decoded, False
         project = request[PROJECT]
         with database():
-            stored = await ingestor.store(request.app[POOL], project, decoded.batch_id, rows)
+            stored = await ingestor.store(
+                request.app[POOL], project, decoded.batch_id, rows, decoded.resources
+            )
     finally:
         held.release()
         ingestor.admission.leave()
@@ -474,9 +511,13 @@ def _otlp_handler(kind: str) -> Callable[[web.Request], Any]:
         project = request[PROJECT]
 
         def decode(body: bytes) -> Decoded:
-            rows = decoder(body, media, max_records=ingestor.limits.max_records)
+            resources: dict[int, bytes] = {}
+            rows = decoder(
+                body, media, max_records=ingestor.limits.max_records, resources=resources
+            )
             rows, truncated = ingestor.bounds.rows(rows)
-            return Decoded(otlp_batch_id(project, request.path, body), rows, truncated)
+            batch_id = otlp_batch_id(project, request.path, body)
+            return Decoded(batch_id, rows, truncated, resources=resources)
 
         decoded, _ = await _admitted(request, decode, endpoint)
         return web.Response(body=_otlp_answer(kind, fmt, decoded), content_type=media)

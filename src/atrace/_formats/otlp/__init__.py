@@ -97,23 +97,37 @@ def _format(content_type: str) -> str:
     )
 
 
-def decode_traces(body: bytes, content_type: str, *, max_records: int = 100_000) -> list[Row]:
+def decode_traces(
+    body: bytes,
+    content_type: str,
+    *,
+    max_records: int = 100_000,
+    resources: dict[int, bytes] | None = None,
+) -> list[Row]:
     """Rows for an OTLP ``ExportTraceServiceRequest`` (protobuf or JSON, already decompressed).
 
-    Each span is a kind 3 row; its events are log rows linked to it. Raises
+    Each span is a kind 3 row; its events are log rows linked to it. Each row names its
+    resource and instrumentation scope by ``resource_id``; the document of each goes into
+    ``resources`` when given (id → JSON bytes; see ``rows.origin``). Raises
     :class:`~atrace.errors.WireError` for anything malformed (400), more than ``max_records``
     spans and events (413), or another content type (415); never returns part of a body.
     """
     if _format(content_type) == "json":
-        return decode_traces_json(body, max_records)
-    return decode_traces_pb(body, max_records)
+        return decode_traces_json(body, max_records, resources)
+    return decode_traces_pb(body, max_records, resources)
 
 
-def decode_logs(body: bytes, content_type: str, *, max_records: int = 100_000) -> list[Row]:
+def decode_logs(
+    body: bytes,
+    content_type: str,
+    *,
+    max_records: int = 100_000,
+    resources: dict[int, bytes] | None = None,
+) -> list[Row]:
     """Rows for an OTLP ``ExportLogsServiceRequest`` (protobuf or JSON, already decompressed).
 
-    Each log record is a kind 0 row. Errors as for :func:`decode_traces`.
+    Each log record is a kind 0 row. Errors and ``resources`` as for :func:`decode_traces`.
     """
     if _format(content_type) == "json":
-        return decode_logs_json(body, max_records)
-    return decode_logs_pb(body, max_records)
+        return decode_logs_json(body, max_records, resources)
+    return decode_logs_pb(body, max_records, resources)

@@ -40,6 +40,7 @@ from .rows import (
     clean_key,
     flags_doc,
     log_row,
+    origin,
     pop_location,
     Resource,
     span_rows,
@@ -155,7 +156,9 @@ cdef enum:
     STATUS_CODE = 3
     STATUS_SLOTS = 4
     SCOPE_NAME = 1
-    SCOPE_SLOTS = 2
+    SCOPE_VERSION = 2
+    SCOPE_ATTRS = 3
+    SCOPE_SLOTS = 4
     KV_KEY = 1
     KV_VALUE = 2
     LOG_TIME = 1
@@ -203,7 +206,7 @@ _SCHEMA = {
     },
     M_STATUS: {STATUS_MESSAGE: "string", STATUS_CODE: "varint"},
     M_RESOURCE: {RESOURCE_ATTRS: M_KEY_VALUE, 3: M_ENTITY_REF},
-    M_SCOPE: {SCOPE_NAME: "string", 2: "string", 3: M_KEY_VALUE},
+    M_SCOPE: {SCOPE_NAME: "string", SCOPE_VERSION: "string", SCOPE_ATTRS: M_KEY_VALUE},
     M_KEY_VALUE: {KV_KEY: "string", KV_VALUE: M_ANY},
     M_ANY: {1: "string", 5: M_ARRAY, 6: M_KVLIST},  # (the oneof is read by ``_scan_any``)
     M_ARRAY: {ARRAY_VALUES: M_ANY},
@@ -878,13 +881,19 @@ cdef dict _attrs(dict extra, Slot* s, cptr p, cptr end, uint64_t num):
 
 
 cdef object _resource(cptr p, cptr end):
-    # The _Resource of a ResourceSpans / ResourceLogs (every resource field merged in order).
+    # The _Resource of a ResourceSpans / ResourceLogs (every resource field merged in order),
+    # with the envelope's schema URL (the last one sent).
     cdef Field f
     cdef dict attrs = {}
+    cdef cptr url = NULL
+    cdef Py_ssize_t url_n = 0
     while _field(&p, end, &f):
         if f.num == ENVELOPE_RESOURCE and f.wt == 2:
             _into(attrs, f.data, f.data + f.size, RESOURCE_ATTRS, 0)
-    return Resource(attrs)
+        elif f.num == ENVELOPE_SCHEMA_URL and f.wt == 2:
+            url = f.data
+            url_n = f.size
+    return Resource(attrs, _str(url, url_n))
 
 
 cdef Py_ssize_t _records_cap(object max_records) except? -1:
@@ -1066,8 +1075,11 @@ cdef class _Walk:
     cdef Py_ssize_t budget  # rows beyond one per item (span events)
     cdef tuple names
     cdef Py_ssize_t i, j, k  # where the walk is: resource, scope, item
+    cdef dict docs  # resource and scope documents by id, for the caller (or None)
+    cdef object rid  # the resource_id of the scope walked
+    cdef str scope_name
 
-    cdef list decode(self, object body, object max_records, tuple request):
+    cdef list decode(self, object body, object max_records, tuple request, dict docs):
         cdef int top, item
         cdef Py_ssize_t count
         cdef cptr p
@@ -1088,6 +1100,7 @@ cdef class _Walk:
         p = <cptr>PyBytes_AS_STRING(body)
         end = p + PyBytes_GET_SIZE(body)
         self.out = []
+        self.docs = docs
         self.max_records = max_records
         self.budget = _records_cap(max_records) - count
         self.i = 0
@@ -1118,6 +1131,35 @@ cdef class _Walk:
         return 0
 
     cdef int scope(self, cptr p, cptr end) except -1:
+        # The scope (its fields merged when sent twice: the last name and version, every
+        # attribute) and the envelope's schema URL, as one resource_id with the resource.
+        cdef Field f
+        cdef Slot s[SCOPE_SLOTS]
+        cdef cptr name = NULL
+        cdef Py_ssize_t name_n = 0
+        cdef cptr version = NULL
+        cdef Py_ssize_t version_n = 0
+        cdef cptr url = NULL
+        cdef Py_ssize_t url_n = 0
+        cdef dict attrs = {}
+        while _field(&p, end, &f):
+            if f.num == ENVELOPE_SCOPE and f.wt == 2:
+                _read(f.data, f.data + f.size, M_SCOPE, SCOPE_SLOTS, s)
+                if s[SCOPE_NAME].count:
+                    name = s[SCOPE_NAME].data
+                    name_n = s[SCOPE_NAME].size
+                if s[SCOPE_VERSION].count:
+                    version = s[SCOPE_VERSION].data
+                    version_n = s[SCOPE_VERSION].size
+                if s[SCOPE_ATTRS].count:
+                    _into(attrs, f.data, f.data + f.size, SCOPE_ATTRS, 0)
+            elif f.num == ENVELOPE_SCHEMA_URL and f.wt == 2:
+                url = f.data
+                url_n = f.size
+        self.scope_name = _str(name, name_n)
+        self.rid = origin(
+            self.res, self.scope_name, _str(version, version_n), attrs, _str(url, url_n), self.docs
+        )
         return 0
 
     cdef int item(self, cptr p, cptr end) except -1:
@@ -1183,7 +1225,7 @@ cdef class _Traces(_Walk):
 
     cdef int resource(self) except -1:
         res = self.res
-        self.extra = res.extra or None
+        self.extra = None  # a resource's attributes are its own, not the records' (origin)
         self.service = res.service
         self.environment = res.environment
         self.host = res.host
@@ -1377,6 +1419,7 @@ cdef class _Traces(_Walk):
                     _limited(msg_p, msg_n, MESSAGE_LIMIT) or None,
                     None,
                     flags_doc(flags),
+                    self.rid,
                 )
             )
             return 0
@@ -1411,6 +1454,7 @@ cdef class _Traces(_Walk):
             attrs,
             events,
             links,
+            self.rid,
         )
         return 0
 
@@ -1456,10 +1500,10 @@ cdef object _event(cptr p, cptr end):
     return Event(s[EVENT_TIME].val, _str(s[EVENT_NAME].data, s[EVENT_NAME].size), attrs)
 
 
-def decode_traces_pb(body, max_records):
+def decode_traces_pb(body, max_records, resources=None):
     """Rows for a protobuf ``ExportTraceServiceRequest``, as the twin makes them."""
     cdef _Traces walk = _Traces.__new__(_Traces)
-    return walk.decode(body, max_records, _TRACES)
+    return walk.decode(body, max_records, _TRACES, resources)
 
 
 # ---- logs -----------------------------------------------------------------------------------
@@ -1485,23 +1529,6 @@ cdef object _body(cptr p, Py_ssize_t n, list parts):
 
 
 cdef class _Logs(_Walk):
-    cdef str scope_name
-
-    cdef int scope(self, cptr p, cptr end) except -1:
-        # The scope's name first, wherever it is on the wire (a scope sent twice merges).
-        cdef Field f
-        cdef Slot s[SCOPE_SLOTS]
-        cdef cptr name = NULL
-        cdef Py_ssize_t name_n = 0
-        while _field(&p, end, &f):
-            if f.num == ENVELOPE_SCOPE and f.wt == 2:
-                _read(f.data, f.data + f.size, M_SCOPE, SCOPE_SLOTS, s)
-                if s[SCOPE_NAME].count:
-                    name = s[SCOPE_NAME].data
-                    name_n = s[SCOPE_NAME].size
-        self.scope_name = _str(name, name_n)
-        return 0
-
     cdef int item(self, cptr p, cptr end) except -1:
         # One log record.
         cdef Slot s[LOG_SLOTS]
@@ -1536,12 +1563,13 @@ cdef class _Logs(_Walk):
                 span_id,
                 _str(s[LOG_EVENT_NAME].data, s[LOG_EVENT_NAME].size),
                 <uint32_t>s[LOG_FLAGS].val,
+                self.rid,
             )
         )
         return 0
 
 
-def decode_logs_pb(body, max_records):
+def decode_logs_pb(body, max_records, resources=None):
     """Rows for a protobuf ``ExportLogsServiceRequest``, as the twin makes them."""
     cdef _Logs walk = _Logs.__new__(_Logs)
-    return walk.decode(body, max_records, _LOGS)
+    return walk.decode(body, max_records, _LOGS, resources)

@@ -30,6 +30,7 @@ from .rows import (
     clean_text,
     flags_doc,
     log_row,
+    origin,
     pop_location,
     span_kind,
     span_rows,
@@ -44,10 +45,17 @@ _ZERO16 = bytes(16)
 _ZERO8 = bytes(8)
 
 
-def _resource_of(resource: Any) -> Resource:
+def _resource_of(envelope: Any) -> Resource:
     attrs: dict[str, Any] = {}
-    pb_into(attrs, resource.attributes)
-    return Resource(attrs)
+    pb_into(attrs, envelope.resource.attributes)
+    return Resource(attrs, envelope.schema_url)
+
+
+def _origin(res: Resource, envelope: Any, docs: dict[int, bytes] | None) -> int | None:
+    scope = envelope.scope
+    attrs: dict[str, Any] = {}
+    pb_into(attrs, scope.attributes)
+    return origin(res, scope.name, scope.version, attrs, envelope.schema_url, docs)
 
 
 def _trace_id(raw: bytes, where: str) -> str | None:
@@ -101,8 +109,11 @@ def _parse(message: Any, body: bytes, what: str) -> None:
         raise WireError(f"invalid protobuf {what}: {exc or 'cannot parse'}") from None
 
 
-def decode_traces_pb(body: bytes, max_records: int) -> list[Row]:
-    """Rows for a protobuf ``ExportTraceServiceRequest``, read through the official classes."""
+def decode_traces_pb(
+    body: bytes, max_records: int, resources: dict[int, bytes] | None = None
+) -> list[Row]:
+    """Rows for a protobuf ``ExportTraceServiceRequest``, read through the official classes;
+    the documents of their resources and scopes into ``resources`` (see ``rows.origin``)."""
     request = ExportTraceServiceRequest()
     _parse(request, body, "ExportTraceServiceRequest")
     count = 0
@@ -117,10 +128,10 @@ def decode_traces_pb(body: bytes, max_records: int) -> list[Row]:
     last_raw: bytes | None = None  # None never equals a trace id, not even an empty one
     trace_id = ""
     for i, rs in enumerate(request.resource_spans):
-        res = _resource_of(rs.resource)
-        extra = res.extra
+        res = _resource_of(rs)
         service, environment, host, pid = res.service, res.environment, res.host, res.pid
         for j, ss in enumerate(rs.scope_spans):
+            rid = _origin(res, ss, resources)
             for k, sp in enumerate(ss.spans):
                 raw = sp.trace_id
                 if raw != last_raw:
@@ -142,7 +153,7 @@ def decode_traces_pb(body: bytes, max_records: int) -> list[Row]:
                 start = sp.start_time_unix_nano
                 if not start:
                     raise WireError(f"{_where(i, j, k)}.start_time_unix_nano: missing")
-                attrs: dict[str, Any] = dict(extra) if extra else {}
+                attrs: dict[str, Any] = {}
                 pb_into(attrs, sp.attributes)
                 code = sp.status.code
                 n_events = len(sp.events)
@@ -183,6 +194,7 @@ def decode_traces_pb(body: bytes, max_records: int) -> list[Row]:
                         attrs,
                         events,
                         _links(sp, _where(i, j, k)) if sp.links else None,
+                        rid,
                     )
                     continue
                 # The common span, no events, links or failure: its row is built right here.
@@ -220,6 +232,7 @@ def decode_traces_pb(body: bytes, max_records: int) -> list[Row]:
                         clean_text(message, MESSAGE_CHARS) if message else None,
                         None,
                         flags_doc(flags),
+                        rid,
                     )
                 )
     return out
@@ -232,8 +245,11 @@ def _where(i: int, j: int, k: int) -> str:
     return f"resource_spans[{i}].scope_spans[{j}].spans[{k}]"
 
 
-def decode_logs_pb(body: bytes, max_records: int) -> list[Row]:
-    """Rows for a protobuf ``ExportLogsServiceRequest``, read through the official classes."""
+def decode_logs_pb(
+    body: bytes, max_records: int, resources: dict[int, bytes] | None = None
+) -> list[Row]:
+    """Rows for a protobuf ``ExportLogsServiceRequest``, read through the official classes;
+    the documents of their resources and scopes into ``resources``."""
     request = ExportLogsServiceRequest()
     _parse(request, body, "ExportLogsServiceRequest")
     count = 0
@@ -244,15 +260,15 @@ def decode_logs_pb(body: bytes, max_records: int) -> list[Row]:
         raise too_many(count, max_records, "log records")
     out: list[Row] = []
     for i, rl in enumerate(request.resource_logs):
-        res = _resource_of(rl.resource)
-        extra = res.extra
+        res = _resource_of(rl)
         for j, sl in enumerate(rl.scope_logs):
             scope_name = sl.scope.name
+            rid = _origin(res, sl, resources)
             for k, rec in enumerate(sl.log_records):
                 where = f"resource_logs[{i}].scope_logs[{j}].log_records[{k}]"
                 trace_id = _trace_id(rec.trace_id, where)
                 span_id = _span_id(rec.span_id, where, "span_id")
-                attrs: dict[str, Any] = dict(extra) if extra else {}
+                attrs: dict[str, Any] = {}
                 pb_into(attrs, rec.attributes)
                 out.append(
                     log_row(
@@ -268,6 +284,7 @@ def decode_logs_pb(body: bytes, max_records: int) -> list[Row]:
                         span_id,
                         rec.event_name,
                         rec.flags,
+                        rid,
                     )
                 )
     return out

@@ -26,6 +26,7 @@ from ..._records import (
     OTLP,
     PARENT_ID,
     PID,
+    RESOURCE_ID,
     SERVICE,
     SPAN_ID,
     SPAN_KIND,
@@ -231,6 +232,49 @@ def resource_key(row: Row) -> tuple[Any, Any, Any, Any]:
     return (row[SERVICE], row[ENVIRONMENT], row[HOST], row[PID])
 
 
+class Origin(NamedTuple):
+    """A record's resource and instrumentation scope for OTLP: ``resource`` and ``scope`` as
+    the ``resources`` document holds them (``attrs`` typed again, ``schema_url``, ...)."""
+
+    key: Any  # what records of one origin share: their resource_id, else their columns
+    resource: dict[str, Any]
+    scope: dict[str, Any]
+
+
+_ATRACE_SCOPE = {"name": SCOPE_NAME, "version": __version__}
+
+
+def origin_key(row: Row) -> Any:
+    """What the records of one resource and scope share: the ``resource_id``, else (atrace's
+    own records) the resource's columns."""
+    rid = row[RESOURCE_ID]
+    return resource_key(row) if rid is None else rid
+
+
+def origin_of(row: Row, resources: Mapping[int, Any] | None) -> Origin:
+    """The resource and scope of ``row``: its ``resource_id``'s document when ``resources``
+    has it (as OTLP sent them), else its columns under atrace's scope (atrace's own records,
+    and those whose document is not at hand)."""
+    rid = row[RESOURCE_ID]
+    raw = resources.get(rid) if rid is not None and resources else None
+    if raw is not None:
+        try:
+            doc = raw if isinstance(raw, Mapping) else orjson.loads(raw)
+        except (orjson.JSONDecodeError, TypeError):
+            doc = None
+        if isinstance(doc, dict):
+            types = doc.get("types")
+            resource = dict(doc.get("resource") or {})
+            scope = dict(doc.get("scope") or {})
+            if isinstance(resource.get("attrs"), dict):
+                resource["attrs"] = restore_types(resource["attrs"], "/resource/attrs", types)
+            if isinstance(scope.get("attrs"), dict):
+                scope["attrs"] = restore_types(scope["attrs"], "/scope/attrs", types)
+            return Origin(rid, resource, scope)
+    key = resource_key(row)
+    return Origin(origin_key(row), {"attrs": dict(resource_items(key))}, _ATRACE_SCOPE)
+
+
 def resource_items(key: tuple[Any, Any, Any, Any]) -> list[tuple[str, Any]]:
     service, environment, host, pid = key
     items: list[tuple[str, Any]] = [
@@ -265,9 +309,11 @@ def span_attrs(row: Row) -> tuple[dict[str, Any], int]:
     return attrs, kind
 
 
-def log_attrs(row: Row) -> dict[str, Any]:
+def log_attrs(row: Row, origin: Origin | None = None) -> dict[str, Any]:
+    """A log's attributes for OTLP; its name travels as ``logger.name`` unless it is the name of
+    the instrumentation scope it came under (which is where OTLP's logging bridges put it)."""
     attrs = _row_attrs(row[ATTRS])
-    if row[NAME] is not None:
+    if row[NAME] is not None and (origin is None or origin.scope.get("name") != row[NAME]):
         attrs[LOGGER_KEY] = row[NAME]
     for key, col in ((EXC_TYPE, ERROR_TYPE), (EXC_MESSAGE, ERROR_MESSAGE)):
         if row[col] is not None:
@@ -490,17 +536,33 @@ def _pb_attrs(target: Any, attrs: Mapping[str, Any], depth: int = 0) -> None:
         _pb_value(kv.value, value, depth)
 
 
-def _pb_resource(resource: Any, key: tuple[Any, Any, Any, Any]) -> None:
-    _pb_attrs(resource.attributes, dict(resource_items(key)))
+def _pb_origin(envelope: Any, scoped: Any, origin: Origin) -> None:
+    # A ResourceSpans/ResourceLogs and its one ScopeSpans/ScopeLogs for ``origin``.
+    resource, scope = origin.resource, origin.scope
+    if resource.get("attrs"):
+        _pb_attrs(envelope.resource.attributes, resource["attrs"])
+    if resource.get("schema_url"):
+        envelope.schema_url = resource["schema_url"]
+    if scope.get("name"):
+        scoped.scope.name = scope["name"]
+    if scope.get("version"):
+        scoped.scope.version = scope["version"]
+    if scope.get("attrs"):
+        _pb_attrs(scoped.scope.attributes, scope["attrs"])
+    if scope.get("schema_url"):
+        scoped.schema_url = scope["schema_url"]
 
 
-def traces_request(rows: Iterable[Row]) -> ExportTraceServiceRequest:
+def traces_request(
+    rows: Iterable[Row], resources: Mapping[int, Any] | None = None
+) -> ExportTraceServiceRequest:
     """An ``ExportTraceServiceRequest`` with a ``Span`` for every ended span row (SPAN, SPAN_END).
 
     Other rows (logs, start rows, spans without valid ids) are left out; see :func:`partition`.
+    ``resources`` holds the documents of the rows' ``resource_id`` (see :func:`origin_of`).
     """
     request = ExportTraceServiceRequest()
-    groups: dict[tuple[Any, Any, Any, Any], Any] = {}
+    groups: dict[Any, Any] = {}
     rows = list(rows)
     events_of = event_rows_by_span(rows)
     for row in rows:
@@ -511,14 +573,12 @@ def traces_request(rows: Iterable[Row]) -> ExportTraceServiceRequest:
         span_id = span_bytes(row[SPAN_ID])
         if trace_id is None or span_id is None:
             continue
-        key = resource_key(row)
+        key = origin_key(row)
         spans = groups.get(key)
         if spans is None:
             rs = request.resource_spans.add()
-            _pb_resource(rs.resource, key)
             ss = rs.scope_spans.add()
-            ss.scope.name = SCOPE_NAME
-            ss.scope.version = __version__
+            _pb_origin(rs, ss, origin_of(row, resources))
             spans = groups[key] = ss.spans
         sp = spans.add()
         sp.trace_id = trace_id
@@ -566,20 +626,23 @@ def traces_request(rows: Iterable[Row]) -> ExportTraceServiceRequest:
     return request
 
 
-def logs_request(rows: Iterable[Row]) -> ExportLogsServiceRequest:
-    """An ``ExportLogsServiceRequest`` with a ``LogRecord`` for every log row."""
+def logs_request(
+    rows: Iterable[Row], resources: Mapping[int, Any] | None = None
+) -> ExportLogsServiceRequest:
+    """An ``ExportLogsServiceRequest`` with a ``LogRecord`` for every log row (``resources`` as
+    for :func:`traces_request`)."""
     request = ExportLogsServiceRequest()
-    groups: dict[tuple[Any, Any, Any, Any], Any] = {}
+    groups: dict[Any, tuple[Any, Origin]] = {}
     for row in log_rows(rows):
-        key = resource_key(row)
-        records = groups.get(key)
-        if records is None:
+        key = origin_key(row)
+        group = groups.get(key)
+        if group is None:
             rl = request.resource_logs.add()
-            _pb_resource(rl.resource, key)
             sl = rl.scope_logs.add()
-            sl.scope.name = SCOPE_NAME
-            sl.scope.version = __version__
-            records = groups[key] = sl.log_records
+            origin = origin_of(row, resources)
+            _pb_origin(rl, sl, origin)
+            group = groups[key] = (sl.log_records, origin)
+        records, origin = group
         rec = records.add()
         doc = row_doc(row)
         time_ns, observed, number, text, body, event_name = log_fields(row, doc)
@@ -592,7 +655,7 @@ def logs_request(rows: Iterable[Row]) -> ExportLogsServiceRequest:
             _pb_value(rec.body, body)
         if event_name:
             rec.event_name = event_name
-        attrs = restore_types(log_attrs(row), "/attrs", doc.get("types"))
+        attrs = restore_types(log_attrs(row, origin), "/attrs", doc.get("types"))
         if attrs:
             _pb_attrs(rec.attributes, attrs)
         trace_id = trace_bytes(row[TRACE_ID])

@@ -28,6 +28,7 @@ from .rows import (
     clean_text,
     double,
     log_row,
+    origin,
     span_rows,
     too_many,
     unpack_q,
@@ -204,7 +205,23 @@ def _j_resource(obj: dict[str, Any], where: str) -> Resource:
     resource = _j_sub(obj, "resource", where)
     attrs: dict[str, Any] = {}
     _j_attrs(attrs, resource, f"{where}.resource")
-    return Resource(attrs)
+    return Resource(attrs, _j_str(obj, "schemaUrl", where))
+
+
+def _j_origin(
+    res: Resource, envelope: dict[str, Any], where: str, docs: dict[int, bytes] | None
+) -> int | None:
+    scope = _j_sub(envelope, "scope", where)
+    attrs: dict[str, Any] = {}
+    _j_attrs(attrs, scope, f"{where}.scope")
+    return origin(
+        res,
+        _j_str(scope, "name", f"{where}.scope"),
+        _j_str(scope, "version", f"{where}.scope"),
+        attrs,
+        _j_str(envelope, "schemaUrl", where),
+        docs,
+    )
 
 
 def _load_json(body: bytes) -> dict[str, Any]:
@@ -248,7 +265,9 @@ def _j_count(document: dict[str, Any], outer: str, middle: str, inner: str) -> i
     return count
 
 
-def decode_traces_json(body: bytes, max_records: int) -> list[Row]:
+def decode_traces_json(
+    body: bytes, max_records: int, resources: dict[int, bytes] | None = None
+) -> list[Row]:
     document = _load_json(body)
     count = _j_count(document, "resourceSpans", "scopeSpans", "spans")
     if count > max_records:
@@ -262,6 +281,7 @@ def decode_traces_json(body: bytes, max_records: int) -> list[Row]:
         for j, scope_item in enumerate(_j_list(rs, "scopeSpans", where_r)):
             where_s = f"{where_r}.scopeSpans[{j}]"
             ss = _j_obj(scope_item, where_s)
+            rid = _j_origin(res, ss, where_s, resources)
             for k, span_item in enumerate(_j_list(ss, "spans", where_s)):
                 where = f"{where_s}.spans[{k}]"
                 sp = _j_obj(span_item, where)
@@ -275,7 +295,7 @@ def decode_traces_json(body: bytes, max_records: int) -> list[Row]:
                 start = _j_u64(sp, "startTimeUnixNano", where)
                 if not start:
                     raise WireError(f"{where}.startTimeUnixNano: missing")
-                attrs: dict[str, Any] = dict(res.extra) if res.extra else {}
+                attrs: dict[str, Any] = {}
                 _j_attrs(attrs, sp, where)
                 events: list[Event] = []
                 ev_items = _j_list(sp, "events", where)
@@ -327,6 +347,7 @@ def decode_traces_json(body: bytes, max_records: int) -> list[Row]:
                     attrs,
                     events,
                     links,
+                    rid,
                 )
     return out
 
@@ -337,7 +358,9 @@ def _j_body(rec: dict[str, Any], where: str) -> Any:
     return _j_any(rec["body"], f"{where}.body", 0, MESSAGE_CHARS)
 
 
-def decode_logs_json(body: bytes, max_records: int) -> list[Row]:
+def decode_logs_json(
+    body: bytes, max_records: int, resources: dict[int, bytes] | None = None
+) -> list[Row]:
     document = _load_json(body)
     count = _j_count(document, "resourceLogs", "scopeLogs", "logRecords")
     if count > max_records:
@@ -351,6 +374,7 @@ def decode_logs_json(body: bytes, max_records: int) -> list[Row]:
             where_s = f"{where_r}.scopeLogs[{j}]"
             sl = _j_obj(scope_item, where_s)
             scope_name = _j_str(_j_sub(sl, "scope", where_s), "name", f"{where_s}.scope")
+            rid = _j_origin(res, sl, where_s, resources)
             for k, rec_item in enumerate(_j_list(sl, "logRecords", where_s)):
                 where = f"{where_s}.logRecords[{k}]"
                 rec = _j_obj(rec_item, where)
@@ -360,7 +384,7 @@ def decode_logs_json(body: bytes, max_records: int) -> list[Row]:
                 if trace_id == _ZERO_TRACE:
                     trace_id = None
                 span_id = unpack_q(span_raw)[0] or None if span_raw is not None else None
-                attrs: dict[str, Any] = dict(res.extra) if res.extra else {}
+                attrs: dict[str, Any] = {}
                 _j_attrs(attrs, rec, where)
                 out.append(
                     log_row(
@@ -376,6 +400,7 @@ def decode_logs_json(body: bytes, max_records: int) -> list[Row]:
                         span_id,
                         _j_str(rec, "eventName", where),
                         _j_u32(rec, "flags", where),
+                        rid,
                     )
                 )
     return out

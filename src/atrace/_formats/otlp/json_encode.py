@@ -22,22 +22,21 @@ from ..._records import (
     Kind,
     Row,
 )
-from ..._version import __version__
 from .common import (
     INT64_MAX,
     INT64_MIN,
     MAX_ANY_DEPTH,
-    SCOPE_NAME,
 )
 from .encode import (
     STATUS_UNSET,
+    Origin,
     end_ns,
     event_rows_by_span,
     log_attrs,
     log_fields,
     log_rows,
-    resource_items,
-    resource_key,
+    origin_key,
+    origin_of,
     restore_types,
     row_doc,
     span_attrs,
@@ -92,11 +91,26 @@ def _json_attrs(attrs: Mapping[str, Any], depth: int = 0) -> list[dict[str, Any]
     ]
 
 
-def _json_resource(key: tuple[Any, Any, Any, Any]) -> dict[str, Any]:
-    return {"attributes": _json_attrs(dict(resource_items(key)))}
-
-
-_JSON_SCOPE = {"name": SCOPE_NAME, "version": __version__}
+def _json_origin(origin: Origin, items_key: str, items: list[Any]) -> dict[str, Any]:
+    # A resourceSpans/resourceLogs entry with its one scopeSpans/scopeLogs for ``origin``.
+    resource, scope = origin.resource, origin.scope
+    res: dict[str, Any] = {}
+    if resource.get("attrs"):
+        res["attributes"] = _json_attrs(resource["attrs"])
+    sc: dict[str, Any] = {}
+    for key in ("name", "version"):
+        if scope.get(key):
+            sc[key] = scope[key]
+    if scope.get("attrs"):
+        sc["attributes"] = _json_attrs(scope["attrs"])
+    scoped: dict[str, Any] = {"scope": sc, items_key: items}
+    if scope.get("schema_url"):
+        scoped["schemaUrl"] = scope["schema_url"]
+    outer = "scopeSpans" if items_key == "spans" else "scopeLogs"
+    envelope: dict[str, Any] = {"resource": res, outer: [scoped]}
+    if resource.get("schema_url"):
+        envelope["schemaUrl"] = resource["schema_url"]
+    return envelope
 
 
 def _dumps(document: Any) -> bytes:
@@ -127,9 +141,9 @@ def _json_link(tid: bytes, sid: bytes, state: str, flags: int, attrs: Any) -> di
     return link
 
 
-def traces_json(rows: Iterable[Row]) -> bytes:
+def traces_json(rows: Iterable[Row], resources: Mapping[int, Any] | None = None) -> bytes:
     """The OTLP/JSON form of :func:`traces_request`."""
-    groups: dict[tuple[Any, Any, Any, Any], list[dict[str, Any]]] = {}
+    groups: dict[Any, tuple[Origin, list[dict[str, Any]]]] = {}
     rows = list(rows)
     events_of = event_rows_by_span(rows)
     for row in rows:
@@ -171,24 +185,23 @@ def traces_json(rows: Iterable[Row]) -> bytes:
         code, message = span_status(row)
         if code != STATUS_UNSET:
             span["status"] = {"code": code, "message": message} if message else {"code": code}
-        groups.setdefault(resource_key(row), []).append(span)
+        key = origin_key(row)
+        if key not in groups:
+            groups[key] = (origin_of(row, resources), [])
+        groups[key][1].append(span)
     return _dumps(
-        {
-            "resourceSpans": [
-                {
-                    "resource": _json_resource(key),
-                    "scopeSpans": [{"scope": _JSON_SCOPE, "spans": s}],
-                }
-                for key, s in groups.items()
-            ]
-        }
+        {"resourceSpans": [_json_origin(origin, "spans", s) for origin, s in groups.values()]}
     )
 
 
-def logs_json(rows: Iterable[Row]) -> bytes:
+def logs_json(rows: Iterable[Row], resources: Mapping[int, Any] | None = None) -> bytes:
     """The OTLP/JSON form of :func:`logs_request`."""
-    groups: dict[tuple[Any, Any, Any, Any], list[dict[str, Any]]] = {}
+    groups: dict[Any, tuple[Origin, list[dict[str, Any]]]] = {}
     for row in log_rows(rows):
+        key = origin_key(row)
+        if key not in groups:
+            groups[key] = (origin_of(row, resources), [])
+        origin, records = groups[key]
         doc = row_doc(row)
         time_ns, observed, number, text, body, event_name = log_fields(row, doc)
         rec: dict[str, Any] = {}
@@ -204,7 +217,7 @@ def logs_json(rows: Iterable[Row]) -> bytes:
             rec["body"] = _json_value(body)
         if event_name:
             rec["eventName"] = event_name
-        attrs = restore_types(log_attrs(row), "/attrs", doc.get("types"))
+        attrs = restore_types(log_attrs(row, origin), "/attrs", doc.get("types"))
         if attrs:
             rec["attributes"] = _json_attrs(attrs)
         trace_id = trace_bytes(row[TRACE_ID])
@@ -215,15 +228,7 @@ def logs_json(rows: Iterable[Row]) -> bytes:
                 rec["spanId"] = span_id.hex()
         if row[TRACE_FLAGS] is not None:
             rec["flags"] = row[TRACE_FLAGS] & 0xFF
-        groups.setdefault(resource_key(row), []).append(rec)
+        records.append(rec)
     return _dumps(
-        {
-            "resourceLogs": [
-                {
-                    "resource": _json_resource(key),
-                    "scopeLogs": [{"scope": _JSON_SCOPE, "logRecords": r}],
-                }
-                for key, r in groups.items()
-            ]
-        }
+        {"resourceLogs": [_json_origin(origin, "logRecords", r) for origin, r in groups.values()]}
     )

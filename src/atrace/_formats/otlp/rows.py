@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import math
 import struct
 import time
@@ -148,11 +149,17 @@ def flags_doc(flags: int) -> bytes | None:
 
 
 class Resource:
-    """One resource's columns, and its other attributes (they go into every row's attrs)."""
+    """One resource: its columns (service, environment, host, pid), and all of its attributes
+    as sent, which go to ``<schema>.resources`` once (see :func:`origin`), not into rows."""
 
-    __slots__ = ("environment", "extra", "host", "pid", "service")
+    __slots__ = ("attrs", "environment", "extra", "host", "pid", "schema_url", "service")
 
-    def __init__(self, attrs: dict[str, Any]) -> None:
+    def __init__(self, attrs: dict[str, Any], schema_url: str = "") -> None:
+        self.attrs = dict(attrs)
+        self.schema_url = schema_url
+        # Nothing of the resource goes into a record's attributes any more (kept for the
+        # decoders' shape: a record's attributes start from it).
+        self.extra: dict[str, Any] | None = None
         service = attrs.get(SERVICE_KEY)
         if isinstance(service, str):
             del attrs[SERVICE_KEY]
@@ -179,7 +186,61 @@ class Resource:
             self.pid: int | None = pid
         else:
             self.pid = None
-        self.extra = attrs
+
+
+# A resource document past this many bytes keeps a marker instead of its attributes.
+MAX_ORIGIN_BYTES = 65_536
+
+
+def origin(
+    res: Resource,
+    scope_name: str,
+    scope_version: str,
+    scope_attrs: dict[str, Any] | None,
+    scope_url: str,
+    docs: dict[int, bytes] | None,
+) -> int:
+    """The ``resource_id`` of records from ``res`` under this instrumentation scope: a hash of
+    the pair's document, which goes into ``docs`` (``{"resource": {"attrs", "schema_url"},
+    "scope": {"name", "version", "attrs", "schema_url"}, "types"}``, empty parts left out).
+    Every OTLP record has one; a record without one is atrace's own, whose resource its
+    columns say."""
+    types: dict[str, str] = {}
+    resource: dict[str, Any] = {}
+    if res.attrs:
+        resource["attrs"] = json_ready(res.attrs, "/resource/attrs", types)
+    if res.schema_url:
+        resource["schema_url"] = clean_text(res.schema_url, _LOCATION_LIMIT)
+    scope: dict[str, Any] = {}
+    if scope_name:
+        scope["name"] = clean_text(scope_name, NAME_CHARS)
+    if scope_version:
+        scope["version"] = clean_text(scope_version, _SHORT_LIMIT)
+    if scope_attrs:
+        scope["attrs"] = json_ready(scope_attrs, "/scope/attrs", types)
+    if scope_url:
+        scope["schema_url"] = clean_text(scope_url, _LOCATION_LIMIT)
+    doc: dict[str, Any] = {}
+    if resource:
+        doc["resource"] = resource
+    if scope:
+        doc["scope"] = scope
+    if types:
+        doc["types"] = types
+    try:
+        raw = orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
+    except (orjson.JSONEncodeError, TypeError):
+        raw = orjson.dumps(sanitize_value(doc, VALUE_CHARS), option=orjson.OPT_SORT_KEYS)
+    if len(raw) > MAX_ORIGIN_BYTES:
+        marker = {"atrace.truncated": True, "atrace.original_bytes": len(raw)}
+        doc = {"resource": {"attrs": {SERVICE_KEY: res.service, **marker}}}
+        if scope:
+            doc["scope"] = {k: v for k, v in scope.items() if k != "attrs"}
+        raw = orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
+    rid = int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big", signed=True)
+    if docs is not None:
+        docs[rid] = raw
+    return rid
 
 
 def encode_attrs(
@@ -289,6 +350,7 @@ def span_rows(
     attrs: dict[str, Any],
     events: list[Event],
     links: list[Link] | None = None,
+    rid: int | None = None,
 ) -> None:
     """The span's row, then a log row for each of its events (shared by all decoders).
 
@@ -349,6 +411,7 @@ def span_rows(
             clean_text(status_message, MESSAGE_CHARS) if status_message else None,
             links_json,
             encode_doc(doc),
+            rid,
         )
     )
     for event in events:
@@ -357,8 +420,6 @@ def span_rows(
         etype = emsg = stack = None
         if is_exception:
             etype, emsg, stack = _pop_error(ev_attrs)
-        if res.extra:
-            ev_attrs = {**res.extra, **ev_attrs}
         ev_types: dict[str, str] = {}
         ev_json = encode_attrs(ev_attrs, ev_types)
         ev_doc: dict[str, Any] = {"event": True}
@@ -391,6 +452,7 @@ def span_rows(
                 None,
                 None,
                 orjson.dumps(ev_doc),
+                rid,
             )
         )
 
@@ -408,6 +470,7 @@ def log_row(
     span_id: int | None,
     event_name: str,
     flags: int,
+    rid: int | None = None,
 ) -> Row:
     """A log record's row (shared by all decoders). ``body`` is the decoded value: a string is
     the message; any other value is kept with its type in the ``otlp`` document, and its JSON
@@ -476,6 +539,7 @@ def log_row(
         None,
         None,
         encode_doc(doc),
+        rid,
     )
 
 

@@ -36,6 +36,7 @@ from ..._records import (
     OTLP,
     PARENT_ID,
     PID,
+    RESOURCE_ID,
     SERVICE,
     SPAN_ID,
     SPAN_KIND,
@@ -180,7 +181,23 @@ def record_json(row: Sequence[Any]) -> dict[str, Any]:
         "status_message": row[STATUS_MESSAGE],
         "links": jsonb_value(row[LINKS]),
         "otlp": jsonb_value(row[OTLP]),
+        "resource_id": None if row[RESOURCE_ID] is None else format_span_id(row[RESOURCE_ID]),
     }
+
+
+async def resources_of(conn: Any, schema: str, project: str, rows: Sequence[Any]) -> dict[str, Any]:
+    """The resource and scope documents the rows name, by ``resource_id`` as the answers give
+    it (16 hex digits)."""
+    ids = {row[RESOURCE_ID] for row in rows if row[RESOURCE_ID] is not None}
+    if not ids:
+        return {}
+    found = await conn.fetch(
+        f"SELECT resource_id, doc FROM {schema}.resources "
+        "WHERE project = $1 AND resource_id = ANY($2::bigint[])",
+        project,
+        sorted(ids),
+    )
+    return {format_span_id(r["resource_id"]): jsonb_value(r["doc"]) for r in found}
 
 
 # -- queries ----------------------------------------------------------------------------------
@@ -278,7 +295,11 @@ async def search(
     if more and rows:
         last = rows[-1]
         cursor = encode_cursor(as_ns(last["ts"]) // 1000, last["rid"])
-    return {"records": [record_json(tuple(r)[:-1]) for r in rows], "next_cursor": cursor}
+    return {
+        "records": [record_json(tuple(r)[:-1]) for r in rows],
+        "next_cursor": cursor,
+        "resources": await resources_of(conn, schema, filters.project, rows),
+    }
 
 
 # The columns whose size varies: what an answer's size is counted from.
@@ -332,6 +353,7 @@ async def trace(
     tree = build_tree(records, now=time.time_ns() if now is None else now)
     tree["trace_id"] = tid
     tree["truncated"] = truncated
+    tree["resources"] = await resources_of(conn, schema, project, rows[:kept])
     return tree
 
 

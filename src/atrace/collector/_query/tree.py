@@ -33,6 +33,7 @@ _SPAN_FIELDS = (
     "status_message",
     "links",
     "otlp",
+    "resource_id",
 )
 
 
