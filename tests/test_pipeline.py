@@ -9,6 +9,7 @@ import threading
 import time
 from typing import Any
 
+import orjson
 import pytest
 
 import atrace
@@ -391,16 +392,23 @@ class TestReconfigure:
         await wait_until(lambda: len(old.rows) == 1)
         assert old.logs()[0]["service"] == "old" and new.logs()[0]["service"] == "new"
 
-    async def test_global_attributes_merged(self, memory_sink: MemorySink) -> None:
-        """Global attributes are merged under each record's own attributes."""
+    async def test_resource_attributes_are_the_resources(self, memory_sink: MemorySink) -> None:
+        """Resource attributes (configure(attributes=...), OTEL_RESOURCE_ATTRIBUTES) are the
+        process's resource: one document every record names, not a copy in each record."""
+        from atrace._formats.resources import known
+
         atrace.configure(service="t", sink=memory_sink, attributes={"region": "eu", "k": "global"})
         atrace.info("a", k="own")
         atrace.info("b")
         await atrace.aflush()
-        assert [r["attrs"] for r in memory_sink.logs()] == [
-            {"region": "eu", "k": "own"},
-            {"region": "eu", "k": "global"},
-        ]
+        logs = memory_sink.logs()
+        assert [r["attrs"] for r in logs] == [{"k": "own"}, None]
+        (rid,) = {r["resource_id"] for r in logs}
+        doc = orjson.loads(known([rid])[rid])
+        assert doc["resource"]["attrs"]["region"] == "eu"
+        assert doc["resource"]["attrs"]["k"] == "global"
+        assert doc["resource"]["attrs"]["service.name"] == "t"
+        assert doc["scope"]["name"] == "atrace"
 
 
 class TestFork:

@@ -8,10 +8,12 @@ import pathlib
 import threading
 from collections.abc import Iterator
 
+import orjson
 import pytest
 
 import atrace
 from atrace import pytest_plugin, testing
+from atrace._formats.resources import known
 from atrace._pipeline import state
 from atrace._records import COLUMNS
 from atrace.testing import Capture, FakeClock, MemorySink, Record, capture
@@ -295,7 +297,11 @@ class TestPipeline:
         with capture(service="svc", attributes={"team": "core"}) as cap:
             atrace.info("x")
         (log,) = cap.logs
-        assert (log.service, log.attrs) == ("svc", {"team": "core"})
+        # The attributes given are the resource's (as OTEL_RESOURCE_ATTRIBUTES would be): the
+        # record names it, and the environment's region is not in it.
+        assert (log.service, log.attrs) == ("svc", {})
+        resource = orjson.loads(known([log.resource_id])[log.resource_id])["resource"]["attrs"]
+        assert resource["team"] == "core" and "region" not in resource
         with capture() as plain:
             atrace.info("y")
         assert plain.logs[0].service == "unknown_service:python"

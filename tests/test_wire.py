@@ -543,3 +543,42 @@ class TestDocuments:
         """\\u0000 (which jsonb refuses) in an otlp document becomes U+FFFD."""
         out = decode(body([row(otlp=b'{"severity_text": "a\\u0000b"}')]))
         assert orjson.loads(out[0][OTLP_I]) == {"severity_text": "a\ufffdb"}
+
+
+class TestResourcesEnvelope:
+    DOC = orjson.dumps({"resource": {"attrs": {"service.name": "svc", "team": "pay"}}})
+
+    @pytest.mark.parametrize("fmt", FORMATS)
+    def test_documents_travel_with_the_batch(self, fmt: str) -> None:
+        """encode_batch sends the documents the rows name; the decoder hands them over."""
+        batch = Batch([row(resource_id=-5)])
+        found: dict[int, bytes] = {}
+        _, rows, _ = wire.decode_batch_counted(
+            encode_batch(batch, fmt, {-5: self.DOC}), CONTENT_TYPES[fmt], resources=found
+        )
+        assert rows[0][-1] == -5
+        assert {k: orjson.loads(v) for k, v in found.items()} == {-5: orjson.loads(self.DOC)}
+
+    @pytest.mark.parametrize(
+        ("resources", "text"),
+        [
+            ({"a": 1}, "an array"),
+            ([[1]], "[id, document] pair"),
+            ([["x", b"{}"]], "signed 64-bit"),
+            ([[1, b"[]"]], "JSON object"),
+            ([[1, b"{"]], "invalid JSON"),
+            ([[1, b'{"k": "' + b"x" * 70_000 + b'"}']], "at most"),
+            ([[i, b"{}"] for i in range(65)], "at most 64"),
+        ],
+    )
+    def test_malformed_documents_refuse_the_batch(self, resources: Any, text: str) -> None:
+        """A resources field that is not [id, JSON object] pairs within bounds is a 400."""
+        with pytest.raises(WireError) as err:
+            decode(body([row()], resources=resources))
+        assert err.value.status == 400 and "'resources'" in str(err.value)
+        assert text in str(err.value)
+
+    def test_other_unknown_envelope_fields_are_still_refused(self) -> None:
+        """Only the documented optional field is accepted beside the four required ones."""
+        with pytest.raises(WireError, match=r"unknown field\(s\) \['extra'\]"):
+            decode(body([row()], extra=1))

@@ -12,6 +12,9 @@ One document per batch::
   ``status`` reads as 0 (unset), any other missing column as null. A name atrace does not know is
   refused, so a layout this collector cannot store fails loudly instead of losing data.
 - ``rows`` holds one array per record, with the values in ``columns`` order (types below).
+- ``resources`` (optional) holds ``[resource_id, document]`` pairs: the documents of the
+  resources and scopes the rows name by ``resource_id`` (see ``atrace._formats.resources``),
+  each a JSON object (``bin`` in msgpack) of at most ``max_attrs_bytes``, at most 64 of them.
 - ``attrs`` is a JSON object: in msgpack its JSON text as ``bin``, in JSON the object itself;
   ``links`` (a JSON array of objects, each with ``trace_id`` and ``span_id`` as hex text) and
   ``otlp`` (a JSON object) travel the same way.
@@ -98,6 +101,8 @@ _MEDIA_TYPES = {
     "application/json": "json",
 }
 _ENVELOPE = frozenset({"v", "batch", "columns", "rows"})
+_OPTIONAL_ENVELOPE = frozenset({"resources"})
+_MAX_RESOURCES = 64
 REQUIRED_COLUMNS = frozenset({"ts", "kind", "level", "service"})
 # A batch that left a column out: status reads as "unset", the rest as null.
 _MISSING_DEFAULT: dict[str, Any] = {"status": Status.UNSET.value}
@@ -157,16 +162,23 @@ def _fragment(value: Any) -> Any:
     raise TypeError(f"cannot encode {type(value).__name__} in a row")
 
 
-def encode_batch(batch: Batch, fmt: str = "msgpack") -> bytes:
-    """A batch as a request body in ``fmt``: ``"msgpack"`` or ``"json"`` (see CONTENT_TYPES)."""
+def encode_batch(
+    batch: Batch, fmt: str = "msgpack", resources: dict[int, bytes] | None = None
+) -> bytes:
+    """A batch as a request body in ``fmt``: ``"msgpack"`` or ``"json"`` (see CONTENT_TYPES),
+    with the ``resources`` documents its rows name."""
     if fmt == "msgpack":
         if _msgpack is None:
             raise MissingExtraError("msgpack", "http")
         doc = {"v": VERSION, "batch": batch.id.bytes, "columns": COLUMNS, "rows": batch.rows}
+        if resources:
+            doc["resources"] = [[rid, raw] for rid, raw in resources.items()]
         out: bytes = _msgpack.packb(doc, use_bin_type=True)
         return out
     if fmt == "json":
         doc = {"v": VERSION, "batch": batch.id.hex, "columns": COLUMNS, "rows": batch.rows}
+        if resources:
+            doc["resources"] = [[rid, raw] for rid, raw in resources.items()]
         return _dumps(doc, _fragment)
     raise ValueError(f"unknown wire format {fmt!r}: expected one of {sorted(CONTENT_TYPES)}")
 
@@ -208,6 +220,44 @@ def _show(value: Any) -> str:
 
 def _kind(value: Any) -> str:
     return type(value).__name__
+
+
+def _resources(value: Any, fmt: str, max_bytes: int) -> dict[int, bytes]:
+    """The envelope's ``resources``: ``[id, document]`` pairs, each document a JSON object."""
+    if type(value) not in _ROW_TYPES or len(value) > _MAX_RESOURCES:
+        raise WireError(
+            f"'resources': expected an array of at most {_MAX_RESOURCES} [id, document] pairs"
+        )
+    out: dict[int, bytes] = {}
+    for i, pair in enumerate(value):
+        where = f"'resources'[{i}]"
+        if type(pair) not in _ROW_TYPES or len(pair) != 2:
+            raise WireError(f"{where}: expected an [id, document] pair, got {_kind(pair)}")
+        rid, raw = pair
+        if type(rid) is not int or not _I64_MIN <= rid <= _I64_MAX:
+            raise WireError(f"{where}: the id must be a signed 64-bit integer")
+        if fmt == "json":
+            if type(raw) is not dict:
+                raise WireError(f"{where}: the document must be a JSON object")
+            try:
+                raw = _dumps(raw)
+            except orjson.JSONEncodeError:
+                raise WireError(f"{where}: the document is nested too deep") from None
+        else:
+            if type(raw) is not bytes:
+                raise WireError(f"{where}: the document must be JSON bytes (bin)")
+            try:
+                parsed = _loads(raw)
+            except orjson.JSONDecodeError as exc:
+                raise WireError(f"{where}: invalid JSON: {exc}") from None
+            if type(parsed) is not dict:
+                raise WireError(f"{where}: the document must be a JSON object")
+        if len(raw) > max_bytes:
+            raise WireError(f"{where}: the document is {len(raw)} bytes; at most {max_bytes}")
+        if _NUL_ESCAPE in raw:
+            raw = _dumps(sanitize_value(_loads(raw), len(raw)))
+        out[rid] = raw
+    return out
 
 
 def _batch_id(value: Any, fmt: str) -> uuid.UUID:
@@ -638,17 +688,25 @@ def decode_batch_counted(
     max_attrs_bytes: int = MAX_ATTRS_BYTES,
     max_value_bytes: int = MAX_VALUE_BYTES,
     max_depth: int = MAX_DEPTH,
+    resources: dict[int, bytes] | None = None,
 ) -> tuple[uuid.UUID, list[Row], int]:
-    """As :func:`decode_batch`, with the number of records whose attributes were cut."""
+    """As :func:`decode_batch`, with the number of records whose attributes were cut; the
+    envelope's resource documents go into ``resources`` (id → JSON bytes)."""
     bounds = _Bounds(max_attrs_bytes, max_value_bytes, max_depth)
     fmt = _format_of(content_type)
     doc = _load(body, fmt)
     if type(doc) is not dict:
         raise WireError(f"body: expected a map with {sorted(_ENVELOPE)}, got {_kind(doc)}")
-    if doc.keys() != _ENVELOPE:
+    if doc.keys() != _ENVELOPE and not (
+        doc.keys() - _OPTIONAL_ENVELOPE == _ENVELOPE and doc.keys() >= _ENVELOPE
+    ):
         missing = sorted(_ENVELOPE - doc.keys())
-        extra = sorted(map(str, doc.keys() - _ENVELOPE))
+        extra = sorted(map(str, doc.keys() - _ENVELOPE - _OPTIONAL_ENVELOPE))
         raise WireError(f"body: missing field(s) {missing}, unknown field(s) {extra}")
+    if "resources" in doc:
+        found = _resources(doc["resources"], fmt, max_attrs_bytes)
+        if resources is not None:
+            resources.update(found)
     version = doc["v"]
     if type(version) is not int or version != VERSION:
         raise WireError(f"'v': unsupported format version {_show(version)}, expected {VERSION}")

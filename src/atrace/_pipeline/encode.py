@@ -81,16 +81,35 @@ class Encoder:
 
     @classmethod
     def from_config(cls, config: Config) -> Encoder:
-        """The encoder for a configuration's service, resource, global attributes and limits."""
-        return cls(
+        """The encoder for a configuration's service, resource and limits.
+
+        The configuration's resource attributes (``OTEL_RESOURCE_ATTRIBUTES``,
+        ``attributes=``) are the process's resource, with its service, environment, host and
+        pid: one document, registered for the sinks (``_formats.resources``), which every
+        record names by ``resource_id``; they are not copied into each record's attributes.
+        """
+        encoder = cls(
             service=config.service,
             environment=config.environment,
             host=config.host,
             pid=config.pid,
-            attributes=config.attributes,
             max_message_length=config.max_message_length,
             max_value_length=config.max_value_length,
         )
+        if config.attributes:
+            from .._formats.resources import OWN_SCOPE, document, register
+            from .._version import __version__
+
+            resource: dict[str, Any] = {"service.name": config.service}
+            if config.environment is not None:
+                resource["deployment.environment.name"] = config.environment
+            resource["host.name"] = config.host
+            resource["process.pid"] = config.pid
+            resource.update(config.attributes)
+            rid, doc = document(resource, scope_name=OWN_SCOPE, scope_version=__version__)
+            register(rid, doc)
+            encoder.resource_id = rid
+        return encoder
 
     def attrs_json(self, attrs: Mapping[str, Any]) -> bytes:
         """Attributes as JSON bytes that PostgreSQL's jsonb accepts."""

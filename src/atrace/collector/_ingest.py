@@ -427,6 +427,7 @@ async def _ingest(request: web.Request) -> web.Response:
     bounds = ingestor.bounds
 
     def decode(body: bytes) -> Decoded:
+        resources: dict[int, bytes] = {}
         batch_id, rows, truncated = decode_batch_counted(
             body,
             content_type,
@@ -434,8 +435,9 @@ async def _ingest(request: web.Request) -> web.Response:
             max_attrs_bytes=bounds.max_attrs_bytes,
             max_value_bytes=bounds.max_value_bytes,
             max_depth=bounds.max_depth,
+            resources=resources,
         )
-        return Decoded(batch_id, rows, truncated)
+        return Decoded(batch_id, rows, truncated, resources=resources)
 
     decoded, stored = await _admitted(request, decode, "ingest")
     n = len(decoded.rows)

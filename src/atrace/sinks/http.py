@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import urllib.parse
 from collections.abc import Mapping
+from operator import itemgetter
 from typing import Any
 
 from .._delivery.classify import Verdict, classify
+from .._formats.resources import known, known_all
 from .._formats.wire import CONTENT_TYPES, encode_batch
-from .._records import Batch
+from .._records import RESOURCE_ID, Batch
 from ..config import env
 from ..errors import ConfigError, SinkClosedError, SinkHTTPError, redact
 from ._base import off_loop
@@ -142,7 +144,7 @@ class HttpSink:
         )
 
     def _body(self, batch: Batch) -> tuple[bytes, bool]:
-        body = encode_batch(batch, self.format)
+        body = encode_batch(batch, self.format, _resources_of(batch.rows))
         limit = self.gzip_min_bytes
         if limit is not None and len(body) >= limit:
             return gzip_body(body), True
@@ -176,3 +178,11 @@ class HttpSink:
         session, self._session = self._session, None
         if session is not None:
             await session.close()
+
+
+def _resources_of(rows: list[Any]) -> dict[int, bytes] | None:
+    # This process's resource documents that the rows name (sent along with them: the
+    # collector stores each once).
+    if not rows or not known_all():
+        return None
+    return known(set(map(itemgetter(RESOURCE_ID), rows))) or None

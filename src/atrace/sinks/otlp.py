@@ -196,11 +196,19 @@ def _host_port(url: str) -> str:
 
 def _encode(protocol: str, compression: str, signal: str, rows: list[Any]) -> bytes:
     from .._formats import otlp
+    from .._formats.resources import known_all
 
+    resources = known_all()  # this process's resource, when it has more than its columns
     if protocol == "http/json":
-        body = otlp.traces_json(rows) if signal == "traces" else otlp.logs_json(rows)
+        if signal == "traces":
+            body = otlp.traces_json(rows, resources)
+        else:
+            body = otlp.logs_json(rows, resources)
     else:
-        request = otlp.traces_request(rows) if signal == "traces" else otlp.logs_request(rows)
+        if signal == "traces":
+            request = otlp.traces_request(rows, resources)
+        else:
+            request = otlp.logs_request(rows, resources)
         body = request.SerializeToString()
     if compression == "gzip":
         body = gzip_body(body)

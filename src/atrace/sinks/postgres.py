@@ -9,14 +9,16 @@ import importlib
 import sys
 import time
 from collections.abc import Sequence
+from operator import itemgetter
 from typing import Any
 
 from .._delivery.classify import Verdict, classify
+from .._formats.resources import known, known_all
 from .._pipeline.sanitize import sanitize_text
 from .._postgres import session
 from .._postgres.schema import ensure_partitions, ensure_schema
 from .._postgres.session import COPY_SLICE, connection_init
-from .._records import SERVICE, TS, Batch, Row
+from .._records import RESOURCE_ID, SERVICE, TS, Batch, Row
 from .._records import broken_row as error_row
 from ..errors import MissingExtraError, SinkClosedError
 from ._base import off_loop
@@ -106,6 +108,8 @@ class PostgresSink:
         self.spill_key = f"postgresql-{schema}-{digest}"
         self._covered_until_ns = 0
         self._partition_lock: asyncio.Lock | None = None
+        # The resource documents (ids) this sink has stored: each is written once.
+        self._resources_stored: set[int] = set()
 
     def __repr__(self) -> str:
         return f"PostgresSink(schema={self.schema!r})"
@@ -196,8 +200,17 @@ class PostgresSink:
             if status != "INSERT 0 1":  # stored before: write nothing twice
                 await conn.execute("ROLLBACK")
                 return
+            docs = self._new_resources(rows)
+            for rid, doc in docs.items():
+                await conn.execute(
+                    f"INSERT INTO {schema}.resources (project, resource_id, doc) "
+                    "VALUES ('default', $1, $2) ON CONFLICT DO NOTHING",
+                    rid,
+                    doc,
+                )
             await copy_rows(conn, schema, rows, step=self.copy_chunk)
             await conn.execute("COMMIT")
+            self._resources_stored.update(docs)
         except BaseException:
             # Whatever went wrong (a lost connection, a hung server, a time-out cancelling us),
             # the session is in an unknown state: drop it now rather than wait on a reset.
@@ -205,6 +218,13 @@ class PostgresSink:
             raise
         finally:
             await pool.release(conn)
+
+    def _new_resources(self, rows: list[Any]) -> dict[int, bytes]:
+        # This process's resource documents the rows name that this sink has not stored yet.
+        if not known_all():
+            return {}
+        docs = known(set(map(itemgetter(RESOURCE_ID), rows)))
+        return {rid: doc for rid, doc in docs.items() if rid not in self._resources_stored}
 
     async def close(self) -> None:
         """Close the pool; the sink can be opened again."""

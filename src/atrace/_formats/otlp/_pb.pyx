@@ -36,7 +36,6 @@ from .rows import (
     VALUE_CHARS,
     Event,
     Link,
-    NonFinite,
     clean_key,
     flags_doc,
     log_row,
@@ -50,6 +49,7 @@ from .rows import (
 from ..._pipeline.sanitize import sanitize_text
 from ...errors import WireError
 from .pb_values import pb_any, pb_body, pb_into
+from ..resources import NonFinite
 
 # After .common, which turns a missing opentelemetry-proto into a one-line MissingExtraError.
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue

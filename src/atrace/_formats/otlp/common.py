@@ -7,6 +7,7 @@ from typing import Any
 
 from ..._records import Level
 from ...errors import MissingExtraError
+from ..resources import OWN_SCOPE
 
 try:
     # The other OTLP modules import these from here, so a missing extra is reported once.
@@ -20,7 +21,7 @@ try:
 except ImportError:  # pragma: no cover - depends on the installed extras
     raise MissingExtraError("opentelemetry-proto", "otlp") from None
 
-SCOPE_NAME = "atrace"
+SCOPE_NAME = OWN_SCOPE
 
 INT64_MIN = -(1 << 63)
 INT64_MAX = (1 << 63) - 1

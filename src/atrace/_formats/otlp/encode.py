@@ -42,6 +42,7 @@ from ..._records import (
     Status,
 )
 from ..._version import __version__
+from ..resources import NON_FINITE_VALUES, TYPE_BYTES
 from .common import (
     DEFAULT_SERVICE,
     ENV_KEYS,
@@ -69,7 +70,6 @@ from .common import (
     logging_severity_text,
     severity_number,
 )
-from .rows import NON_FINITE_VALUES, TYPE_BYTES
 
 _pack_q = struct.Struct(">q").pack
 
@@ -241,14 +241,14 @@ class Origin(NamedTuple):
     scope: dict[str, Any]
 
 
-_ATRACE_SCOPE = {"name": SCOPE_NAME, "version": __version__}
+_OWN_SCOPE = {"name": SCOPE_NAME, "version": __version__}
 
 
 def origin_key(row: Row) -> Any:
     """What the records of one resource and scope share: the ``resource_id``, else (atrace's
     own records) the resource's columns."""
     rid = row[RESOURCE_ID]
-    return resource_key(row) if rid is None else rid
+    return resource_key(row) if rid is None else (rid, row[SERVICE])
 
 
 def origin_of(row: Row, resources: Mapping[int, Any] | None) -> Origin:
@@ -266,13 +266,18 @@ def origin_of(row: Row, resources: Mapping[int, Any] | None) -> Origin:
             types = doc.get("types")
             resource = dict(doc.get("resource") or {})
             scope = dict(doc.get("scope") or {})
-            if isinstance(resource.get("attrs"), dict):
-                resource["attrs"] = restore_types(resource["attrs"], "/resource/attrs", types)
+            attrs = resource.get("attrs")
+            if isinstance(attrs, dict):
+                attrs = resource["attrs"] = restore_types(attrs, "/resource/attrs", types)
+                # A tracer of another service in the same process: the record's own service.
+                named = attrs.get(SERVICE_KEY)
+                if isinstance(named, str) and named != row[SERVICE]:
+                    resource["attrs"] = {**attrs, SERVICE_KEY: row[SERVICE]}
             if isinstance(scope.get("attrs"), dict):
                 scope["attrs"] = restore_types(scope["attrs"], "/scope/attrs", types)
-            return Origin(rid, resource, scope)
+            return Origin(origin_key(row), resource, scope)
     key = resource_key(row)
-    return Origin(origin_key(row), {"attrs": dict(resource_items(key))}, _ATRACE_SCOPE)
+    return Origin(origin_key(row), {"attrs": dict(resource_items(key))}, _OWN_SCOPE)
 
 
 def resource_items(key: tuple[Any, Any, Any, Any]) -> list[tuple[str, Any]]:

@@ -10,6 +10,7 @@ import orjson
 
 from ..._records import Row
 from ...errors import WireError
+from ..resources import double
 from .common import (
     INT64_MAX,
     INT64_MIN,
@@ -26,7 +27,6 @@ from .rows import (
     Resource,
     clean_key,
     clean_text,
-    double,
     log_row,
     origin,
     span_rows,

@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..._pipeline.sanitize import sanitize_text
+from ..resources import double
 from .common import MAX_ANY_DEPTH
-from .rows import KEY_CHARS, LONG_VALUE_CHARS, VALUE_CHARS, clean_key, clean_text, double
+from .rows import KEY_CHARS, LONG_VALUE_CHARS, VALUE_CHARS, clean_key, clean_text
 
 __all__ = ("pb_any", "pb_body", "pb_into")
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import math
 import struct
 import time
 from typing import Any, NamedTuple
@@ -14,6 +11,10 @@ import orjson
 from ..._pipeline.sanitize import sanitize_text, sanitize_value
 from ..._records import Kind, Level, Row, SpanKind, Status
 from ...errors import WireError
+from ..resources import (
+    document,
+    json_ready,
+)
 from .common import (
     DEFAULT_SERVICE,
     ENV_KEYS,
@@ -63,49 +64,6 @@ _UNSET = Status.UNSET.value
 _STATUSES = {STATUS_OK: Status.OK.value, OTLP_STATUS_ERROR: Status.ERROR.value}
 # OTLP's span kinds are the stored ones; any other number reads as unspecified.
 MAX_SPAN_KIND = max(SpanKind).value
-
-
-class NonFinite(float):
-    """A double JSON cannot hold (NaN, Infinity, -Infinity), as the decoders hand it over: orjson
-    refuses the type, which sends the record down :func:`json_ready`'s typed path."""
-
-    __slots__ = ()
-
-
-def double(value: float) -> float:
-    """A decoded double: itself, or a :class:`NonFinite` when JSON cannot hold it."""
-    return value if value - value == 0.0 else NonFinite(value)
-
-
-# What JSON cannot hold, stored as text and named in the row's ``otlp`` document under
-# ``types`` (JSON pointer → type), so that it reads back as it came: bytes as base64, a double
-# that is not finite as JavaScript names it.
-TYPE_BYTES = "bytes"
-TYPE_DOUBLE = "double"
-NON_FINITE_NAMES = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
-NON_FINITE_VALUES = {name: float(key) for key, name in NON_FINITE_NAMES.items()}
-
-
-def pointer_part(key: str) -> str:
-    """``key`` as one step of a JSON pointer (RFC 6901)."""
-    return key.replace("~", "~0").replace("/", "~1") if "~" in key or "/" in key else key
-
-
-def json_ready(value: Any, pointer: str, types: dict[str, str]) -> Any:
-    """``value`` with its bytes and non-finite doubles as text, each one's pointer and type
-    noted in ``types``."""
-    t = type(value)
-    if t is dict:
-        return {k: json_ready(v, f"{pointer}/{pointer_part(k)}", types) for k, v in value.items()}
-    if t is list:
-        return [json_ready(v, f"{pointer}/{i}", types) for i, v in enumerate(value)]
-    if t is bytes:
-        types[pointer] = TYPE_BYTES
-        return base64.b64encode(value).decode("ascii")
-    if isinstance(value, float) and not math.isfinite(value):
-        types[pointer] = TYPE_DOUBLE
-        return NON_FINITE_NAMES[repr(float(value))]
-    return value
 
 
 def clean_text(value: str, limit: int) -> str:
@@ -188,10 +146,6 @@ class Resource:
             self.pid = None
 
 
-# A resource document past this many bytes keeps a marker instead of its attributes.
-MAX_ORIGIN_BYTES = 65_536
-
-
 def origin(
     res: Resource,
     scope_name: str,
@@ -200,44 +154,12 @@ def origin(
     scope_url: str,
     docs: dict[int, bytes] | None,
 ) -> int:
-    """The ``resource_id`` of records from ``res`` under this instrumentation scope: a hash of
-    the pair's document, which goes into ``docs`` (``{"resource": {"attrs", "schema_url"},
-    "scope": {"name", "version", "attrs", "schema_url"}, "types"}``, empty parts left out).
-    Every OTLP record has one; a record without one is atrace's own, whose resource its
-    columns say."""
-    types: dict[str, str] = {}
-    resource: dict[str, Any] = {}
-    if res.attrs:
-        resource["attrs"] = json_ready(res.attrs, "/resource/attrs", types)
-    if res.schema_url:
-        resource["schema_url"] = clean_text(res.schema_url, _LOCATION_LIMIT)
-    scope: dict[str, Any] = {}
-    if scope_name:
-        scope["name"] = clean_text(scope_name, NAME_CHARS)
-    if scope_version:
-        scope["version"] = clean_text(scope_version, _SHORT_LIMIT)
-    if scope_attrs:
-        scope["attrs"] = json_ready(scope_attrs, "/scope/attrs", types)
-    if scope_url:
-        scope["schema_url"] = clean_text(scope_url, _LOCATION_LIMIT)
-    doc: dict[str, Any] = {}
-    if resource:
-        doc["resource"] = resource
-    if scope:
-        doc["scope"] = scope
-    if types:
-        doc["types"] = types
-    try:
-        raw = orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
-    except (orjson.JSONEncodeError, TypeError):
-        raw = orjson.dumps(sanitize_value(doc, VALUE_CHARS), option=orjson.OPT_SORT_KEYS)
-    if len(raw) > MAX_ORIGIN_BYTES:
-        marker = {"atrace.truncated": True, "atrace.original_bytes": len(raw)}
-        doc = {"resource": {"attrs": {SERVICE_KEY: res.service, **marker}}}
-        if scope:
-            doc["scope"] = {k: v for k, v in scope.items() if k != "attrs"}
-        raw = orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
-    rid = int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big", signed=True)
+    """The ``resource_id`` of records from ``res`` under this instrumentation scope: the hash
+    of the pair's document (``resources.document``), which goes into ``docs``. Every OTLP
+    record has one; a record without one is atrace's own, whose resource its columns say."""
+    rid, raw = document(
+        res.attrs, res.schema_url, scope_name, scope_version, scope_attrs, scope_url
+    )
     if docs is not None:
         docs[rid] = raw
     return rid
