@@ -66,6 +66,8 @@ def make_rows(n: int) -> list[tuple[Any, ...]]:
                 None, None, None, "orders.py:42",
                 # span_kind, trace_state, trace_flags, status_message (schema 5)
                 *((2, None, 3, None) if span else (None, None, None, None)),
+                # links, otlp (schema 6), resource_id (schema 7); cut to an older tree's width
+                None, None, None,
             )[: len(COLUMNS)]
         )  # fmt: skip
     return rows
