@@ -111,6 +111,8 @@ ENV: Final[Mapping[str, str]] = MappingProxyType(
         "ATRACE_MAX_DEPTH": "Nesting of an ingested attribute value (deeper is cut).",
         "ATRACE_LATE_WINDOW": "Seconds an ingested record's time may lie in the past.",
         "ATRACE_EARLY_WINDOW": "Seconds an ingested record's time may lie in the future.",
+        "ATRACE_RETENTION_DAYS": "Days before today the collector keeps records (0: all).",
+        "ATRACE_RETENTION_MAX_SIZE": "Size on disk past which the oldest days go (e.g. 50GB).",
         # OpenTelemetry's own, honoured where they apply
         "OTEL_SERVICE_NAME": "The service name when ATRACE_SERVICE is unset.",
         "OTEL_RESOURCE_ATTRIBUTES": "key=value,... resource attributes (service.name included).",

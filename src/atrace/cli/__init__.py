@@ -78,6 +78,23 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also index full text (faster q searches, about half the ingest rate)",
     )
+    retention = dbsub.add_parser(
+        "retention",
+        help="drop records older than a number of days (whole day partitions)",
+        description=(
+            "Keep today (UTC) and the DAYS days before it: older day partitions are detached "
+            "and dropped, older rows of the default partition and of the batch ledger deleted. "
+            "--max-size then drops the oldest partitions left until the records fit."
+        ),
+    )
+    add_db_options(retention)
+    retention.add_argument("--days", type=int, required=True, help="days to keep before today")
+    retention.add_argument(
+        "--max-size", default=None, help="at most this much on disk, e.g. 50GB (oldest go first)"
+    )
+    retention.add_argument(
+        "--dry-run", action="store_true", help="say what would go, change nothing"
+    )
     add_db_commands(dbsub)
     add_spill_parser(sub)
     add_serve_parser(sub)
@@ -107,6 +124,34 @@ async def _db_init(dsn: str, schema: str, text_index: bool = False) -> int:
     return 0
 
 
+async def _db_retention(
+    dsn: str, schema: str, days: int, max_size: str | None, dry_run: bool
+) -> int:
+    import asyncpg
+
+    from .._postgres.retention import apply_retention, parse_size
+    from .._postgres.schema import ensure_schema
+    from ..errors import ConfigError
+
+    if days < 0:
+        raise ConfigError("--days", days, "expected 0 or more")
+    try:
+        max_bytes = None if max_size is None else parse_size(max_size)
+    except ValueError as exc:
+        raise ConfigError("--max-size", max_size, str(exc)) from None
+    conn = await asyncpg.connect(dsn)
+    try:
+        await ensure_schema(conn, schema)
+        report = await apply_retention(
+            conn, schema, days=days, max_bytes=max_bytes, dry_run=dry_run
+        )
+    finally:
+        await conn.close()
+    for line in report.lines():
+        print(line)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``atrace`` console script."""
     args = _parser().parse_args(argv)
@@ -120,6 +165,12 @@ def main(argv: list[str] | None = None) -> int:
             return run_demo(dsn_option(args), args.schema, args.requests)
         if args.command == "db" and args.db_command == "init":
             return asyncio.run(_db_init(resolve_dsn(args), args.schema, args.text_index))
+        if args.command == "db" and args.db_command == "retention":
+            return asyncio.run(
+                _db_retention(
+                    resolve_dsn(args), args.schema, args.days, args.max_size, args.dry_run
+                )
+            )
         if args.command == "db":
             return DB_COMMANDS[args.db_command](args)
         if args.command == "spill":

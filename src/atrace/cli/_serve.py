@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import importlib.util
 import sys
+from typing import Any
 
 from ..config import env
 from ..errors import MissingExtraError
@@ -29,7 +30,28 @@ _EXTRAS = {
 
 # The collector's bounds settable by a flag or an ATRACE_* variable (the flag wins):
 # (Limits field, variable, type, help). The flag is --field-with-dashes.
-_BOUNDS: tuple[tuple[str, str, type, str], ...] = (
+def _size(text: str) -> int:
+    from .._postgres.retention import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+_BOUNDS: tuple[tuple[str, str, Any, str], ...] = (
+    (
+        "retention_days",
+        "ATRACE_RETENTION_DAYS",
+        int,
+        "drop records older than this many days before today, hourly (0: keep all)",
+    ),
+    (
+        "retention_max_size",
+        "ATRACE_RETENTION_MAX_SIZE",
+        _size,
+        "drop the oldest day partitions past this size on disk, e.g. 50GB (0: no bound)",
+    ),
     (
         "query_pool_size",
         "ATRACE_QUERY_POOL_SIZE",

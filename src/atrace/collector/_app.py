@@ -318,9 +318,15 @@ def _database(dsn: str, schema: str, limits: Limits) -> Any:
         app[POOL] = pool
         app[QUERY_POOL] = query_pool
         app[TAIL] = hub
+        retention = None
+        if limits.retention_days or limits.retention_max_size:
+            retention = asyncio.create_task(_retention_loop(pool, schema, limits))
         try:
             yield
         finally:
+            if retention is not None:
+                retention.cancel()
+                await asyncio.gather(retention, return_exceptions=True)
             try:
                 await hub.stop()
             finally:
@@ -332,6 +338,27 @@ def _database(dsn: str, schema: str, limits: Limits) -> Any:
                         raise
 
     return database
+
+
+async def _retention_loop(pool: Any, schema: str, limits: Limits) -> None:
+    """Retention at startup, then every ``retention_interval`` seconds; one collector at a time
+    (``apply_retention`` holds an advisory lock), never failing the collector."""
+    from .._postgres.retention import apply_retention
+
+    days = limits.retention_days or 36_500  # a size bound alone: no age limit to speak of
+    while True:
+        try:
+            async with pool.acquire(timeout=limits.connect_timeout) as conn:
+                report = await apply_retention(
+                    conn, schema, days=days, max_bytes=limits.retention_max_size or None
+                )
+            if report.dropped or report.default_rows or report.failed or report.skipped:
+                _log.info("atrace collector: retention: %s", "; ".join(report.lines()))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            _log.warning("atrace collector: retention failed, tried again later: %s", exc)
+        await asyncio.sleep(limits.retention_interval)
 
 
 def make_app(dsn: str, *, schema: str = "atrace", limits: Limits | None = None) -> web.Application:

@@ -110,6 +110,9 @@ class Limits:
     max_depth: int = 16
     late_window: float = 7 * 86_400.0
     early_window: float = 86_400.0
+    retention_days: int = 0
+    retention_max_size: int = 0
+    retention_interval: float = 3600.0
 
     def __post_init__(self) -> None:
         put = object.__setattr__  # frozen: the times are stored as floats this way
@@ -161,6 +164,20 @@ class Limits:
         put(self, "late_window", check_number("late_window", self.late_window, 1.0, 1e10))
         # Partitions are made ahead to cover it: a week at most keeps that bounded.
         put(self, "early_window", check_number("early_window", self.early_window, 1.0, 7 * 86_400))
+        check_int("retention_days", self.retention_days, 0, 100_000)
+        check_int("retention_max_size", self.retention_max_size, 0, 1 << 60)
+        put(
+            self,
+            "retention_interval",
+            check_number("retention_interval", self.retention_interval, 0.01, 7 * 86_400.0),
+        )
+        if self.retention_days and self.retention_days * 86_400 < self.late_window:
+            # Records the window accepts would be dropped by the next run.
+            raise ConfigError(
+                "retention_days",
+                self.retention_days,
+                f"must keep at least the late window ({self.late_window / 86_400:g} days)",
+            )
         for name in ("max_body", "max_inflated"):
             if getattr(self, name) > self.max_inflight_bytes:
                 raise ConfigError(
