@@ -728,12 +728,25 @@ class TestPlans:
             (search(level="error"), "records_errors_idx"),
             (search(trace_id=trace), "records_trace_idx"),
             (lambda c: query.errors(c, schema, A, now=NOW), "records_errors_idx"),
+            # An hour twelve hours back: a twelfth of its day's partition or less, whatever
+            # the time of day (the last hour can be all of today's partition just after
+            # midnight UTC, where a sequential scan is the right plan).
             (
-                lambda c: query.stats(c, schema, A, since=NOW - 3600 * S, durations=True, now=NOW),
+                lambda c: query.stats(
+                    c,
+                    schema,
+                    A,
+                    since=NOW - 13 * 3600 * S,
+                    until=NOW - 12 * 3600 * S,
+                    durations=True,
+                    now=NOW,
+                ),
                 "records_ts_idx",
             ),
             (
-                lambda c: query.spans(c, schema, A, since=NOW - 3600 * S, now=NOW),
+                lambda c: query.spans(
+                    c, schema, A, since=NOW - 13 * 3600 * S, until=NOW - 12 * 3600 * S, now=NOW
+                ),
                 "records_ts_idx",
             ),
         ]

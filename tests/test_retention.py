@@ -158,7 +158,7 @@ async def test_the_cli(pg_schema: tuple[str, str]) -> None:
 
     code, out, err = await run("--days", "7", "--dry-run")
     assert code == 0, err
-    assert f"would drop {old} day partitions" in out and "would delete 1 records" in out
+    assert f"would drop {old} day partitions" in out and "would delete 1 record from" in out
     assert all(len(line) <= 80 for line in out.splitlines())
     code, out, err = await run("--days", "7")
     assert code == 0, err
@@ -216,3 +216,136 @@ async def test_the_collector_runs_it_in_the_background(pg_schema: tuple[str, str
     with pytest.raises(ConfigError, match="late window"):
         Limits(retention_days=3)
     assert Limits(retention_days=3, late_window=2 * 86_400).retention_days == 3
+
+
+def _span(when: dt.datetime, trace: str, name: str, *, ms: float = 5, status: int = 0) -> Any:
+    values: dict[str, Any] = dict.fromkeys(COLUMNS)
+    values.update(
+        ts=int(when.timestamp() * 10**9),
+        kind=3,
+        level=40 if status == 2 else 20,
+        trace_id=trace,
+        span_id=int.from_bytes(os.urandom(8), "big", signed=True) or 1,
+        duration_ns=int(ms * 1_000_000),
+        status=status,
+        service="svc",
+        name=name,
+    )
+    return tuple(values[c] for c in COLUMNS)
+
+
+def _day(back: int, hour: int = 12, minute: int = 0) -> dt.datetime:
+    day = TODAY - dt.timedelta(days=back)
+    return dt.datetime.combine(day, dt.time(hour, minute), dt.timezone.utc)
+
+
+async def test_traces_that_mattered_outlive_their_days(pg_schema: tuple[str, str]) -> None:
+    """With errors days, the complete traces with an error or a slow span stay, in their own
+    days, readable like any other; the rest of those days goes; a trace that crosses into a
+    day still kept is kept whole; the kept days go in their turn."""
+    from atrace._postgres.retention import Keep
+    from atrace.collector._query import trace as read_trace
+
+    dsn, schema = pg_schema
+    conn = await _seed(dsn, schema)
+    failed, slow, plain, crossing = (uuid.uuid4().hex for _ in range(4))
+    await copy_rows(
+        conn,
+        schema,
+        [
+            _span(_day(10), failed, "checkout"),
+            _span(_day(10, 12, 1), failed, "charge", status=2),
+            _span(_day(20), slow, "report", ms=2500),
+            _span(_day(20, 13), plain, "fine"),
+            _span(_day(8, 23, 59), crossing, "start"),  # a day that goes ...
+            _span(_day(7, 0, 1), crossing, "end", status=2),  # ... and one that stays
+        ],
+    )
+    keep = Keep(30, slow_ms=1000)
+    dry = await apply_retention(conn, schema, days=7, keep=keep, dry_run=True)
+    assert dry.kept_traces == 3  # failed, slow, crossing (its day-8 part)
+    report = await apply_retention(conn, schema, days=7, keep=keep)
+    assert report.kept_traces == 3
+    parts, _ = await day_partitions(conn, schema)
+    kept = {p.day: p.name for p in parts if p.kept}
+    assert set(kept) == {TODAY - dt.timedelta(days=d) for d in (8, 10, 20)}
+    assert all(name.endswith("_kept") for name in kept.values())
+    names = {
+        r["trace_id"].hex: sorted(x["name"] for x in rs)
+        for r in await conn.fetch(f"SELECT DISTINCT trace_id FROM {schema}.records")
+        if r["trace_id"] is not None
+        for rs in [
+            await conn.fetch(
+                f"SELECT name FROM {schema}.records WHERE trace_id = $1", r["trace_id"]
+            )
+        ]
+    }
+    assert names == {failed: ["charge", "checkout"], slow: ["report"], crossing: ["end", "start"]}
+    # Nothing else of those days: the filler records (no trace) are gone with them.
+    assert (
+        await conn.fetchval(f"SELECT count(*) FROM {schema}.records WHERE message = 'day-10'") == 0
+    )
+    # Read as any trace is: the query API's tree.
+    tree = await read_trace(conn, schema, "default", failed)
+    assert tree is not None and [s["name"] for s in tree["spans"]] == ["checkout", "charge"]
+    # Run again: nothing changes; 25 days on, the kept days older than 30 days go.
+    again = await apply_retention(conn, schema, days=7, keep=keep)
+    assert again.dropped == [] and again.kept_traces == 0
+    later = await apply_retention(
+        conn, schema, days=7, keep=keep, today=TODAY + dt.timedelta(days=25)
+    )
+    parts, _ = await day_partitions(conn, schema)
+    assert {p.day for p in parts if p.kept} == set()
+    assert {p.name for p in later.dropped} >= set(kept.values())
+    await conn.close()
+
+
+async def test_a_keep_rate_keeps_that_share_of_traces(pg_schema: tuple[str, str]) -> None:
+    """keep_rate 0.25 over 2,000 plain traces keeps 0.25 ± 0.03 of them, each complete."""
+    from atrace._postgres.retention import Keep
+
+    dsn, schema = pg_schema
+    conn = await _seed(dsn, schema)
+    traces = [uuid.uuid4().hex for _ in range(2000)]
+    rows = [_span(_day(12, 10), t, "a") for t in traces]
+    rows += [_span(_day(12, 11), t, "b") for t in traces]
+    await copy_rows(conn, schema, rows)
+    await apply_retention(conn, schema, days=7, keep=Keep(30, rate=0.25))
+    counts = await conn.fetch(
+        f"SELECT trace_id, count(*) AS n FROM {schema}.records "
+        "WHERE trace_id IS NOT NULL GROUP BY trace_id"
+    )
+    assert 0.22 <= len(counts) / len(traces) <= 0.28
+    assert {r["n"] for r in counts} == {2}  # complete: both spans of each kept trace
+    # The same trace ids, by the low 56 bits, as OpenTelemetry's ratio sampler decides.
+    expected = {t for t in traces if int(t[-14:], 16) < int(0.25 * (1 << 56))}
+    assert {r["trace_id"].hex for r in counts} == expected
+    await conn.close()
+
+
+async def test_the_cli_keeps_what_mattered(pg_schema: tuple[str, str]) -> None:
+    """`--errors-days` with `--slow-ms`: the report says how many traces stay; options that
+    cannot work together are one line and exit 2."""
+    dsn, schema = pg_schema
+    conn = await _seed(dsn, schema)
+    await copy_rows(conn, schema, [_span(_day(15), uuid.uuid4().hex, "x", status=2)])
+    await conn.close()
+    base = (ATRACE, "db", "retention", "--dsn", dsn, "--schema", schema, "--days", "7")
+
+    async def run(*args: str) -> tuple[int, str, str]:
+        proc = await asyncio.create_subprocess_exec(
+            *base, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        return proc.returncode or 0, out.decode(), err.decode()
+
+    code, out, err = await run("--errors-days", "30", "--slow-ms", "500")
+    assert code == 0, err
+    assert "kept 1 trace that mattered" in out
+    for bad in (
+        ("--errors-days", "5"),
+        ("--slow-ms", "10"),
+        ("--errors-days", "9", "--keep-rate", "2"),
+    ):
+        code, out, err = await run(*bad)
+        assert code == 2 and out == "" and err.count("\n") == 1, (bad, err)

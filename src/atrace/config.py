@@ -113,6 +113,9 @@ ENV: Final[Mapping[str, str]] = MappingProxyType(
         "ATRACE_EARLY_WINDOW": "Seconds an ingested record's time may lie in the future.",
         "ATRACE_RETENTION_DAYS": "Days before today the collector keeps records (0: all).",
         "ATRACE_RETENTION_MAX_SIZE": "Size on disk past which the oldest days go (e.g. 50GB).",
+        "ATRACE_RETENTION_ERRORS_DAYS": "Days the collector keeps traces that mattered (0: off).",
+        "ATRACE_RETENTION_SLOW_MS": "A span this slow makes its trace matter (0: off).",
+        "ATRACE_RETENTION_KEEP_RATE": "Share of the other traces retention keeps too (0 to 1).",
         # OpenTelemetry's own, honoured where they apply
         "OTEL_SERVICE_NAME": "The service name when ATRACE_SERVICE is unset.",
         "OTEL_RESOURCE_ATTRIBUTES": "key=value,... resource attributes (service.name included).",

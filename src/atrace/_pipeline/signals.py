@@ -49,7 +49,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import threading as _threading
     from types import FrameType
-    from typing import Protocol
+    from typing import Any, Protocol
 
     from .pipeline import Pipeline
 
@@ -58,7 +58,7 @@ if TYPE_CHECKING:
 
         lock: _threading.RLock
         pipeline: Pipeline | None
-        stopping: set[Pipeline]
+        stopping: dict[Pipeline, Any]  # the pipelines still stopping, each with its future
 
 
 __all__ = ("install", "installed")

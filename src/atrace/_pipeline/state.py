@@ -14,6 +14,7 @@ import atexit
 import os
 import sys
 import threading
+import time
 
 from .._emit.runtime import runtime
 from ..config import Config, from_environment
@@ -22,6 +23,7 @@ from .metrics import Metrics
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import concurrent.futures
     from typing import Any
 
     from .pipeline import Clock, Pipeline
@@ -55,8 +57,9 @@ class _Department:
 
     def __init__(self) -> None:
         self.pipeline: Pipeline | None = None  # None: unconfigured until the first record
-        # Replaced, and still writing what they held: the exit handler waits for them too.
-        self.stopping: set[Pipeline] = set()
+        # Replaced, and still writing what they held, with the future of that: flush() and the
+        # exit handler wait for them too.
+        self.stopping: dict[Pipeline, concurrent.futures.Future[bool]] = {}
         # Every pipeline replaced since the last reset(): what they accepted stays counted.
         self.past: list[Pipeline] = []
         self.clock: Clock | None = None  # None: the system clock
@@ -104,7 +107,7 @@ def swap(
         done = old.stop_nowait()
         if not done.done():
             with _STATE.lock:
-                _STATE.stopping.add(old)
+                _STATE.stopping[old] = done
             done.add_done_callback(lambda _: _stopped(old))
         else:
             _stopped(old)
@@ -113,7 +116,7 @@ def swap(
 
 def _stopped(pipeline: Pipeline) -> None:
     with _STATE.lock:
-        _STATE.stopping.discard(pipeline)
+        _STATE.stopping.pop(pipeline, None)
         successor = _STATE.pipeline
     if successor is not None and successor is not pipeline:
         # What it spilled and could not replay, the pipeline in force now replays (when it
@@ -320,17 +323,31 @@ def flush(timeout: float | None = 10.0) -> bool:
     the flush and returns False. Use ``await aflush()`` there.
     """
     pipeline = _STATE.pipeline
-    if pipeline is None:
+    replaced = _still_stopping()
+    if pipeline is None and not replaced:
         return _all_clean()
     import concurrent.futures
 
-    fut = pipeline.request_flush()
-    if pipeline.on_flusher_loop():
-        return False
+    deadline = None if timeout is None else time.monotonic() + timeout
+    futures = list(replaced)
+    if pipeline is not None:
+        futures.append(pipeline.request_flush())
+        if pipeline.on_flusher_loop():
+            return False
     try:
-        return fut.result(timeout) and _all_clean()
+        # A configuration replaced just before still writes what it held: wait for it too.
+        for fut in futures:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not fut.result(left):
+                return False
     except concurrent.futures.TimeoutError:
         return False
+    return _all_clean()
+
+
+def _still_stopping() -> list[concurrent.futures.Future[bool]]:
+    with _STATE.lock:
+        return list(_STATE.stopping.values())
 
 
 async def aflush(timeout: float | None = 10.0) -> bool:
@@ -339,14 +356,17 @@ async def aflush(timeout: float | None = 10.0) -> bool:
     import asyncio
 
     pipeline = _STATE.pipeline
-    if pipeline is None:
+    futures = _still_stopping()
+    if pipeline is not None:
+        futures.append(pipeline.request_flush())
+    if not futures:
         return _all_clean()
-    fut = pipeline.request_flush()
+    waits = [asyncio.shield(asyncio.wrap_future(fut)) for fut in futures]
     try:
-        written = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(fut)), timeout)
+        written = await asyncio.wait_for(asyncio.gather(*waits), timeout)
     except asyncio.TimeoutError:
         return False
-    return written and _all_clean()
+    return all(written) and _all_clean()
 
 
 async def ashutdown(timeout: float | None = None) -> bool:

@@ -315,6 +315,8 @@ async def ensure_partitions(
             state = getattr(exc, "sqlstate", None)
             if state in ("42P07", "23505"):
                 pass  # another process created it at the same moment
+            elif state == "42P17":
+                pass  # the day is covered already: its traces kept by retention
             elif state == "23514":
                 # Rows already in the default partition for that day block it
                 # (check_violation): move them into the day's own table, then attach it.

@@ -93,6 +93,21 @@ def _parser() -> argparse.ArgumentParser:
         "--max-size", default=None, help="at most this much on disk, e.g. 50GB (oldest go first)"
     )
     retention.add_argument(
+        "--errors-days",
+        type=int,
+        default=None,
+        help="keep the traces that mattered (errors, slow, sampled) this many days",
+    )
+    retention.add_argument(
+        "--slow-ms", type=float, default=None, help="with --errors-days: a span this slow matters"
+    )
+    retention.add_argument(
+        "--keep-rate",
+        type=float,
+        default=0.0,
+        help="with --errors-days: also keep this share of the other traces (0 to 1)",
+    )
+    retention.add_argument(
         "--dry-run", action="store_true", help="say what would go, change nothing"
     )
     add_db_commands(dbsub)
@@ -124,17 +139,27 @@ async def _db_init(dsn: str, schema: str, text_index: bool = False) -> int:
     return 0
 
 
-async def _db_retention(
-    dsn: str, schema: str, days: int, max_size: str | None, dry_run: bool
-) -> int:
+async def _db_retention(args: argparse.Namespace, dsn: str) -> int:
     import asyncpg
 
-    from .._postgres.retention import apply_retention, parse_size
+    from .._postgres.retention import Keep, apply_retention, parse_size
     from .._postgres.schema import ensure_schema
     from ..errors import ConfigError
 
+    schema, days, max_size, dry_run = args.schema, args.days, args.max_size, args.dry_run
     if days < 0:
         raise ConfigError("--days", days, "expected 0 or more")
+    keep = None
+    if args.errors_days is not None:
+        if args.errors_days <= days:
+            raise ConfigError("--errors-days", args.errors_days, "expected more than --days")
+        if not 0.0 <= args.keep_rate <= 1.0:
+            raise ConfigError("--keep-rate", args.keep_rate, "expected 0 to 1")
+        if args.slow_ms is not None and args.slow_ms <= 0:
+            raise ConfigError("--slow-ms", args.slow_ms, "expected more than 0")
+        keep = Keep(args.errors_days, args.slow_ms, args.keep_rate)
+    elif args.slow_ms is not None or args.keep_rate:
+        raise ConfigError("--slow-ms", args.slow_ms, "applies with --errors-days only")
     try:
         max_bytes = None if max_size is None else parse_size(max_size)
     except ValueError as exc:
@@ -143,7 +168,7 @@ async def _db_retention(
     try:
         await ensure_schema(conn, schema)
         report = await apply_retention(
-            conn, schema, days=days, max_bytes=max_bytes, dry_run=dry_run
+            conn, schema, days=days, max_bytes=max_bytes, dry_run=dry_run, keep=keep
         )
     finally:
         await conn.close()
@@ -166,11 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "db" and args.db_command == "init":
             return asyncio.run(_db_init(resolve_dsn(args), args.schema, args.text_index))
         if args.command == "db" and args.db_command == "retention":
-            return asyncio.run(
-                _db_retention(
-                    resolve_dsn(args), args.schema, args.days, args.max_size, args.dry_run
-                )
-            )
+            return asyncio.run(_db_retention(args, resolve_dsn(args)))
         if args.command == "db":
             return DB_COMMANDS[args.db_command](args)
         if args.command == "spill":

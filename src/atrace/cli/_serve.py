@@ -53,6 +53,24 @@ _BOUNDS: tuple[tuple[str, str, Any, str], ...] = (
         "drop the oldest day partitions past this size on disk, e.g. 50GB (0: no bound)",
     ),
     (
+        "retention_errors_days",
+        "ATRACE_RETENTION_ERRORS_DAYS",
+        int,
+        "keep traces with an error, a slow span or in the sample this many days (0: off)",
+    ),
+    (
+        "retention_slow_ms",
+        "ATRACE_RETENTION_SLOW_MS",
+        float,
+        "with errors days: a span at least this slow keeps its trace (0: off)",
+    ),
+    (
+        "retention_keep_rate",
+        "ATRACE_RETENTION_KEEP_RATE",
+        float,
+        "with errors days: the share of other traces kept too (0 to 1)",
+    ),
+    (
         "query_pool_size",
         "ATRACE_QUERY_POOL_SIZE",
         int,

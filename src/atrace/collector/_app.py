@@ -343,14 +343,25 @@ def _database(dsn: str, schema: str, limits: Limits) -> Any:
 async def _retention_loop(pool: Any, schema: str, limits: Limits) -> None:
     """Retention at startup, then every ``retention_interval`` seconds; one collector at a time
     (``apply_retention`` holds an advisory lock), never failing the collector."""
-    from .._postgres.retention import apply_retention
+    from .._postgres.retention import Keep, apply_retention
 
     days = limits.retention_days or 36_500  # a size bound alone: no age limit to speak of
+    keep = None
+    if limits.retention_errors_days:
+        keep = Keep(
+            limits.retention_errors_days,
+            limits.retention_slow_ms or None,
+            limits.retention_keep_rate,
+        )
     while True:
         try:
             async with pool.acquire(timeout=limits.connect_timeout) as conn:
                 report = await apply_retention(
-                    conn, schema, days=days, max_bytes=limits.retention_max_size or None
+                    conn,
+                    schema,
+                    days=days,
+                    max_bytes=limits.retention_max_size or None,
+                    keep=keep,
                 )
             if report.dropped or report.default_rows or report.failed or report.skipped:
                 _log.info("atrace collector: retention: %s", "; ".join(report.lines()))

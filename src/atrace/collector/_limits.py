@@ -113,6 +113,9 @@ class Limits:
     retention_days: int = 0
     retention_max_size: int = 0
     retention_interval: float = 3600.0
+    retention_errors_days: int = 0
+    retention_slow_ms: float = 0.0
+    retention_keep_rate: float = 0.0
 
     def __post_init__(self) -> None:
         put = object.__setattr__  # frozen: the times are stored as floats this way
@@ -171,6 +174,23 @@ class Limits:
             "retention_interval",
             check_number("retention_interval", self.retention_interval, 0.01, 7 * 86_400.0),
         )
+        check_int("retention_errors_days", self.retention_errors_days, 0, 100_000)
+        put(
+            self,
+            "retention_slow_ms",
+            check_number("retention_slow_ms", self.retention_slow_ms, 0.0, 1e12),
+        )
+        put(
+            self,
+            "retention_keep_rate",
+            check_number("retention_keep_rate", self.retention_keep_rate, 0.0, 1.0),
+        )
+        if self.retention_errors_days and self.retention_errors_days <= self.retention_days:
+            raise ConfigError(
+                "retention_errors_days",
+                self.retention_errors_days,
+                f"must exceed retention_days ({self.retention_days})",
+            )
         if self.retention_days and self.retention_days * 86_400 < self.late_window:
             # Records the window accepts would be dropped by the next run.
             raise ConfigError(
