@@ -27,6 +27,7 @@ FIGURES: dict[str, object] = {
     "replayed": 0,
     "retries": 0,
     "running": True,
+    "scrubbed": 0,
     "sink_errors": 0,
     "sinks": (NO_LANE,),
     "spilled": 0,

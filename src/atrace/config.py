@@ -111,6 +111,7 @@ ENV: Final[Mapping[str, str]] = MappingProxyType(
         "ATRACE_MAX_DEPTH": "Nesting of an ingested attribute value (deeper is cut).",
         "ATRACE_LATE_WINDOW": "Seconds an ingested record's time may lie in the past.",
         "ATRACE_EARLY_WINDOW": "Seconds an ingested record's time may lie in the future.",
+        "ATRACE_SCRUB": "1 or 0: scrub secrets from records (default 0).",
         "ATRACE_RETENTION_DAYS": "Days before today the collector keeps records (0: all).",
         "ATRACE_RETENTION_MAX_SIZE": "Size on disk past which the oldest days go (e.g. 50GB).",
         "ATRACE_RETENTION_ERRORS_DAYS": "Days the collector keeps traces that mattered (0: off).",
@@ -219,6 +220,9 @@ class Config(Frozen):
     :ivar retry_deadline: seconds a batch may spend being retried.
     :ivar breaker_threshold: consecutive failed batches that open a sink's circuit breaker.
     :ivar breaker_reset: seconds an open breaker waits before it lets a probe through.
+    :ivar scrub: secrets scrubbed before records leave the process: True (the built-in rules),
+        False (the default for now), a sequence of more sensitive key words, or
+        ``keep(key, value) -> bool``, which may keep a value a key rule would scrub.
     :ivar host: this machine's name (not an argument).
     :ivar pid: the process the Config was made in (not an argument; a forked child makes its
         own with :meth:`replace`).
@@ -240,6 +244,7 @@ class Config(Frozen):
         "retry_attempts",
         "retry_deadline",
         "schema",
+        "scrub",
         "service",
         "shutdown_timeout",
         "sinks",
@@ -268,6 +273,7 @@ class Config(Frozen):
     retry_deadline: float
     breaker_threshold: int
     breaker_reset: float
+    scrub: Any
     host: str
     pid: int
 
@@ -292,6 +298,7 @@ class Config(Frozen):
         retry_deadline: float = DEFAULT_RETRY_DEADLINE,
         breaker_threshold: int = DEFAULT_BREAKER_THRESHOLD,
         breaker_reset: float = DEFAULT_BREAKER_RESET,
+        scrub: Any = False,
     ) -> None:
         # Frozen: the normalised values (tuples, floats, a read-only mapping) go in this way.
         put = object.__setattr__
@@ -346,6 +353,17 @@ class Config(Frozen):
         )
         check_int("breaker_threshold", self.breaker_threshold, 1, 1_000_000)
         put(self, "breaker_reset", check_number("breaker_reset", breaker_reset, 0.0, 86400.0))
+        if isinstance(scrub, (str, bytes)) or not (
+            isinstance(scrub, (bool, tuple, list, frozenset)) or callable(scrub)
+        ):
+            raise ConfigError(
+                "scrub", scrub, "expected True, False, a list of key words or keep(key, value)"
+            )
+        if isinstance(scrub, (list, frozenset)):
+            scrub = tuple(scrub)
+        if isinstance(scrub, tuple) and not all(isinstance(w, str) and w for w in scrub):
+            raise ConfigError("scrub", scrub, "key words must be non-empty strings")
+        put(self, "scrub", scrub)
         put(self, "batch_size", min(self.batch_size, self.capacity))
         put(self, "host", _hostname())
         put(self, "pid", os.getpid())
@@ -466,6 +484,12 @@ def from_environment(environ: Mapping[str, str] | None = None) -> dict[str, Any]
         number = _env_int(name, environ)
         if number is not None:
             kwargs[key] = number
+    scrub = env("ATRACE_SCRUB", environ)
+    if scrub is not None:
+        flag = scrub.strip().lower()
+        if flag not in ("0", "1", "true", "false", "on", "off"):
+            raise ConfigError("ATRACE_SCRUB", scrub, "expected 1 or 0 (on or off)")
+        kwargs["scrub"] = flag in ("1", "true", "on")
     for key, name in (
         ("flush_interval", "ATRACE_FLUSH_INTERVAL"),
         ("shutdown_timeout", "ATRACE_SHUTDOWN_TIMEOUT"),

@@ -53,6 +53,7 @@ class Encoder:
         "max_value_length",
         "pid",
         "resource_id",
+        "scrubber",
         "service",
     )
 
@@ -75,6 +76,8 @@ class Encoder:
         # The id of this process's resource in ``<schema>.resources`` (None: its columns say
         # it all).
         self.resource_id: int | None = None
+        # The secrets' rules (None: scrubbing off).
+        self.scrubber: Any = None
         self.max_message_length = max_message_length
         self.max_value_length = max_value_length
         self.locations: dict[Any, str] = {}
@@ -96,6 +99,16 @@ class Encoder:
             max_message_length=config.max_message_length,
             max_value_length=config.max_value_length,
         )
+        if config.scrub is not False:
+            from .scrub import Scrubber
+
+            scrub = config.scrub
+            if scrub is True:
+                encoder.scrubber = Scrubber()
+            elif callable(scrub):
+                encoder.scrubber = Scrubber(keep=scrub)
+            else:
+                encoder.scrubber = Scrubber(words=scrub)
         if config.attributes:
             from .._formats.resources import OWN_SCOPE, document, register
             from .._version import __version__
@@ -152,8 +165,12 @@ class Encoder:
         return out
 
     def rows(self, records: Iterable[Any]) -> list[Row]:
-        """Rows for a batch; a record that cannot be encoded at all becomes an error row."""
-        return encode_rows(self, records)
+        """Rows for a batch, secrets scrubbed; a record that cannot be encoded at all becomes an
+        error row."""
+        rows = encode_rows(self, records)
+        if self.scrubber is not None:
+            rows = self.scrubber.rows(rows)
+        return rows
 
     def broken_row(self, rec: Any, exc: Exception) -> Row:
         """A malformed record (a bug, or a hand-built tuple) still lands, described, not dropped."""

@@ -122,6 +122,7 @@ class Metrics(Frozen):
     :ivar replayed: sent from the spill (also an earlier process's).
     :ivar retries: extra attempts, in batches.
     :ivar running: whether a flusher is active.
+    :ivar scrubbed: secret values replaced by a marker before records left the process.
     :ivar sink_errors: failed attempts, in batches, all sinks.
     :ivar sinks: per-sink snapshots.
     :ivar spilled: written to the spill by this process.
@@ -149,6 +150,7 @@ class Metrics(Frozen):
         "replayed",
         "retries",
         "running",
+        "scrubbed",
         "sink_errors",
         "sinks",
         "spilled",
@@ -175,6 +177,7 @@ class Metrics(Frozen):
     replayed: int
     retries: int
     running: bool
+    scrubbed: int
     sink_errors: int
     sinks: tuple[LaneStats, ...]
     spilled: int
@@ -208,6 +211,7 @@ class Metrics(Frozen):
         spilled: int,
         spilled_pending: int,
         written: int,
+        scrubbed: int = 0,
     ) -> None:
         self._set(
             accepted=accepted,
@@ -234,6 +238,7 @@ class Metrics(Frozen):
             spilled=spilled,
             spilled_pending=spilled_pending,
             written=written,
+            scrubbed=scrubbed,
         )
 
     def plus(self, other: Metrics) -> Metrics:
@@ -259,6 +264,7 @@ _SUMMED = (
     "queue_size",
     "replayed",
     "retries",
+    "scrubbed",
     "sink_errors",
     "spilled",
     "spilled_pending",

@@ -769,4 +769,5 @@ class Pipeline:
             implementation=_ring.IMPLEMENTATION,
             running=self._state in _ACTIVE,
             sinks=lanes,
+            scrubbed=0 if self.encoder.scrubber is None else self.encoder.scrubber.count,
         )

@@ -209,6 +209,7 @@ def configure(
     retry_deadline: float | None = None,
     breaker_threshold: int | None = None,
     breaker_reset: float | None = None,
+    scrub: Any = None,
 ) -> Config:
     """Configure atrace for this process; unset arguments come from ATRACE_*/OTEL_* or defaults.
 
@@ -239,6 +240,9 @@ def configure(
         retry_deadline: seconds a batch may spend being retried (default 10).
         breaker_threshold: consecutive failed batches that open a sink's breaker (default 3).
         breaker_reset: seconds an open breaker waits before a probe (default 5).
+        scrub: secrets scrubbed from records before they leave the process (``ATRACE_SCRUB``):
+            True for the built-in rules, more sensitive key words (a list), or
+            ``keep(key, value) -> bool`` to keep a value a key rule would scrub; off by default.
 
     Returns:
         The :class:`~atrace.config.Config` in force.
@@ -270,6 +274,7 @@ def configure(
         ("retry_deadline", retry_deadline),
         ("breaker_threshold", breaker_threshold),
         ("breaker_reset", breaker_reset),
+        ("scrub", scrub),
     ):
         if value is not None:
             kwargs[key] = value
