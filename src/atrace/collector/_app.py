@@ -342,8 +342,10 @@ def _database(dsn: str, schema: str, limits: Limits) -> Any:
 
 async def _retention_loop(pool: Any, schema: str, limits: Limits) -> None:
     """Retention at startup, then every ``retention_interval`` seconds; one collector at a time
-    (``apply_retention`` holds an advisory lock), never failing the collector."""
+    (``apply_retention`` holds an advisory lock), never failing the collector. Each round also
+    makes the day partitions ahead, so a day with no writer never lacks its partition."""
     from .._postgres.retention import Keep, apply_retention
+    from .._postgres.schema import ensure_partitions
 
     days = limits.retention_days or 36_500  # a size bound alone: no age limit to speak of
     keep = None
@@ -356,6 +358,7 @@ async def _retention_loop(pool: Any, schema: str, limits: Limits) -> None:
     while True:
         try:
             async with pool.acquire(timeout=limits.connect_timeout) as conn:
+                await ensure_partitions(conn, schema)
                 report = await apply_retention(
                     conn,
                     schema,
