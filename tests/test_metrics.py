@@ -14,6 +14,7 @@ FIGURES: dict[str, object] = {
     "breaker_trips": 0,
     "capacity": 100,
     "dropped": 0,
+    "dropped_attributes": 0,
     "dropped_permanent": 0,
     "dropped_ring": 0,
     "dropped_spill": 0,

@@ -52,6 +52,7 @@ DEFAULT_POLICY = "drop_oldest"
 DEFAULT_SCHEMA = "atrace"
 DEFAULT_MAX_MESSAGE_LENGTH = 32_768
 DEFAULT_MAX_VALUE_LENGTH = 8_192
+DEFAULT_MAX_ATTRIBUTES = 128  # OpenTelemetry's default attribute count limit
 DEFAULT_SHUTDOWN_TIMEOUT = 5.0
 DEFAULT_SPILL_MAX_BYTES = 256 * 1024 * 1024
 DEFAULT_RETRY_ATTEMPTS = 4
@@ -77,6 +78,10 @@ ENV: Final[Mapping[str, str]] = MappingProxyType(
         "ATRACE_POLICY": "What a full ring does: drop_oldest, drop_newest or block.",
         "ATRACE_SCHEMA": "The PostgreSQL schema written and read (also the CLI's --schema).",
         "ATRACE_MAX_MESSAGE_LENGTH": "Characters of a message kept; the rest is cut.",
+        "ATRACE_MAX_ATTRIBUTES": "Attributes a record keeps; the rest are dropped, counted.",
+        "OTEL_ATTRIBUTE_COUNT_LIMIT": "Attributes a record keeps, when ATRACE_MAX_ATTRIBUTES "
+        "is unset.",
+        "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT": "Characters of an attribute value kept.",
         "ATRACE_SHUTDOWN_TIMEOUT": "Seconds the flush at exit may take.",
         "ATRACE_SPILL_DIR": "Where undelivered batches go (default: spill/ in the data directory).",
         "ATRACE_SPILL_MAX_BYTES": "Bytes the spill may take on disk; past it, batches are dropped.",
@@ -213,6 +218,8 @@ class Config(Frozen):
     :ivar schema: the PostgreSQL schema.
     :ivar max_message_length: characters of a message kept.
     :ivar max_value_length: characters of an attribute value kept.
+    :ivar max_attributes: attributes a record keeps (the first ones); the others are dropped
+        and counted on the record (``otlp.dropped_attributes``) and in ``metrics()``.
     :ivar shutdown_timeout: seconds the flush at exit may take.
     :ivar spill_dir: where undelivered batches are spilled, or None for the default.
     :ivar spill_max_bytes: bytes the spill may take on disk.
@@ -237,6 +244,7 @@ class Config(Frozen):
         "environment",
         "flush_interval",
         "host",
+        "max_attributes",
         "max_message_length",
         "max_value_length",
         "pid",
@@ -266,6 +274,7 @@ class Config(Frozen):
     schema: str
     max_message_length: int
     max_value_length: int
+    max_attributes: int
     shutdown_timeout: float
     spill_dir: str | None
     spill_max_bytes: int
@@ -291,6 +300,7 @@ class Config(Frozen):
         schema: str = DEFAULT_SCHEMA,
         max_message_length: int = DEFAULT_MAX_MESSAGE_LENGTH,
         max_value_length: int = DEFAULT_MAX_VALUE_LENGTH,
+        max_attributes: int = DEFAULT_MAX_ATTRIBUTES,
         shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
         spill_dir: str | None = None,
         spill_max_bytes: int = DEFAULT_SPILL_MAX_BYTES,
@@ -310,6 +320,7 @@ class Config(Frozen):
         put(self, "schema", schema)
         put(self, "max_message_length", max_message_length)
         put(self, "max_value_length", max_value_length)
+        put(self, "max_attributes", max_attributes)
         put(self, "spill_dir", spill_dir)
         put(self, "spill_max_bytes", spill_max_bytes)
         put(self, "retry_attempts", retry_attempts)
@@ -335,6 +346,7 @@ class Config(Frozen):
         check_schema(self.schema)
         check_int("max_message_length", self.max_message_length, 64, 100_000_000)
         check_int("max_value_length", self.max_value_length, 64, 100_000_000)
+        check_int("max_attributes", self.max_attributes, 1, 1_000_000)
         put(
             self,
             "shutdown_timeout",
@@ -480,10 +492,19 @@ def from_environment(environ: Mapping[str, str] | None = None) -> dict[str, Any]
         ("capacity", "ATRACE_CAPACITY"),
         ("spill_max_bytes", "ATRACE_SPILL_MAX_BYTES"),
         ("max_message_length", "ATRACE_MAX_MESSAGE_LENGTH"),
+        ("max_attributes", "ATRACE_MAX_ATTRIBUTES"),
     ):
         number = _env_int(name, environ)
         if number is not None:
             kwargs[key] = number
+    # OpenTelemetry's own limits, where atrace's are unset.
+    for key, name in (
+        ("max_attributes", "OTEL_ATTRIBUTE_COUNT_LIMIT"),
+        ("max_value_length", "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT"),
+    ):
+        number = _env_int(name, environ)
+        if number is not None:
+            kwargs.setdefault(key, number)
     scrub = env("ATRACE_SCRUB", environ)
     if scrub is not None:
         flag = scrub.strip().lower()

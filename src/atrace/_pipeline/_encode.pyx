@@ -46,6 +46,8 @@ def encode_rows(encoder, records):
     pid = encoder.pid
     g = encoder.global_attrs
     resource_id = encoder.resource_id
+    cdef Py_ssize_t max_attrs = encoder.max_attributes
+    cut_attrs = encoder.cut_attrs
     text = encoder.text
     attrs_json = encoder.attrs_json
     location_text = encoder.location_text
@@ -67,6 +69,9 @@ def encode_rows(encoder, records):
                     links = encoder.links_json(links)
             if g is not None:
                 attrs = {**g, **attrs} if attrs else g
+            doc = None
+            if attrs and len(attrs) > max_attrs:
+                attrs, doc = cut_attrs(attrs)
             if attrs:
                 try:
                     js = _dumps(attrs, json_default, _OPTS)
@@ -103,7 +108,7 @@ def encode_rows(encoder, records):
                 msg = text(msg, limit)
             row = (ts, kind, level, trace_id, span_id, parent_id, dur, status, service,
                    environment, host, pid, name, msg, js, etype, emsg, estack, loc, span_kind,
-                   state, flags, status_msg, links, None, resource_id)
+                   state, flags, status_msg, links, doc, resource_id)
             # A row holds only str, int, bytes and None: it can never be part of a cycle, so
             # the collector need not walk the thousands a batch keeps alive.
             PyObject_GC_UnTrack(row)

@@ -68,6 +68,9 @@ def _row(encoder: Any, rec: Any) -> tuple[Any, ...]:
     g = encoder.global_attrs
     if g is not None:
         attrs = {**g, **attrs} if attrs else g
+    doc = None
+    if attrs and len(attrs) > encoder.max_attributes:
+        attrs, doc = encoder.cut_attrs(attrs)
     if err is None:
         etype = emsg = estack = None
     else:
@@ -106,6 +109,6 @@ def _row(encoder: Any, rec: Any) -> tuple[Any, ...]:
         flags,
         status_msg,
         links,
-        None,
+        doc,
         encoder.resource_id,
     )

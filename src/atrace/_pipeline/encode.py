@@ -45,10 +45,12 @@ class Encoder:
     """Turns records into rows for one configuration (service, host, limits, global attributes)."""
 
     __slots__ = (
+        "dropped_attributes",
         "environment",
         "global_attrs",
         "host",
         "locations",
+        "max_attributes",
         "max_message_length",
         "max_value_length",
         "pid",
@@ -67,6 +69,7 @@ class Encoder:
         attributes: Mapping[str, Any] | None = None,
         max_message_length: int = 32_768,
         max_value_length: int = 8_192,
+        max_attributes: int = 128,
     ) -> None:
         self.service = service
         self.environment = environment
@@ -80,6 +83,9 @@ class Encoder:
         self.scrubber: Any = None
         self.max_message_length = max_message_length
         self.max_value_length = max_value_length
+        # Attributes a record keeps (the first ones), and how many were dropped so far.
+        self.max_attributes = max_attributes
+        self.dropped_attributes = 0
         self.locations: dict[Any, str] = {}
 
     @classmethod
@@ -98,6 +104,7 @@ class Encoder:
             pid=config.pid,
             max_message_length=config.max_message_length,
             max_value_length=config.max_value_length,
+            max_attributes=config.max_attributes,
         )
         if config.scrub is not False:
             from .scrub import Scrubber
@@ -137,6 +144,14 @@ class Encoder:
         # orjson hands back a buffer sized for growth; a batch keeps thousands alive, and an
         # exact-size copy is much cheaper than holding (and faulting in) those.
         return bytes(memoryview(out))
+
+    def cut_attrs(self, attrs: Mapping[str, Any]) -> tuple[dict[str, Any], bytes]:
+        """The first ``max_attributes`` of ``attrs``, and the ``otlp`` column that says how many
+        were dropped (OpenTelemetry's attribute count limit)."""
+        kept = dict(list(attrs.items())[: self.max_attributes])
+        dropped = len(attrs) - len(kept)
+        self.dropped_attributes += dropped
+        return kept, b'{"dropped_attributes":%d}' % dropped
 
     def links_json(self, links: Any) -> bytes:
         """A span's links (``slow.span_links``) as JSON bytes; their attributes are bounded

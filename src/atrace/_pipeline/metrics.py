@@ -109,6 +109,7 @@ class Metrics(Frozen):
     :ivar breaker_trips: times it opened.
     :ivar capacity: records the ring holds.
     :ivar dropped: ``dropped_ring + dropped_spill + dropped_permanent``.
+    :ivar dropped_attributes: attributes past ``max_attributes``, left out of their records.
     :ivar dropped_permanent: refused by the sink for good (kept apart on disk as rejected).
     :ivar dropped_ring: discarded by the ring's policy when full.
     :ivar dropped_spill: could not be spilled: the spill was full or not writable.
@@ -137,6 +138,7 @@ class Metrics(Frozen):
         "breaker_trips",
         "capacity",
         "dropped",
+        "dropped_attributes",
         "dropped_permanent",
         "dropped_ring",
         "dropped_spill",
@@ -164,6 +166,7 @@ class Metrics(Frozen):
     breaker_trips: int
     capacity: int
     dropped: int
+    dropped_attributes: int
     dropped_permanent: int
     dropped_ring: int
     dropped_spill: int
@@ -212,6 +215,7 @@ class Metrics(Frozen):
         spilled_pending: int,
         written: int,
         scrubbed: int = 0,
+        dropped_attributes: int = 0,
     ) -> None:
         self._set(
             accepted=accepted,
@@ -239,6 +243,7 @@ class Metrics(Frozen):
             spilled_pending=spilled_pending,
             written=written,
             scrubbed=scrubbed,
+            dropped_attributes=dropped_attributes,
         )
 
     def plus(self, other: Metrics) -> Metrics:
@@ -257,6 +262,7 @@ _SUMMED = (
     "batches",
     "breaker_trips",
     "dropped",
+    "dropped_attributes",
     "dropped_permanent",
     "dropped_ring",
     "dropped_spill",

@@ -770,4 +770,5 @@ class Pipeline:
             running=self._state in _ACTIVE,
             sinks=lanes,
             scrubbed=0 if self.encoder.scrubber is None else self.encoder.scrubber.count,
+            dropped_attributes=self.encoder.dropped_attributes,
         )

@@ -210,6 +210,7 @@ def configure(
     breaker_threshold: int | None = None,
     breaker_reset: float | None = None,
     scrub: Any = None,
+    max_attributes: int | None = None,
 ) -> Config:
     """Configure atrace for this process; unset arguments come from ATRACE_*/OTEL_* or defaults.
 
@@ -232,7 +233,10 @@ def configure(
         attributes: resource attributes on every record (also ``OTEL_RESOURCE_ATTRIBUTES``).
         schema: the PostgreSQL schema (default ``"atrace"``; ``ATRACE_SCHEMA``).
         max_message_length: characters of a message kept (``ATRACE_MAX_MESSAGE_LENGTH``).
-        max_value_length: characters of an attribute value kept.
+        max_value_length: characters of an attribute value kept
+            (``OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT``).
+        max_attributes: attributes a record keeps, the first ones; the others are dropped and
+            counted (default 128; ``ATRACE_MAX_ATTRIBUTES``, ``OTEL_ATTRIBUTE_COUNT_LIMIT``).
         shutdown_timeout: seconds the flush at exit may take (``ATRACE_SHUTDOWN_TIMEOUT``).
         spill_dir: where undelivered batches wait on disk (``ATRACE_SPILL_DIR``).
         spill_max_bytes: the spill's size on disk; 0 turns it off (``ATRACE_SPILL_MAX_BYTES``).
@@ -275,6 +279,7 @@ def configure(
         ("breaker_threshold", breaker_threshold),
         ("breaker_reset", breaker_reset),
         ("scrub", scrub),
+        ("max_attributes", max_attributes),
     ):
         if value is not None:
             kwargs[key] = value

@@ -606,6 +606,9 @@ def traces_request(
         sp.end_time_unix_nano = end_ns(row)
         if attrs:
             _pb_attrs(sp.attributes, attrs)
+        dropped = doc.get("dropped_attributes")
+        if type(dropped) is int and dropped > 0:
+            sp.dropped_attributes_count = dropped
         code, message = span_status(row)
         if code != STATUS_UNSET:
             sp.status.code = code
@@ -663,6 +666,9 @@ def logs_request(
         attrs = restore_types(log_attrs(row, origin), "/attrs", doc.get("types"))
         if attrs:
             _pb_attrs(rec.attributes, attrs)
+        dropped = doc.get("dropped_attributes")
+        if type(dropped) is int and dropped > 0:
+            rec.dropped_attributes_count = dropped
         trace_id = trace_bytes(row[TRACE_ID])
         if trace_id is not None:
             rec.trace_id = trace_id

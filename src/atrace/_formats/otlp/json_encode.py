@@ -176,6 +176,9 @@ def traces_json(rows: Iterable[Row], resources: Mapping[int, Any] | None = None)
             span["endTimeUnixNano"] = str(end)
         if attrs:
             span["attributes"] = _json_attrs(attrs)
+        dropped = doc.get("dropped_attributes")
+        if type(dropped) is int and dropped > 0:
+            span["droppedAttributesCount"] = dropped
         events = span_events(row, doc, events_of.get((trace_id, span_id), []))
         if events:
             span["events"] = [_json_event(*event) for event in events]
@@ -220,6 +223,9 @@ def logs_json(rows: Iterable[Row], resources: Mapping[int, Any] | None = None) -
         attrs = restore_types(log_attrs(row, origin), "/attrs", doc.get("types"))
         if attrs:
             rec["attributes"] = _json_attrs(attrs)
+        dropped = doc.get("dropped_attributes")
+        if type(dropped) is int and dropped > 0:
+            rec["droppedAttributesCount"] = dropped
         trace_id = trace_bytes(row[TRACE_ID])
         if trace_id is not None:
             rec["traceId"] = trace_id.hex()
