@@ -145,13 +145,10 @@ async def ingest_otlp(dsn: str, schema: str, n: int) -> None:
                 rows = otlp.decode_traces(body, "application/x-protobuf", resources=resources)
             except TypeError:  # a tree from before resources were kept apart
                 rows = otlp.decode_traces(body, "application/x-protobuf")
-            for rid, doc in resources.items():
-                await conn.execute(
-                    f"INSERT INTO {schema}.resources (project, resource_id, doc) "
-                    "VALUES ('default', $1, $2) ON CONFLICT DO NOTHING",
-                    rid,
-                    doc,
-                )
+            if resources:
+                from atrace._postgres.session import store_resources
+
+                await store_resources(conn, schema, "default", resources)
             await copy_rows(conn, schema, rows)
     finally:
         await conn.close()

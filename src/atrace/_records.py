@@ -178,8 +178,9 @@ COLUMNS = (
     "trace_flags",  # the W3C trace flags (bit 0 sampled, bit 1 random), or None if unknown
     "status_message",  # the status description set with the status, apart from any error
     # Added in schema 6 (a batch may leave them out: null):
-    "links",  # JSON bytes of a span's links (see LINKS_FORMAT), or None
-    "otlp",  # JSON bytes of what OTLP sent that has no column of its own
+    "links",  # JSON bytes of a span's links ([{"trace_id", "span_id", ...}]), or None
+    # JSON bytes of what OTLP sent that has no column of its own (_formats/otlp's docstring)
+    "otlp",
     # Added in schema 7 (a batch may leave it out: null):
     "resource_id",  # the resource and instrumentation scope (``<schema>.resources``), or None
 )

@@ -22,7 +22,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -41,6 +42,7 @@ __all__ = (
     "double",
     "json_ready",
     "known",
+    "named_by",
     "pointer_part",
     "register",
 )
@@ -157,6 +159,15 @@ def known(ids: Iterable[Any]) -> dict[int, bytes]:
     if not _KNOWN:
         return {}
     return {rid: _KNOWN[rid] for rid in ids if rid in _KNOWN}
+
+
+def named_by(rows: Sequence[Any]) -> dict[int, bytes]:
+    """The registered documents the rows name by ``resource_id`` (one C-level pass)."""
+    if not _KNOWN or not rows:
+        return {}
+    from .._records import RESOURCE_ID
+
+    return known(set(map(itemgetter(RESOURCE_ID), rows)))
 
 
 def known_all() -> Mapping[int, bytes]:

@@ -7,13 +7,13 @@ are worth retrying is in the one table of ``atrace._delivery.classify``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 from .._formats.pgcopy import HEADER, TRAILER, copy_columns, encode_rows
 from .._records import Row
 
-__all__ = ("COPY_SLICE", "connection_init", "copy_rows")
+__all__ = ("COPY_SLICE", "connection_init", "copy_rows", "store_resources")
 
 # PostgreSQL's timestamps count microseconds from 2000-01-01 UTC.
 PG_EPOCH_US = 946_684_800_000_000
@@ -85,4 +85,20 @@ async def copy_rows(
         columns=columns + extra_columns,
         source=source(),
         format="binary",
+    )
+
+
+async def store_resources(conn: Any, schema: str, project: str, docs: Mapping[int, bytes]) -> None:
+    """Write resource and scope documents (id → JSON bytes) for ``project``, each once: one
+    already stored is left as it is. Run in the transaction that writes the records naming
+    them, so that no committed record names a document that is not there."""
+    if not docs:
+        return
+    await conn.execute(
+        f"INSERT INTO {schema}.resources (project, resource_id, doc) "
+        "SELECT $1, r.id, r.doc FROM unnest($2::bigint[], $3::jsonb[]) AS r(id, doc) "
+        "ON CONFLICT DO NOTHING",
+        project,
+        list(docs),
+        list(docs.values()),
     )

@@ -49,6 +49,7 @@ from .._formats.bounds import (
 )
 from .._formats.pgcopy import HEADER, TRAILER, copy_columns, encode_rows
 from .._postgres.schema import PARTITION_DAYS_AHEAD, ensure_partitions
+from .._postgres.session import store_resources
 from .._records import Row
 from ..errors import Unavailable, WireError
 from ._limits import Admission, Limits
@@ -250,11 +251,6 @@ class Ingestor:
             f"INSERT INTO {schema}.batches (project, batch_id, records) VALUES ($1, $2, $3) "
             "ON CONFLICT DO NOTHING"
         )
-        self._resources = (
-            f"INSERT INTO {schema}.resources (project, resource_id, doc) "
-            "SELECT $1, r.id, r.doc FROM unnest($2::bigint[], $3::jsonb[]) AS r(id, doc) "
-            "ON CONFLICT DO NOTHING"
-        )
         # (project, resource_id) pairs committed: a resource is written once per process, not
         # once per batch. Bounded; forgetting only costs a write that does nothing.
         self._known: set[tuple[str, int]] = set()
@@ -281,7 +277,9 @@ class Ingestor:
         try:
             # Encoded before a connection is taken: the connection is held only for I/O.
             data, columns = _encode(rows, project)
-            new = [rid for rid in resources or () if (project, rid) not in self._known]
+            known = self._known
+            docs = resources or {}
+            new = {rid: doc for rid, doc in docs.items() if (project, rid) not in known}
             conn = await self._acquire(pool)
             try:
                 if self._partitions_due():
@@ -290,10 +288,7 @@ class Ingestor:
                     status = await conn.execute(self._ledger, project, batch_id, n)
                     if status != "INSERT 0 1":
                         return False  # stored before: the empty transaction commits nothing
-                    if new:
-                        assert resources is not None
-                        docs = [resources[rid] for rid in new]
-                        await conn.execute(self._resources, project, new, docs)
+                    await store_resources(conn, self.schema, project, new)
                     await conn.copy_to_table(
                         "records",
                         schema_name=self.schema,

@@ -5,13 +5,12 @@ from __future__ import annotations
 import hashlib
 import urllib.parse
 from collections.abc import Mapping
-from operator import itemgetter
 from typing import Any
 
 from .._delivery.classify import Verdict, classify
-from .._formats.resources import known, known_all
+from .._formats.resources import named_by
 from .._formats.wire import CONTENT_TYPES, encode_batch
-from .._records import RESOURCE_ID, Batch
+from .._records import Batch
 from ..config import env
 from ..errors import ConfigError, SinkClosedError, SinkHTTPError, redact
 from ._base import off_loop
@@ -183,6 +182,4 @@ class HttpSink:
 def _resources_of(rows: list[Any]) -> dict[int, bytes] | None:
     # This process's resource documents that the rows name (sent along with them: the
     # collector stores each once).
-    if not rows or not known_all():
-        return None
-    return known(set(map(itemgetter(RESOURCE_ID), rows))) or None
+    return named_by(rows) or None

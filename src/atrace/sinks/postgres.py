@@ -9,16 +9,15 @@ import importlib
 import sys
 import time
 from collections.abc import Sequence
-from operator import itemgetter
 from typing import Any
 
 from .._delivery.classify import Verdict, classify
-from .._formats.resources import known, known_all
+from .._formats.resources import named_by
 from .._pipeline.sanitize import sanitize_text
 from .._postgres import session
 from .._postgres.schema import ensure_partitions, ensure_schema
 from .._postgres.session import COPY_SLICE, connection_init
-from .._records import RESOURCE_ID, SERVICE, TS, Batch, Row
+from .._records import SERVICE, TS, Batch, Row
 from .._records import broken_row as error_row
 from ..errors import MissingExtraError, SinkClosedError
 from ._base import off_loop
@@ -201,13 +200,7 @@ class PostgresSink:
                 await conn.execute("ROLLBACK")
                 return
             docs = self._new_resources(rows)
-            for rid, doc in docs.items():
-                await conn.execute(
-                    f"INSERT INTO {schema}.resources (project, resource_id, doc) "
-                    "VALUES ('default', $1, $2) ON CONFLICT DO NOTHING",
-                    rid,
-                    doc,
-                )
+            await session.store_resources(conn, schema, "default", docs)
             await copy_rows(conn, schema, rows, step=self.copy_chunk)
             await conn.execute("COMMIT")
             self._resources_stored.update(docs)
@@ -221,9 +214,7 @@ class PostgresSink:
 
     def _new_resources(self, rows: list[Any]) -> dict[int, bytes]:
         # This process's resource documents the rows name that this sink has not stored yet.
-        if not known_all():
-            return {}
-        docs = known(set(map(itemgetter(RESOURCE_ID), rows)))
+        docs = named_by(rows)
         return {rid: doc for rid, doc in docs.items() if rid not in self._resources_stored}
 
     async def close(self) -> None:

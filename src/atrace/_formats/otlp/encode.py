@@ -236,7 +236,6 @@ class Origin(NamedTuple):
     """A record's resource and instrumentation scope for OTLP: ``resource`` and ``scope`` as
     the ``resources`` document holds them (``attrs`` typed again, ``schema_url``, ...)."""
 
-    key: Any  # what records of one origin share: their resource_id, else their columns
     resource: dict[str, Any]
     scope: dict[str, Any]
 
@@ -275,9 +274,9 @@ def origin_of(row: Row, resources: Mapping[int, Any] | None) -> Origin:
                     resource["attrs"] = {**attrs, SERVICE_KEY: row[SERVICE]}
             if isinstance(scope.get("attrs"), dict):
                 scope["attrs"] = restore_types(scope["attrs"], "/scope/attrs", types)
-            return Origin(origin_key(row), resource, scope)
+            return Origin(resource, scope)
     key = resource_key(row)
-    return Origin(origin_key(row), {"attrs": dict(resource_items(key))}, _OWN_SCOPE)
+    return Origin({"attrs": dict(resource_items(key))}, _OWN_SCOPE)
 
 
 def resource_items(key: tuple[Any, Any, Any, Any]) -> list[tuple[str, Any]]:
